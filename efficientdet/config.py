@@ -1,0 +1,209 @@
+"""The variant table: every EfficientDet model is one row of data, not a class.
+
+Numbers come from the paper (Tan, Pang, Le, CVPR 2020, table 1) and the official TF code; see
+``shared/docs/SPEC.md`` sections 1-6. A new model size is a new row in ``MODEL_TABLE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# Batch norm settings of the official code: TF decay 0.99 -> PyTorch momentum 0.01, eps 1e-3 (SPEC 2).
+BN_MOMENTUM = 0.01
+BN_EPS = 1e-3
+# Fast-normalized fusion epsilon (SPEC 4).
+FUSION_EPS = 1e-4
+# Prior probability used to initialise the class-net bias: -log((1 - 0.01) / 0.01) (SPEC 5).
+CLASS_PRIOR_PROB = 0.01
+
+# Anchor aspect ratios as (w, h) multipliers (SPEC 6).
+OFFICIAL_ASPECT_RATIOS: tuple[tuple[float, float], ...] = (
+    (1.0, 1.0),
+    (math.sqrt(2.0), 1.0 / math.sqrt(2.0)),
+    (1.0 / math.sqrt(2.0), math.sqrt(2.0)),
+)
+EFFDET_ASPECT_RATIOS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+
+# Pixel-space normalisation (images in 0..255): ImageNet statistics, and (x - 127) / 128 for Lite.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+LITE_MEAN = (127.0, 127.0, 127.0)
+LITE_STD = (128.0, 128.0, 128.0)
+
+FUSION_METHODS = ("fast", "softmax", "sum")
+FPN_TYPES = ("bifpn", "fpn", "panet")
+PADDING_MODES = ("same", "symmetric")
+ACTIVATIONS = ("silu", "relu6", "relu")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """One EfficientNet: compound-scaling multipliers and the Lite switches."""
+
+    name: str
+    width: float
+    depth: float
+    lite: bool = False  # Lite: ReLU6, no squeeze-excite, stem/head and first/last stage not scaled
+    drop_path_rate: float = 0.2
+
+
+BACKBONES: dict[str, BackboneConfig] = {
+    "efficientnet-b0": BackboneConfig("efficientnet-b0", 1.0, 1.0),
+    "efficientnet-b1": BackboneConfig("efficientnet-b1", 1.0, 1.1),
+    "efficientnet-b2": BackboneConfig("efficientnet-b2", 1.1, 1.2),
+    "efficientnet-b3": BackboneConfig("efficientnet-b3", 1.2, 1.4),
+    "efficientnet-b4": BackboneConfig("efficientnet-b4", 1.4, 1.8),
+    "efficientnet-b5": BackboneConfig("efficientnet-b5", 1.6, 2.2),
+    "efficientnet-b6": BackboneConfig("efficientnet-b6", 1.8, 2.6),
+    "efficientnet-b7": BackboneConfig("efficientnet-b7", 2.0, 3.1),
+    "efficientnet-lite0": BackboneConfig("efficientnet-lite0", 1.0, 1.0, lite=True, drop_path_rate=0.1),
+    "efficientnet-lite1": BackboneConfig("efficientnet-lite1", 1.0, 1.1, lite=True, drop_path_rate=0.1),
+    "efficientnet-lite2": BackboneConfig("efficientnet-lite2", 1.1, 1.2, lite=True, drop_path_rate=0.1),
+    "efficientnet-lite3": BackboneConfig("efficientnet-lite3", 1.2, 1.4, lite=True, drop_path_rate=0.1),
+    "efficientnet-lite4": BackboneConfig("efficientnet-lite4", 1.4, 1.8, lite=True, drop_path_rate=0.1),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything that determines an EfficientDet network (and the anchors that go with its outputs)."""
+
+    name: str
+    backbone: str
+    image_size: int
+    fpn_channels: int
+    fpn_repeats: int
+    head_repeats: int
+    fusion: str = "fast"  # "fast" (fast-normalized), "softmax" or "sum" (SPEC 4)
+    fpn_type: str = "bifpn"  # "bifpn", or the paper's ablation alternatives "fpn" / "panet"
+    min_level: int = 3
+    max_level: int = 7
+    num_classes: int = 90
+    anchor_scale: float = 4.0
+    num_scales: int = 3
+    aspect_ratios: tuple[tuple[float, float], ...] = OFFICIAL_ASPECT_RATIOS
+    activation: str = "silu"
+    # "same" + redundant_bias reproduces the TF-trained official weights; "symmetric" and no bias is the
+    # flavour of PyTorch-trained weights (SPEC 10).
+    padding: str = "same"
+    redundant_bias: bool = True
+    drop_path_rate: float | None = None  # None: the backbone's default
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    paper_params: int | None = field(default=None, compare=False)  # SPEC 1, for `efficientdet info`
+    paper_flops: float | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSION_METHODS:
+            raise ValueError(f"fusion must be one of {FUSION_METHODS}, got {self.fusion!r}")
+        if self.fpn_type not in FPN_TYPES:
+            raise ValueError(f"fpn_type must be one of {FPN_TYPES}, got {self.fpn_type!r}")
+        if self.padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {self.padding!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {sorted(BACKBONES)}")
+        if not 1 <= self.min_level < self.max_level:
+            raise ValueError(f"need 1 <= min_level < max_level, got {self.min_level}, {self.max_level}")
+        if self.min_level != 3:
+            raise ValueError("the detection backbone feeds P3-P5, so min_level must be 3")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        self.aspect_ratios = tuple(tuple(float(v) for v in r) for r in self.aspect_ratios)  # type: ignore[assignment]
+        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+
+    @property
+    def num_levels(self) -> int:
+        return self.max_level - self.min_level + 1
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per location: octave scales x aspect ratios."""
+        return self.num_scales * len(self.aspect_ratios)
+
+    @property
+    def backbone_config(self) -> BackboneConfig:
+        return BACKBONES[self.backbone]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-serialisable description (stored in our checkpoints)."""
+        data = dataclasses.asdict(self)
+        data["aspect_ratios"] = [list(r) for r in self.aspect_ratios]
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        data = dict(data)
+        if "aspect_ratios" in data:
+            data["aspect_ratios"] = tuple(tuple(r) for r in data["aspect_ratios"])
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown model option(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **overrides)
+
+
+def _d(name, backbone, size, ch, reps, head, fusion, anchor, params, flops, max_level=7) -> ModelConfig:
+    return ModelConfig(
+        name=name, backbone=backbone, image_size=size, fpn_channels=ch, fpn_repeats=reps,
+        head_repeats=head, fusion=fusion, anchor_scale=anchor, max_level=max_level,
+        paper_params=params, paper_flops=flops,
+    )  # fmt: skip
+
+
+def _lite(name, backbone, size, ch, reps, head, anchor, params) -> ModelConfig:
+    return ModelConfig(
+        name=name, backbone=backbone, image_size=size, fpn_channels=ch, fpn_repeats=reps,
+        head_repeats=head, fusion="sum", anchor_scale=anchor, activation="relu6",
+        mean=LITE_MEAN, std=LITE_STD, paper_params=params,
+    )  # fmt: skip
+
+
+# SPEC 1. Parameter counts: the exact effdet figures where the SPEC gives them, else the paper's.
+# FLOPs: the paper's multiply-adds at the model's own input size.
+MODEL_TABLE: dict[str, ModelConfig] = {
+    c.name: c
+    for c in [
+        _d("efficientdet-d0", "efficientnet-b0", 512, 64, 3, 3, "fast", 4.0, 3_880_067, 2.54e9),
+        _d("efficientdet-d1", "efficientnet-b1", 640, 88, 4, 3, "fast", 4.0, 6_625_898, 6.10e9),
+        _d("efficientdet-d2", "efficientnet-b2", 768, 112, 5, 3, "fast", 4.0, 8_097_000, 11.0e9),
+        _d("efficientdet-d3", "efficientnet-b3", 896, 160, 6, 4, "fast", 4.0, 12_032_000, 24.9e9),
+        _d("efficientdet-d4", "efficientnet-b4", 1024, 224, 7, 4, "fast", 4.0, 20_724_000, 55.2e9),
+        _d("efficientdet-d5", "efficientnet-b5", 1280, 288, 7, 4, "fast", 4.0, 33_653_000, 130e9),
+        _d("efficientdet-d6", "efficientnet-b6", 1280, 384, 8, 5, "sum", 4.0, 51_872_000, 226e9),
+        _d("efficientdet-d7", "efficientnet-b6", 1536, 384, 8, 5, "sum", 5.0, 51_872_000, 325e9),
+        _d("efficientdet-d7x", "efficientnet-b7", 1536, 384, 8, 5, "sum", 4.0, 77_147_166, 410e9, max_level=8),
+        _lite("efficientdet-lite0", "efficientnet-lite0", 320, 64, 3, 3, 3.0, 3_243_470),
+        _lite("efficientdet-lite1", "efficientnet-lite1", 384, 88, 4, 3, 3.0, 4_200_000),
+        _lite("efficientdet-lite2", "efficientnet-lite2", 448, 112, 5, 3, 3.0, 5_300_000),
+        _lite("efficientdet-lite3", "efficientnet-lite3", 512, 160, 6, 4, 4.0, 8_400_000),
+        _lite("efficientdet-lite3x", "efficientnet-lite3", 640, 200, 6, 4, 3.0, 9_300_000),
+        _lite("efficientdet-lite4", "efficientnet-lite4", 640, 224, 7, 4, 4.0, 15_100_000),
+    ]
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`efficientdet.create_model`."""
+    return list(MODEL_TABLE)
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config of a named variant with keyword overrides (e.g. ``num_classes=20, fusion="softmax"``)."""
+    key = name.lower()
+    if key not in MODEL_TABLE:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(MODEL_TABLE)}")
+    return MODEL_TABLE[key].replace(**overrides)

@@ -1,0 +1,115 @@
+"""``create_model``: a named variant, optionally loaded from a checkpoint or an ImageNet backbone."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from .config import EFFDET_ASPECT_RATIOS, ModelConfig, get_config
+from .nn.detector import EfficientDet
+from .weights import (
+    FORMAT_NAME,
+    Checkpoint,
+    CheckpointError,
+    checkpoint_dict,
+    lite_weights_file,
+    load_weights,
+    read_backbone_weights,
+    read_checkpoint,
+    save_file_atomic,
+)
+
+LOG = logging.getLogger(__name__)
+
+
+def _effdet_flavour(ckpt: Checkpoint, num_anchors: int) -> dict[str, Any]:
+    """What an effdet file says about the model it came from.
+
+    TF-ported weights (``tf_efficientdet_*``) carry a bias on the convs that precede a BN; they need TF "SAME"
+    padding. PyTorch-trained ones (``efficientdet_*``) have no such bias and use symmetric padding.
+    """
+    sd = ckpt.state_dict
+    redundant = any(k.endswith("conv.pointwise.bias") and ".nodes." in k for k in sd)
+    flavour: dict[str, Any] = {
+        "padding": "same" if redundant else "symmetric",
+        "redundant_bias": redundant,
+        "aspect_ratios": EFFDET_ASPECT_RATIOS,  # effdet's zoo was evaluated with these anchors
+    }
+    predict = sd.get("class_net.predict.pointwise.weight")
+    if predict is not None and predict.shape[0] % num_anchors == 0:
+        flavour["num_classes"] = predict.shape[0] // num_anchors
+    return flavour
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    pretrained_backbone: bool | str = False,
+    **overrides: Any,
+) -> EfficientDet:
+    """Build an EfficientDet by name (see :func:`list_models`).
+
+    Args:
+        name: e.g. ``"efficientdet-d0"`` or ``"efficientdet-lite0"``.
+        num_classes: number of object classes (default 90, COCO; taken from the checkpoint when not given).
+        checkpoint: a file in our format or one of effdet's release files (raw state_dict or a dict holding it
+            under ``state_dict`` / ``model`` / ``state_dict_ema``). Padding flavour and class count are inferred.
+        pretrained_backbone: ``True`` loads the packaged ImageNet weights (Lite0/1/2); a path loads an
+            EfficientNet file in timm's or EfficientNet-PyTorch's layout (e.g. timm's ``tf_efficientnet_b3``).
+        **overrides: any :class:`ModelConfig` field (``fusion``, ``fpn_type``, ``padding``, ``image_size`` ...).
+    """
+    if checkpoint is not None and pretrained_backbone:
+        raise ValueError("give either checkpoint= or pretrained_backbone=, not both")
+    base = get_config(name)
+    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+    settings: dict[str, Any] = {}
+    if ckpt is not None and ckpt.layout == FORMAT_NAME and ckpt.config is not None:
+        stored = ModelConfig.from_dict(ckpt.config)
+        if stored.name != base.name:
+            raise CheckpointError(f"{checkpoint}: holds a {stored.name} model, not {base.name}")
+        settings = stored.to_dict()
+    elif ckpt is not None and ckpt.layout == "effdet":
+        settings = _effdet_flavour(ckpt, base.num_anchors)
+    if num_classes is not None:
+        if ckpt is not None and settings.get("num_classes", num_classes) != num_classes:
+            raise CheckpointError(
+                f"{checkpoint}: has {settings['num_classes']} classes but num_classes={num_classes} was asked for "
+                f"(to fine-tune on other classes, build the model and load the backbone/BiFPN yourself)"
+            )
+        settings["num_classes"] = num_classes
+    settings.update(overrides)
+    settings = {k: v for k, v in settings.items() if k not in ("paper_params", "paper_flops")}
+    config = base.replace(**settings)
+    model = EfficientDet(config)
+    if ckpt is not None:
+        load_weights(model, ckpt.state_dict, source=str(checkpoint))
+        model.class_names = ckpt.class_names
+    elif pretrained_backbone:
+        load_pretrained_backbone(model, None if pretrained_backbone is True else str(pretrained_backbone))
+    return model
+
+
+def load_pretrained_backbone(model: EfficientDet, path: str | None = None) -> None:
+    """Load ImageNet weights into ``model.backbone`` (the classifier head of the file is dropped)."""
+    backbone = model.backbone
+    path = path or lite_weights_file(backbone.name)
+    sd = read_backbone_weights(path, [len(stage) for stage in backbone.blocks])
+    sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "classifier."))}
+    load_weights(backbone, sd, source=path)
+    LOG.info("loaded ImageNet backbone weights from %s", path)
+
+
+def save_model(
+    model: EfficientDet, path: str | os.PathLike, class_names: list[str] | None = None, **extra: Any
+) -> None:
+    """Write ``model`` in our format (atomically); it loads again with ``create_model(name, checkpoint=path)``."""
+    names = class_names if class_names is not None else getattr(model, "class_names", None)
+    save_file_atomic(checkpoint_dict(model.state_dict(), model.config.to_dict(), names, **extra), path)
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
