@@ -4,7 +4,6 @@ from .anchors import anchors_for_config, generate_anchors
 from .config import ModelConfig, get_config, list_models
 from .factory import create_model, load_pretrained_backbone, save_model
 from .nn.detector import EfficientDet
-from .postprocess import postprocess
 from .weights import CheckpointError
 
 __version__ = "0.1.0"
@@ -19,6 +18,5 @@ __all__ = [
     "get_config",
     "list_models",
     "load_pretrained_backbone",
-    "postprocess",
     "save_model",
 ]

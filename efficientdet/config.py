@@ -196,6 +196,27 @@ MODEL_TABLE: dict[str, ModelConfig] = {
 }
 
 
+# Exact parameter counts of the same models in the effdet package (tf_efficientdet_*, 90 classes), measured with
+# effdet 0.4.1 / timm 1.0.31. The SPEC/paper figures above are rounded (Lite to 0.1M); these are exact.
+EFFDET_PARAMS: dict[str, int] = {
+    "efficientdet-d0": 3_880_067,
+    "efficientdet-d1": 6_625_898,
+    "efficientdet-d2": 8_097_039,
+    "efficientdet-d3": 12_032_296,
+    "efficientdet-d4": 20_723_675,
+    "efficientdet-d5": 33_653_315,
+    "efficientdet-d6": 51_871_782,
+    "efficientdet-d7": 51_871_782,
+    "efficientdet-d7x": 77_147_166,
+    "efficientdet-lite0": 3_243_470,
+    "efficientdet-lite1": 4_248_318,
+    "efficientdet-lite2": 5_252_334,
+    "efficientdet-lite3": 8_350_862,
+    "efficientdet-lite3x": 9_280_862,
+    "efficientdet-lite4": 15_130_894,
+}
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`efficientdet.create_model`."""
     return list(MODEL_TABLE)

@@ -113,9 +113,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return Checkpoint(path, "effdet", convert_effdet(sd, path))
     if any(k.startswith(("fpn.cells.", "backbone.stem.")) for k in sd):
         return Checkpoint(path, FORMAT_NAME, sd)
-    raise CheckpointError(
-        f"{path}: unrecognised key layout (neither ours nor effdet's); first keys: {list(sd)[:5]}"
-    )
+    raise CheckpointError(f"{path}: unrecognised key layout (neither ours nor effdet's); first keys: {list(sd)[:5]}")
 
 
 # --------------------------------------------------------------------------------------------- key conversion
@@ -169,15 +167,16 @@ def convert_timm_backbone(sd: Mapping[str, torch.Tensor], source: str = "") -> d
     return out
 
 
+_FNODE = r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\."
+_NODE = r"fpn.cells.\1.nodes.\2."
 _EFFDET_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(p), r)
     for p, r in [
-        (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.edge_weights$", r"fpn.cells.\1.nodes.\2.edge_weights"),
-        (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.(conv|bn)\.(\w+)$",
-         r"fpn.cells.\1.nodes.\2.proj.\3.\4.\5"),
-        (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.conv_dw\.(\w+)$", r"fpn.cells.\1.nodes.\2.conv.depthwise.\3"),
-        (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.conv_pw\.(\w+)$", r"fpn.cells.\1.nodes.\2.conv.pointwise.\3"),
-        (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.bn\.(\w+)$", r"fpn.cells.\1.nodes.\2.bn.\3"),
+        (_FNODE + r"combine\.edge_weights$", _NODE + "edge_weights"),
+        (_FNODE + r"combine\.resample\.(\d+)\.conv\.(conv|bn)\.(\w+)$", _NODE + r"proj.\3.\4.\5"),
+        (_FNODE + r"after_combine\.conv\.conv_dw\.(\w+)$", _NODE + r"conv.depthwise.\3"),
+        (_FNODE + r"after_combine\.conv\.conv_pw\.(\w+)$", _NODE + r"conv.pointwise.\3"),
+        (_FNODE + r"after_combine\.conv\.bn\.(\w+)$", _NODE + r"bn.\3"),
         (r"^(class_net|box_net)\.conv_rep\.(\d+)\.conv_dw\.(\w+)$", r"\1.convs.\2.depthwise.\3"),
         (r"^(class_net|box_net)\.conv_rep\.(\d+)\.conv_pw\.(\w+)$", r"\1.convs.\2.pointwise.\3"),
         (r"^(class_net|box_net)\.bn_rep\.(\d+)\.(\d+)\.bn\.(\w+)$", r"\1.norms.\2.\3.\4"),
@@ -212,7 +211,13 @@ def convert_effdet(sd: Mapping[str, torch.Tensor], source: str = "") -> dict[str
     return out
 
 
-_LITE_TOP = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn", "_fc": "classifier"}
+_LITE_TOP = {
+    "_conv_stem": "stem.conv",
+    "_bn0": "stem.bn",
+    "_conv_head": "head.conv",
+    "_bn1": "head.bn",
+    "_fc": "classifier",
+}
 _LITE_BLOCK = {
     "_expand_conv": "expand.conv",
     "_bn0": "expand.bn",
@@ -271,7 +276,11 @@ def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sour
     ]
     if missing or unexpected or mismatched:
         parts = [f"{source} does not fit the model:"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
             if items:
                 shown = "\n    ".join(items[:20])
                 more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""

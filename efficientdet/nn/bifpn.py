@@ -115,9 +115,7 @@ class FusionNode(nn.Module):
         self.level = spec.level
         self.inputs = list(spec.inputs)
         # +1: downsample from the level below, -1: upsample from the level above, 0: same level.
-        self.directions = [
-            (spec.level > lvl) - (spec.level < lvl) for lvl in input_levels
-        ]
+        self.directions = [(spec.level > lvl) - (spec.level < lvl) for lvl in input_levels]
         for lvl in input_levels:
             if abs(lvl - spec.level) > 1:
                 raise ValueError(f"node at P{spec.level} takes P{lvl}: only adjacent levels can be fused")
@@ -190,9 +188,7 @@ class FpnCell(nn.Module):
         for spec in graph.nodes:
             levels = [graph.level_of(i) for i in spec.inputs]
             chans = [node_channels[i] for i in spec.inputs]
-            self.nodes.append(
-                FusionNode(spec, levels, chans, channels, fusion, act, padding, redundant_bias)
-            )
+            self.nodes.append(FusionNode(spec, levels, chans, channels, fusion, act, padding, redundant_bias))
             node_channels.append(channels)
         self.output_ids = graph.outputs
         self.out_channels = [node_channels[i] for i in self.output_ids]
@@ -211,9 +207,7 @@ class ExtraLevel(nn.Module):
     def __init__(self, in_channels: int, channels: int, padding: str, redundant_bias: bool) -> None:
         super().__init__()
         self.proj = (
-            ConvBN(in_channels, channels, 1, padding=padding, bias=redundant_bias)
-            if in_channels != channels
-            else None
+            ConvBN(in_channels, channels, 1, padding=padding, bias=redundant_bias) if in_channels != channels else None
         )
         self.pool = MaxPoolDown(padding)
 

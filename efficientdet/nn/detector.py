@@ -50,7 +50,6 @@ class EfficientDet(nn.Module):
         self.box_net = PredictionNet(num_outputs=config.num_anchors * 4, **head_args)
         variance_scaling_(self.fpn)  # the backbone and the heads initialise themselves
 
-
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Return ``(class_outputs, box_outputs)``: lists over levels P3..P7 (P8), NCHW.
 

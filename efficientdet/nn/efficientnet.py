@@ -90,9 +90,7 @@ class MBConv(nn.Module):
     def __init__(self, spec: BlockSpec, act: str, padding: str, drop_path: float) -> None:
         super().__init__()
         mid = spec.in_channels * spec.expand
-        self.expand = (
-            ConvBN(spec.in_channels, mid, 1, act=act, padding=padding) if spec.kind == "ir" else None
-        )
+        self.expand = ConvBN(spec.in_channels, mid, 1, act=act, padding=padding) if spec.kind == "ir" else None
         self.dw = ConvBN(mid, mid, spec.kernel, spec.stride, groups=mid, act=act, padding=padding)
         reduced = max(1, int(spec.in_channels * SE_RATIO))
         self.se = SqueezeExcite(mid, reduced, act) if spec.se else None

@@ -133,9 +133,7 @@ class SeparableConv2d(nn.Module):
         self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True, padding: str = "same"
     ) -> None:
         super().__init__()
-        self.depthwise = Conv2d(
-            in_channels, in_channels, kernel_size, groups=in_channels, bias=False, padding=padding
-        )
+        self.depthwise = Conv2d(in_channels, in_channels, kernel_size, groups=in_channels, bias=False, padding=padding)
         self.pointwise = Conv2d(in_channels, out_channels, 1, bias=bias, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

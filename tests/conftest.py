@@ -1,0 +1,41 @@
+"""Shared test fixtures: the real data beside the repository (``../shared``) and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EFFICIENTDET_SHARED", REPO.parent / "shared"))
+PARITY_DIR = SHARED / "fixtures" / "effdet_parity"
+
+# (fixture file, our model name, padding flavour the loader must infer, redundant bias)
+PARITY_CASES = [
+    ("tf_efficientdet_d0_256.pt", "efficientdet-d0", "same", True),
+    ("efficientdet_d0_128.pt", "efficientdet-d0", "symmetric", False),
+    ("tf_efficientdet_lite0_128.pt", "efficientdet-lite0", "same", True),
+]
+
+
+def require_shared(path: Path) -> Path:
+    """The shared data must exist in CI; elsewhere its absence skips the test with the reason."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI must have ../shared beside the repository")
+        pytest.skip(f"{path} not found (set EFFICIENTDET_SHARED to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def parity_data() -> dict[str, dict]:
+    """The effdet reference outputs, keyed by file name (loaded once)."""
+    require_shared(PARITY_DIR)
+    return {name: torch.load(PARITY_DIR / name, weights_only=True) for name, *_ in PARITY_CASES}
