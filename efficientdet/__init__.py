@@ -2,7 +2,7 @@
 
 from .anchors import anchors_for_config, generate_anchors
 from .config import ModelConfig, get_config, list_models
-from .factory import create_model, load_pretrained_backbone, save_model
+from .factory import create_model, load_checkpoint, load_pretrained_backbone, save_model
 from .nn.detector import EfficientDet
 from .weights import CheckpointError
 
@@ -17,6 +17,7 @@ __all__ = [
     "generate_anchors",
     "get_config",
     "list_models",
+    "load_checkpoint",
     "load_pretrained_backbone",
     "save_model",
 ]

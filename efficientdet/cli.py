@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,113 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig, resume_config
+
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    if args.scale_range is not None:
+        given["scale_range"] = tuple(args.scale_range)
+    if str(given.get("val_split", "")).lower() == "none":
+        given["val_split"] = None
+    if args.resume:
+        changes = {k: v for k, v in given.items() if k in ("epochs", "workers", "device", "output", "max_steps")}
+        return resume_config(args.resume, **changes)
+    return TrainConfig(**given)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainingError, train
+    from .weights import CheckpointError
+
+    _setup_logging()
+    if args.data is None and not args.resume:
+        print("efficientdet train: no --data given: running the synthetic demo (see `efficientdet demo --help`)")
+        return cmd_demo(
+            build_parser().parse_args(["demo"] + ([] if args.output is None else ["--output", args.output]))
+        )
+    try:
+        result = train(_train_config(args))
+    except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"efficientdet train: {e}", file=sys.stderr)
+        return 1
+    print(f"best AP {result['best_ap']:.4f}; checkpoints: {result['best']} (best), {result['last']} (last)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data.readers import read_dataset
+    from .evaluate import format_metrics
+    from .factory import load_checkpoint
+    from .train import resolve_device
+    from .validate import validate
+    from .weights import CheckpointError
+
+    _setup_logging()
+    try:
+        device = resolve_device(args.device)
+        model = load_checkpoint(args.checkpoint, args.model).to(device)
+        data = read_dataset(args.data, args.format, args.split)
+        if model.class_names:
+            data = data.with_class_names(model.class_names)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"efficientdet eval: {e}", file=sys.stderr)
+        return 1
+    if model.config.num_classes != len(data.class_names):
+        print(f"efficientdet eval: the model predicts {model.config.num_classes} classes, the data has "
+              f"{len(data.class_names)} ({', '.join(data.class_names[:5])}...)", file=sys.stderr)  # fmt: skip
+        return 1
+    dets_path = None
+    if args.json:
+        base, _ = os.path.splitext(args.json)
+        dets_path = base + "_detections.json"
+    metrics = validate(model, data, args.img_size, args.batch_size, args.workers, device, args.json, dets_path)
+    print(format_metrics(metrics))
+    if args.json:
+        print(f"wrote {args.json} and {dets_path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _setup_logging()
+    run_demo(args.output or "runs/demo", epochs=args.epochs, seed=args.seed, workers=args.workers)
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name (default efficientdet-lite0)")
+    p.add_argument("--data", help="dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
+    p.add_argument("--format", choices=["voc", "coco", "yolo"], help="dataset format (default: detected)")
+    p.add_argument("--train-split", help="split to train on (default train)")
+    p.add_argument("--val-split", help="split evaluated after each epoch (default val; 'none' to skip)")
+    p.add_argument("--epochs", type=int, help="epochs (default 50)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 16); lr = 0.08 * batch / 64")
+    p.add_argument("--img-size", type=int, help="input size (default: the model's own)")
+    p.add_argument("--output", help="folder for last.pt, best.pt, metrics.csv, metrics.png (default runs/train)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.08 * batch / 64)")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 1)")
+    p.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="scale-jitter factor range (default 0.1 2.0)")  # fmt: skip
+    p.add_argument("--pretrained-backbone", action="store_true", default=None, help="ImageNet backbone (Lite0/1/2)")
+    p.add_argument("--checkpoint", help="start from these weights (other class count: heads re-initialised)")
+    p.add_argument("--resume", help="continue the run saved in this last.pt exactly where it stopped")
+    p.add_argument("--freeze-backbone", action="store_true", default=None, help="train only BiFPN and heads")
+    p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],
+                   help="mixed precision: auto (default: CUDA only), off, bf16 (CPU too), fp16 (CUDA)")  # fmt: skip
+    p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (default 1)")
+    p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="efficientdet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +175,30 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--num-classes", type=int, default=90, help="class count (default 90, COCO)")
     info.add_argument("--img-size", type=int, default=None, help="count FLOPs at this input size instead")
     info.set_defaults(func=cmd_info)
+
+    train = sub.add_parser("train", help="train on a COCO / VOC / YOLO dataset (no --data: the synthetic demo)")
+    _add_train_args(train)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="COCO metrics of a checkpoint on a dataset split")
+    ev.add_argument("--checkpoint", required=True, help="model file (ours, or effdet's with --model)")
+    ev.add_argument("--model", help="model name, needed only for effdet's files")
+    ev.add_argument("--data", required=True, help="dataset path")
+    ev.add_argument("--format", choices=["voc", "coco", "yolo"], help="dataset format (default: detected)")
+    ev.add_argument("--split", default="val", help="split to evaluate (default val)")
+    ev.add_argument("--json", help="write {AP, AP50, AP75, APs, APm, APl, detections} here")
+    ev.add_argument("--img-size", type=int, help="input size (default: the model's own)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="generate a synthetic dataset, train a few minutes on CPU, evaluate, draw")
+    demo.add_argument("--output", help="output folder (default runs/demo)")
+    demo.add_argument("--epochs", type=int, default=12)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

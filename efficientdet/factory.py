@@ -44,6 +44,21 @@ def _effdet_flavour(ckpt: Checkpoint, num_anchors: int) -> dict[str, Any]:
     return flavour
 
 
+def config_for_checkpoint(base: ModelConfig, ckpt: Checkpoint, source: str) -> dict[str, Any]:
+    """Config fields that a checkpoint fixes for the variant ``base`` (our stored config, or effdet's flavour)."""
+    if ckpt.layout == FORMAT_NAME and ckpt.config is not None:
+        stored = ModelConfig.from_dict(ckpt.config)
+        if stored.name != base.name:
+            raise CheckpointError(f"{source}: holds a {stored.name} model, not {base.name}")
+        settings = stored.to_dict()
+        for key in ("paper_params", "paper_flops"):
+            settings.pop(key, None)
+        return settings
+    if ckpt.layout == "effdet":
+        return _effdet_flavour(ckpt, base.num_anchors)
+    return {}
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -66,23 +81,15 @@ def create_model(
         raise ValueError("give either checkpoint= or pretrained_backbone=, not both")
     base = get_config(name)
     ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
-    settings: dict[str, Any] = {}
-    if ckpt is not None and ckpt.layout == FORMAT_NAME and ckpt.config is not None:
-        stored = ModelConfig.from_dict(ckpt.config)
-        if stored.name != base.name:
-            raise CheckpointError(f"{checkpoint}: holds a {stored.name} model, not {base.name}")
-        settings = stored.to_dict()
-    elif ckpt is not None and ckpt.layout == "effdet":
-        settings = _effdet_flavour(ckpt, base.num_anchors)
+    settings = config_for_checkpoint(base, ckpt, str(checkpoint)) if ckpt is not None else {}
     if num_classes is not None:
         if ckpt is not None and settings.get("num_classes", num_classes) != num_classes:
             raise CheckpointError(
                 f"{checkpoint}: has {settings['num_classes']} classes but num_classes={num_classes} was asked for "
-                f"(to fine-tune on other classes, build the model and load the backbone/BiFPN yourself)"
+                f"(to fine-tune on other classes use `efficientdet train --checkpoint`, which re-initialises the heads)"
             )
         settings["num_classes"] = num_classes
     settings.update(overrides)
-    settings = {k: v for k, v in settings.items() if k not in ("paper_params", "paper_flops")}
     config = base.replace(**settings)
     model = EfficientDet(config)
     if ckpt is not None:
@@ -91,6 +98,16 @@ def create_model(
     elif pretrained_backbone:
         load_pretrained_backbone(model, None if pretrained_backbone is True else str(pretrained_backbone))
     return model
+
+
+def load_checkpoint(path: str | os.PathLike, name: str | None = None, **overrides: Any) -> EfficientDet:
+    """Load a model file; the variant name comes from our own files, and must be given for effdet's."""
+    if name is None:
+        ckpt = read_checkpoint(path)
+        if ckpt.config is None:
+            raise CheckpointError(f"{path}: does not say which model it holds; pass the model name (--model)")
+        name = ckpt.config["name"]
+    return create_model(name, checkpoint=path, **overrides)
 
 
 def load_pretrained_backbone(model: EfficientDet, path: str | None = None) -> None:

@@ -1,0 +1,65 @@
+"""Accuracy benchmark: EfficientDet-Lite0 from the ImageNet Lite0 backbone on the raccoon dataset (CPU).
+
+Trains on `train` (160 images), evaluates the final EMA weights once on `test` (40 images) — no model selection
+on the test split — and prints AP, AP50 and wall time. Run from the repository root:
+
+    python benchmarks/raccoon.py                  # the defaults of `efficientdet train`
+    python benchmarks/raccoon.py --epochs 40 --scale-range 0.5 1.5 --amp bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from efficientdet.train import TrainConfig, train
+
+RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
+
+
+def main() -> int:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(RACCOON))
+    p.add_argument("--model", default="efficientdet-lite0")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--img-size", type=int, default=defaults.img_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--scale-range", type=float, nargs=2, default=list(defaults.scale_range))
+    p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument("--amp", default=defaults.amp)
+    p.add_argument("--workers", type=int, default=defaults.workers)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--output", default="runs/raccoon-benchmark")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = TrainConfig(
+        model=args.model, data=args.data, format="voc", train_split="train", val_split="test",
+        epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size, lr=args.lr,
+        scale_range=tuple(args.scale_range), freeze_backbone=args.freeze_backbone, amp=args.amp,
+        pretrained_backbone=True, workers=args.workers, seed=args.seed, output=args.output,
+        eval_interval=args.epochs,  # evaluate once, at the end: the test split is not used to pick a model
+    )  # fmt: skip
+    t0 = time.time()
+    result = train(cfg)
+    minutes = (time.time() - t0) / 60
+    m = result["metrics"]
+    figures = {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "minutes": round(minutes, 2),
+               "command": " ".join(sys.argv), "settings": cfg.to_dict()}  # fmt: skip
+    print(f"\nraccoon test (40 images): AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}  "
+          f"wall {minutes:.1f} min (training + final evaluation) on {args.workers} loader workers")  # fmt: skip
+    target = m["AP50"] >= 0.90 and m["AP"] >= 0.60 and minutes <= 30
+    print(f"target AP50 >= 0.90, AP >= 0.60 within 30 min: {'met' if target else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: readers for COCO JSON / Pascal VOC / YOLO, image loading, augmentation and batching."""

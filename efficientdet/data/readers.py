@@ -1,0 +1,737 @@
+"""Readers for the three dataset layouts people actually have: COCO JSON, Pascal VOC XML and YOLO text labels.
+
+Each reader returns the same ``DetectionData`` (pixel x1y1x2y2 boxes, 0-based labels), so nothing downstream knows
+the file format. Every box passes through one hygiene step (``_make_record``): boxes are clipped to the image and
+boxes left with no area are dropped, with the counts kept in ``DetectionData.fixes`` so the trainer can report them
+once instead of logging per box. Problems that would silently corrupt training (unknown classes, malformed lines,
+missing annotation files) raise ``DatasetError`` naming the file, and the line or class where there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .images import ImageReadError, image_size
+from .records import DetectionData, ImageRecord
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FORMATS = ("coco", "voc", "yolo")
+_CLASS_FILES = ("classes.txt", "labels.txt")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read as it is; the message names the file (and the line or class at fault)."""
+
+
+# --------------------------------------------------------------------------------------------------- shared hygiene
+
+
+def _new_fixes() -> dict[str, int]:
+    """All counters present from the start, so reports and tests see the same keys for every dataset."""
+    return {"clipped_boxes": 0, "zero_area_boxes": 0, "unreadable_images": 0}
+
+
+def _make_record(
+    path: Path,
+    image_id: int,
+    size: tuple[int, int],
+    boxes: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    iscrowd: Sequence[bool],
+    fixes: dict[str, int],
+) -> ImageRecord:
+    """Build a record after the box hygiene every reader shares.
+
+    Boxes are clipped to ``[0, width] x [0, height]``; a box that changed is counted in ``clipped_boxes``. Boxes left
+    with width or height <= 0 are dropped and counted in ``zero_area_boxes`` only (not also as clipped), so each
+    problem box is counted once. Matching and the loss assume every remaining box is inside the image and non-empty.
+    """
+    width, height = size
+    box_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    clipped = box_array.copy()
+    clipped[:, 0::2] = np.clip(clipped[:, 0::2], 0.0, float(width))
+    clipped[:, 1::2] = np.clip(clipped[:, 1::2], 0.0, float(height))
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    changed = np.any(clipped != box_array, axis=1)
+    fixes["clipped_boxes"] += int(np.count_nonzero(changed & keep))
+    fixes["zero_area_boxes"] += int(np.count_nonzero(~keep))
+    return ImageRecord(
+        path=os.path.abspath(path),
+        image_id=image_id,
+        width=int(width),
+        height=int(height),
+        boxes=clipped[keep],
+        labels=np.asarray(labels, dtype=np.int64).reshape(-1)[keep],
+        iscrowd=np.asarray(iscrowd, dtype=bool).reshape(-1)[keep],
+    )
+
+
+def _size_from_header(path: Path, fixes: dict[str, int]) -> tuple[int, int] | None:
+    """The image's size read from its header, or None (counted in ``unreadable_images``) when it cannot be read.
+
+    An unreadable image does not stop reading the dataset: its record keeps width = height = 0 and no boxes, and the
+    training loop skips it with a warning.
+    """
+    try:
+        return image_size(path)
+    except ImageReadError:
+        fixes["unreadable_images"] += 1
+        return None
+
+
+def _unreadable_record(path: Path, image_id: int) -> ImageRecord:
+    """The placeholder kept for an image whose size could not be read (see ``_size_from_header``)."""
+    return ImageRecord(path=os.path.abspath(path), image_id=image_id, width=0, height=0)
+
+
+def _finite_number(text: Any, where: str) -> float:
+    """A finite float from text or JSON, or a DatasetError naming ``where``: NaN boxes would poison the loss."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{where}: expected a number, got {text!r}") from exc
+    if not math.isfinite(value):
+        raise DatasetError(f"{where}: expected a finite number, got {text!r}")
+    return value
+
+
+def _read_class_file(path: Path) -> list[str]:
+    """Class names one per line (blank lines ignored); a duplicate would make two labels mean the same class."""
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DatasetError(f"{path}: duplicate class names {duplicates}")
+    if not names:
+        raise DatasetError(f"{path}: no class names")
+    return names
+
+
+# ------------------------------------------------------------------------------------------------------------- VOC
+
+
+def read_voc(root: str | os.PathLike, split: str) -> DetectionData:
+    """Read a Pascal VOC split: ``Annotations/<id>.xml``, ``JPEGImages/<id>.<ext>``, ``ImageSets/Main/<split>.txt``.
+
+    Coordinates: VOC pixels are 1-based and inclusive (a box covering the whole W-wide image is xmin=1, xmax=W), so
+    x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax gives 0-based corners with x2 - x1 = the box's pixel width.
+
+    ``difficult`` objects are kept as ordinary boxes: the record has no per-box difficult flag, they are real
+    objects (dropping them would teach the model to call them background), and only the VOC-2007 metric sets them
+    aside; this library evaluates with the COCO metric, which has no such notion.
+
+    Class names come from ``classes.txt`` or ``labels.txt`` in ``root`` when present (an object of another class is
+    then an error), else from the sorted names found in this split's annotations. Without a class file two splits
+    can disagree on the label indices (a class missing from one split shifts the others), so ship a class file
+    whenever splits are read separately.
+    """
+    root = Path(root)
+    ids = _read_voc_split(root / "ImageSets" / "Main" / f"{split}.txt")
+    image_paths = _images_by_stem(root / "JPEGImages")
+    annotations = [_parse_voc_xml(root / "Annotations" / f"{image_id}.xml") for image_id in ids]
+    class_file = next((root / name for name in _CLASS_FILES if (root / name).is_file()), None)
+    if class_file is not None:
+        class_names = _read_class_file(class_file)
+    else:
+        class_names = sorted({obj[0] for ann in annotations for obj in ann["objects"]})
+    class_index = {name: index for index, name in enumerate(class_names)}
+    fixes = _new_fixes()
+    records = []
+    for index, (stem, ann) in enumerate(zip(ids, annotations)):
+        if stem not in image_paths:
+            raise DatasetError(f"{root / 'JPEGImages'}: no image for id {stem!r} (looked for {IMAGE_EXTENSIONS})")
+        records.append(_voc_record(index, image_paths[stem], ann, class_index, fixes))
+    return DetectionData(records=records, class_names=class_names, format="voc", fixes=fixes)
+
+
+def _read_voc_split(path: Path) -> list[str]:
+    """Image ids of a split file: the first word of each non-blank line (VOC's ``<id>  1`` class lists included)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: split file not found")
+    return [line.split()[0] for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    """Map file stem -> image path; when a stem has several extensions the earliest in IMAGE_EXTENSIONS wins."""
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: image folder not found")
+    found: dict[str, Path] = {}
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    for entry in sorted(folder.iterdir()):
+        suffix = entry.suffix.lower()
+        if suffix not in rank or not entry.is_file():
+            continue
+        current = found.get(entry.stem)
+        if current is None or rank[suffix] < rank[current.suffix.lower()]:
+            found[entry.stem] = entry
+    return found
+
+
+def _parse_voc_xml(path: Path) -> dict[str, Any]:
+    """Size and ``(name, [xmin, ymin, xmax, ymax])`` objects of one VOC annotation, raw VOC coordinates."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise DatasetError(f"{path}: malformed XML ({exc})") from exc
+    objects = [_parse_voc_object(path, number, obj) for number, obj in enumerate(root.findall("object"), start=1)]
+    return {"path": path, "size": _voc_size(path, root), "objects": objects}
+
+
+def _voc_size(path: Path, root: ET.Element) -> tuple[int, int] | None:
+    """``(width, height)`` from ``<size>``, or None when it is absent or zero (some exporters write 0)."""
+    width_text, height_text = root.findtext("size/width"), root.findtext("size/height")
+    if width_text is None or height_text is None:
+        return None
+    width = int(_finite_number(width_text, f"{path}: <size><width>"))
+    height = int(_finite_number(height_text, f"{path}: <size><height>"))
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _parse_voc_object(path: Path, number: int, obj: ET.Element) -> tuple[str, list[float]]:
+    """One ``<object>``: its class name and raw bndbox, or a DatasetError naming the file and the object."""
+    name = (obj.findtext("name") or "").strip()
+    if not name:
+        raise DatasetError(f"{path}: object {number} has no <name>")
+    corners = []
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        text = obj.findtext(f"bndbox/{tag}")
+        if text is None:
+            raise DatasetError(f"{path}: object {number} ({name}) has no <bndbox><{tag}>")
+        corners.append(_finite_number(text.strip(), f"{path}: object {number} ({name}) <{tag}>"))
+    return name, corners
+
+
+def _voc_record(
+    index: int, image_path: Path, ann: dict[str, Any], class_index: dict[str, int], fixes: dict[str, int]
+) -> ImageRecord:
+    """Convert one parsed VOC annotation (1-based inclusive corners) into a record (0-based, exclusive x2/y2)."""
+    size = ann["size"] or _size_from_header(image_path, fixes)
+    if size is None:
+        return _unreadable_record(image_path, index)
+    boxes, labels = [], []
+    for name, (xmin, ymin, xmax, ymax) in ann["objects"]:
+        if name not in class_index:
+            raise DatasetError(f"{ann['path']}: class {name!r} is not in the class list {list(class_index)}")
+        boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
+        labels.append(class_index[name])
+    return _make_record(image_path, index, size, boxes, labels, [False] * len(labels), fixes)
+
+
+# ------------------------------------------------------------------------------------------------------------ COCO
+
+
+def read_coco(annotation_json: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> DetectionData:
+    """Read a COCO ``instances`` JSON: images (kept with their COCO ids), categories and annotations.
+
+    ``class_names`` are ordered by category id and ``category_ids`` holds the id of each class, so label ``i`` is
+    COCO category ``category_ids[i]`` (COCO ids have gaps: 1..90 for 80 classes). Boxes ``[x, y, w, h]`` become
+    ``[x, y, x + w, y + h]``; ``iscrowd`` defaults to 0. Images without annotations are kept as negatives.
+
+    ``image_dir`` defaults to the first of these folders that holds the first image's ``file_name``: ``images/``
+    beside the JSON; for the COCO layout ``<root>/annotations/instances_<split>.json``, ``<root>/<split>``,
+    ``<root>/images/<split>`` and ``<root>/images``; the JSON's own folder (Roboflow exports). When none holds it,
+    the first of them that exists (else the JSON's folder) is used and missing files surface when loaded.
+    """
+    json_path = Path(annotation_json)
+    content = _load_json(json_path)
+    categories = _coco_categories(json_path, content)
+    category_ids = sorted(categories)
+    label_of = {cat_id: label for label, cat_id in enumerate(category_ids)}
+    images = _coco_images(json_path, content)
+    folder = Path(image_dir) if image_dir is not None else _default_coco_image_dir(json_path, images)
+    boxes_of = _coco_annotations(json_path, content, images, label_of)
+    fixes = _new_fixes()
+    records = [_coco_record(folder, image, boxes_of[image["id"]], fixes) for image in images]
+    return DetectionData(
+        records=records,
+        class_names=[categories[cat_id] for cat_id in category_ids],
+        format="coco",
+        fixes=fixes,
+        category_ids=category_ids,
+    )
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or a DatasetError naming it."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read annotation file ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: malformed JSON ({exc})") from exc
+    if not isinstance(content, dict):
+        raise DatasetError(f"{path}: expected a JSON object with 'images' and 'categories'")
+    return content
+
+
+def _require(path: Path, entry: Any, keys: Iterable[str], what: str) -> None:
+    """Fail with the file and the missing key rather than a KeyError deep in the reader."""
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{path}: {what} is not a JSON object: {entry!r}")
+    for key in keys:
+        if key not in entry:
+            raise DatasetError(f"{path}: {what} is missing the key {key!r}")
+
+
+def _coco_list(path: Path, content: dict[str, Any], key: str, required: bool = True) -> list[Any]:
+    """A top-level list of the COCO JSON (``annotations`` may be absent, as in test-dev image-info files)."""
+    if key not in content:
+        if required:
+            raise DatasetError(f"{path}: missing the top-level key {key!r}")
+        return []
+    value = content[key]
+    if not isinstance(value, list):
+        raise DatasetError(f"{path}: {key!r} must be a list")
+    return value
+
+
+def _coco_categories(path: Path, content: dict[str, Any]) -> dict[int, str]:
+    """Category id -> name, with duplicate ids rejected (they would make labels ambiguous)."""
+    categories: dict[int, str] = {}
+    for category in _coco_list(path, content, "categories"):
+        _require(path, category, ("id", "name"), "a category")
+        if category["id"] in categories:
+            raise DatasetError(f"{path}: category id {category['id']} appears twice")
+        categories[category["id"]] = str(category["name"])
+    if not categories:
+        raise DatasetError(f"{path}: no categories")
+    return categories
+
+
+def _coco_images(path: Path, content: dict[str, Any]) -> list[dict[str, Any]]:
+    """The image entries in file order, each with id, file_name, width and height; duplicate ids rejected."""
+    images = _coco_list(path, content, "images")
+    seen: set[Any] = set()
+    for image in images:
+        _require(path, image, ("id", "file_name", "width", "height"), "an image")
+        if image["id"] in seen:
+            raise DatasetError(f"{path}: image id {image['id']} appears twice")
+        seen.add(image["id"])
+        for key in ("width", "height"):
+            _finite_number(image[key], f"{path}: image {image['id']} {key}")
+    return images
+
+
+def _coco_annotations(
+    path: Path, content: dict[str, Any], images: list[dict[str, Any]], label_of: dict[int, int]
+) -> dict[Any, list[tuple[list[float], int, bool]]]:
+    """Per image id, its ``(x1y1x2y2 box, label, iscrowd)`` list; every image id present, possibly empty."""
+    boxes_of: dict[Any, list[tuple[list[float], int, bool]]] = {image["id"]: [] for image in images}
+    for ann in _coco_list(path, content, "annotations", required=False):
+        _require(path, ann, ("image_id", "category_id", "bbox"), "an annotation")
+        where = f"{path}: annotation {ann.get('id', '?')}"
+        if ann["category_id"] not in label_of:
+            raise DatasetError(f"{where} has category id {ann['category_id']}, which is not in 'categories'")
+        if ann["image_id"] not in boxes_of:
+            raise DatasetError(f"{where} refers to image id {ann['image_id']}, which is not in 'images'")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise DatasetError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+        x, y, w, h = (_finite_number(value, f"{where} bbox") for value in bbox)
+        crowd = bool(ann.get("iscrowd", 0))
+        boxes_of[ann["image_id"]].append(([x, y, x + w, y + h], label_of[ann["category_id"]], crowd))
+    return boxes_of
+
+
+def _default_coco_image_dir(json_path: Path, images: list[dict[str, Any]]) -> Path:
+    """Guess the image folder of a COCO JSON (the order is documented on ``read_coco``)."""
+    here = json_path.parent
+    candidates = [here / "images"]
+    if here.name == "annotations":
+        split = json_path.stem.removeprefix("instances_")
+        candidates += [here.parent / split, here.parent / "images" / split, here.parent / "images"]
+    candidates.append(here)
+    if images:
+        first = str(images[0]["file_name"])
+        for folder in candidates:
+            if (folder / first).is_file():
+                return folder
+    return next((folder for folder in candidates if folder.is_dir()), here)
+
+
+def _coco_record(
+    folder: Path, image: dict[str, Any], objects: list[tuple[list[float], int, bool]], fixes: dict[str, int]
+) -> ImageRecord:
+    """One COCO image; a zero width/height in the JSON falls back to the file's header."""
+    path = folder / str(image["file_name"])
+    size = (int(image["width"]), int(image["height"]))
+    if size[0] <= 0 or size[1] <= 0:
+        size = _size_from_header(path, fixes)
+        if size is None:
+            return _unreadable_record(path, image["id"])
+    boxes = [box for box, _, _ in objects]
+    labels = [label for _, label, _ in objects]
+    crowd = [is_crowd for _, _, is_crowd in objects]
+    return _make_record(path, image["id"], size, boxes, labels, crowd, fixes)
+
+
+# ------------------------------------------------------------------------------------------------------------ YOLO
+
+
+def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
+    """Read a YOLO split described by ``root/data.yaml`` (``root`` may also be the yaml file itself).
+
+    The split entry (``train: images/train``) is a folder of images (searched recursively), a ``.txt`` file listing
+    image paths (relative ones are taken relative to the list's folder), or a list of those; relative entries are
+    resolved against the yaml's ``path:`` key when given (itself relative to the yaml's folder), else the yaml's
+    folder. The label file of ``.../images/<sub>/<stem>.<ext>`` is ``.../labels/<sub>/<stem>.txt`` (the last
+    ``images`` path component replaced); with no ``images`` component it is ``<stem>.txt`` beside the image. A
+    missing or empty label file makes the image a negative. Lines are ``class cx cy w h``, normalised to 0..1.
+    """
+    yaml_path = Path(root)
+    if yaml_path.is_dir():
+        yaml_path = yaml_path / "data.yaml"
+    config = _load_yolo_yaml(yaml_path)
+    class_names = _yolo_names(yaml_path, config)
+    image_paths = _yolo_split_images(yaml_path, config, split)
+    fixes = _new_fixes()
+    records = [_yolo_record(index, path, len(class_names), fixes) for index, path in enumerate(image_paths)]
+    return DetectionData(records=records, class_names=class_names, format="yolo", fixes=fixes)
+
+
+def _load_yolo_yaml(path: Path) -> dict[str, Any]:
+    """The yaml as a dict: PyYAML when installed, else the small parser below (enough for ``data.yaml`` files)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset yaml not found")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        import yaml
+    except ImportError:
+        config = parse_simple_yaml(text, path)
+    else:
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise DatasetError(f"{path}: malformed YAML ({exc})") from exc
+    if not isinstance(config, dict):
+        raise DatasetError(f"{path}: expected a mapping with 'names' and split entries")
+    return config
+
+
+def _yolo_names(path: Path, config: dict[str, Any]) -> list[str]:
+    """Class names from ``names`` (a list, or a mapping index -> name covering 0..n-1), checked against ``nc``."""
+    names = config.get("names")
+    if isinstance(names, dict):
+        try:
+            by_index = {int(key): str(value) for key, value in names.items()}
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{path}: 'names' keys must be class indices ({exc})") from exc
+        if sorted(by_index) != list(range(len(by_index))):
+            raise DatasetError(f"{path}: 'names' indices must be 0..{len(by_index) - 1}, got {sorted(by_index)}")
+        names = [by_index[index] for index in range(len(by_index))]
+    if not isinstance(names, list) or not names:
+        raise DatasetError(f"{path}: 'names' must be a non-empty list or mapping of class names")
+    names = [str(name) for name in names]
+    if config.get("nc") is not None and config["nc"] != len(names):
+        raise DatasetError(f"{path}: nc is {config['nc']} but 'names' has {len(names)} entries")
+    return names
+
+
+def _yolo_split_images(path: Path, config: dict[str, Any], split: str) -> list[Path]:
+    """All image paths of a split entry, in a stable (sorted per folder) order."""
+    if config.get(split) in (None, ""):
+        splits = [key for key in config if key not in ("path", "names", "nc", "download")]
+        raise DatasetError(f"{path}: no entry for split {split!r} (entries: {splits})")
+    base = path.parent
+    if config.get("path"):
+        base = base / str(config["path"])
+    entries = config[split] if isinstance(config[split], list) else [config[split]]
+    images: list[Path] = []
+    for entry in entries:
+        images += _yolo_entry_images(path, _yolo_entry_path(base, str(entry)))
+    return images
+
+
+def _yolo_entry_path(base: Path, entry: str) -> Path:
+    """Resolve a split entry; Roboflow exports write ``../train/images`` for a folder that sits beside the yaml."""
+    resolved = base / entry
+    if not resolved.exists() and entry.startswith("../") and (base / entry[3:]).exists():
+        return base / entry[3:]
+    return resolved
+
+
+def _yolo_entry_images(yaml_path: Path, entry: Path) -> list[Path]:
+    """Images of one split entry: a folder (recursive) or a ``.txt`` list of image paths."""
+    if entry.is_dir():
+        return sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if entry.is_file() and entry.suffix.lower() == ".txt":
+        lines = entry.read_text(encoding="utf-8-sig").splitlines()
+        return [entry.parent / line.strip() for line in lines if line.strip()]
+    raise DatasetError(f"{yaml_path}: split entry {entry} is neither a folder nor a .txt list of images")
+
+
+def yolo_label_path(image_path: str | os.PathLike) -> Path:
+    """The label file of an image: the last ``images`` component of its path becomes ``labels``, suffix ``.txt``."""
+    parts = list(Path(image_path).with_suffix(".txt").parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts)
+
+
+def _yolo_record(index: int, image_path: Path, num_classes: int, fixes: dict[str, int]) -> ImageRecord:
+    """One YOLO image: labels are validated first, so a bad label file fails even if its image is unreadable."""
+    label_path = yolo_label_path(image_path)
+    rows = _read_yolo_labels(label_path, num_classes) if label_path.is_file() else []
+    size = _size_from_header(image_path, fixes)
+    if size is None:
+        return _unreadable_record(image_path, index)
+    width, height = size
+    boxes = [
+        [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+        for _, cx, cy, w, h in rows
+    ]
+    labels = [row[0] for row in rows]
+    return _make_record(image_path, index, size, boxes, labels, [False] * len(labels), fixes)
+
+
+def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, float, float, float]]:
+    """``(class, cx, cy, w, h)`` rows of a label file; blank lines are skipped, anything else must be valid."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}: line {number}"
+        if len(fields) != 5:
+            raise DatasetError(f"{where}: expected 'class cx cy w h', got {line.strip()!r}")
+        class_value = _finite_number(fields[0], f"{where} class")
+        if class_value != int(class_value):
+            raise DatasetError(f"{where}: class index must be an integer, got {fields[0]!r}")
+        class_index = int(class_value)
+        if not 0 <= class_index < num_classes:
+            raise DatasetError(f"{where}: class index {class_index} is out of range (the dataset has {num_classes})")
+        cx, cy, w, h = (_finite_number(field, where) for field in fields[1:])
+        rows.append((class_index, cx, cy, w, h))
+    return rows
+
+
+# ------------------------------------------------------------------------------------- minimal data.yaml parser
+
+_KEY_LINE = re.compile(r"""^(?P<key>'[^']*'|"[^"]*"|[^\s:'"#][^:#]*?)\s*:(?:\s+(?P<value>.*))?$""")
+
+
+def parse_simple_yaml(text: str, source: str | os.PathLike = "<yaml>") -> dict[str, Any]:
+    """Parse the YAML subset of dataset files, so PyYAML stays optional.
+
+    Supported: top-level ``key: scalar``; flow lists ``[a, 'b c']`` and flow mappings ``{0: a}`` (also spread
+    over several lines); block lists (``- a``) and block mappings (``0: a``) under a key; comments; quoted scalars;
+    int/float/bool/null scalars. Anything else raises a DatasetError naming ``source`` and the line.
+    """
+    lines = _yaml_lines(text)
+    data: dict[str, Any] = {}
+    i = 0
+    while i < len(lines):
+        number, indent, content = lines[i]
+        if indent:
+            raise DatasetError(f"{source}: line {number}: unexpected indentation")
+        key, value = _yaml_key_value(source, number, content)
+        i += 1
+        if value and value[0] in "[{":
+            while not _flow_closed(value) and i < len(lines):
+                value += " " + lines[i][2]
+                i += 1
+            data[key] = _yaml_flow(source, number, value)
+        elif value and value[0] in "|>":
+            # a literal/folded text block (Ultralytics' ``download: |`` scripts): kept as rough text (comments
+            # dropped), never interpreted
+            block, i = _yaml_take_block(lines, i, dashes=False)
+            data[key] = "\n".join(content for _, _, content in block)
+        elif value:
+            data[key] = _yaml_scalar(value)
+        else:
+            block, i = _yaml_take_block(lines, i, dashes=True)
+            data[key] = _yaml_block(source, block)
+    return data
+
+
+def _yaml_take_block(lines: list[tuple[int, int, str]], start: int, dashes: bool) -> tuple[list, int]:
+    """The indented lines from ``start`` (and, for lists, ``- item`` lines at column 0) plus the next index."""
+    end = start
+    while end < len(lines):
+        _, indent, content = lines[end]
+        if not (indent > 0 or (dashes and (content == "-" or content.startswith("- ")))):
+            break
+        end += 1
+    return lines[start:end], end
+
+
+def _yaml_lines(text: str) -> list[tuple[int, int, str]]:
+    """``(line number, indent, content)`` of each line that is not blank once its comment is removed."""
+    lines = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        content = _strip_comment(raw).rstrip()
+        if content.strip() and content.strip() != "---":
+            lines.append((number, len(content) - len(content.lstrip()), content.strip()))
+    return lines
+
+
+def _strip_comment(line: str) -> str:
+    """The line without its ``#`` comment; a ``#`` inside quotes or glued to a word is not a comment."""
+    quote = ""
+    for position, char in enumerate(line):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (position == 0 or line[position - 1] in " \t"):
+            return line[:position]
+    return line
+
+
+def _yaml_key_value(source: Any, number: int, content: str) -> tuple[Any, str]:
+    """Split ``key: value`` (value may be empty); keys that look like integers become ints (``0: person``)."""
+    match = _KEY_LINE.match(content)
+    if match is None:
+        raise DatasetError(f"{source}: line {number}: expected 'key: value', got {content!r}")
+    return _yaml_scalar(match.group("key")), (match.group("value") or "").strip()
+
+
+def _flow_closed(value: str) -> bool:
+    """Whether the brackets of a flow collection are balanced (quotes respected)."""
+    depth, quote = 0, ""
+    for char in value:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+    return depth <= 0
+
+
+def _yaml_flow(source: Any, number: int, value: str) -> list[Any] | dict[Any, Any]:
+    """A one-level flow list ``[a, b]`` or mapping ``{0: a, 1: b}``."""
+    opening, closing = value[0], "]" if value[0] == "[" else "}"
+    if not value.endswith(closing):
+        raise DatasetError(f"{source}: line {number}: unterminated {opening}...{closing} in {value!r}")
+    items = _split_flow(value[1:-1])
+    if opening == "[":
+        return [_yaml_scalar(item) for item in items]
+    pairs = (_yaml_key_value(source, number, item) for item in items)
+    return {key: _yaml_scalar(value) for key, value in pairs}
+
+
+def _split_flow(inner: str) -> list[str]:
+    """Items of a flow collection split on commas outside quotes; empty items (a trailing comma) are dropped."""
+    items, current, quote = [], "", ""
+    for char in inner:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ",":
+            items.append(current.strip())
+            current = ""
+            continue
+        current += char
+    items.append(current.strip())
+    return [item for item in items if item]
+
+
+def _yaml_block(source: Any, block: list[tuple[int, int, str]]) -> list[Any] | dict[Any, Any] | None:
+    """The indented lines under a key: a ``- item`` list or a ``key: value`` mapping (one level deep)."""
+    if not block:
+        return None
+    if all(content == "-" or content.startswith("- ") for _, _, content in block):
+        return [_yaml_scalar(content[1:].strip()) for _, _, content in block]
+    mapping = {}
+    for number, _, content in block:
+        key, value = _yaml_key_value(source, number, content)
+        mapping[key] = _yaml_scalar(value)
+    return mapping
+
+
+def _yaml_scalar(text: str) -> Any:
+    """A plain or quoted scalar: quotes removed, ints/floats/bools/null converted, anything else a string."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        inner = text[1:-1]
+        return inner.replace("''", "'") if text[0] == "'" else inner.replace('\\"', '"')
+    lowered = text.lower()
+    if lowered in ("", "~", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ------------------------------------------------------------------------------------------------- auto-detection
+
+
+def read_dataset(path: str | os.PathLike, format: str | None = None, split: str = "train") -> DetectionData:
+    """Read any supported dataset, detecting the format when ``format`` is None.
+
+    Detection: a ``.json`` file is COCO; a ``.yaml``/``.yml`` file or a folder with ``data.yaml`` is YOLO; a folder
+    with ``Annotations/`` is VOC; a folder with ``annotations/instances_<split>.json``, ``annotations/<split>.json``
+    or ``<split>.json`` is COCO.
+    """
+    path = Path(path)
+    fmt = format.lower() if format else _detect_format(path, split)
+    if fmt == "coco":
+        return read_coco(_coco_json_for(path, split))
+    if fmt == "voc":
+        return read_voc(path, split)
+    if fmt == "yolo":
+        return read_yolo(path, split)
+    raise DatasetError(f"{path}: unknown dataset format {format!r} (expected one of {FORMATS})")
+
+
+def _coco_json_candidates(folder: Path, split: str) -> list[Path]:
+    """Where a COCO JSON for ``split`` is looked for inside a dataset folder."""
+    annotations = folder / "annotations"
+    return [annotations / f"instances_{split}.json", annotations / f"{split}.json", folder / f"{split}.json"]
+
+
+def _coco_json_for(path: Path, split: str) -> Path:
+    """``path`` itself when it is a file, else the first COCO JSON candidate for ``split`` inside it."""
+    if path.is_file():
+        return path
+    candidates = _coco_json_candidates(path, split)
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if found is None:
+        looked = ", ".join(str(candidate.relative_to(path)) for candidate in candidates)
+        raise DatasetError(f"{path}: no COCO annotation file for split {split!r} (looked for {looked})")
+    return found
+
+
+def _detect_format(path: Path, split: str) -> str:
+    """The format of ``path`` from its name and contents (the rules are listed on ``read_dataset``)."""
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            return "coco"
+        if suffix in (".yaml", ".yml"):
+            return "yolo"
+        raise DatasetError(f"{path}: cannot tell the dataset format of a {suffix or 'suffix-less'} file")
+    if not path.is_dir():
+        raise DatasetError(f"{path}: dataset not found")
+    if (path / "data.yaml").is_file():
+        return "yolo"
+    if (path / "Annotations").is_dir():
+        return "voc"
+    if any(candidate.is_file() for candidate in _coco_json_candidates(path, split)):
+        return "coco"
+    looked = ", ".join(
+        ["data.yaml (YOLO)", "Annotations/ (VOC)"]
+        + [f"{candidate.relative_to(path)} (COCO)" for candidate in _coco_json_candidates(path, split)]
+    )
+    raise DatasetError(f"{path}: cannot tell the dataset format (looked for {looked})")

@@ -1,0 +1,129 @@
+"""Augmentation and resizing (SPEC 7 and 8), on uint8 RGB arrays and x1y1x2y2 pixel boxes.
+
+Training: horizontal flip, scale jitter (resize so the image fits in ``factor * size`` with ``factor`` drawn from
+``scale_range``), random crop to ``size``, pad bottom/right. Evaluation: resize the longer side to ``size``, pad.
+Images are normalised after resizing and padded with zeros, i.e. with the mean colour before normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+DEFAULT_SCALE_RANGE = (0.1, 2.0)  # SPEC 7: random factor in [0.1, 2.0] of the target size
+
+
+@dataclass
+class Resized:
+    """A transformed sample: the network input and the boxes on it, plus how to map back to the original."""
+
+    image: torch.Tensor  # [3, H, W] float32, normalised, padded
+    boxes: torch.Tensor  # [N, 4] x1y1x2y2 in input pixels
+    labels: torch.Tensor  # [N] int64
+    iscrowd: torch.Tensor  # [N] bool
+    scale: float  # input pixels per original pixel
+    offset: tuple[float, float]  # (x, y) of the crop in the scaled image (0 for evaluation)
+
+
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def normalise(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """HWC uint8 -> CHW float32 ``(x - mean) / std`` (pixel-space statistics)."""
+    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float()
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - m) / s
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+
+
+def _pad_to(x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    out = x.new_zeros((x.shape[0], *out_hw))
+    h, w = min(x.shape[1], out_hw[0]), min(x.shape[2], out_hw[1])
+    out[:, :h, :w] = x[:, :h, :w]
+    return out
+
+
+def eval_transform(
+    image: np.ndarray,
+    size: int | tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    boxes: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    iscrowd: np.ndarray | None = None,
+) -> Resized:
+    """Resize so the image fits in ``size`` keeping its aspect ratio, then pad bottom/right (SPEC 8)."""
+    out_h, out_w = _size_hw(size)
+    h, w = image.shape[:2]
+    scale = min(out_h / h, out_w / w)
+    resized = _resize(image, scale)
+    tensor = _pad_to(normalise(resized, mean, std), (out_h, out_w))
+    b = np.zeros((0, 4), np.float32) if boxes is None else boxes.astype(np.float32) * scale
+    return Resized(
+        tensor,
+        torch.from_numpy(b),
+        torch.from_numpy(np.zeros(0, np.int64) if labels is None else labels.astype(np.int64)),
+        torch.from_numpy(np.zeros(len(b), bool) if iscrowd is None else iscrowd.astype(bool)),
+        scale,
+        (0.0, 0.0),
+    )
+
+
+def train_transform(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    iscrowd: np.ndarray,
+    size: int | tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    rng: np.random.Generator,
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
+    hflip: float = 0.5,
+    min_box_size: float = 1.0,
+) -> Resized:
+    """Flip, scale-jitter, random-crop and pad one training sample (official "resize_and_crop").
+
+    Boxes are clipped to the crop; boxes left narrower or shorter than ``min_box_size`` input pixels are dropped.
+    """
+    out_h, out_w = _size_hw(size)
+    h, w = image.shape[:2]
+    boxes = boxes.astype(np.float32).copy()
+    if rng.random() < hflip:
+        image = image[:, ::-1]
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    factor = rng.uniform(*scale_range)
+    scale = min(factor * out_h / h, factor * out_w / w)
+    resized = _resize(np.ascontiguousarray(image), scale)
+    rh, rw = resized.shape[:2]
+    off_y = int(rng.integers(0, rh - out_h + 1)) if rh > out_h else 0
+    off_x = int(rng.integers(0, rw - out_w + 1)) if rw > out_w else 0
+    crop = resized[off_y : off_y + out_h, off_x : off_x + out_w]
+    tensor = _pad_to(normalise(crop, mean, std), (out_h, out_w))
+    # boxes: scale by the actual resize ratio per axis, shift by the crop, clip to the visible image part
+    sy, sx = rh / h, rw / w
+    boxes = boxes * np.array([sx, sy, sx, sy], np.float32) - np.array([off_x, off_y, off_x, off_y], np.float32)
+    vis_h, vis_w = crop.shape[:2]
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, vis_w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, vis_h)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_box_size)
+    return Resized(
+        tensor,
+        torch.from_numpy(boxes[keep]),
+        torch.from_numpy(labels[keep].astype(np.int64)),
+        torch.from_numpy(iscrowd[keep].astype(bool)),
+        float(scale),
+        (float(off_x), float(off_y)),
+    )

@@ -1,0 +1,457 @@
+"""The training loop: the paper's recipe (SPEC 6-7) with checkpoints that survive a crash.
+
+SGD (momentum 0.9) with the learning rate scaled from 0.08 per 64 images, linear warm-up then cosine decay,
+weight decay on conv/linear weights only, gradient-norm clipping, EMA weights for evaluation, focal + Huber loss.
+``last.pt`` is written atomically every epoch and holds everything ``--resume`` needs to continue exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .anchors import anchors_for_config
+from .config import get_config
+from .data.dataset import DetectionDataset, loader_kwargs
+from .data.readers import read_dataset
+from .data.transforms import DEFAULT_SCALE_RANGE
+from .evaluate import format_metrics
+from .factory import config_for_checkpoint, load_pretrained_backbone
+from .labeler import AnchorLabeler
+from .losses import detection_loss
+from .nn.detector import EfficientDet
+from .plot import plot_training_metrics
+from .postprocess import flatten_outputs
+from .validate import validate
+from .weights import CheckpointError, checkpoint_dict, load_weights, read_checkpoint, read_file, save_file_atomic
+
+LOG = logging.getLogger(__name__)
+
+BASE_LR = 0.08  # SPEC 7: 0.08 per 64 images
+BASE_BATCH = 64
+WARMUP_START = 0.1  # SPEC 7: warm-up from 0.008 = 0.1 x 0.08
+MOMENTUM = 0.9
+WEIGHT_DECAY = 4e-5
+CLIP_NORM = 10.0
+EMA_DECAY = 0.9998
+MAX_BAD_STEPS = 20  # consecutive non-finite steps before training stops
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, no data)."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `efficientdet train` (the CLI maps its flags one to one onto these fields)."""
+
+    model: str = "efficientdet-lite0"
+    data: str | None = None
+    format: str | None = None
+    train_split: str = "train"
+    val_split: str | None = "val"
+    epochs: int = 50
+    batch_size: int = 16
+    img_size: int | None = None
+    output: str = "runs/train"
+    lr: float | None = None  # None: 0.08 * batch_size / 64
+    warmup_epochs: float = 1.0
+    weight_decay: float = WEIGHT_DECAY
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
+    hflip: float = 0.5
+    ema_decay: float = EMA_DECAY
+    clip_norm: float = CLIP_NORM
+    pretrained_backbone: bool = False
+    checkpoint: str | None = None
+    resume: str | None = None
+    freeze_backbone: bool = False
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16" (CPU too), "fp16" (CUDA)
+    eval_interval: int = 1
+    max_steps: int | None = None  # stop after this many optimiser steps in total (tests, smoke runs)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scale_range"] = list(self.scale_range)
+        return d
+
+
+# --------------------------------------------------------------------------------------------- pieces
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warm-up from 0.1 x peak, then cosine decay to 0 (per optimiser step)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (WARMUP_START + (1 - WARMUP_START) * step / warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only: not on BN, biases or fusion weights (SPEC 6)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class ModelEma:
+    """Exponential moving average of the weights, with the TF-style warm-up ``min(decay, (1+n)/(10+n))``.
+
+    Without the warm-up, a 0.9998 average of a short run would still be mostly the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = EMA_DECAY) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if ema_v.dtype.is_floating_point:
+                ema_v.mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                ema_v.copy_(v)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def amp_mode(amp: str, device: torch.device) -> tuple[bool, torch.dtype]:
+    """Whether to autocast, and to which dtype. fp16 needs CUDA (and a gradient scaler); bf16 runs anywhere."""
+    if amp not in ("auto", "off", "bf16", "fp16"):
+        raise TrainingError(f"--amp must be auto, off, bf16 or fp16, got {amp!r}")
+    if amp == "auto":
+        if device.type != "cuda":
+            return False, torch.float32
+        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise TrainingError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    return amp != "off", {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[amp]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# --------------------------------------------------------------------------------------------- model set-up
+
+
+def build_model(cfg: TrainConfig, class_names: list[str]) -> EfficientDet:
+    """A model for ``class_names``: fresh, from ImageNet backbone weights, or fine-tuned from a checkpoint.
+
+    A checkpoint with another class count keeps its backbone and feature network; the heads start afresh.
+    """
+    num_classes = len(class_names)
+    overrides = dict(cfg.model_overrides)
+    if cfg.img_size:
+        overrides["image_size"] = cfg.img_size
+    if cfg.checkpoint:
+        ckpt = read_checkpoint(cfg.checkpoint)
+        settings = config_for_checkpoint(get_config(cfg.model), ckpt, str(cfg.checkpoint))
+        same_classes = settings.get("num_classes", num_classes) == num_classes
+        settings.update(overrides, num_classes=num_classes)
+        model = EfficientDet(get_config(cfg.model).replace(**settings))
+        state = ckpt.state_dict
+        if not same_classes:
+            LOG.info("%s: %s classes -> %d: heads re-initialised", cfg.checkpoint, ckpt_classes(ckpt), num_classes)
+            state = {k: v for k, v in state.items() if not k.startswith(("class_net.", "box_net."))}
+            own = model.state_dict()
+            state.update({k: v for k, v in own.items() if k.startswith(("class_net.", "box_net."))})
+        load_weights(model, state, source=str(cfg.checkpoint))
+    else:
+        model = EfficientDet(get_config(cfg.model, num_classes=num_classes, **overrides))
+        if cfg.pretrained_backbone:
+            load_pretrained_backbone(model)
+    model.class_names = list(class_names)
+    return model
+
+
+def ckpt_classes(ckpt: Any) -> str:
+    w = ckpt.state_dict.get("class_net.predict.pointwise.weight")
+    return "?" if w is None else f"{w.shape[0]} outputs"
+
+
+def _freeze_backbone(model: EfficientDet) -> None:
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+
+
+def _set_train_mode(model: EfficientDet, freeze_backbone: bool) -> None:
+    model.train()
+    if freeze_backbone:
+        model.backbone.eval()  # frozen BN statistics too
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def _save(path: Path, model_for_eval: nn.Module, model_cfg: dict, class_names: list[str], **extra: Any) -> None:
+    save_file_atomic(checkpoint_dict(model_for_eval.state_dict(), model_cfg, class_names, **extra), path)
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    fields = list(rows[0])
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _report_fixes(name: str, fixes: dict[str, int]) -> None:
+    done = {k: v for k, v in fixes.items() if v}
+    if done:
+        LOG.warning(
+            "%s split: fixed while reading: %s", name, ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in done.items())
+        )
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) and return the final summary: best AP, metrics of the last evaluation, paths."""
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    if cfg.data is None:
+        raise TrainingError("no --data given (run `efficientdet demo` for a synthetic dataset)")
+    train_data = read_dataset(cfg.data, cfg.format, cfg.train_split)
+    if not len(train_data):
+        raise TrainingError(f"{cfg.data}: split {cfg.train_split!r} has no images")
+    _report_fixes(cfg.train_split, train_data.fixes)
+    val_data = read_dataset(cfg.data, cfg.format, cfg.val_split) if cfg.val_split else None
+    if val_data is not None:
+        _report_fixes(cfg.val_split, val_data.fixes)
+        val_data = val_data.with_class_names(train_data.class_names)
+
+    model = build_model(cfg, train_data.class_names).to(device)
+    if cfg.freeze_backbone:
+        _freeze_backbone(model)
+    model_cfg = model.config
+    size = model_cfg.image_size
+    anchors = anchors_for_config(model_cfg, (size, size)).to(device)
+    labeler = AnchorLabeler(anchors)
+
+    dataset = DetectionDataset(
+        train_data.records, size, model_cfg.mean, model_cfg.std, train=True, scale_range=tuple(cfg.scale_range),
+        hflip=cfg.hflip, seed=cfg.seed,
+    )  # fmt: skip
+    steps_per_epoch = max(1, len(dataset) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    peak_lr = cfg.lr if cfg.lr is not None else BASE_LR * cfg.batch_size / BASE_BATCH
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=peak_lr, momentum=MOMENTUM)
+    ema = ModelEma(model, cfg.ema_decay)
+    use_amp, amp_dtype = amp_mode(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, step, best_ap, history, bad_total = 0, 0, -1.0, [], 0
+    if cfg.resume:
+        state = read_file(cfg.resume)["train_state"]
+        model.load_state_dict(state["model"])
+        ema.module.load_state_dict(state["ema"])
+        ema.updates = state["ema_updates"]
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, best_ap = state["epoch"], state["step"], state["best_ap"]
+        history, bad_total = list(state["history"]), state["skipped_steps"]
+        _set_rng_state(state["rng"])
+        LOG.info("resumed from %s at epoch %d (step %d)", cfg.resume, start_epoch, step)
+
+    metrics_csv, last_path, best_path = out / "metrics.csv", out / "last.pt", out / "best.pt"
+    last_metrics: dict[str, float] = {}
+    class_names = train_data.class_names
+    bad_streak = 0  # consecutive non-finite steps, across epoch boundaries
+    for epoch in range(start_epoch, cfg.epochs):
+        dataset.set_epoch(epoch)
+        loader = DataLoader(
+            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch), **loader_kwargs(cfg.workers),
+        )  # fmt: skip
+        _set_train_mode(model, cfg.freeze_backbone)
+        sums = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0}
+        n_steps, n_images, skipped_images = 0, 0, 0
+        t0 = time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr, mininterval=1.0)
+        for batch in bar:
+            skipped_images += batch.skipped
+            if not len(batch):
+                continue
+            lr = lr_at(step, total_steps, warmup_steps, peak_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = batch.images.to(device, non_blocking=True)
+            targets = labeler([{k: v.to(device) for k, v in t.items()} for t in batch.targets])
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                cls_out, box_out = model(images)
+            cls_flat, box_flat = flatten_outputs(cls_out, box_out, model_cfg.num_classes)
+            losses = detection_loss(cls_flat, box_flat, targets, model_cfg.num_classes)
+            optimizer.zero_grad(set_to_none=True)
+            finite = bool(torch.isfinite(losses["loss"]))
+            if finite:
+                scaler.scale(losses["loss"]).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                finite = bool(torch.isfinite(grad_norm))
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler.is_enabled():
+                    scaler.update()  # fp16 overflow: the scaler lowers its scale and the step is skipped
+                bad_streak += 1
+                bad_total += 1
+                if bad_streak >= MAX_BAD_STEPS:
+                    raise TrainingError(
+                        f"loss or gradients were NaN/inf for {bad_streak} consecutive steps (epoch {epoch + 1}); "
+                        f"training stopped. Try a lower --lr, check the data for degenerate boxes, or --amp off."
+                    )
+                continue
+            bad_streak = 0
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update(model)
+            step += 1
+            n_steps += 1
+            n_images += len(batch)
+            for k in sums:
+                sums[k] += losses[k].item()
+            rate = n_images / max(1e-9, time.time() - t0)
+            bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}", cls=f"{sums['cls_loss'] / n_steps:.4f}",
+                            box=f"{sums['box_loss'] / n_steps:.5f}", lr=f"{lr:.4g}", img_s=f"{rate:.1f}")  # fmt: skip
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        bar.close()
+        elapsed = time.time() - t0
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": sums["loss"] / max(1, n_steps),
+            "train_cls_loss": sums["cls_loss"] / max(1, n_steps),
+            "train_box_loss": sums["box_loss"] / max(1, n_steps),
+            "lr": lr_at(max(0, step - 1), total_steps, warmup_steps, peak_lr),
+            "images_per_s": n_images / max(1e-9, elapsed),
+            "skipped_images": skipped_images,
+            "skipped_steps": bad_total,
+            "epoch_time_s": elapsed,
+        }
+        stop = cfg.max_steps is not None and step >= cfg.max_steps
+        evaluate_now = val_data is not None and (
+            (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs or stop
+        )
+        if evaluate_now:
+            last_metrics = validate(ema.module, val_data, size, cfg.batch_size, cfg.workers, device)
+            row.update(last_metrics)
+        history.append(row)
+        summary = (
+            f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f} (cls {row['train_cls_loss']:.4f}, "
+            f"box {row['train_box_loss']:.5f})  lr {row['lr']:.4g}  {row['images_per_s']:.1f} img/s  {elapsed:.0f}s"
+        )
+        if skipped_images:
+            summary += f"  skipped {skipped_images} unreadable image(s)"
+        if evaluate_now:
+            summary += "  | " + format_metrics(last_metrics)
+        print(summary, flush=True)
+        improved = evaluate_now and last_metrics["AP"] > best_ap
+        if improved:
+            best_ap = last_metrics["AP"]
+        train_state = {
+            "model": model.state_dict(),
+            "ema": ema.module.state_dict(),
+            "ema_updates": ema.updates,
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "step": step,
+            "best_ap": best_ap,
+            "history": history,
+            "skipped_steps": bad_total,
+            "rng": _rng_state(),
+            "train_config": cfg.to_dict(),
+        }
+        _save(last_path, ema.module, model_cfg.to_dict(), class_names, train_state=train_state)
+        if improved or (val_data is None and epoch + 1 == cfg.epochs):
+            _save(best_path, ema.module, model_cfg.to_dict(), class_names, metrics=dict(last_metrics))
+        _write_metrics(metrics_csv, history)
+        plot_training_metrics(str(metrics_csv), str(out / "metrics.png"))
+        if stop:
+            break
+    if not best_path.exists():
+        _save(best_path, ema.module, model_cfg.to_dict(), class_names, metrics=dict(last_metrics))
+    return {
+        "best_ap": best_ap,
+        "metrics": last_metrics,
+        "last": str(last_path),
+        "best": str(best_path),
+        "epochs_done": len(history),
+        "steps": step,
+        "skipped_steps": bad_total,
+    }
+
+
+def resume_config(path: str, **changes: Any) -> TrainConfig:
+    """The settings of the run saved in ``path`` (a ``last.pt``), with ``changes`` (e.g. more ``epochs``).
+
+    Output defaults to the checkpoint's folder. Model, data and recipe come from the checkpoint so that the
+    resumed run is the same run.
+    """
+    obj = read_file(path)
+    if not isinstance(obj, dict) or "train_state" not in obj:
+        raise CheckpointError(f"{path}: not a training checkpoint (no train_state); use --checkpoint to fine-tune")
+    saved = dict(obj["train_state"]["train_config"])
+    saved["scale_range"] = tuple(saved["scale_range"])
+    saved["output"] = str(Path(path).parent)
+    saved.update(changes, resume=str(path))
+    return TrainConfig(**saved)
+
+
+__all__ = ["TrainConfig", "TrainingError", "lr_at", "param_groups", "resume_config", "train"]

@@ -1,0 +1,71 @@
+"""Run a detector over a dataset split and score it with the COCO metrics (used by training and `eval`)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from .anchors import anchors_for_config
+from .data.dataset import DetectionDataset, loader_kwargs
+from .data.records import DetectionData, ImageRecord
+from .evaluate import evaluate_detections
+from .nn.detector import EfficientDet
+from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess
+
+EVAL_SCORE_THRESHOLD = 0.001  # the official evaluation keeps detections down to this score
+
+
+@torch.no_grad()
+def predict_records(
+    model: EfficientDet,
+    records: list[ImageRecord],
+    image_size: int | None = None,
+    batch_size: int = 8,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    score_threshold: float = EVAL_SCORE_THRESHOLD,
+    iou_threshold: float = NMS_IOU,
+    max_det: int = MAX_DETECTIONS,
+) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """Detections per record in original-image pixels (aligned with ``records``; unreadable images get none).
+
+    Returns the detections and the number of images that could not be read.
+    """
+    cfg = model.config
+    size = image_size or cfg.image_size
+    dataset = DetectionDataset(records, size, cfg.mean, cfg.std, train=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kwargs(workers))
+    anchors = anchors_for_config(cfg, (size, size)).to(device)
+    was_training = model.training
+    model.eval()
+    by_id: dict[int, dict[str, torch.Tensor]] = {}
+    skipped = 0
+    for batch in loader:
+        skipped += batch.skipped
+        if not len(batch):
+            continue
+        cls, box = model(batch.images.to(device))
+        dets = postprocess(cls, box, anchors, cfg.num_classes, TOPK_CANDIDATES, iou_threshold, max_det, score_threshold)
+        for rec, scale, det in zip(batch.records, batch.scales, dets):
+            boxes = det["boxes"].cpu() / scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, rec.width or None)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, rec.height or None)
+            by_id[id(rec)] = {"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
+    model.train(was_training)
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    return [by_id.get(id(r), empty) for r in records], skipped
+
+
+def validate(
+    model: EfficientDet,
+    data: DetectionData,
+    image_size: int | None = None,
+    batch_size: int = 8,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    json_path: str | None = None,
+    detections_path: str | None = None,
+) -> dict[str, float]:
+    """COCO AP, AP50, AP75, APs, APm, APl of ``model`` on ``data``."""
+    dets, _ = predict_records(model, data.records, image_size, batch_size, workers, device)
+    return evaluate_detections(data, dets, json_path=json_path, detections_path=detections_path)

@@ -1,0 +1,87 @@
+"""Anchor matching and the loss against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from efficientdet.anchors import decode_boxes
+from efficientdet.labeler import IGNORE, NEGATIVE, AnchorLabeler, Targets, box_iou
+from efficientdet.losses import detection_loss, focal_loss, huber_loss
+
+# three anchors (y1, x1, y2, x2): A0 at the origin, A1 shifted right by 5, A2 far away
+ANCHORS = torch.tensor([[0.0, 0, 10, 10], [0, 5, 10, 15], [50, 50, 60, 60]])
+
+
+def test_box_iou_hand_values():
+    a = torch.tensor([[0.0, 0, 10, 10]])
+    b = torch.tensor([[5.0, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30]])
+    assert torch.allclose(box_iou(a, b), torch.tensor([[50 / 150, 1.0, 0.0]]))
+
+
+def test_positive_negative_and_force_match():
+    lab = AnchorLabeler(ANCHORS)
+    # GT (x1y1x2y2) equal to A0: IoU(A0)=1 positive; IoU(A1)=1/3 negative; A2 negative
+    cls, box, npos = lab.label_image(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([2]))
+    assert cls.tolist() == [2, NEGATIVE, NEGATIVE] and npos == 1
+    assert torch.allclose(box[0], torch.zeros(4), atol=1e-6)
+    # a GT that overlaps no anchor at IoU >= 0.5 is force-matched to its best anchor
+    cls, box, npos = lab.label_image(torch.tensor([[52.0, 52, 70, 70]]), torch.tensor([0]))
+    assert cls.tolist() == [NEGATIVE, NEGATIVE, 0] and npos == 1
+    decoded = decode_boxes(box[2:3], ANCHORS[2:3])
+    assert torch.allclose(decoded, torch.tensor([[52.0, 52, 70, 70]]), atol=1e-4)
+
+
+def test_iou_exactly_half_is_positive():
+    lab = AnchorLabeler(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 20]]))  # (y1, x1, y2, x2)
+    # GT x 0..10, y 0..15: anchor 0 (10x10) IoU 100/150 = .667 positive; anchor 1 (20 wide) IoU 100/250 = .4
+    cls, _, npos = lab.label_image(torch.tensor([[0.0, 0, 10, 15]]), torch.tensor([1]))
+    assert cls.tolist() == [1, NEGATIVE] and npos == 1
+    lab = AnchorLabeler(torch.tensor([[0.0, 0, 10, 20], [100.0, 100, 110, 110]]))
+    cls, _, _ = lab.label_image(torch.tensor([[0.0, 0, 10, 10], [100, 100, 110, 110]]), torch.tensor([0, 0]))
+    assert cls.tolist() == [0, 0]  # IoU 100/200 = 0.5 exactly counts as positive
+
+
+def test_crowd_boxes_are_ignored_not_targets():
+    lab = AnchorLabeler(ANCHORS)
+    cls, _, npos = lab.label_image(
+        torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]]), torch.tensor([1, 0]), torch.tensor([False, True])
+    )
+    assert cls.tolist() == [1, NEGATIVE, IGNORE] and npos == 1
+
+
+def test_image_without_boxes_is_all_negative():
+    cls, box, npos = AnchorLabeler(ANCHORS).label_image(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert cls.tolist() == [NEGATIVE] * 3 and npos == 0 and not box.any()
+
+
+def test_focal_loss_hand_value():
+    # logit 0 -> p = 0.5. positive: 0.25 * 0.5^1.5 * ln 2 ; negative: 0.75 * 0.5^1.5 * ln 2
+    fl = focal_loss(torch.zeros(2), torch.tensor([1.0, 0.0]))
+    base = 0.5**1.5 * math.log(2)
+    assert fl.tolist() == pytest.approx([0.25 * base, 0.75 * base])
+
+
+def test_huber_hand_values():
+    h = huber_loss(torch.tensor([0.05, 0.3, -0.3]), torch.zeros(3), delta=0.1)
+    assert h.tolist() == pytest.approx([0.5 * 0.05**2, 0.1 * (0.3 - 0.05), 0.1 * (0.3 - 0.05)])
+
+
+def test_detection_loss_normalisation_and_weights():
+    # one image, 3 anchors, 2 classes; anchor 0 positive class 1, anchor 1 negative, anchor 2 ignored
+    targets = Targets(
+        cls=torch.tensor([[1, NEGATIVE, IGNORE]]),
+        box=torch.tensor([[[0.2, 0.0, 0.0, 0.0], [0.0] * 4, [0.0] * 4]]),
+        num_positives=torch.tensor([1.0]),
+    )
+    logits = torch.zeros(1, 3, 2)
+    codes = torch.zeros(1, 3, 4)
+    codes[0, 2] = 5.0  # ignored anchor: its box error must not count
+    out = detection_loss(logits, codes, targets, num_classes=2)
+    base = 0.5**1.5 * math.log(2)
+    # anchor 0: class 1 positive (0.25 base), class 0 negative (0.75 base); anchor 1: 2 negatives; anchor 2 none
+    expected_cls = (0.25 * base + 3 * 0.75 * base) / (1 + 1)
+    expected_box = (0.1 * (0.2 - 0.05)) / ((1 + 1) * 4)
+    assert out["cls_loss"].item() == pytest.approx(expected_cls)
+    assert out["box_loss"].item() == pytest.approx(expected_box)
+    assert out["loss"].item() == pytest.approx(expected_cls + 50 * expected_box)

@@ -1,0 +1,308 @@
+"""Dataset readers on the real raccoon VOC set and on tiny crafted COCO / YOLO / VOC sets with known problems."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED, require_shared
+from PIL import Image
+
+from efficientdet.data.images import load_image
+from efficientdet.data.readers import (
+    DatasetError,
+    parse_simple_yaml,
+    read_coco,
+    read_dataset,
+    read_voc,
+    read_yolo,
+    yolo_label_path,
+)
+
+RACCOON = SHARED / "datasets" / "raccoon"
+RACCOON_GRAYSCALE = {"raccoon-150", "raccoon-152", "raccoon-161"}
+
+
+def _image(path: Path, size: tuple[int, int] = (100, 50), mode: str = "RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size).save(path)
+    return path
+
+
+def _assert_boxes_inside(record) -> None:
+    boxes = record.boxes
+    assert boxes.dtype == np.float32 and boxes.shape == (len(record.labels), 4)
+    assert np.all(boxes[:, 0] >= 0) and np.all(boxes[:, 1] >= 0)
+    assert np.all(boxes[:, 2] <= record.width) and np.all(boxes[:, 3] <= record.height)
+    assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+
+
+# ---------------------------------------------------------------------------------------------------- raccoon VOC
+
+
+@pytest.fixture(scope="module")
+def raccoon() -> dict:
+    root = require_shared(RACCOON)
+    return {split: read_voc(root, split) for split in ("train", "test")}
+
+
+def test_raccoon_splits_classes_and_box_count(raccoon):
+    train, test = raccoon["train"], raccoon["test"]
+    assert (len(train), len(test)) == (160, 40)
+    assert train.class_names == test.class_names == ["raccoon"]
+    assert train.format == "voc" and train.category_ids is None
+    # 217 = the <object> count over all 200 XML files (173 in train, 44 in test)
+    assert sum(len(r.boxes) for r in train.records + test.records) == 217
+    assert train.fixes == test.fixes == {"clipped_boxes": 0, "zero_area_boxes": 0, "unreadable_images": 0}
+    assert [r.image_id for r in train.records] == list(range(160))
+
+
+def test_raccoon_boxes_inside_images_and_one_based_conversion(raccoon):
+    for record in raccoon["train"].records + raccoon["test"].records:
+        assert Path(record.path).is_absolute() and Path(record.path).is_file()
+        assert np.all(record.labels == 0) and not record.iscrowd.any()
+        _assert_boxes_inside(record)
+    first = raccoon["train"].records[0]  # raccoon-1.xml: xmin 81 ymin 88 xmax 522 ymax 408, size 650x417
+    assert Path(first.path).name == "raccoon-1.jpg" and (first.width, first.height) == (650, 417)
+    np.testing.assert_array_equal(first.boxes, [[80, 87, 522, 408]])
+
+
+def test_raccoon_grayscale_images_load_as_rgb(raccoon):
+    records = [r for r in raccoon["train"].records + raccoon["test"].records if Path(r.path).stem in RACCOON_GRAYSCALE]
+    assert len(records) == 3
+    for record in records:
+        with Image.open(record.path) as img:
+            assert img.mode == "L"
+        assert load_image(record.path).shape == (record.height, record.width, 3)
+
+
+def test_read_dataset_detects_voc(raccoon):
+    assert len(read_dataset(RACCOON, split="test")) == 40
+
+
+# ------------------------------------------------------------------------------------------------- crafted COCO
+
+
+def _coco_dataset(tmp_path: Path, annotations: list[dict]) -> Path:
+    _image(tmp_path / "images" / "a.jpg")
+    _image(tmp_path / "images" / "b.jpg")
+    content = {
+        "images": [
+            {"id": 7, "file_name": "a.jpg", "width": 100, "height": 50},
+            {"id": 9, "file_name": "b.jpg", "width": 100, "height": 50},
+        ],
+        "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
+        "annotations": annotations,
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_coco_boxes_negatives_clipping_and_crowd(tmp_path):
+    path = _coco_dataset(
+        tmp_path,
+        [
+            {"id": 1, "image_id": 7, "category_id": 18, "bbox": [10, 5, 20, 10]},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [90, 40, 30, 30]},  # runs off the corner: clipped
+            {"id": 3, "image_id": 7, "category_id": 1, "bbox": [30, 30, 0, 10]},  # zero width: dropped
+            {"id": 4, "image_id": 7, "category_id": 18, "bbox": [0, 0, 50, 50], "iscrowd": 1},
+        ],
+    )
+    data = read_coco(path)
+    assert data.format == "coco"
+    assert data.class_names == ["person", "dog"] and data.category_ids == [1, 18]
+    first, negative = data.records
+    assert (first.image_id, negative.image_id) == (7, 9)
+    assert first.path == str((tmp_path / "images" / "a.jpg").resolve())
+    np.testing.assert_allclose(first.boxes, [[10, 5, 30, 15], [90, 40, 100, 50], [0, 0, 50, 50]])
+    np.testing.assert_array_equal(first.labels, [1, 0, 1])
+    np.testing.assert_array_equal(first.iscrowd, [False, False, True])
+    assert negative.boxes.shape == (0, 4) and negative.labels.shape == (0,)
+    assert data.fixes == {"clipped_boxes": 1, "zero_area_boxes": 1, "unreadable_images": 0}
+    assert read_dataset(path).records[0].image_id == 7
+
+
+def test_coco_unknown_category_names_file_and_id(tmp_path):
+    path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "category_id": 44, "bbox": [1, 1, 2, 2]}])
+    with pytest.raises(DatasetError, match=r"instances\.json.*category id 44"):
+        read_coco(path)
+
+
+def test_coco_missing_key_names_file(tmp_path):
+    path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "category_id": 1}])
+    with pytest.raises(DatasetError, match=r"instances\.json.*'bbox'"):
+        read_coco(path)
+
+
+def test_coco_folder_layout_is_detected(tmp_path):
+    _image(tmp_path / "val2017" / "a.jpg")
+    content = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 50}],
+        "categories": [{"id": 3, "name": "car"}],
+        "annotations": [],
+    }
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(content))
+    data = read_dataset(tmp_path, split="val2017")
+    assert data.format == "coco" and data.records[0].path == str((tmp_path / "val2017" / "a.jpg").resolve())
+
+
+def test_unknown_layout_names_path_and_what_was_looked_for(tmp_path):
+    with pytest.raises(DatasetError, match=r"data\.yaml.*Annotations.*instances_train\.json"):
+        read_dataset(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------- crafted YOLO
+
+
+def _yolo_dataset(tmp_path: Path, names_yaml: str) -> Path:
+    (tmp_path / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\n{names_yaml}\n")
+    _image(tmp_path / "images" / "train" / "boxed.jpg", (200, 100))
+    _image(tmp_path / "images" / "train" / "negative.png", (64, 32))
+    labels = tmp_path / "labels" / "train"
+    labels.mkdir(parents=True)
+    # a box in the middle, and one hanging off the right edge (clipped)
+    (labels / "boxed.txt").write_text("1 0.5 0.5 0.2 0.4\n\n0 0.95 0.5 0.2 0.2\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "names_yaml",
+    ["names: [cat, 'hot dog']", "nc: 2\nnames:\n  0: cat\n  1: hot dog", "names:\n- cat\n- hot dog  # comment"],
+)
+@pytest.mark.parametrize("pyyaml", [True, False], ids=["pyyaml", "own-parser"])
+def test_yolo_names_boxes_and_negatives(tmp_path, monkeypatch, names_yaml, pyyaml):
+    if not pyyaml:
+        monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
+    data = read_yolo(_yolo_dataset(tmp_path, names_yaml), "train")
+    assert data.format == "yolo" and data.class_names == ["cat", "hot dog"]
+    boxed, negative = data.records
+    assert Path(boxed.path).name == "boxed.jpg" and (boxed.width, boxed.height) == (200, 100)
+    np.testing.assert_allclose(boxed.boxes, [[80, 30, 120, 70], [170, 40, 200, 60]], atol=1e-4)
+    np.testing.assert_array_equal(boxed.labels, [1, 0])
+    assert negative.boxes.shape == (0, 4) and (negative.width, negative.height) == (64, 32)
+    assert [r.image_id for r in data.records] == [0, 1]
+    assert data.fixes["clipped_boxes"] == 1
+
+
+def test_yolo_reads_without_pyyaml(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
+    data = read_dataset(_yolo_dataset(tmp_path, "names: {0: cat, 1: 'hot dog'}"), split="train")
+    assert data.format == "yolo" and data.class_names == ["cat", "hot dog"] and len(data) == 2
+
+
+def test_yolo_class_out_of_range_names_file_line_and_class(tmp_path):
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    (root / "labels" / "train" / "boxed.txt").write_text("0 0.5 0.5 0.1 0.1\n2 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match=r"boxed\.txt: line 2: class index 2 is out of range"):
+        read_yolo(root, "train")
+
+
+def test_yolo_malformed_line_names_file_and_line(tmp_path):
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    (root / "labels" / "train" / "boxed.txt").write_text("0 0.5 0.5 0.1\n")
+    with pytest.raises(DatasetError, match=r"boxed\.txt: line 1"):
+        read_yolo(root, "train")
+
+
+def test_yolo_unreadable_image_is_kept_and_counted(tmp_path):
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    (root / "images" / "train" / "broken.jpg").write_text("not an image")
+    data = read_yolo(root, "train")
+    broken = next(r for r in data.records if Path(r.path).name == "broken.jpg")
+    assert (broken.width, broken.height, len(broken.boxes)) == (0, 0, 0)
+    assert data.fixes["unreadable_images"] == 1
+
+
+def test_yolo_split_as_txt_list_and_missing_split(tmp_path):
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    (root / "val.txt").write_text("images/train/boxed.jpg\n")
+    (root / "data.yaml").write_text("train: images/train\nval: val.txt\nnames: [cat, dog]\n")
+    assert [Path(r.path).name for r in read_yolo(root, "val").records] == ["boxed.jpg"]
+    with pytest.raises(DatasetError, match=r"data\.yaml.*'test'"):
+        read_yolo(root, "test")
+
+
+def test_yolo_label_path_replaces_the_last_images_component():
+    path = Path("/data/images/set/images/train/x.jpg")
+    assert yolo_label_path(path) == Path("/data/images/set/labels/train/x.txt")
+    assert yolo_label_path(Path("/data/flat/x.png")) == Path("/data/flat/x.txt")
+
+
+def test_simple_yaml_parser_variants():
+    text = (
+        "# dataset\npath: ../data  # root\ntrain: images/train\nnc: 3\n"
+        "names: ['a, b', \"c\",\n  d]\nmap:\n  0: x\n  1: 'y # z'\n"
+    )
+    parsed = parse_simple_yaml(text)
+    assert parsed == {
+        "path": "../data",
+        "train": "images/train",
+        "nc": 3,
+        "names": ["a, b", "c", "d"],
+        "map": {0: "x", 1: "y # z"},
+    }
+    with pytest.raises(DatasetError, match="line 1"):
+        parse_simple_yaml("just words", "data.yaml")
+
+
+def test_simple_yaml_parser_skips_ultralytics_download_scripts():
+    text = "names:\n  0: person\ndownload: |\n  import os  # comment\n  x = {'a': 1}\nval: images/val\n"
+    parsed = parse_simple_yaml(text)
+    assert parsed["names"] == {0: "person"} and parsed["val"] == "images/val"
+    assert parsed["download"].startswith("import os")
+
+
+def test_yolo_roboflow_parent_relative_entries(tmp_path):
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    (root / "data.yaml").write_text("train: ../images/train\nnames: [cat, dog]\n")
+    assert len(read_yolo(root / "data.yaml", "train")) == 2
+
+
+# -------------------------------------------------------------------------------------------------- crafted VOC
+
+
+def _voc_xml(name: str, box: tuple[int, int, int, int], size: tuple[int, int] | None = (100, 50)) -> str:
+    size_xml = f"<size><width>{size[0]}</width><height>{size[1]}</height></size>" if size else ""
+    xmin, ymin, xmax, ymax = box
+    return (
+        f"<annotation>{size_xml}<object><name>{name}</name><difficult>1</difficult><bndbox><xmin>{xmin}</xmin>"
+        f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object></annotation>"
+    )
+
+
+def _voc_dataset(tmp_path: Path, xml: str) -> Path:
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    _image(tmp_path / "JPEGImages" / "img1.png")
+    (tmp_path / "Annotations" / "img1.xml").write_text(xml)
+    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("img1  1\n\n")
+    return tmp_path
+
+
+def test_voc_png_image_difficult_kept_and_size_from_header(tmp_path):
+    data = read_voc(_voc_dataset(tmp_path, _voc_xml("bird", (1, 1, 100, 50), size=None)), "train")
+    (record,) = data.records
+    assert Path(record.path).name == "img1.png" and (record.width, record.height) == (100, 50)
+    np.testing.assert_array_equal(record.boxes, [[0, 0, 100, 50]])  # the whole image, 1-based inclusive
+    assert data.class_names == ["bird"]
+
+
+def test_voc_class_file_with_unknown_class_names_xml_and_class(tmp_path):
+    root = _voc_dataset(tmp_path, _voc_xml("zebra", (2, 2, 20, 20)))
+    (root / "classes.txt").write_text("bird\ncat\n")
+    with pytest.raises(DatasetError, match=r"img1\.xml: class 'zebra'"):
+        read_voc(root, "train")
+
+
+def test_voc_missing_and_malformed_xml_name_the_file(tmp_path):
+    root = _voc_dataset(tmp_path, "<annotation><object>")
+    with pytest.raises(DatasetError, match=r"img1\.xml: malformed XML"):
+        read_voc(root, "train")
+    (root / "Annotations" / "img1.xml").unlink()
+    with pytest.raises(DatasetError, match=r"img1\.xml: annotation file not found"):
+        read_voc(root, "train")

@@ -1,0 +1,184 @@
+"""Training: the loss falls on real data, resume is exact, NaN steps are skipped, fine-tuning keeps what it should."""
+
+import csv
+import math
+import os
+
+import pytest
+import torch
+from conftest import SHARED, require_shared
+
+import efficientdet
+from efficientdet import train as train_mod
+from efficientdet.train import (
+    ModelEma,
+    TrainConfig,
+    TrainingError,
+    build_model,
+    lr_at,
+    param_groups,
+    resume_config,
+    train,
+)
+from efficientdet.weights import read_file
+
+
+def raccoon_subset(tmp_path, n_train=8, n_val=4, name="raccoon"):
+    """A VOC folder of symlinks to the first raccoon images (the shared data is never copied)."""
+    src = require_shared(SHARED / "datasets" / "raccoon")
+    ids = (src / "ImageSets" / "Main" / "train.txt").read_text().split()[: n_train + n_val]
+    root = tmp_path / name
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    for i in ids:
+        os.symlink(src / "JPEGImages" / f"{i}.jpg", root / "JPEGImages" / f"{i}.jpg")
+        os.symlink(src / "Annotations" / f"{i}.xml", root / "Annotations" / f"{i}.xml")
+    (root / "ImageSets/Main/train.txt").write_text("\n".join(ids[:n_train]) + "\n")
+    (root / "ImageSets/Main/val.txt").write_text("\n".join(ids[n_train:]) + "\n")
+    return root
+
+
+def tiny_config(tmp_path, data, **kw):
+    base = dict(model="efficientdet-lite0", data=str(data), format="voc", img_size=128, batch_size=8, workers=0,
+                output=str(tmp_path / "run"), val_split=None, scale_range=(1.0, 1.0), hflip=0.0, epochs=1)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def history(out_dir):
+    with open(os.path.join(out_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_short_training_run_on_raccoon_lowers_the_loss(tmp_path):
+    data = raccoon_subset(tmp_path)
+    cfg = tiny_config(tmp_path, data, epochs=12, lr=0.05, warmup_epochs=0.0, pretrained_backbone=True)
+    train(cfg)
+    losses = [float(r["train_loss"]) for r in history(cfg.output)]
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses  # measured: 4.44 -> 1.9
+
+
+def test_resume_gives_the_same_next_step_loss(tmp_path):
+    data = raccoon_subset(tmp_path)
+    kw = dict(epochs=3, lr=0.01, scale_range=(0.5, 1.5), hflip=0.5)  # augmentation on: its RNG must resume too
+    straight = tiny_config(tmp_path, data, output=str(tmp_path / "straight"), **kw)
+    train(straight)
+    interrupted = tiny_config(tmp_path, data, output=str(tmp_path / "interrupted"), max_steps=2, **kw)
+    train(interrupted)  # stops after 2 of 3 epochs, as if killed after writing last.pt
+    assert len(history(interrupted.output)) == 2
+    train(resume_config(str(tmp_path / "interrupted" / "last.pt")))
+    a, b = history(straight.output), history(interrupted.output)
+    assert len(b) == 3
+    assert float(b[2]["train_loss"]) == pytest.approx(float(a[2]["train_loss"]), rel=1e-6, abs=1e-7)
+    final_a = read_file(tmp_path / "straight" / "last.pt")["state_dict"]
+    final_b = read_file(tmp_path / "interrupted" / "last.pt")["state_dict"]
+    assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-6) for k in final_a)
+
+
+def test_checkpoints_metrics_and_plot_are_written(tmp_path):
+    data = raccoon_subset(tmp_path)
+    cfg = tiny_config(tmp_path, data, epochs=2, val_split="val")
+    result = train(cfg)
+    out = tmp_path / "run"
+    assert {"last.pt", "best.pt", "metrics.csv", "metrics.png"} <= set(os.listdir(out))
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["class_names"] == ["raccoon"] and last["train_state"]["epoch"] == 2
+    rows = history(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and "AP50" in rows[0]
+    model = efficientdet.load_checkpoint(result["best"])
+    assert model.class_names == ["raccoon"] and model.config.image_size == 128
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_non_finite_losses_are_skipped_and_counted(tmp_path, monkeypatch):
+    data = raccoon_subset(tmp_path)
+    real = train_mod.detection_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        if calls["n"] % 3 == 0:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "detection_loss", sometimes_nan)
+    result = train(tiny_config(tmp_path, data, epochs=2, batch_size=2))  # 8 steps, every 3rd NaN
+    assert result["skipped_steps"] == 2 and result["steps"] == 6
+    assert all(
+        torch.isfinite(v).all() for v in read_file(result["last"])["state_dict"].values() if v.is_floating_point()
+    )
+
+
+def test_training_stops_clearly_when_the_loss_keeps_diverging(tmp_path, monkeypatch):
+    data = raccoon_subset(tmp_path)
+    real = train_mod.detection_loss
+
+    def always_inf(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["loss"] = out["loss"] * float("inf")
+        return out
+
+    monkeypatch.setattr(train_mod, "detection_loss", always_inf)
+    with pytest.raises(TrainingError, match="NaN/inf for 20 consecutive steps"):
+        train(tiny_config(tmp_path, data, epochs=30, batch_size=2))
+
+
+def test_finetuning_from_other_classes_keeps_backbone_and_bifpn(tmp_path):
+    donor = efficientdet.create_model("efficientdet-lite0", num_classes=5)
+    path = tmp_path / "donor.pt"
+    efficientdet.save_model(donor, path)
+    cfg = TrainConfig(model="efficientdet-lite0", checkpoint=str(path))
+    model = build_model(cfg, ["raccoon"])
+    own, theirs = model.state_dict(), donor.state_dict()
+    for key in ("backbone.stem.conv.weight", "fpn.cells.2.nodes.7.conv.pointwise.weight"):
+        assert torch.equal(own[key], theirs[key])
+    assert model.class_net.predict.pointwise.weight.shape[0] == 9 and model.class_names == ["raccoon"]
+    same = build_model(TrainConfig(model="efficientdet-lite0", checkpoint=str(path)), list("abcde"))
+    assert torch.equal(
+        same.state_dict()["class_net.predict.pointwise.weight"], theirs["class_net.predict.pointwise.weight"]
+    )
+
+
+def test_freeze_backbone_leaves_backbone_weights_and_statistics_alone(tmp_path):
+    data = raccoon_subset(tmp_path)
+    cfg = tiny_config(tmp_path, data, epochs=2, freeze_backbone=True, pretrained_backbone=True, ema_decay=0.0)
+    result = train(cfg)
+    trained = read_file(result["last"])["train_state"]["model"]
+    fresh = build_model(TrainConfig(model="efficientdet-lite0", pretrained_backbone=True), ["raccoon"]).state_dict()
+    for key in ("backbone.blocks.3.0.dw.conv.weight", "backbone.blocks.3.0.dw.bn.running_mean"):
+        assert torch.equal(trained[key], fresh[key])
+    assert not torch.equal(trained["fpn.cells.0.nodes.0.conv.pointwise.weight"],
+                           fresh["fpn.cells.0.nodes.0.conv.pointwise.weight"])  # fmt: skip
+
+
+def test_learning_rate_schedule():
+    peak, total, warm = 0.02, 100, 10
+    assert lr_at(0, total, warm, peak) == pytest.approx(0.1 * peak)
+    assert lr_at(warm, total, warm, peak) == pytest.approx(peak)
+    assert lr_at(55, total, warm, peak) == pytest.approx(peak / 2)
+    assert lr_at(total, total, warm, peak) == pytest.approx(0.0, abs=1e-12)
+    values = [lr_at(s, total, warm, peak) for s in range(total)]
+    assert values[:warm] == sorted(values[:warm]) and values[warm:] == sorted(values[warm:], reverse=True)
+    assert TrainConfig().lr is None  # None means 0.08 per 64 images
+
+
+def test_weight_decay_only_on_conv_and_linear_weights():
+    model = efficientdet.create_model("efficientdet-d0", num_classes=2)
+    decay, no_decay = param_groups(model, 4e-5)
+    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 4 for p in decay["params"])
+    ids = {id(p) for p in no_decay["params"]}
+    assert id(model.fpn.cells[0].nodes[0].edge_weights) in ids
+    assert id(model.backbone.stem.bn.weight) in ids and id(model.class_net.predict.pointwise.bias) in ids
+
+
+def test_ema_decay_warms_up():
+    lin = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(lin.weight)
+    ema = ModelEma(lin, decay=0.9998)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema.update(lin)  # decay min(0.9998, 2/11)
+    assert ema.module.weight.item() == pytest.approx(1 - 2 / 11)
