@@ -301,9 +301,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     start_epoch, step, best_ap, history, bad_total = 0, 0, -1.0, [], 0
     if cfg.resume:
-        state = read_file(cfg.resume)["train_state"]
+        saved = read_file(cfg.resume)
+        state = saved["train_state"]
         model.load_state_dict(state["model"])
-        ema.module.load_state_dict(state["ema"])
+        ema.module.load_state_dict(saved["state_dict"])  # the file's main weights are the EMA weights
         ema.updates = state["ema_updates"]
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best_ap = state["epoch"], state["step"], state["best_ap"]
@@ -406,8 +407,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if improved:
             best_ap = last_metrics["AP"]
         train_state = {
-            "model": model.state_dict(),
-            "ema": ema.module.state_dict(),
+            "model": model.state_dict(),  # the raw weights; the EMA weights are the file's state_dict
             "ema_updates": ema.updates,
             "optimizer": optimizer.state_dict(),
             "epoch": epoch + 1,

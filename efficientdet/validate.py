@@ -38,7 +38,7 @@ def predict_records(
     anchors = anchors_for_config(cfg, (size, size)).to(device)
     was_training = model.training
     model.eval()
-    by_id: dict[int, dict[str, torch.Tensor]] = {}
+    by_index: dict[int, dict[str, torch.Tensor]] = {}
     skipped = 0
     for batch in loader:
         skipped += batch.skipped
@@ -46,14 +46,14 @@ def predict_records(
             continue
         cls, box = model(batch.images.to(device))
         dets = postprocess(cls, box, anchors, cfg.num_classes, TOPK_CANDIDATES, iou_threshold, max_det, score_threshold)
-        for rec, scale, det in zip(batch.records, batch.scales, dets):
+        for index, rec, scale, det in zip(batch.indices, batch.records, batch.scales, dets):
             boxes = det["boxes"].cpu() / scale
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, rec.width or None)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, rec.height or None)
-            by_id[id(rec)] = {"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
+            by_index[index] = {"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
     model.train(was_training)
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
-    return [by_id.get(id(r), empty) for r in records], skipped
+    return [by_index.get(i, empty) for i in range(len(records))], skipped
 
 
 def validate(

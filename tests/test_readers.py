@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from PIL import Image
 from efficientdet.data.images import load_image
 from efficientdet.data.readers import (
     DatasetError,
-    parse_simple_yaml,
     read_coco,
     read_dataset,
     read_voc,
@@ -174,10 +172,7 @@ def _yolo_dataset(tmp_path: Path, names_yaml: str) -> Path:
     "names_yaml",
     ["names: [cat, 'hot dog']", "nc: 2\nnames:\n  0: cat\n  1: hot dog", "names:\n- cat\n- hot dog  # comment"],
 )
-@pytest.mark.parametrize("pyyaml", [True, False], ids=["pyyaml", "own-parser"])
-def test_yolo_names_boxes_and_negatives(tmp_path, monkeypatch, names_yaml, pyyaml):
-    if not pyyaml:
-        monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
+def test_yolo_names_boxes_and_negatives(tmp_path, names_yaml):
     data = read_yolo(_yolo_dataset(tmp_path, names_yaml), "train")
     assert data.format == "yolo" and data.class_names == ["cat", "hot dog"]
     boxed, negative = data.records
@@ -187,12 +182,6 @@ def test_yolo_names_boxes_and_negatives(tmp_path, monkeypatch, names_yaml, pyyam
     assert negative.boxes.shape == (0, 4) and (negative.width, negative.height) == (64, 32)
     assert [r.image_id for r in data.records] == [0, 1]
     assert data.fixes["clipped_boxes"] == 1
-
-
-def test_yolo_reads_without_pyyaml(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
-    data = read_dataset(_yolo_dataset(tmp_path, "names: {0: cat, 1: 'hot dog'}"), split="train")
-    assert data.format == "yolo" and data.class_names == ["cat", "hot dog"] and len(data) == 2
 
 
 def test_yolo_class_out_of_range_names_file_line_and_class(tmp_path):
@@ -233,28 +222,11 @@ def test_yolo_label_path_replaces_the_last_images_component():
     assert yolo_label_path(Path("/data/flat/x.png")) == Path("/data/flat/x.txt")
 
 
-def test_simple_yaml_parser_variants():
-    text = (
-        "# dataset\npath: ../data  # root\ntrain: images/train\nnc: 3\n"
-        "names: ['a, b', \"c\",\n  d]\nmap:\n  0: x\n  1: 'y # z'\n"
-    )
-    parsed = parse_simple_yaml(text)
-    assert parsed == {
-        "path": "../data",
-        "train": "images/train",
-        "nc": 3,
-        "names": ["a, b", "c", "d"],
-        "map": {0: "x", 1: "y # z"},
-    }
-    with pytest.raises(DatasetError, match="line 1"):
-        parse_simple_yaml("just words", "data.yaml")
-
-
-def test_simple_yaml_parser_skips_ultralytics_download_scripts():
-    text = "names:\n  0: person\ndownload: |\n  import os  # comment\n  x = {'a': 1}\nval: images/val\n"
-    parsed = parse_simple_yaml(text)
-    assert parsed["names"] == {0: "person"} and parsed["val"] == "images/val"
-    assert parsed["download"].startswith("import os")
+def test_malformed_yaml_names_the_file(tmp_path):
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    (root / "data.yaml").write_text("names: [cat, dog\ntrain: images/train\n")
+    with pytest.raises(DatasetError, match=r"data\.yaml: malformed YAML"):
+        read_yolo(root, "train")
 
 
 def test_yolo_roboflow_parent_relative_entries(tmp_path):

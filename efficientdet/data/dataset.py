@@ -91,7 +91,8 @@ def _rescale_boxes(rec: ImageRecord, image: np.ndarray) -> np.ndarray:
 class Batch:
     images: torch.Tensor  # [B, 3, H, W]
     targets: list[dict[str, torch.Tensor]]  # boxes (x1y1x2y2 input px), labels, iscrowd
-    records: list[ImageRecord]
+    records: list[ImageRecord]  # copies when built in a worker process: match by ``indices``, not identity
+    indices: list[int]  # positions in the dataset
     scales: list[float]
     skipped: int  # unreadable images dropped from this batch
 
@@ -102,11 +103,12 @@ class Batch:
 def collate(samples: list[Sample | None]) -> Batch:
     kept = [s for s in samples if s is not None]
     if not kept:
-        return Batch(torch.zeros(0), [], [], [], len(samples))
+        return Batch(torch.zeros(0), [], [], [], [], len(samples))
     return Batch(
         torch.stack([s.data.image for s in kept]),
         [{"boxes": s.data.boxes, "labels": s.data.labels, "iscrowd": s.data.iscrowd} for s in kept],
         [s.record for s in kept],
+        [s.index for s in kept],
         [s.data.scale for s in kept],
         len(samples) - len(kept),
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from .images import ImageReadError, image_size
 from .records import DetectionData, ImageRecord
@@ -400,19 +401,13 @@ def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
 
 
 def _load_yolo_yaml(path: Path) -> dict[str, Any]:
-    """The yaml as a dict: PyYAML when installed, else the small parser below (enough for ``data.yaml`` files)."""
+    """The yaml as a dict (``yaml.safe_load``: plain data only, never objects or code)."""
     if not path.is_file():
         raise DatasetError(f"{path}: dataset yaml not found")
-    text = path.read_text(encoding="utf-8-sig")
     try:
-        import yaml
-    except ImportError:
-        config = parse_simple_yaml(text, path)
-    else:
-        try:
-            config = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise DatasetError(f"{path}: malformed YAML ({exc})") from exc
+        config = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{path}: malformed YAML ({exc})") from exc
     if not isinstance(config, dict):
         raise DatasetError(f"{path}: expected a mapping with 'names' and split entries")
     return config
@@ -520,161 +515,6 @@ def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, fl
 # ------------------------------------------------------------------------------------- minimal data.yaml parser
 
 _KEY_LINE = re.compile(r"""^(?P<key>'[^']*'|"[^"]*"|[^\s:'"#][^:#]*?)\s*:(?:\s+(?P<value>.*))?$""")
-
-
-def parse_simple_yaml(text: str, source: str | os.PathLike = "<yaml>") -> dict[str, Any]:
-    """Parse the YAML subset of dataset files, so PyYAML stays optional.
-
-    Supported: top-level ``key: scalar``; flow lists ``[a, 'b c']`` and flow mappings ``{0: a}`` (also spread
-    over several lines); block lists (``- a``) and block mappings (``0: a``) under a key; comments; quoted scalars;
-    int/float/bool/null scalars. Anything else raises a DatasetError naming ``source`` and the line.
-    """
-    lines = _yaml_lines(text)
-    data: dict[str, Any] = {}
-    i = 0
-    while i < len(lines):
-        number, indent, content = lines[i]
-        if indent:
-            raise DatasetError(f"{source}: line {number}: unexpected indentation")
-        key, value = _yaml_key_value(source, number, content)
-        i += 1
-        if value and value[0] in "[{":
-            while not _flow_closed(value) and i < len(lines):
-                value += " " + lines[i][2]
-                i += 1
-            data[key] = _yaml_flow(source, number, value)
-        elif value and value[0] in "|>":
-            # a literal/folded text block (Ultralytics' ``download: |`` scripts): kept as rough text (comments
-            # dropped), never interpreted
-            block, i = _yaml_take_block(lines, i, dashes=False)
-            data[key] = "\n".join(content for _, _, content in block)
-        elif value:
-            data[key] = _yaml_scalar(value)
-        else:
-            block, i = _yaml_take_block(lines, i, dashes=True)
-            data[key] = _yaml_block(source, block)
-    return data
-
-
-def _yaml_take_block(lines: list[tuple[int, int, str]], start: int, dashes: bool) -> tuple[list, int]:
-    """The indented lines from ``start`` (and, for lists, ``- item`` lines at column 0) plus the next index."""
-    end = start
-    while end < len(lines):
-        _, indent, content = lines[end]
-        if not (indent > 0 or (dashes and (content == "-" or content.startswith("- ")))):
-            break
-        end += 1
-    return lines[start:end], end
-
-
-def _yaml_lines(text: str) -> list[tuple[int, int, str]]:
-    """``(line number, indent, content)`` of each line that is not blank once its comment is removed."""
-    lines = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        content = _strip_comment(raw).rstrip()
-        if content.strip() and content.strip() != "---":
-            lines.append((number, len(content) - len(content.lstrip()), content.strip()))
-    return lines
-
-
-def _strip_comment(line: str) -> str:
-    """The line without its ``#`` comment; a ``#`` inside quotes or glued to a word is not a comment."""
-    quote = ""
-    for position, char in enumerate(line):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (position == 0 or line[position - 1] in " \t"):
-            return line[:position]
-    return line
-
-
-def _yaml_key_value(source: Any, number: int, content: str) -> tuple[Any, str]:
-    """Split ``key: value`` (value may be empty); keys that look like integers become ints (``0: person``)."""
-    match = _KEY_LINE.match(content)
-    if match is None:
-        raise DatasetError(f"{source}: line {number}: expected 'key: value', got {content!r}")
-    return _yaml_scalar(match.group("key")), (match.group("value") or "").strip()
-
-
-def _flow_closed(value: str) -> bool:
-    """Whether the brackets of a flow collection are balanced (quotes respected)."""
-    depth, quote = 0, ""
-    for char in value:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-    return depth <= 0
-
-
-def _yaml_flow(source: Any, number: int, value: str) -> list[Any] | dict[Any, Any]:
-    """A one-level flow list ``[a, b]`` or mapping ``{0: a, 1: b}``."""
-    opening, closing = value[0], "]" if value[0] == "[" else "}"
-    if not value.endswith(closing):
-        raise DatasetError(f"{source}: line {number}: unterminated {opening}...{closing} in {value!r}")
-    items = _split_flow(value[1:-1])
-    if opening == "[":
-        return [_yaml_scalar(item) for item in items]
-    pairs = (_yaml_key_value(source, number, item) for item in items)
-    return {key: _yaml_scalar(value) for key, value in pairs}
-
-
-def _split_flow(inner: str) -> list[str]:
-    """Items of a flow collection split on commas outside quotes; empty items (a trailing comma) are dropped."""
-    items, current, quote = [], "", ""
-    for char in inner:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == ",":
-            items.append(current.strip())
-            current = ""
-            continue
-        current += char
-    items.append(current.strip())
-    return [item for item in items if item]
-
-
-def _yaml_block(source: Any, block: list[tuple[int, int, str]]) -> list[Any] | dict[Any, Any] | None:
-    """The indented lines under a key: a ``- item`` list or a ``key: value`` mapping (one level deep)."""
-    if not block:
-        return None
-    if all(content == "-" or content.startswith("- ") for _, _, content in block):
-        return [_yaml_scalar(content[1:].strip()) for _, _, content in block]
-    mapping = {}
-    for number, _, content in block:
-        key, value = _yaml_key_value(source, number, content)
-        mapping[key] = _yaml_scalar(value)
-    return mapping
-
-
-def _yaml_scalar(text: str) -> Any:
-    """A plain or quoted scalar: quotes removed, ints/floats/bools/null converted, anything else a string."""
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        inner = text[1:-1]
-        return inner.replace("''", "'") if text[0] == "'" else inner.replace('\\"', '"')
-    lowered = text.lower()
-    if lowered in ("", "~", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
-
-
-# ------------------------------------------------------------------------------------------------- auto-detection
 
 
 def read_dataset(path: str | os.PathLike, format: str | None = None, split: str = "train") -> DetectionData:

@@ -1,0 +1,144 @@
+"""``Detector``: images in (paths, PIL images, arrays or tensors), detections in original pixels out.
+
+Pre-processing (resize the longer side, pad bottom/right, normalise) and post-processing (top-k, decode, NMS,
+mapping back to the original image) live here, around the plain network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .anchors import anchors_for_config
+from .data.images import load_image
+from .data.transforms import eval_transform
+from .factory import load_checkpoint
+from .nn.detector import EfficientDet
+from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+def _as_rgb_array(image: ImageInput) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"expected an HxWx3 (or HxWx4) array, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image array, got {image.dtype}")
+        return image[:, :, :3]
+    raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+class Detector:
+    """A model plus its pre- and post-processing.
+
+    >>> det = Detector.from_checkpoint("runs/train/best.pt")
+    >>> det("photo.jpg")[0]["boxes"]     # [K, 4] x1, y1, x2, y2 in the photo's pixels
+    """
+
+    def __init__(
+        self,
+        model: EfficientDet,
+        device: str | torch.device = "cpu",
+        image_size: int | None = None,
+        score_threshold: float = 0.05,
+        iou_threshold: float = NMS_IOU,
+        max_det: int = MAX_DETECTIONS,
+        topk: int = TOPK_CANDIDATES,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.image_size = image_size or self.config.image_size
+        self.score_threshold = score_threshold
+        self.iou_threshold = iou_threshold
+        self.max_det = max_det
+        self.topk = topk
+        names = class_names if class_names is not None else getattr(model, "class_names", None)
+        self.class_names = list(names) if names else [str(i) for i in range(self.config.num_classes)]
+        self._anchors: dict[tuple[int, int], torch.Tensor] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> Detector:
+        """Load our checkpoint format (effdet files need ``model=NAME``, passed on to ``load_checkpoint``)."""
+        model = load_checkpoint(path, kwargs.pop("model", None))
+        return cls(model, device=device, **kwargs)
+
+    def anchors(self, size: tuple[int, int]) -> torch.Tensor:
+        if size not in self._anchors:
+            self._anchors[size] = anchors_for_config(self.config, size).to(self.device)
+        return self._anchors[size]
+
+    def preprocess(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
+        """Batch tensor, per-image scale (input px per original px) and original (H, W)."""
+        tensors, scales, sizes = [], [], []
+        for image in images:
+            array = _as_rgb_array(image)
+            out = eval_transform(array, self.image_size, self.config.mean, self.config.std)
+            tensors.append(out.image)
+            scales.append(out.scale)
+            sizes.append(array.shape[:2])
+        return torch.stack(tensors).to(self.device), scales, sizes
+
+    @torch.no_grad()
+    def predict_tensor(
+        self, batch: torch.Tensor, scales: Sequence[float] | None = None, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Detections for an already normalised ``[B, 3, H, W]`` batch (boxes divided by ``scales`` if given)."""
+        batch = batch.to(self.device)
+        cls, box = self.model(batch)
+        dets = postprocess(
+            cls, box, self.anchors(tuple(batch.shape[-2:])), self.config.num_classes, self.topk,
+            self.iou_threshold, self.max_det, self.score_threshold,
+        )  # fmt: skip
+        results = []
+        for i, det in enumerate(dets):
+            boxes = det["boxes"]
+            if scales is not None:
+                boxes = boxes / scales[i]
+            if sizes is not None:
+                h, w = sizes[i]
+                boxes = torch.stack(
+                    [
+                        boxes[:, 0].clamp(0, w),
+                        boxes[:, 1].clamp(0, h),
+                        boxes[:, 2].clamp(0, w),
+                        boxes[:, 3].clamp(0, h),
+                    ],
+                    dim=1,
+                )
+            labels = det["labels"]
+            results.append({
+                "boxes": boxes.cpu(), "scores": det["scores"].cpu(), "labels": labels.cpu(),
+                "label_names": [self.class_names[int(k)] for k in labels],
+            })  # fmt: skip
+        return results
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput] | torch.Tensor) -> list[dict[str, Any]]:
+        """One dict per image: ``boxes`` (x1, y1, x2, y2, original pixels), ``scores``, ``labels``, ``label_names``.
+
+        Accepts a file path, PIL image or HxWx3 uint8 array, a list of those, or a float RGB tensor ``[B, 3, H, W]``
+        (or ``[3, H, W]``) with values in [0, 1] as torchvision's detectors take; each image is resized and
+        normalised here, and boxes come back in the pixels of the image as given.
+        """
+        if isinstance(images, torch.Tensor):
+            batch = images if images.ndim == 4 else images[None]
+            if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
+                raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
+            images = [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
+        elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        batch, scales, sizes = self.preprocess(images)
+        return self.predict_tensor(batch, scales, sizes)

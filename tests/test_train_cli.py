@@ -1,0 +1,121 @@
+"""`efficientdet train`, `eval` and `demo` from the command line, on real and synthetic data."""
+
+import json
+import os
+
+import pytest
+from test_train import history, raccoon_subset
+
+from efficientdet.cli import main
+from efficientdet.evaluate import METRIC_KEYS
+
+
+def test_train_then_eval_from_the_command_line(tmp_path, capsys):
+    data = raccoon_subset(tmp_path)
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "efficientdet-lite0", "--data", str(data), "--train-split", "train",
+               "--val-split", "val", "--epochs", "1", "--batch-size", "4", "--img-size", "128",
+               "--output", str(out), "--workers", "0", "--max-steps", "2"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/1" in printed and "AP50" in printed and "best AP" in printed
+    report = tmp_path / "eval.json"
+    rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--data", str(data), "--split", "val",
+               "--json", str(report), "--workers", "0"])  # fmt: skip
+    assert rc == 0
+    metrics = json.loads(report.read_text())
+    assert set(metrics) == set(METRIC_KEYS) | {"detections"}
+    with open(metrics["detections"]) as f:
+        detections = json.load(f)
+    assert isinstance(detections, list) and all(
+        {"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections
+    )
+
+
+def test_corrupt_image_is_skipped_with_a_warning_and_counted(tmp_path, caplog):
+    data = raccoon_subset(tmp_path, n_train=6, n_val=1)
+    victim = sorted((data / "JPEGImages").iterdir())[0]
+    victim.unlink()
+    victim.write_bytes(b"\xff\xd8\xff\xe0 truncated")  # a JPEG header and nothing else
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--val-split", "none", "--epochs", "1", "--batch-size", "3",
+               "--img-size", "96", "--output", str(out), "--workers", "0"])  # fmt: skip
+    assert rc == 0
+    assert victim.name in caplog.text and "skipping unreadable image" in caplog.text
+    assert int(history(out)[0]["skipped_images"]) == 1
+
+
+def test_train_reports_bad_data_clearly(tmp_path, capsys):
+    rc = main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")])
+    assert rc == 1
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_model_with_other_classes(tmp_path, capsys):
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    ckpt = tmp_path / "m.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=2), ckpt)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "val"]) == 1
+    assert "2 classes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    from efficientdet.demo import run_demo
+
+    result = run_demo(str(tmp_path / "demo"), epochs=1, workers=0)
+    files = set(os.listdir(tmp_path / "demo"))
+    assert {"best.pt", "last.pt", "metrics.csv", "metrics.png", "predictions", "synthetic-data"} <= files
+    assert len(os.listdir(tmp_path / "demo" / "predictions")) == 8
+    assert set(result["metrics"]) == set(METRIC_KEYS)
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
+    """Kill -9 a training process repeatedly (often while it writes last.pt); the file always loads and resumes."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    data = raccoon_subset(tmp_path, n_train=4, n_val=1)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "efficientdet", "train", "--data", str(data), "--val-split", "none", "--epochs", "400",
+           "--batch-size", "4", "--img-size", "64", "--workers", "0", "--output", str(out)]  # fmt: skip
+    rng = random.Random(0)
+    epochs_seen = []
+    for attempt in range(4):
+        resume = [sys.executable, "-m", "efficientdet", "train", "--resume", str(out / "last.pt"), "--workers", "0"]
+        run = cmd if attempt == 0 else resume
+        proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (out / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(1.0, 4.0))  # every epoch rewrites last.pt: the kill lands at a random moment
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = torch.load(out / "last.pt", weights_only=True)  # never torn
+        epochs_seen.append(state["train_state"]["epoch"])
+    assert epochs_seen == sorted(epochs_seen) and epochs_seen[-1] > epochs_seen[0], epochs_seen
+
+
+def test_evaluation_is_the_same_with_loader_workers(tmp_path):
+    """Worker processes return copies of the records: detections must still land on the right images."""
+    import torch
+
+    import efficientdet
+    from efficientdet.data.readers import read_dataset
+    from efficientdet.validate import predict_records
+
+    data = read_dataset(raccoon_subset(tmp_path, n_train=1, n_val=5), split="val")
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=128)
+    single, _ = predict_records(model, data.records, batch_size=2, workers=0, score_threshold=0.0)
+    multi, _ = predict_records(model, data.records, batch_size=2, workers=2, score_threshold=0.0)
+    assert all(len(d["scores"]) > 0 for d in multi)
+    for a, b in zip(single, multi):
+        assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.equal(a["labels"], b["labels"])
