@@ -145,14 +145,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["voc", "coco", "yolo"], help="dataset format (default: detected)")
     p.add_argument("--train-split", help="split to train on (default train)")
     p.add_argument("--val-split", help="split evaluated after each epoch (default val; 'none' to skip)")
-    p.add_argument("--epochs", type=int, help="epochs (default 50)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 16); lr = 0.08 * batch / 64")
+    p.add_argument("--epochs", type=int, help="epochs (default 60)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 8); lr = 0.24 * batch / 64 by default")
     p.add_argument("--img-size", type=int, help="input size (default: the model's own)")
     p.add_argument("--output", help="folder for last.pt, best.pt, metrics.csv, metrics.png (default runs/train)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.08 * batch / 64)")
+    p.add_argument("--lr", type=float, help="peak lr (default 0.24 * batch / 64; paper, COCO: 0.08 * batch / 64)")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 1)")
     p.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   help="scale-jitter factor range (default 0.1 2.0)")  # fmt: skip
+                   help="scale-jitter factor range (default 0.5 1.5; the paper's COCO setting is 0.1 2.0)")  # fmt: skip
     p.add_argument("--pretrained-backbone", action="store_true", default=None, help="ImageNet backbone (Lite0/1/2)")
     p.add_argument("--checkpoint", help="start from these weights (other class count: heads re-initialised)")
     p.add_argument("--resume", help="continue the run saved in this last.pt exactly where it stopped")
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate a synthetic dataset, train a few minutes on CPU, evaluate, draw")
     demo.add_argument("--output", help="output folder (default runs/demo)")
-    demo.add_argument("--epochs", type=int, default=12)
+    demo.add_argument("--epochs", type=int, default=25)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(func=cmd_demo)

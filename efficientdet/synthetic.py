@@ -14,6 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES = ("square", "circle", "triangle")
+# A hue family per class (with jitter) on top of the shape itself: a demo that learns in minutes on a CPU.
+CLASS_COLOURS = ((220, 60, 60), (60, 200, 80), (70, 110, 230))
+MAX_PLACEMENT_TRIES = 30
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour: tuple) -> None:
@@ -28,24 +31,33 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, 
 
 def _image(rng: np.random.Generator, size: tuple[int, int], max_objects: int) -> tuple[Image.Image, list]:
     w, h = size
-    base = rng.integers(40, 200, 3)
+    base = rng.integers(70, 180, 3)
     noise = rng.normal(0, 18, (h, w, 3))
     grad = np.linspace(-30, 30, w)[None, :, None]
     pixels = np.clip(base + noise + grad, 0, 255).astype(np.uint8)
     img = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(1))
     draw = ImageDraw.Draw(img)
-    objects = []
+    objects: list[tuple[int, tuple[int, int, int, int]]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
-        side = int(rng.integers(min(w, h) // 8, min(w, h) // 2))
-        aspect = rng.uniform(0.7, 1.4)
-        bw, bh = max(8, int(side * aspect)), max(8, int(side / aspect))
-        x1, y1 = int(rng.integers(0, max(1, w - bw))), int(rng.integers(0, max(1, h - bh)))
-        box = (x1, y1, min(w - 1, x1 + bw), min(h - 1, y1 + bh))
+        for _try in range(MAX_PLACEMENT_TRIES):  # shapes never overlap, so every box shows its whole object
+            side = int(rng.integers(min(w, h) // 5, min(w, h) // 2))
+            aspect = rng.uniform(0.7, 1.4)
+            bw, bh = max(8, int(side * aspect)), max(8, int(side / aspect))
+            x1, y1 = int(rng.integers(0, max(1, w - bw))), int(rng.integers(0, max(1, h - bh)))
+            box = (x1, y1, min(w - 1, x1 + bw), min(h - 1, y1 + bh))
+            if not any(_overlap(box, other) for _, other in objects):
+                break
+        else:
+            continue
         kind = int(rng.integers(len(SHAPES)))
-        colour = tuple(int(c) for c in (255 - base + rng.integers(-40, 40, 3)).clip(0, 255))
+        colour = tuple(int(c) for c in (np.array(CLASS_COLOURS[kind]) + rng.integers(-35, 35, 3)).clip(0, 255))
         _draw_shape(draw, SHAPES[kind], box, colour)
         objects.append((kind, box))
     return img, objects
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def make_synthetic_dataset(root: str | os.PathLike, n_train: int = 120, n_val: int = 30, seed: int = 0) -> Path:

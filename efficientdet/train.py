@@ -29,7 +29,6 @@ from .anchors import anchors_for_config
 from .config import get_config
 from .data.dataset import DetectionDataset, loader_kwargs
 from .data.readers import read_dataset
-from .data.transforms import DEFAULT_SCALE_RANGE
 from .evaluate import format_metrics
 from .factory import config_for_checkpoint, load_pretrained_backbone
 from .labeler import AnchorLabeler
@@ -42,8 +41,13 @@ from .weights import CheckpointError, checkpoint_dict, load_weights, read_checkp
 
 LOG = logging.getLogger(__name__)
 
-BASE_LR = 0.08  # SPEC 7: 0.08 per 64 images
-BASE_BATCH = 64
+BASE_BATCH = 64  # learning rates are quoted per 64 images and scaled linearly with the batch
+# SPEC 7 (COCO, 300 epochs) uses 0.08 per 64 images (`--lr 0.08*B/64`); `efficientdet train` defaults to 3x that.
+# Fine-tuning a fresh BiFPN and heads on a small dataset for tens of epochs learns too slowly at the COCO rate:
+# on raccoon this gave AP 0.506 against 0.387 (with jitter 0.5-1.5 against 0.1-2.0; benchmarks/raccoon.py).
+DEFAULT_LR_PER_64 = 0.24
+# Default jitter of `efficientdet train` (the paper's 0.1-2.0 is `--scale-range 0.1 2.0`): milder for small data.
+DEFAULT_TRAIN_SCALE_RANGE = (0.5, 1.5)
 WARMUP_START = 0.1  # SPEC 7: warm-up from 0.008 = 0.1 x 0.08
 MOMENTUM = 0.9
 WEIGHT_DECAY = 4e-5
@@ -65,14 +69,14 @@ class TrainConfig:
     format: str | None = None
     train_split: str = "train"
     val_split: str | None = "val"
-    epochs: int = 50
-    batch_size: int = 16
+    epochs: int = 60
+    batch_size: int = 8
     img_size: int | None = None
     output: str = "runs/train"
-    lr: float | None = None  # None: 0.08 * batch_size / 64
+    lr: float | None = None  # None: DEFAULT_LR_PER_64 * batch_size / 64 (the paper's COCO rule: 0.08 per 64)
     warmup_epochs: float = 1.0
     weight_decay: float = WEIGHT_DECAY
-    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
+    scale_range: tuple[float, float] = DEFAULT_TRAIN_SCALE_RANGE
     hflip: float = 0.5
     ema_decay: float = EMA_DECAY
     clip_norm: float = CLIP_NORM
@@ -293,7 +297,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     steps_per_epoch = max(1, len(dataset) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    peak_lr = cfg.lr if cfg.lr is not None else BASE_LR * cfg.batch_size / BASE_BATCH
+    peak_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR_PER_64 * cfg.batch_size / BASE_BATCH
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=peak_lr, momentum=MOMENTUM)
     ema = ModelEma(model, cfg.ema_decay)
     use_amp, amp_dtype = amp_mode(cfg.amp, device)

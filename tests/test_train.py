@@ -161,7 +161,7 @@ def test_learning_rate_schedule():
     assert lr_at(total, total, warm, peak) == pytest.approx(0.0, abs=1e-12)
     values = [lr_at(s, total, warm, peak) for s in range(total)]
     assert values[:warm] == sorted(values[:warm]) and values[warm:] == sorted(values[warm:], reverse=True)
-    assert TrainConfig().lr is None  # None means 0.08 per 64 images
+    assert TrainConfig().lr is None  # None means DEFAULT_LR_PER_64 per 64 images, scaled by the batch
 
 
 def test_weight_decay_only_on_conv_and_linear_weights():
