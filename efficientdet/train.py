@@ -207,7 +207,9 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> EfficientDet:
         model = EfficientDet(get_config(cfg.model).replace(**settings))
         state = ckpt.state_dict
         if not same_classes:
-            LOG.info("%s: %s classes -> %d: heads re-initialised", cfg.checkpoint, ckpt_classes(ckpt), num_classes)
+            LOG.info(
+                "%s: %s classes -> %d: heads re-initialised", cfg.checkpoint, _describe_class_outputs(ckpt), num_classes
+            )
             state = {k: v for k, v in state.items() if not k.startswith(("class_net.", "box_net."))}
             own = model.state_dict()
             state.update({k: v for k, v in own.items() if k.startswith(("class_net.", "box_net."))})
@@ -220,7 +222,7 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> EfficientDet:
     return model
 
 
-def ckpt_classes(ckpt: Any) -> str:
+def _describe_class_outputs(ckpt: Any) -> str:
     w = ckpt.state_dict.get("class_net.predict.pointwise.weight")
     return "?" if w is None else f"{w.shape[0]} outputs"
 
