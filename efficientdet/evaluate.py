@@ -11,15 +11,14 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .atomic import atomic_open
 from .data.records import DetectionData, ImageRecord
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -178,18 +177,9 @@ def coco_metrics(gt: dict, results: list[dict]) -> dict[str, float]:
 
 
 def _write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Write JSON through a temp file in the same folder and ``os.replace`` so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically so readers never see half a file."""
+    with atomic_open(path, "w") as f:
+        json.dump(payload, f)
 
 
 def evaluate_detections(

@@ -6,16 +6,14 @@ a legend, and atomic writes so a viewer refreshing the file never reads half an 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .atomic import atomic_open
 from .draw import default_font, text_box
 
 Series = dict[str, Sequence[tuple[float, float]]]
@@ -188,18 +186,9 @@ def render_curves(
 
 
 def _save_png_atomic(image: Image.Image, path: str | os.PathLike) -> None:
-    """Save through a temp file in the same folder and ``os.replace``: a viewer never sees a partial PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Save atomically: a viewer never sees a partial PNG."""
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG")
 
 
 def plot_curves(

@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .anchors import anchors_for_config
+from .atomic import atomic_open
 from .config import get_config
 from .data.dataset import DetectionDataset, loader_kwargs
 from .data.readers import read_dataset
@@ -251,12 +251,10 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     fields = list(rows[0])
     for r in rows:
         fields += [k for k in r if k not in fields]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _report_fixes(name: str, fixes: dict[str, int]) -> None:
