@@ -19,7 +19,7 @@ from .data.images import load_image
 from .data.transforms import eval_transform
 from .factory import load_checkpoint
 from .nn.detector import EfficientDet
-from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess
+from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess, to_original_pixels
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -107,18 +107,7 @@ class Detector:
         for i, det in enumerate(dets):
             boxes = det["boxes"]
             if scales is not None:
-                boxes = boxes / scales[i]
-            if sizes is not None:
-                h, w = sizes[i]
-                boxes = torch.stack(
-                    [
-                        boxes[:, 0].clamp(0, w),
-                        boxes[:, 1].clamp(0, h),
-                        boxes[:, 2].clamp(0, w),
-                        boxes[:, 3].clamp(0, h),
-                    ],
-                    dim=1,
-                )
+                boxes = to_original_pixels(boxes, scales[i], None if sizes is None else sizes[i])
             labels = det["labels"]
             results.append({
                 "boxes": boxes.cpu(), "scores": det["scores"].cpu(), "labels": labels.cpu(),

@@ -32,6 +32,18 @@ def flatten_outputs(
     return cls, box
 
 
+def to_original_pixels(boxes: torch.Tensor, scale: float = 1.0, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Undo the pre-processing resize (``scale`` = input px per original px) and clip to the image (H, W).
+
+    A size of 0 or ``None`` (unknown) clips only at 0.
+    """
+    boxes = boxes / scale
+    h, w = size if size is not None else (None, None)
+    x = boxes[:, 0::2].clamp(0, w or None)
+    y = boxes[:, 1::2].clamp(0, h or None)
+    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
 def box_iou_one_to_many(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """IoU of one (x1, y1, x2, y2) box against ``[N, 4]`` boxes (areas as torchvision computes them)."""
     x1 = torch.maximum(box[0], boxes[:, 0])

@@ -30,14 +30,14 @@ from .config import get_config
 from .data.dataset import DetectionDataset, loader_kwargs
 from .data.readers import read_dataset
 from .evaluate import format_metrics
-from .factory import config_for_checkpoint, load_pretrained_backbone
+from .factory import config_for_checkpoint, load_pretrained_backbone, save_model
 from .labeler import AnchorLabeler
 from .losses import detection_loss
 from .nn.detector import EfficientDet
 from .plot import plot_training_metrics
 from .postprocess import flatten_outputs
 from .validate import validate
-from .weights import CheckpointError, checkpoint_dict, load_weights, read_checkpoint, read_file, save_file_atomic
+from .weights import CheckpointError, load_weights, read_checkpoint, read_file
 
 LOG = logging.getLogger(__name__)
 
@@ -241,10 +241,6 @@ def _set_train_mode(model: EfficientDet, freeze_backbone: bool) -> None:
 # --------------------------------------------------------------------------------------------- the loop
 
 
-def _save(path: Path, model_for_eval: nn.Module, model_cfg: dict, class_names: list[str], **extra: Any) -> None:
-    save_file_atomic(checkpoint_dict(model_for_eval.state_dict(), model_cfg, class_names, **extra), path)
-
-
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -422,15 +418,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "rng": _rng_state(),
             "train_config": cfg.to_dict(),
         }
-        _save(last_path, ema.module, model_cfg.to_dict(), class_names, train_state=train_state)
+        save_model(ema.module, last_path, class_names, train_state=train_state)
         if improved or (val_data is None and epoch + 1 == cfg.epochs):
-            _save(best_path, ema.module, model_cfg.to_dict(), class_names, metrics=dict(last_metrics))
+            save_model(ema.module, best_path, class_names, metrics=dict(last_metrics))
         _write_metrics(metrics_csv, history)
         plot_training_metrics(str(metrics_csv), str(out / "metrics.png"))
         if stop:
             break
     if not best_path.exists():
-        _save(best_path, ema.module, model_cfg.to_dict(), class_names, metrics=dict(last_metrics))
+        save_model(ema.module, best_path, class_names, metrics=dict(last_metrics))
     return {
         "best_ap": best_ap,
         "metrics": last_metrics,

@@ -10,7 +10,7 @@ from .data.dataset import DetectionDataset, loader_kwargs
 from .data.records import DetectionData, ImageRecord
 from .evaluate import evaluate_detections
 from .nn.detector import EfficientDet
-from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess
+from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess, to_original_pixels
 
 EVAL_SCORE_THRESHOLD = 0.001  # the official evaluation keeps detections down to this score
 
@@ -47,9 +47,7 @@ def predict_records(
         cls, box = model(batch.images.to(device))
         dets = postprocess(cls, box, anchors, cfg.num_classes, TOPK_CANDIDATES, iou_threshold, max_det, score_threshold)
         for index, rec, scale, det in zip(batch.indices, batch.records, batch.scales, dets):
-            boxes = det["boxes"].cpu() / scale
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, rec.width or None)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, rec.height or None)
+            boxes = to_original_pixels(det["boxes"].cpu(), scale, (rec.height, rec.width))
             by_index[index] = {"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
     model.train(was_training)
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
