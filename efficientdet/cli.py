@@ -124,7 +124,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         base, _ = os.path.splitext(args.json)
         dets_path = base + "_detections.json"
-    metrics = validate(model, data, args.img_size, args.batch_size, args.workers, device, args.json, dets_path)
+    metrics = validate(
+        model, data, args.img_size, args.batch_size, args.workers, device, args.json, dets_path, nms=args.nms
+    )
     print(format_metrics(metrics))
     if args.json:
         print(f"wrote {args.json} and {dets_path}")
@@ -188,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="val", help="split to evaluate (default val)")
     ev.add_argument("--json", help="write {AP, AP50, AP75, APs, APm, APl, detections} here")
     ev.add_argument("--img-size", type=int, help="input size (default: the model's own)")
+    ev.add_argument(
+        "--nms",
+        choices=["hard", "soft"],
+        default="hard",
+        help="hard: NMS at IoU 0.5 (effdet's default); soft: Gaussian soft-NMS (the official evaluation)",
+    )
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--workers", type=int, default=2)
     ev.add_argument("--device", default="auto")

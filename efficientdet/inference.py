@@ -19,7 +19,7 @@ from .data.images import load_image
 from .data.transforms import eval_transform
 from .factory import load_checkpoint
 from .nn.detector import EfficientDet
-from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess, to_original_pixels
+from .postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -57,7 +57,11 @@ class Detector:
         max_det: int = MAX_DETECTIONS,
         topk: int = TOPK_CANDIDATES,
         class_names: Sequence[str] | None = None,
+        nms: str = "hard",
+        class_agnostic: bool = False,
     ) -> None:
+        if nms not in NMS_METHODS:
+            raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
@@ -66,6 +70,8 @@ class Detector:
         self.iou_threshold = iou_threshold
         self.max_det = max_det
         self.topk = topk
+        self.nms = nms  # "hard" (greedy at iou_threshold) or "soft" (Gaussian, sigma 0.5)
+        self.class_agnostic = class_agnostic
         names = class_names if class_names is not None else getattr(model, "class_names", None)
         self.class_names = list(names) if names else [str(i) for i in range(self.config.num_classes)]
         self._anchors: dict[tuple[int, int], torch.Tensor] = {}
@@ -101,7 +107,7 @@ class Detector:
         cls, box = self.model(batch)
         dets = postprocess(
             cls, box, self.anchors(tuple(batch.shape[-2:])), self.config.num_classes, self.topk,
-            self.iou_threshold, self.max_det, self.score_threshold,
+            self.iou_threshold, self.max_det, self.score_threshold, nms=self.nms, class_agnostic=self.class_agnostic,
         )  # fmt: skip
         results = []
         for i, det in enumerate(dets):

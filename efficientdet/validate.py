@@ -26,6 +26,7 @@ def predict_records(
     score_threshold: float = EVAL_SCORE_THRESHOLD,
     iou_threshold: float = NMS_IOU,
     max_det: int = MAX_DETECTIONS,
+    nms: str = "hard",
 ) -> tuple[list[dict[str, torch.Tensor]], int]:
     """Detections per record in original-image pixels (aligned with ``records``; unreadable images get none).
 
@@ -45,7 +46,9 @@ def predict_records(
         if not len(batch):
             continue
         cls, box = model(batch.images.to(device))
-        dets = postprocess(cls, box, anchors, cfg.num_classes, TOPK_CANDIDATES, iou_threshold, max_det, score_threshold)
+        dets = postprocess(
+            cls, box, anchors, cfg.num_classes, TOPK_CANDIDATES, iou_threshold, max_det, score_threshold, nms=nms
+        )
         for index, rec, scale, det in zip(batch.indices, batch.records, batch.scales, dets):
             boxes = to_original_pixels(det["boxes"].cpu(), scale, (rec.height, rec.width))
             by_index[index] = {"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
@@ -63,7 +66,8 @@ def validate(
     device: str | torch.device = "cpu",
     json_path: str | None = None,
     detections_path: str | None = None,
+    nms: str = "hard",
 ) -> dict[str, float]:
-    """COCO AP, AP50, AP75, APs, APm, APl of ``model`` on ``data``."""
-    dets, _ = predict_records(model, data.records, image_size, batch_size, workers, device)
+    """COCO AP, AP50, AP75, APs, APm, APl of ``model`` on ``data`` (``nms="soft"``: the official evaluation)."""
+    dets, _ = predict_records(model, data.records, image_size, batch_size, workers, device, nms=nms)
     return evaluate_detections(data, dets, json_path=json_path, detections_path=detections_path)

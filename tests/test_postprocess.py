@@ -1,47 +1,142 @@
+"""Post-processing against textbook references: hard NMS, Gaussian soft-NMS, the exact top-k shortcut."""
+
+import math
+
 import pytest
 import torch
 
 from efficientdet import postprocess as pp
 
 
-def reference_nms(boxes, scores, classes, iou):
-    """The textbook per-class greedy NMS, one box at a time."""
-    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+def iou(a, b):
+    """IoU of two (x1, y1, x2, y2) boxes in plain Python floats."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def reference_nms(boxes, scores, classes, thr, agnostic=False):
+    """The textbook greedy NMS, one box at a time; equal scores keep input order."""
+    boxes, scores = boxes.double().tolist(), scores.tolist()
+    classes = [0] * len(scores) if agnostic else classes.tolist()
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # sorted() is stable
     keep = []
     for i in order:
-        ok = True
-        for j in keep:
-            if classes[i] == classes[j] and pp.box_iou_one_to_many(boxes[j], boxes[i : i + 1])[0] > iou:
-                ok = False
-                break
-        if ok:
+        if all(classes[i] != classes[j] or iou(boxes[i], boxes[j]) <= thr for j in keep):
             keep.append(i)
     return keep
 
 
-def random_boxes(n, classes=3, seed=0):
+def reference_soft_nms(boxes, scores, classes, sigma=0.5, floor=0.001, agnostic=False):
+    """Bodla et al.'s Gaussian soft-NMS, one box at a time: returns (index, decayed score) pairs."""
+    boxes = boxes.double().tolist()
+    current = {i: float(s) for i, s in enumerate(scores.double().tolist()) if s >= floor}
+    classes = [0] * len(boxes) if agnostic else classes.tolist()
+    out = []
+    while current:
+        best = max(current.values())
+        i = min(k for k, v in current.items() if v == best)  # ties: lowest input index first
+        out.append((i, current.pop(i)))
+        for j in list(current):
+            if classes[j] == classes[i]:
+                current[j] *= math.exp(-(iou(boxes[i], boxes[j]) ** 2) / sigma)
+                if current[j] < floor:
+                    del current[j]
+    return out
+
+
+def random_boxes(n, classes=3, seed=0, clustered=False):
     g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, 2, generator=g) * 100
-    wh = torch.rand(n, 2, generator=g) * 40 + 1
+    if clustered:  # many heavy overlaps, as around a real object
+        centres = torch.rand(max(n // 50, 1), 2, generator=g) * 300
+        xy = centres[torch.randint(0, len(centres), (n,), generator=g)] + torch.randn(n, 2, generator=g) * 8
+        wh = torch.rand(n, 2, generator=g) * 20 + 40
+    else:
+        xy = torch.rand(n, 2, generator=g) * 100
+        wh = torch.rand(n, 2, generator=g) * 40 + 1
     boxes = torch.cat([xy, xy + wh], 1)
     return boxes, torch.rand(n, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
-@pytest.mark.parametrize("n,classes", [(0, 1), (1, 1), (200, 1), (300, 4)])
-def test_nms_matches_reference(n, classes):
-    boxes, scores, labels = random_boxes(n, classes)
-    keep = pp.batched_nms(boxes, scores, labels, 0.5)
-    assert keep.tolist() == reference_nms(boxes, scores, labels, 0.5)
+@pytest.mark.parametrize(
+    "n,classes,clustered", [(0, 1, False), (1, 1, False), (200, 1, False), (300, 4, False), (3000, 5, True)]
+)
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_hard_nms_matches_reference(n, classes, clustered, agnostic):
+    boxes, scores, labels = random_boxes(n, classes, clustered=clustered)
+    keep = pp.batched_nms(boxes, scores, None if agnostic else labels, 0.5)
+    assert keep.tolist() == reference_nms(boxes, scores, labels, 0.5, agnostic)
 
 
-def test_nms_max_keep_and_identical_boxes():
+def test_hard_nms_ties_identical_boxes_and_max_keep():
     boxes = torch.tensor([[0.0, 0, 10, 10]] * 5 + [[20.0, 20, 30, 30]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     labels = torch.zeros(6, dtype=torch.long)
     assert pp.batched_nms(boxes, scores, labels, 0.5).tolist() == [0, 5]
     assert pp.batched_nms(boxes, scores, labels, 0.5, max_keep=1).tolist() == [0]
-    labels[1] = 1  # a different class is never suppressed
+    labels[1] = 1  # a different class is never suppressed...
     assert pp.batched_nms(boxes, scores, labels, 0.5).tolist() == [0, 1, 5]
+    assert pp.batched_nms(boxes, scores, None, 0.5).tolist() == [0, 5]  # ...unless class-agnostic
+    tied = torch.full((6,), 0.5)  # all scores equal: input order decides, as in the reference
+    assert pp.batched_nms(boxes, tied, labels, 0.5).tolist() == reference_nms(boxes, tied, labels, 0.5) == [0, 1, 5]
+
+
+def test_hard_nms_threshold_is_strict_and_degenerate_boxes_survive():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [3, 3, 3, 3]])  # IoU(0, 1) = 0.5 exactly; a point box
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = torch.zeros(3, dtype=torch.long)
+    assert pp.batched_nms(boxes, scores, labels, 0.5).tolist() == [0, 1, 2]  # suppress only IoU > threshold
+    assert pp.batched_nms(boxes, scores, labels, 0.49).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("n,classes,clustered", [(0, 1, False), (1, 1, False), (150, 1, False), (400, 3, True)])
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_soft_nms_matches_reference(n, classes, clustered, agnostic):
+    boxes, scores, labels = random_boxes(n, classes, seed=1, clustered=clustered)
+    keep, decayed = pp.soft_nms(boxes, scores, None if agnostic else labels, 0.5, 0.001)
+    ref = reference_soft_nms(boxes, scores, labels, agnostic=agnostic)
+    assert keep.tolist() == [i for i, _ in ref]
+    assert decayed.double().tolist() == pytest.approx([s for _, s in ref], rel=1e-6)
+    assert (decayed[1:] <= decayed[:-1]).all()  # best first
+
+
+def test_soft_nms_decays_instead_of_removing():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    keep, decayed = pp.soft_nms(boxes, scores, None, sigma=0.5, score_floor=0.001)
+    # box 0 decays its duplicate by exp(-1/0.5) and the shifted box by exp(-iou^2/0.5); the far box is untouched
+    # and taken next; then the shifted box, which decays the duplicate once more
+    i02 = 90 / 110
+    decay = math.exp(-(i02**2) / 0.5)
+    expected = {0: 0.9, 3: 0.6, 2: 0.7 * decay, 1: 0.8 * math.exp(-2) * decay}
+    assert keep.tolist() == [0, 3, 2, 1]
+    assert decayed.tolist() == pytest.approx([expected[int(i)] for i in keep])
+    keep, _ = pp.soft_nms(boxes, scores, None, score_floor=0.2)  # the floor drops the decayed duplicates
+    assert keep.tolist() == [0, 3]
+    keep, _ = pp.soft_nms(boxes, scores, None, max_keep=2)
+    assert keep.tolist() == [0, 3]
+
+
+def naive_topk(class_outputs, num_classes, k):
+    cls, _ = pp.flatten_outputs(class_outputs, class_outputs, num_classes)  # boxes unused here
+    return [torch.topk(c.reshape(-1), min(k, c.numel())) for c in cls]
+
+
+@pytest.mark.parametrize("k", [1, 7, 500, 10_000])
+def test_select_candidates_is_the_exact_topk(k):
+    g = torch.Generator().manual_seed(3)
+    c, a = 5, 9
+    shapes = [(8, 8), (4, 4), (2, 2)]
+    cls = [torch.randn(2, a * c, h, w, generator=g) for h, w in shapes]
+    box = [torch.randn(2, a * 4, h, w, generator=g) for h, w in shapes]
+    _, flat_box = pp.flatten_outputs(cls, box, c)
+    for i, (logits, anchor_idx, labels, codes) in enumerate(pp.select_candidates(cls, box, c, k)):
+        ref = naive_topk(cls, c, k)[i]
+        assert logits.tolist() == ref.values.tolist()
+        assert (anchor_idx * c + labels).tolist() == ref.indices.tolist()
+        assert torch.equal(codes, flat_box[i, anchor_idx])
 
 
 def test_postprocess_decodes_the_top_candidates():
@@ -51,3 +146,24 @@ def test_postprocess_decodes_the_top_candidates():
     out = pp.postprocess(cls, box, anchors, num_classes=1, topk=1)
     assert out[0]["boxes"].tolist() == [[20.0, 0.0, 30.0, 10.0]]
     assert out[0]["scores"].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+
+
+def test_postprocess_nms_options_on_a_real_model():
+    from efficientdet import create_model
+    from efficientdet.anchors import anchors_for_config
+
+    torch.manual_seed(0)
+    model = create_model("efficientdet-lite0", num_classes=4).eval()
+    with torch.no_grad():
+        cls, box = model(torch.randn(1, 3, 128, 128))
+    anchors = anchors_for_config(model.config, (128, 128))
+    hard = pp.postprocess(cls, box, anchors, 4, max_det=50)[0]
+    soft = pp.postprocess(cls, box, anchors, 4, max_det=50, nms="soft")[0]
+    agnostic = pp.postprocess(cls, box, anchors, 4, max_det=100_000, class_agnostic=True)[0]
+    per_class = pp.postprocess(cls, box, anchors, 4, max_det=100_000)[0]
+    assert len(hard["scores"]) == len(soft["scores"]) == 50
+    assert (soft["scores"][1:] <= soft["scores"][:-1]).all() and (hard["scores"][1:] <= hard["scores"][:-1]).all()
+    assert soft["scores"][0] == hard["scores"][0]  # the best box is never decayed
+    assert len(agnostic["scores"]) < len(per_class["scores"])
+    with pytest.raises(ValueError, match="unknown NMS method"):
+        pp.postprocess(cls, box, anchors, 4, nms="linear")
