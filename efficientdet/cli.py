@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(func=cmd_demo)
+    from .predict import add_parser as add_predict_parser
+
+    add_predict_parser(sub)
     return parser
 
 

@@ -34,7 +34,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            upright = ImageOps.exif_transpose(img)
+            # exif_transpose copies the image even when there is nothing to turn: skip it for upright files
+            # (a 10000x10000 photo would otherwise hold one more full copy)
+            needs_turn = img.getexif().get(_ORIENTATION_TAG, 1) not in (1, None)
+            upright = ImageOps.exif_transpose(img) if needs_turn else img
             return _to_rgb_array(upright)
     except _READ_ERRORS as exc:
         raise ImageReadError(f"{path}: cannot read image ({exc})") from exc

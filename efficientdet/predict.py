@@ -1,0 +1,487 @@
+"""``efficientdet predict``: run a checkpoint over image files, folders and globs; draw the boxes; save the results.
+
+Output folder contents:
+
+- one drawn copy of every readable input (boxes, class names and scores; RGB, same format as the input where
+  Pillow can write it, else PNG), named by its path relative to the folder or glob base it was found under, so
+  ``photos/2023/a.jpg`` found under ``photos/`` becomes ``OUT/2023/a.jpg``. Names that would collide (two ``a.jpg``
+  from different folders, or a case-only difference) or that would land on an input file (``--output`` pointing
+  at the input folder) get ``_2``, ``_3``, ... before the extension: an input is never overwritten.
+- ``detections.json``: a COCO *results* list (what ``COCO.loadRes`` and the evaluation server take), one entry
+  per detection, plus the two names a human needs::
+
+      {"image_id": 3, "file_name": "photos/2023/a.jpg", "category_id": 1, "category_name": "raccoon",
+       "bbox": [x, y, width, height], "score": 0.87}
+
+  ``image_id`` is the 1-based position of the file in the expanded, de-duplicated input list, so ids do not shift
+  when another file fails to load. ``category_id`` is the 0-based class index + 1, the same convention as
+  ``efficientdet eval`` for data without ids of its own; for effdet's 90-class COCO weights it is exactly the COCO
+  category id. ``file_name`` is the input path as found (POSIX separators). Boxes are in original-image pixels,
+  rounded to 0.01 px. Images without detections have no entries.
+
+Unreadable files are reported on stderr by name and skipped; the run goes on and ``PredictSummary.failures``
+(and the exit code of the command) says whether anything failed.
+
+Memory: images are decoded one at a time and only the current batch is held (``batch_size`` images, fewer when
+they are large: a batch is closed once it holds ``BATCH_PIXEL_BUDGET`` pixels), so a folder of any size runs in
+the memory of one batch. Very large images are expected here (a user pointing the tool at their own
+10000x10000 scan wants a result, not a warning), so Pillow's decompression-bomb check is replaced during the run
+by ``max_pixels``: by default the same limit at which Pillow refuses (about 179 million pixels, 13377 x 13377);
+larger files are reported as failures, and ``max_pixels=0`` removes the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .atomic import atomic_open
+from .data.images import ImageReadError, image_size, load_image
+from .draw import draw_detections
+from .evaluate import detections_to_coco
+from .postprocess import MAX_DETECTIONS, NMS_IOU
+
+# Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+DEFAULT_OUTPUT = "runs/predict"
+DEFAULT_SCORE_THRESHOLD = 0.3  # drawn images are for looking at: 0.05 (the Detector's default) clutters them
+DEFAULT_BATCH_SIZE = 8
+# Pillow's DecompressionBombError limit (2 x Image.MAX_IMAGE_PIXELS); 10000 x 10000 is below it.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+# A batch is closed early once its decoded images hold this many pixels (3 bytes each): one 10000 x 10000 image
+# runs alone instead of in a batch of eight 300 MB arrays.
+BATCH_PIXEL_BUDGET = 32_000_000
+DETECTIONS_FILE = "detections.json"
+JPEG_QUALITY = 95  # re-encoding a photo with Pillow's default 75 visibly degrades it
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One input file and its output name (relative to the output folder, before collisions are resolved)."""
+
+    path: Path
+    name: str
+
+
+@dataclass
+class PredictSummary:
+    """What a run did; ``exit_code`` is 1 when any source or file failed, else 0."""
+
+    images: int = 0  # images read and processed
+    detections: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source or file, message naming it)
+    seconds: float = 0.0
+    output: Path | None = None
+    detections_path: Path | None = None
+    drawn: list[Path] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+    def line(self) -> str:
+        """The one-line summary the command prints."""
+        where = f"; results in {self.output}" if self.output is not None else ""
+        return (
+            f"predict: {self.images} images, {self.detections} detections, {len(self.failures)} failed, "
+            f"{self.seconds:.1f} s{where}"
+        )
+
+
+def _has_magic(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a pattern before its first wildcard: output names are taken relative to it."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if _has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
+    """Image files of a folder, sorted; an ``exclude`` folder strictly inside it (the output) is skipped."""
+    skip = exclude if exclude is not None and exclude.resolve() != folder.resolve() else None
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in entries if _is_image_file(p) and not (skip is not None and _is_within(p, skip)))
+
+
+def expand_sources(
+    sources: Sequence[str | os.PathLike], recursive: bool = False, exclude: str | os.PathLike | None = None
+) -> tuple[list[SourceImage], list[tuple[str, str]]]:
+    """Files, folders and glob patterns -> the image files to process, plus one error per source that found none.
+
+    Folders give their image files (sorted; subfolders with ``recursive``), globs (``*``, ``?``, ``[...]``, and
+    ``**`` across folders) their matching image files and the image files of matching folders; a path that exists
+    is taken as it is. A file reached twice (two sources, or through a symlink) is processed once.
+    """
+    exclude_path = Path(exclude) if exclude is not None else None
+    found: list[SourceImage] = []
+    errors: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def add(path: Path, root: Path) -> None:
+        key = os.path.realpath(path)
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            name = os.path.relpath(path, root).replace(os.sep, "/")
+        except ValueError:  # another drive (Windows)
+            name = path.name
+        if name.startswith("../") or os.path.isabs(name):  # "a/*/../b.jpg": keep outputs inside the folder
+            name = path.name
+        found.append(SourceImage(path, name))
+
+    for source in map(str, sources):
+        path = Path(source)
+        if path.is_dir():
+            images = _folder_images(path, recursive, exclude_path)
+            if not images:
+                has_subfolders = not recursive and any(p.is_dir() for p in path.iterdir())
+                hint = " (--recursive searches its subfolders)" if has_subfolders else ""
+                errors.append((source, f"{source}: no images in this folder{hint}"))
+            for image in images:
+                add(image, path)
+        elif path.exists():
+            add(path, path.parent)
+        elif _has_magic(source):
+            base = _glob_base(source)
+            matches = sorted(Path(m) for m in glob.glob(source, recursive=True))
+            images = []
+            for match in matches:
+                if match.is_dir():
+                    images += _folder_images(match, recursive, exclude_path)
+                elif _is_image_file(match):
+                    images.append(match)
+            if not images:
+                what = "no image files" if matches else "nothing"
+                errors.append((source, f"{source}: matches {what}"))
+            for image in images:
+                add(image, base)
+        else:
+            errors.append((source, f"{source}: no such file or folder"))
+    return found, errors
+
+
+def _writable_name(name: str) -> str:
+    """``name`` if Pillow can write its extension, else ``name + ".png"`` (e.g. a JPEG saved as ``photo.dat``)."""
+    fmt = Image.registered_extensions().get(Path(name).suffix.lower())
+    return name if fmt is not None and fmt in Image.SAVE else name + ".png"
+
+
+def output_names(images: Sequence[SourceImage], output: str | os.PathLike) -> list[Path]:
+    """A distinct output path per image that is never one of the inputs (``_2``, ``_3``, ... added on collision).
+
+    Names are compared case-insensitively, so the outputs are distinct on case-insensitive file systems too.
+    """
+    out = Path(output)
+    inputs = {os.path.normcase(os.path.realpath(img.path)) for img in images}
+    taken = {DETECTIONS_FILE}
+
+    def clashes(candidate: Path) -> bool:
+        return candidate.as_posix().casefold() in taken or os.path.normcase(os.path.realpath(out / candidate)) in inputs
+
+    paths = []
+    for img in images:
+        name = Path(_writable_name(img.name))
+        candidate, n = name, 1
+        while clashes(candidate):
+            n += 1
+            candidate = name.with_name(f"{name.stem}_{n}{name.suffix}")
+        taken.add(candidate.as_posix().casefold())
+        paths.append(out / candidate)
+    return paths
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's global bomb check off for the run (``read_image`` applies ``max_pixels``), restored afterwards."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """``load_image`` after a header-only size check against ``max_pixels`` (0: no limit).
+
+    Checking the header first means an oversized file is refused before hundreds of megabytes are decoded.
+    """
+    if max_pixels:
+        width, height = image_size(path)
+        if width * height > max_pixels:
+            raise ImageReadError(
+                f"{path}: cannot read image ({width}x{height} = {width * height:,} pixels is over the limit of "
+                f"{max_pixels:,}; raise it with --max-pixels, 0 for none)"
+            )
+    return load_image(path)
+
+
+def _save_drawn(image: Image.Image, path: Path) -> None:
+    """Write atomically in the format the extension names (a killed run never leaves half an image)."""
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    options: dict[str, Any] = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+    with atomic_open(path, "wb") as f:
+        image.save(f, format=fmt, **options)
+
+
+def _load_model(checkpoint: Any, model_name: str | None) -> Any:
+    from .factory import load_checkpoint
+
+    if isinstance(checkpoint, torch.nn.Module):
+        return checkpoint
+    return load_checkpoint(checkpoint, model_name)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    from .train import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(str(device))
+
+
+def _check_options(score_threshold: float, iou_threshold: float, max_det: int, batch_size: int, nms: str) -> None:
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"IoU threshold must be in [0, 1], got {iou_threshold}")
+    if max_det < 1 or batch_size < 1:
+        raise ValueError(f"max_det and batch_size must be at least 1, got {max_det} and {batch_size}")
+    if nms not in ("hard", "soft"):
+        raise ValueError(f"nms must be 'hard' or 'soft', got {nms!r}")
+
+
+def predict(
+    sources: Sequence[str | os.PathLike],
+    checkpoint: str | os.PathLike | torch.nn.Module,
+    output: str | os.PathLike = DEFAULT_OUTPUT,
+    *,
+    model_name: str | None = None,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = NMS_IOU,
+    nms: str = "hard",
+    class_agnostic: bool = False,
+    max_det: int = MAX_DETECTIONS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "auto",
+    image_size: int | None = None,
+    recursive: bool = False,
+    draw: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    class_names: Sequence[str] | None = None,
+    errors: IO[str] | bool = True,
+    progress: bool | None = False,
+) -> PredictSummary:
+    """Detect objects in every image that ``sources`` name; write drawn copies and ``detections.json`` to ``output``.
+
+    Args:
+        sources: image files, folders (their image files; subfolders with ``recursive``) and glob patterns.
+        checkpoint: a model file (ours; effdet's with ``model_name``) or an already built model.
+        output: folder for the drawn images and ``detections.json`` (created; see the module docstring for names).
+        score_threshold, iou_threshold, nms, class_agnostic, max_det, image_size, class_names: passed to
+            :class:`~efficientdet.inference.Detector` (``nms="soft"``: Gaussian soft-NMS, sigma 0.5).
+        batch_size: images per forward pass (fewer when they are large, see ``BATCH_PIXEL_BUDGET``).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, ...
+        draw: ``False`` writes only ``detections.json``.
+        max_pixels: larger images are reported as failures without being decoded (0: no limit).
+        errors: where each failure is reported as it happens: ``True`` stderr, ``False`` nowhere, or a text
+            stream; the summary lists them all either way.
+        progress: show a progress bar (``None``: only on a terminal).
+
+    Raises ``ValueError`` for invalid options and ``CheckpointError`` / ``FileNotFoundError`` for a bad model file,
+    before any image is read. Unreadable images are not exceptions: they are in ``PredictSummary.failures``.
+    """
+    from tqdm import tqdm
+
+    from .inference import Detector
+
+    start = time.perf_counter()
+    _check_options(score_threshold, iou_threshold, max_det, batch_size, nms)
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file, not a folder")
+    if isinstance(sources, (str, os.PathLike)):  # one source, not a sequence of characters
+        sources = [sources]
+    detector = Detector(
+        _load_model(checkpoint, model_name), device=_resolve_device(device), image_size=image_size,
+        score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det, class_names=class_names,
+        nms=nms, class_agnostic=class_agnostic,
+    )  # fmt: skip
+    images, source_errors = expand_sources(sources, recursive, exclude=out)
+    summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
+    bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress, file=sys.stderr)
+
+    stream = sys.stderr if errors is True else errors or None  # resolved now: sys.stderr may have been replaced
+
+    def fail(name: str, message: str) -> None:
+        summary.failures.append((name, message))
+        if stream is not None:
+            if bar.disable:
+                print(message, file=stream, flush=True)
+            else:
+                bar.write(message, file=stream)
+
+    for source, message in source_errors:
+        fail(source, message)
+    out.mkdir(parents=True, exist_ok=True)
+    destinations = output_names(images, out)
+    results: list[dict] = []
+    batch: list[tuple[int, np.ndarray | None, torch.Tensor, float, tuple[int, int]]] = []
+
+    def run_batch() -> None:
+        tensors = torch.cat([item[2] for item in batch])
+        dets = detector.predict_tensor(tensors, [item[3] for item in batch], [item[4] for item in batch])
+        for det in dets:
+            index, array, *_ = batch.pop(0)  # the batch lets go of each image as soon as it is done
+            img = images[index]
+            entries = detections_to_coco([index + 1], [det])
+            for entry, name in zip(entries, det["label_names"]):
+                results.append({
+                    "image_id": entry["image_id"], "file_name": img.path.as_posix(),
+                    "category_id": entry["category_id"], "category_name": name,
+                    "bbox": entry["bbox"], "score": entry["score"],
+                })  # fmt: skip
+            summary.images += 1
+            summary.detections += len(entries)
+            if draw:
+                canvas = Image.fromarray(array)
+                del array  # one full-size copy fewer while drawing a huge image
+                try:
+                    drawn = draw_detections(canvas, det["boxes"], det["labels"], det["scores"], detector.class_names)
+                    del canvas
+                    _save_drawn(drawn, destinations[index])
+                    summary.drawn.append(destinations[index])
+                except (OSError, ValueError) as exc:
+                    fail(str(img.path), f"{img.path}: cannot write {destinations[index]}: {exc}")
+            bar.update(1)
+
+    with _pixel_limit(max_pixels), bar:
+        pixels = 0
+        for index, img in enumerate(images):
+            try:
+                array = read_image(img.path, max_pixels)
+            except ImageReadError as exc:
+                fail(str(img.path), str(exc))
+                bar.update(1)
+                continue
+            except MemoryError:
+                fail(str(img.path), f"{img.path}: cannot read image (out of memory)")
+                bar.update(1)
+                continue
+            tensor, scales, sizes = detector.preprocess([array])
+            pixels += array.shape[0] * array.shape[1]
+            batch.append((index, array if draw else None, tensor, scales[0], sizes[0]))
+            del array  # held by the batch only (to be drawn on), so it is freed once drawn
+            if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET:
+                run_batch()
+                pixels = 0
+        if batch:
+            run_batch()
+    with atomic_open(summary.detections_path, "w") as f:
+        json.dump(results, f)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """The ``predict`` command: 0 when every image was processed, 1 when any source or file failed."""
+    from .train import TrainingError
+    from .weights import CheckpointError
+
+    try:
+        summary = predict(
+            args.sources, args.checkpoint, args.output, model_name=args.model,
+            score_threshold=args.score_threshold, iou_threshold=args.iou, nms=args.nms,
+            class_agnostic=args.class_agnostic, max_det=args.max_det, batch_size=args.batch_size,
+            device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
+            max_pixels=args.max_pixels, progress=None,
+        )  # fmt: skip
+    except (CheckpointError, TrainingError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"efficientdet predict: {e}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return summary.exit_code
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``predict`` on the ``efficientdet`` command's subparsers."""
+    p = sub.add_parser(
+        "predict", help="detect objects in images, folders and globs: drawn images + detections.json",
+        description="Detect objects in images; write each image with its boxes drawn, and detections.json "
+        "(COCO results, with file and class names). Unreadable files are reported and skipped (exit code 1).",
+    )  # fmt: skip
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="image files, folders, or quoted glob patterns ('photos/**/*.jpg')")  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="model file (ours, or effdet's with --model)")
+    p.add_argument("--model", help="model name, needed only for effdet's files")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
+    p.add_argument("--score-threshold", type=_fraction, default=DEFAULT_SCORE_THRESHOLD,
+                   help=f"keep detections scoring at least this (default {DEFAULT_SCORE_THRESHOLD})")  # fmt: skip
+    p.add_argument("--nms", choices=["hard", "soft"], default="hard",
+                   help="hard: greedy NMS at --iou (default); soft: Gaussian soft-NMS, sigma 0.5")  # fmt: skip
+    p.add_argument("--iou", type=_fraction, default=NMS_IOU, help=f"hard-NMS IoU threshold (default {NMS_IOU})")
+    p.add_argument("--class-agnostic", action="store_true", help="boxes of different classes suppress each other")
+    p.add_argument("--max-det", type=_positive_int, default=MAX_DETECTIONS,
+                   help=f"detections kept per image (default {MAX_DETECTIONS})")  # fmt: skip
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; large images go alone)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--img-size", type=_positive_int, help="input size (default: the model's own)")
+    p.add_argument("--recursive", action="store_true", help="also take images from subfolders of folder sources")
+    p.add_argument("--no-draw", dest="draw", action="store_false", help="write only detections.json")
+    p.add_argument("--max-pixels", type=_non_negative_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"skip larger images (default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; 0: none)")  # fmt: skip
+    p.set_defaults(func=cmd_predict)
+    return p
