@@ -1,0 +1,269 @@
+"""Export: ONNX files (run in onnxruntime) and torch.export programs compute what the eager model computes.
+
+Kept small for CPU: Lite0 / D0 with 3 classes at 96x160 or 128 px. An ONNX export takes ~30 s here (torch.export
+plus decompositions), so the CLI-made ONNX file is shared by the tests that read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+from conftest import PARITY_DIR, require_shared
+
+import efficientdet
+from efficientdet.anchors import anchors_for_config
+from efficientdet.cli import main
+from efficientdet.export import (
+    NMS_OUTPUTS,
+    RAW_OUTPUTS,
+    DetectionOutputs,
+    export_onnx,
+    export_torch,
+    load_torch,
+    read_metadata,
+    run_onnx,
+)
+from efficientdet.postprocess import flatten_outputs, postprocess
+
+CLASS_NAMES = ["cat", "dog", "bird"]
+NMS_SETTINGS = dict(score_threshold=0.02, iou_threshold=0.5, max_det=100, topk=5000)
+
+
+def _needs_onnx() -> None:
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)
+
+
+def _images(batch: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _eager_raw(model, images):
+    with torch.no_grad():
+        return flatten_outputs(*model(images), model.config.num_classes)
+
+
+def _eager_detections(model, images, **settings):
+    with torch.no_grad():
+        class_outputs, box_outputs = model(images)
+    anchors = anchors_for_config(model.config, tuple(images.shape[-2:]))
+    return postprocess(class_outputs, box_outputs, anchors, model.config.num_classes, **settings)
+
+
+def _assert_same_detections(outputs, expected, box_tol: float = 1e-4) -> None:
+    """Fixed-size outputs vs postprocess(): same count, labels, order; scores and boxes within float32 noise.
+
+    Boxes: ``box_tol`` relative to the largest coordinate (random-init boxes reach ~700 px, where a float32 ulp is
+    6e-5; the difference left is the runtime's conv arithmetic, amplified by exp() in the decoding).
+    """
+    boxes, scores, labels, num = outputs
+    assert boxes.shape[1:] == (100, 4) and scores.shape[1:] == labels.shape[1:] == (100,)
+    assert labels.dtype == num.dtype == torch.int64
+    for i, det in enumerate(expected):
+        n = int(num[i])
+        assert n == len(det["scores"]) > 0
+        assert torch.equal(labels[i, :n], det["labels"])
+        torch.testing.assert_close(scores[i, :n], det["scores"], rtol=0, atol=1e-6)
+        scale = max(1.0, float(det["boxes"].abs().max()))
+        assert float((boxes[i, :n] - det["boxes"]).abs().max()) <= box_tol * scale
+        assert (labels[i, n:] == -1).all() and (scores[i, n:] == 0).all() and (boxes[i, n:] == 0).all()
+
+
+def _assert_nms_suppressed(model, images, detections) -> None:
+    """NMS, not just the threshold or max_det, decided: some candidate scoring above a kept box was dropped."""
+    logits, _ = _eager_raw(model, images)
+    for scores_all, det in zip(logits.sigmoid(), detections):
+        n = len(det["scores"])
+        assert int((scores_all >= det["scores"].min()).sum()) > n
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    torch.manual_seed(0)
+    return efficientdet.create_model("efficientdet-lite0", num_classes=3).eval()
+
+
+@pytest.fixture(scope="module")
+def cli_onnx_with_nms(lite0, tmp_path_factory):
+    """`efficientdet export` on a save_model checkpoint: ONNX with NMS, dynamic batch, verified (one export)."""
+    _needs_onnx()
+    folder = tmp_path_factory.mktemp("cli_onnx")
+    ckpt, out = folder / "lite0.pt", folder / "lite0_nms.onnx"
+    efficientdet.save_model(lite0, ckpt, class_names=CLASS_NAMES)
+    args = ["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out), "--img-size", "128",
+            "--dynamic-batch", "--with-nms", "--score-threshold", "0.02", "--verify"]  # fmt: skip
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(args)
+    return rc, stdout.getvalue(), out
+
+
+def test_onnx_raw_outputs_match_eager_with_dynamic_batch(tmp_path):
+    """D0 (SiLU, fast fusion, TF SAME padding) at a non-square size that is not a multiple of 128."""
+    _needs_onnx()
+    import onnx
+
+    model = efficientdet.create_model("efficientdet-d0", num_classes=3).eval()
+    path = export_onnx(model, tmp_path / "d0.onnx", img_size=(96, 160), batch_size=1, dynamic_batch=True)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == list(RAW_OUTPUTS)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 96, 160]
+    num_anchors = anchors_for_config(model.config, (96, 160)).shape[0]
+    for batch in (2, 1):  # exported with batch 1, run with 2
+        images = _images(batch, 96, 160)
+        got = run_onnx(path, images)
+        expected = _eager_raw(model, images)
+        assert got[0].shape == (batch, num_anchors, 3) and got[1].shape == (batch, num_anchors, 4)
+        for g, e in zip(got, expected):
+            assert float((g - e).abs().max()) <= 1e-4
+    meta = read_metadata(path)
+    assert meta["model"] == "efficientdet-d0" and meta["input"]["shape"] == ["batch", 3, 96, 160]
+    assert meta["with_nms"] is False and meta["input"]["mean"] == list(model.config.mean)
+
+
+@pytest.mark.slow
+def test_cli_onnx_with_nms_equals_postprocess(lite0, cli_onnx_with_nms):
+    rc, _, path = cli_onnx_with_nms
+    assert rc == 0
+    images = _images(2, 128, 128)
+    outputs = run_onnx(path, images)
+    expected = _eager_detections(lite0, images, **NMS_SETTINGS)
+    _assert_same_detections(outputs, expected)
+    _assert_nms_suppressed(lite0, images, expected)
+    assert any(len(d["scores"]) < 100 for d in expected)  # the padding rows are exercised too
+    single = run_onnx(path, images[:1])  # dynamic batch
+    _assert_same_detections(single, expected[:1])
+
+
+@pytest.mark.slow
+def test_cli_onnx_reports_and_describes_the_file(cli_onnx_with_nms):
+    import onnx
+
+    rc, stdout, path = cli_onnx_with_nms
+    assert rc == 0
+    assert f"wrote {path}" in stdout and "images batchx3x128x128" in stdout
+    assert "max abs difference to eager PyTorch: boxes" in stdout
+    proto = onnx.load(str(path))
+    assert [o.name for o in proto.graph.output] == list(NMS_OUTPUTS)
+    assert any(node.op_type == "NonMaxSuppression" for node in proto.graph.node)
+    meta = read_metadata(path)
+    assert meta["class_names"] == CLASS_NAMES and meta["with_nms"] and meta["score_threshold"] == 0.02
+    assert meta["max_det"] == 100 and meta["input"]["mean"] == [127.0, 127.0, 127.0]
+
+
+def test_pt2_with_nms_equals_postprocess(lite0, tmp_path):
+    path = export_torch(lite0, tmp_path / "lite0.pt2", img_size=128, dynamic_batch=True, with_nms=True, **NMS_SETTINGS)
+    program = load_torch(path)
+    images = _images(3, 128, 128, seed=2)
+    expected = _eager_detections(lite0, images, **NMS_SETTINGS)
+    with torch.no_grad():
+        _assert_same_detections(program(images), expected, box_tol=1e-6)
+    _assert_nms_suppressed(lite0, images, expected)
+    assert read_metadata(path)["format"] == "pt2"
+
+
+def test_detection_module_eager_equals_postprocess_in_edge_cases(lite0):
+    """No export: the static-shape graph itself (padding when topk < max_det, nothing above the threshold)."""
+    images = _images(2, 128, 128, seed=3)
+    for settings in (
+        dict(score_threshold=0.0, iou_threshold=0.5, max_det=100, topk=40),  # fewer candidates than max_det
+        dict(score_threshold=0.015, iou_threshold=0.3, max_det=100, topk=5000),
+    ):
+        module = DetectionOutputs(lite0, (128, 128), **settings).eval()
+        with torch.no_grad():
+            _assert_same_detections(module(images), _eager_detections(lite0, images, **settings), box_tol=1e-6)
+    empty = DetectionOutputs(lite0, (128, 128), score_threshold=0.99).eval()
+    with torch.no_grad():
+        boxes, scores, labels, num = empty(images)
+    assert num.tolist() == [0, 0] and (labels == -1).all() and not scores.any() and not boxes.any()
+
+
+def test_nms_op_has_onnx_semantics(tmp_path):
+    """The eager op (plain torch) against onnxruntime's NonMaxSuppression on crowded boxes, several classes,
+    a per-class cap, tied scores and a score threshold."""
+    _needs_onnx()
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 60, 2, generator=g) * 40
+    boxes = torch.cat([xy, xy + 10 + torch.rand(2, 60, 2, generator=g) * 20], -1)
+    scores = torch.rand(2, 4, 60, generator=g).round(decimals=1)  # ties on purpose
+    scores[:, 3] = -1  # a class that never takes part
+    iou, cap, threshold = 0.4, 7, 0.2
+    mask = torch.ops.efficientdet.nms_keep_mask(boxes, scores, iou, cap, threshold)
+
+    inputs = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [2, 60, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, 4, 60]),
+    ]
+    constants = [
+        helper.make_tensor("cap", TensorProto.INT64, [1], [cap]),
+        helper.make_tensor("iou", TensorProto.FLOAT, [1], [iou]),
+        helper.make_tensor("thr", TensorProto.FLOAT, [1], [threshold]),
+    ]
+    node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "cap", "iou", "thr"], ["selected"])
+    output = helper.make_tensor_value_info("selected", TensorProto.INT64, None)
+    graph = helper.make_graph([node], "nms", inputs, [output], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    onnx.save(model, tmp_path / "nms.onnx")
+    session = ort.InferenceSession(str(tmp_path / "nms.onnx"), providers=["CPUExecutionProvider"])
+    (selected,) = session.run(None, {"boxes": boxes.numpy(), "scores": scores.numpy()})
+    expected = torch.zeros(2, 60, dtype=torch.bool)
+    expected[selected[:, 0], selected[:, 2]] = True
+    assert torch.equal(mask, expected)
+    assert 0 < int(mask.sum()) < int((scores > threshold).any(1).sum())  # some boxes were suppressed
+
+
+def test_cli_effdet_checkpoint_to_pt2(tmp_path, capsys):
+    """effdet's release files need --model, as for `efficientdet eval`; the raw .pt2 equals the eager model and
+    refuses inputs of another size or batch (fixed at export) instead of computing something wrong."""
+    ckpt = require_shared(PARITY_DIR / "tf_efficientdet_lite0_128.pt")
+    out = tmp_path / "lite0.pt2"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "pt2", "--output", str(out)]) == 1
+    assert "--model" in capsys.readouterr().err
+    args = ["export", "--checkpoint", str(ckpt), "--model", "efficientdet-lite0", "--format", "pt2",
+            "--output", str(out), "--img-size", "128"]  # fmt: skip
+    assert main(args) == 0
+    model = efficientdet.create_model("efficientdet-lite0", checkpoint=ckpt).eval()
+    images = _images(1, 128, 128)
+    program = load_torch(out)
+    with torch.no_grad():
+        got = program(images)
+        for bad in (_images(1, 96, 128), _images(2, 128, 128)):
+            with pytest.raises(Exception, match="shape|size"):
+                program(bad)
+    for g, e in zip(got, _eager_raw(model, images)):
+        assert float((g - e).abs().max()) <= 1e-5
+    assert read_metadata(out)["config"]["padding"] == "same"
+
+
+def test_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--checkpoint", "x.pt", "--format", "tflite", "--output", "x.tflite"])
+    assert exc.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
+    missing = tmp_path / "missing.pt"
+    assert main(["export", "--checkpoint", str(missing), "--output", str(tmp_path / "m.onnx")]) == 1
+    assert "no such checkpoint file" in capsys.readouterr().err
+    ckpt = tmp_path / "lite0.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=2), ckpt)
+    args = ["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "m.onnx"), "--img-size", "1", "2", "3"]
+    assert main(args) == 1
+    assert "--img-size takes S or H W" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_api_errors(lite0, tmp_path):
+    with pytest.raises(ValueError, match="max_det and topk"):
+        DetectionOutputs(lite0, (128, 128), max_det=0)
+    _needs_onnx()
+    with pytest.raises(ValueError, match="opset 16"):
+        export_onnx(lite0, tmp_path / "x.onnx", opset=16)
