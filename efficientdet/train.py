@@ -3,6 +3,10 @@
 SGD (momentum 0.9) with the learning rate scaled from 0.08 per 64 images, linear warm-up then cosine decay,
 weight decay on conv/linear weights only, gradient-norm clipping, EMA weights for evaluation, focal + Huber loss.
 ``last.pt`` is written atomically every epoch and holds everything ``--resume`` needs to continue exactly.
+
+Under ``torchrun`` every process runs :func:`train`; they form one DistributedDataParallel job whose W processes
+with batch b compute what one process with batch W*b computes (``efficientdet.distributed`` says how), and rank 0
+alone logs and writes files. Without torchrun nothing of that is switched on.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -29,6 +34,16 @@ from .atomic import atomic_open
 from .config import get_config
 from .data.dataset import DetectionDataset, loader_kwargs
 from .data.readers import read_dataset
+from .distributed import (
+    DistEnv,
+    GlobalBatchSampler,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_state,
+    convert_sync_batchnorm,
+    distributed_session,
+)
 from .evaluate import format_metrics
 from .factory import config_for_checkpoint, load_pretrained_backbone, save_model
 from .labeler import AnchorLabeler
@@ -70,10 +85,10 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str | None = "val"
     epochs: int = 60
-    batch_size: int = 8
+    batch_size: int = 8  # per process: the global batch is world_size * batch_size
     img_size: int | None = None
     output: str = "runs/train"
-    lr: float | None = None  # None: DEFAULT_LR_PER_64 * batch_size / 64 (the paper's COCO rule: 0.08 per 64)
+    lr: float | None = None  # None: DEFAULT_LR_PER_64 * global batch / 64 (the paper's COCO rule: 0.08 per 64)
     warmup_epochs: float = 1.0
     weight_decay: float = WEIGHT_DECAY
     scale_range: tuple[float, float] = DEFAULT_TRAIN_SCALE_RANGE
@@ -90,6 +105,8 @@ class TrainConfig:
     amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16" (CPU too), "fp16" (CUDA)
     eval_interval: int = 1
     max_steps: int | None = None  # stop after this many optimiser steps in total (tests, smoke runs)
+    sync_bn: bool = False  # under torchrun: BN statistics over the global batch (the paper's setting)
+    grad_checkpoint: bool = False  # recompute backbone / BiFPN activations in backward: less memory, slower steps
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +124,14 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
         return peak * (WARMUP_START + (1 - WARMUP_START) * step / warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def default_lr(global_batch: int) -> float:
+    """Peak learning rate when ``--lr`` is not given: DEFAULT_LR_PER_64 per 64 images of the *global* batch.
+
+    Under DDP the global batch is ``world_size * batch_size``: 8 GPUs x 8 images train at 8x the rate of one.
+    """
+    return DEFAULT_LR_PER_64 * global_batch / BASE_BATCH
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -232,8 +257,8 @@ def _freeze_backbone(model: EfficientDet) -> None:
         p.requires_grad_(False)
 
 
-def _set_train_mode(model: EfficientDet, freeze_backbone: bool) -> None:
-    model.train()
+def _set_train_mode(model: EfficientDet, freeze_backbone: bool, net: nn.Module | None = None) -> None:
+    (net if net is not None else model).train()  # ``net``: the DDP wrapper, when there is one
     if freeze_backbone:
         model.backbone.eval()  # frozen BN statistics too
 
@@ -262,23 +287,47 @@ def _report_fixes(name: str, fixes: dict[str, int]) -> None:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) and return the final summary: best AP, metrics of the last evaluation, paths."""
+    """Train (or resume) and return the final summary: best AP, metrics of the last evaluation, paths.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1), every process calls this and they train as one DDP job: gloo on
+    CPU, NCCL on CUDA (device ``cuda:LOCAL_RANK``). All ranks return the same summary.
+    """
+    with distributed_session(cfg.device, resolve_device) as (env, device):
+        quiet = logging.getLogger("efficientdet")
+        level = quiet.level
+        if not env.is_main:  # one copy of each message: rank 0 speaks for the job
+            quiet.setLevel(logging.WARNING)
+        try:
+            return _train(cfg, env, device)
+        finally:
+            quiet.setLevel(level)
+
+
+def _rank_rng_state(env: DistEnv) -> list[dict[str, Any]] | None:
+    """Every rank's RNG state (stochastic depth draws differ per rank), for an exact ``--resume`` under DDP."""
+    return all_gather_objects(_rng_state()) if env.distributed else None
+
+
+def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     if cfg.data is None:
         raise TrainingError("no --data given (run `efficientdet demo` for a synthetic dataset)")
     train_data = read_dataset(cfg.data, cfg.format, cfg.train_split)
     if not len(train_data):
         raise TrainingError(f"{cfg.data}: split {cfg.train_split!r} has no images")
-    _report_fixes(cfg.train_split, train_data.fixes)
+    if env.is_main:
+        _report_fixes(cfg.train_split, train_data.fixes)
     val_data = read_dataset(cfg.data, cfg.format, cfg.val_split) if cfg.val_split else None
     if val_data is not None:
-        _report_fixes(cfg.val_split, val_data.fixes)
+        if env.is_main:
+            _report_fixes(cfg.val_split, val_data.fixes)
         val_data = val_data.with_class_names(train_data.class_names)
 
     model = build_model(cfg, train_data.class_names).to(device)
+    model.grad_checkpoint = cfg.grad_checkpoint
     if cfg.freeze_backbone:
         _freeze_backbone(model)
     model_cfg = model.config
@@ -290,14 +339,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         train_data.records, size, model_cfg.mean, model_cfg.std, train=True, scale_range=tuple(cfg.scale_range),
         hflip=cfg.hflip, seed=cfg.seed,
     )  # fmt: skip
-    steps_per_epoch = max(1, len(dataset) // cfg.batch_size)
+    if len(dataset) < env.world_size:
+        raise TrainingError(f"{len(dataset)} training images for {env.world_size} processes: each needs one at least")
+    global_batch = cfg.batch_size * env.world_size
+    steps_per_epoch = max(1, len(dataset) // global_batch)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    peak_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR_PER_64 * cfg.batch_size / BASE_BATCH
+    peak_lr = cfg.lr if cfg.lr is not None else default_lr(global_batch)
+    ema = ModelEma(model, cfg.ema_decay)  # plain BN: the EMA only ever evaluates
+    if cfg.sync_bn and env.distributed:
+        model = convert_sync_batchnorm(model, device)  # shares parameters and buffers with the EMA's source
+    elif cfg.sync_bn:
+        LOG.info("--sync-bn: a single process already normalises over its whole batch; nothing to synchronise")
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=peak_lr, momentum=MOMENTUM)
-    ema = ModelEma(model, cfg.ema_decay)
     use_amp, amp_dtype = amp_mode(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if env.rank > 0:  # rank 0 keeps the single-process stream; the others draw their own stochastic depth masks
+        seed_everything(cfg.seed + 100_003 * env.rank)
 
     start_epoch, step, best_ap, history, bad_total = 0, 0, -1.0, [], 0
     if cfg.resume:
@@ -309,9 +367,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best_ap = state["epoch"], state["step"], state["best_ap"]
         history, bad_total = list(state["history"]), state["skipped_steps"]
-        _set_rng_state(state["rng"])
+        saved_batch = state.get("global_batch", state["train_config"]["batch_size"])
+        if saved_batch != global_batch:
+            step = start_epoch * steps_per_epoch  # the schedule is per step: place it by epochs instead
+            LOG.warning(
+                "resuming with a global batch of %d (saved run: %d): the schedule continues at epoch %d, step %d",
+                global_batch, saved_batch, start_epoch, step,
+            )  # fmt: skip
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == env.world_size:
+            _set_rng_state(per_rank[env.rank])
+        elif env.is_main:
+            _set_rng_state(state["rng"])
+        else:
+            seed_everything(cfg.seed + 100_003 * env.rank + start_epoch)
         LOG.info("resumed from %s at epoch %d (step %d)", cfg.resume, start_epoch, step)
 
+    # DDP averages gradients over ranks; each rank's loss is its share of the global-batch loss (the normaliser
+    # is global), so the loss is scaled by world_size to make the average the gradient of the global-batch loss.
+    net: nn.Module = model
+    if env.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     metrics_csv, last_path, best_path = out / "metrics.csv", out / "last.pt", out / "best.pt"
     last_metrics: dict[str, float] = {}
     class_names = train_data.class_names
@@ -319,37 +395,60 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     for epoch in range(start_epoch, cfg.epochs):
         dataset.set_epoch(epoch)
         loader = DataLoader(
-            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size,
-            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch), **loader_kwargs(cfg.workers),
-        )  # fmt: skip
-        _set_train_mode(model, cfg.freeze_backbone)
+            dataset,
+            batch_sampler=GlobalBatchSampler(len(dataset), cfg.batch_size, env.rank, env.world_size, cfg.seed, epoch),
+            # the loader draws its workers' base seed from this generator, not from the global RNG (whose stream
+            # stochastic depth uses)
+            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
+            **loader_kwargs(cfg.workers),
+        )
+        _set_train_mode(model, cfg.freeze_backbone, net)
         sums = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0}
         n_steps, n_images, skipped_images = 0, 0, 0
         t0 = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr, mininterval=1.0)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr, mininterval=1.0,
+                   disable=not env.is_main)  # fmt: skip
         for batch in bar:
             skipped_images += batch.skipped
-            if not len(batch):
+            if not len(batch) and not env.distributed:
                 continue
+            targets = labeler([{k: v.to(device) for k, v in t.items()} for t in batch.targets]) if len(batch) else None
+            if env.distributed:
+                # every rank takes part in every step or none does; the loss normaliser counts all ranks' positives
+                positives = float(targets.num_positives.sum()) if targets is not None else 0.0
+                local = torch.tensor([float(len(batch) > 0), positives], dtype=torch.float64)
+                together = all_reduce_sum(local.to(device))
+                if int(together[0]) < env.world_size:
+                    continue  # some rank has no readable image in this step: all skip it
+                targets = replace(targets, num_positives=together[1:].to(torch.float32))
             lr = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images = batch.images.to(device, non_blocking=True)
-            targets = labeler([{k: v.to(device) for k, v in t.items()} for t in batch.targets])
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                cls_out, box_out = model(images)
+                cls_out, box_out = net(images)
             cls_flat, box_flat = flatten_outputs(cls_out, box_out, model_cfg.num_classes)
             losses = detection_loss(cls_flat, box_flat, targets, model_cfg.num_classes)
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(losses["loss"]))
-            if finite:
-                scaler.scale(losses["loss"]).backward()
+            backward_done = False
+            if finite or env.distributed:  # under DDP every rank runs backward (its collectives), then all decide
+                loss = losses["loss"] * env.world_size if env.distributed else losses["loss"]
+                scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                finite = bool(torch.isfinite(grad_norm))
+                finite = finite and bool(torch.isfinite(grad_norm))
+                backward_done = True
+            parts = [losses[k].detach().float() for k in sums]
+            step_images = len(batch)
+            if env.distributed:  # one decision for all ranks, and the global-batch loss for the log
+                stats = all_reduce_sum(torch.stack([torch.tensor(float(not finite), device=device), *parts,
+                                                    torch.tensor(float(len(batch)), device=device)]))  # fmt: skip
+                finite = float(stats[0]) == 0.0
+                parts, step_images = list(stats[1:4]), int(stats[4])
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
-                if scaler.is_enabled():
+                if scaler.is_enabled() and backward_done:
                     scaler.update()  # fp16 overflow: the scaler lowers its scale and the step is skipped
                 bad_streak += 1
                 bad_total += 1
@@ -365,9 +464,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             ema.update(model)
             step += 1
             n_steps += 1
-            n_images += len(batch)
-            for k in sums:
-                sums[k] += losses[k].item()
+            n_images += step_images
+            for k, v in zip(sums, parts):
+                sums[k] += v.item()
             rate = n_images / max(1e-9, time.time() - t0)
             bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}", cls=f"{sums['cls_loss'] / n_steps:.4f}",
                             box=f"{sums['box_loss'] / n_steps:.5f}", lr=f"{lr:.4g}", img_s=f"{rate:.1f}")  # fmt: skip
@@ -375,6 +474,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 break
         bar.close()
         elapsed = time.time() - t0
+        if env.distributed:
+            skipped_images = int(all_reduce_sum(torch.tensor([skipped_images], device=device))[0])
+            # without SyncBN each rank's BN statistics follow its own images: the job's EMA is rank 0's
+            broadcast_state(ema.module, buffers_only=True)
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": sums["loss"] / max(1, n_steps),
@@ -391,7 +494,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs or stop
         )
         if evaluate_now:
-            last_metrics = validate(ema.module, val_data, size, cfg.batch_size, cfg.workers, device)
+            last_metrics = validate(
+                ema.module, val_data, size, cfg.batch_size, cfg.workers, device, distributed=env.distributed
+            )
             row.update(last_metrics)
         history.append(row)
         summary = (
@@ -402,31 +507,39 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             summary += f"  skipped {skipped_images} unreadable image(s)"
         if evaluate_now:
             summary += "  | " + format_metrics(last_metrics)
-        print(summary, flush=True)
+        if env.is_main:
+            print(summary, flush=True)
         improved = evaluate_now and last_metrics["AP"] > best_ap
         if improved:
             best_ap = last_metrics["AP"]
-        train_state = {
-            "model": model.state_dict(),  # the raw weights; the EMA weights are the file's state_dict
-            "ema_updates": ema.updates,
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "step": step,
-            "best_ap": best_ap,
-            "history": history,
-            "skipped_steps": bad_total,
-            "rng": _rng_state(),
-            "train_config": cfg.to_dict(),
-        }
-        save_model(ema.module, last_path, class_names, train_state=train_state)
-        if improved or (val_data is None and epoch + 1 == cfg.epochs):
-            save_model(ema.module, best_path, class_names, metrics=dict(last_metrics))
-        _write_metrics(metrics_csv, history)
-        plot_training_metrics(str(metrics_csv), str(out / "metrics.png"))
+        rank_rngs = _rank_rng_state(env)
+        if env.is_main:
+            train_state = {
+                "model": model.state_dict(),  # the raw weights; the EMA weights are the file's state_dict
+                "ema_updates": ema.updates,
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "best_ap": best_ap,
+                "history": history,
+                "skipped_steps": bad_total,
+                "rng": _rng_state(),
+                "world_size": env.world_size,
+                "global_batch": global_batch,
+                "train_config": cfg.to_dict(),
+            }
+            if rank_rngs is not None:
+                train_state["rng_per_rank"] = rank_rngs
+            save_model(ema.module, last_path, class_names, train_state=train_state)
+            if improved or (val_data is None and epoch + 1 == cfg.epochs):
+                save_model(ema.module, best_path, class_names, metrics=dict(last_metrics))
+            _write_metrics(metrics_csv, history)
+            plot_training_metrics(str(metrics_csv), str(out / "metrics.png"))
         if stop:
             break
-    if not best_path.exists():
+    if env.is_main and not best_path.exists():
         save_model(ema.module, best_path, class_names, metrics=dict(last_metrics))
+    barrier()  # no rank returns before rank 0's files are there
     return {
         "best_ap": best_ap,
         "metrics": last_metrics,
@@ -454,4 +567,4 @@ def resume_config(path: str, **changes: Any) -> TrainConfig:
     return TrainConfig(**saved)
 
 
-__all__ = ["TrainConfig", "TrainingError", "lr_at", "param_groups", "resume_config", "train"]
+__all__ = ["TrainConfig", "TrainingError", "default_lr", "lr_at", "param_groups", "resume_config", "train"]

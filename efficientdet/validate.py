@@ -1,4 +1,8 @@
-"""Run a detector over a dataset split and score it with the COCO metrics (used by training and `eval`)."""
+"""Run a detector over a dataset split and score it with the COCO metrics (used by training and `eval`).
+
+Under DDP (``distributed=True``) each rank predicts every W-th image; the detections are gathered on rank 0, which
+alone runs pycocotools (and writes the JSON files), and the metrics are sent back so every rank returns them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from torch.utils.data import DataLoader
 from .anchors import anchors_for_config
 from .data.dataset import DetectionDataset, loader_kwargs
 from .data.records import DetectionData, ImageRecord
+from .distributed import all_gather_objects, broadcast_object, current_env
 from .evaluate import evaluate_detections
 from .nn.detector import EfficientDet
 from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess, to_original_pixels
@@ -67,7 +72,23 @@ def validate(
     json_path: str | None = None,
     detections_path: str | None = None,
     nms: str = "hard",
+    distributed: bool = False,
 ) -> dict[str, float]:
-    """COCO AP, AP50, AP75, APs, APm, APl of ``model`` on ``data`` (``nms="soft"``: the official evaluation)."""
-    dets, _ = predict_records(model, data.records, image_size, batch_size, workers, device, nms=nms)
-    return evaluate_detections(data, dets, json_path=json_path, detections_path=detections_path)
+    """COCO AP, AP50, AP75, APs, APm, APl of ``model`` on ``data`` (``nms="soft"``: the official evaluation).
+
+    ``distributed``: all ranks of an initialised process group call this; the work is split between them and
+    every rank returns the same metrics (computed once, on rank 0, from all detections).
+    """
+    env = current_env()
+    if not (distributed and env.distributed):
+        dets, _ = predict_records(model, data.records, image_size, batch_size, workers, device, nms=nms)
+        return evaluate_detections(data, dets, json_path=json_path, detections_path=detections_path)
+    mine = list(range(env.rank, len(data.records), env.world_size))  # strided: image sizes spread evenly
+    dets, _ = predict_records(model, [data.records[i] for i in mine], image_size, batch_size, workers, device, nms=nms)
+    parts = all_gather_objects(list(zip(mine, dets)))
+    metrics = None
+    if env.is_main:
+        by_index = dict(pair for part in parts for pair in part)
+        ordered = [by_index[i] for i in range(len(data.records))]
+        metrics = evaluate_detections(data, ordered, json_path=json_path, detections_path=detections_path)
+    return broadcast_object(metrics)

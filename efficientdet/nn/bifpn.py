@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import FUSION_EPS
+from .checkpoint import checkpointed, checkpointing_active
 from .layers import ConvBN, MaxPoolDown, SeparableConv2d, activation, batch_norm
 
 
@@ -95,6 +96,30 @@ def panet_graph(min_level: int = 3, max_level: int = 7) -> Graph:
 
 
 GRAPHS = {"bifpn": bifpn_graph, "fpn": fpn_graph, "panet": panet_graph}
+
+
+def prune_graph(graph: Graph, keep_levels: list[int] | tuple[int, ...]) -> Graph:
+    """The sub-graph that computes the outputs at ``keep_levels`` only, with node ids renumbered.
+
+    A model that reads one level of the last cell (segmentation reads P2) would otherwise carry nodes whose
+    outputs nothing uses: parameters without gradients (which DDP rejects) and wasted FLOPs. In a BiFPN cell
+    the P2 output is made by the top-down path, so the whole bottom-up path of the last cell drops out.
+    """
+    num_inputs = graph.max_level - graph.min_level + 1
+    for lvl in keep_levels:
+        if not graph.min_level <= lvl <= graph.max_level:
+            raise ValueError(f"level P{lvl} is outside the graph's P{graph.min_level}-P{graph.max_level}")
+    needed = {graph.outputs[lvl - graph.min_level] for lvl in keep_levels}
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        if num_inputs + i in needed:
+            needed.update(graph.nodes[i].inputs)
+    new_id = {i: i for i in range(num_inputs)}
+    nodes: list[NodeSpec] = []
+    for i, node in enumerate(graph.nodes):
+        if num_inputs + i in needed:
+            new_id[num_inputs + i] = num_inputs + len(nodes)
+            nodes.append(NodeSpec(node.level, tuple(new_id[j] for j in node.inputs)))
+    return Graph(graph.min_level, graph.max_level, tuple(nodes))
 
 
 class FusionNode(nn.Module):
@@ -218,7 +243,11 @@ class ExtraLevel(nn.Module):
 
 
 class FeatureNetwork(nn.Module):
-    """Extra levels P6.. on top of the backbone's P3-P5, then ``repeats`` cells of the chosen topology."""
+    """Extra levels P6.. on top of the backbone's P3-P5, then ``repeats`` cells of the chosen topology.
+
+    The backbone's levels start at ``min_level`` (P3 for detection, P2 for segmentation). With
+    ``output_levels`` only those levels are returned, and the last cell keeps only the nodes they need.
+    """
 
     def __init__(
         self,
@@ -232,8 +261,12 @@ class FeatureNetwork(nn.Module):
         act: str = "silu",
         padding: str = "same",
         redundant_bias: bool = True,
+        output_levels: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
+        self.grad_checkpoint = False  # recompute each cell's activations in backward (saves memory)
+        self.min_level = min_level
+        self.output_levels = None if output_levels is None else tuple(output_levels)
         self.extra_levels = nn.ModuleDict()
         channels_per_level = list(in_channels)
         last = in_channels[-1]
@@ -243,16 +276,23 @@ class FeatureNetwork(nn.Module):
             channels_per_level.append(channels)
         graph = GRAPHS[fpn_type](min_level, max_level)
         self.cells = nn.ModuleList()
-        for _ in range(repeats):
+        for r in range(repeats):
+            if r == repeats - 1 and self.output_levels is not None:
+                graph = prune_graph(graph, self.output_levels)
             cell = FpnCell(graph, channels_per_level, channels, fusion, act, padding, redundant_bias)
             self.cells.append(cell)
             channels_per_level = cell.out_channels
         self.out_channels = channels_per_level
+        if self.output_levels is not None:
+            self.out_channels = [channels_per_level[lvl - min_level] for lvl in self.output_levels]
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         feats = list(features)
         for extra in self.extra_levels.values():
             feats.append(extra(feats[-1]))
+        checkpoint = checkpointing_active(self)
         for cell in self.cells:
-            feats = cell(feats)
+            feats = checkpointed(cell, cell, feats) if checkpoint else cell(feats)
+        if self.output_levels is not None:
+            return [feats[lvl - self.min_level] for lvl in self.output_levels]
         return feats

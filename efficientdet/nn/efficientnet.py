@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import BACKBONES, BackboneConfig
+from .checkpoint import checkpointed, checkpointing_active
 from .layers import ConvBN, DropPath, activation
 
 # (block kind, repeats, kernel, stride, expand ratio, output channels): EfficientNet-B0 (Tan & Le, 2019, table 1).
@@ -30,6 +31,7 @@ STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 SE_RATIO = 0.25  # of the block's input channels
 FEATURE_STAGES = (2, 4, 6)  # stage ends at strides 8, 16, 32 -> P3, P4, P5
+SEGMENTATION_FEATURE_STAGES = (1, 2, 4, 6)  # plus stride 4 (P2): the segmentation variant's finest level
 
 
 def round_channels(channels: float, multiplier: float, divisor: int = 8) -> int:
@@ -119,6 +121,7 @@ class EfficientNet(nn.Module):
         padding: str = "same",
         drop_path_rate: float | None = None,
         dropout: float = 0.2,
+        feature_stages: tuple[int, ...] = FEATURE_STAGES,
     ) -> None:
         super().__init__()
         cfg = BACKBONES[name]
@@ -136,8 +139,12 @@ class EfficientNet(nn.Module):
                 blocks.append(MBConv(spec, act, padding, rate * index / total))
                 index += 1
             self.blocks.append(nn.Sequential(*blocks))
-        self.feature_channels = [stages[i][-1].out_channels for i in FEATURE_STAGES]
+        # Which stage ends are returned as features (P3-P5 for detection; segmentation adds P2). The weights do
+        # not depend on it, so ImageNet files load the same either way.
+        self.feature_stages = tuple(feature_stages)
+        self.feature_channels = [stages[i][-1].out_channels for i in self.feature_stages]
         self.num_classes = num_classes
+        self.grad_checkpoint = False  # recompute each block's activations in backward (saves memory)
         if num_classes is not None:
             head = HEAD_CHANNELS if cfg.lite else round_channels(HEAD_CHANNELS, cfg.width)
             self.head = ConvBN(stages[-1][-1].out_channels, head, 1, act=act, padding=padding)
@@ -162,12 +169,17 @@ class EfficientNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Features at strides 8, 16, 32."""
+        """Features at the ends of ``feature_stages`` (strides 8, 16, 32 by default)."""
         x = self.stem(x)
         features = []
+        checkpoint = checkpointing_active(self)
         for i, stage in enumerate(self.blocks):
-            x = stage(x)
-            if i in FEATURE_STAGES:
+            if checkpoint:
+                for block in stage:
+                    x = checkpointed(block, block, x)
+            else:
+                x = stage(x)
+            if i in self.feature_stages:
                 features.append(x)
         return features
 
