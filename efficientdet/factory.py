@@ -69,7 +69,8 @@ def create_model(
     """Build an EfficientDet by name (see :func:`list_models`).
 
     Args:
-        name: e.g. ``"efficientdet-d0"`` or ``"efficientdet-lite0"``.
+        name: e.g. ``"efficientdet-d0"`` or ``"efficientdet-lite0"``; ``"efficientdet-seg-*"`` names build the
+            segmentation variant (:mod:`efficientdet.segmentation`).
         num_classes: number of object classes (default 90, COCO; taken from the checkpoint when not given).
         checkpoint: a file in our format or one of effdet's release files (raw state_dict or a dict holding it
             under ``state_dict`` / ``model`` / ``state_dict_ema``). Padding flavour and class count are inferred.
@@ -77,6 +78,10 @@ def create_model(
             EfficientNet file in timm's or EfficientNet-PyTorch's layout (e.g. timm's ``tf_efficientnet_b3``).
         **overrides: any :class:`ModelConfig` field (``fusion``, ``fpn_type``, ``padding``, ``image_size`` ...).
     """
+    if name.lower().startswith("efficientdet-seg-"):  # the segmentation variant (SPEC 9) has its own builder
+        from .segmentation.model import create_segmentation_model
+
+        return create_segmentation_model(name, num_classes, checkpoint, pretrained_backbone, **overrides)  # type: ignore[return-value]
     if checkpoint is not None and pretrained_backbone:
         raise ValueError("give either checkpoint= or pretrained_backbone=, not both")
     base = get_config(name)

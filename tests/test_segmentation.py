@@ -1,0 +1,374 @@
+"""The segmentation variant (SPEC 9): model shapes and sizes, mask reading and its errors, metrics, training, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, SHARED, require_shared
+from PIL import Image
+
+import efficientdet
+from efficientdet.cli import main
+from efficientdet.data.readers import DatasetError
+from efficientdet.nn.bifpn import bifpn_graph, panet_graph, prune_graph
+from efficientdet.segmentation import (
+    ConfusionMatrix,
+    EfficientDetSegmentation,
+    get_segmentation_config,
+    list_segmentation_models,
+    predict_segmentation,
+    segmentation_stats,
+)
+from efficientdet.segmentation.data import (
+    IGNORE,
+    check_masks,
+    load_mask,
+    pair_by_stem,
+    read_segmentation_split,
+    read_voc_segmentation,
+    resize_nearest,
+    to_targets,
+    train_transform,
+)
+from efficientdet.segmentation.metrics import json_safe, metrics_from_confusion
+from efficientdet.segmentation.predict import class_palette
+
+CAMVID = SHARED / "datasets" / "camvid"
+
+
+# ----------------------------------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize(
+    "name,size", [("efficientdet-seg-lite0", (64, 64)), ("efficientdet-seg-lite0", (97, 130)),
+                  ("efficientdet-seg-d0", (75, 64))],
+)  # fmt: skip
+def test_output_is_full_resolution_logits_for_any_size(name, size):
+    model = efficientdet.create_model(name, num_classes=5).eval()
+    assert isinstance(model, EfficientDetSegmentation)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *size))
+    assert out.shape == (2, 5, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_every_parameter_gets_a_gradient():
+    """The last BiFPN cell is pruned to what P2 needs: no dead nodes (DDP would reject them, FLOPs wasted)."""
+    model = efficientdet.create_model("efficientdet-seg-lite0", num_classes=3).train()
+    model(torch.randn(2, 3, 64, 96)).logsumexp(1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing[:5]
+
+
+def test_table_follows_the_paper_d4_and_scales_monotonically():
+    d4 = get_segmentation_config("efficientdet-seg-d4")
+    assert (d4.backbone, d4.fpn_channels, d4.head_channels, d4.fpn_repeats, d4.head_repeats) == (
+        "efficientnet-b4", 128, 256, 3, 3,
+    )  # fmt: skip
+    assert (d4.min_level, d4.max_level) == (2, 7)
+    assert set(list_segmentation_models()) == {f"efficientdet-seg-{n}" for n in
+                                               ("d0", "d1", "d2", "d3", "d4", "lite0", "lite1", "lite2")}  # fmt: skip
+    for family in (("d0", "d1", "d2", "d3", "d4"), ("lite0", "lite1", "lite2")):
+        stats = [segmentation_stats(f"efficientdet-seg-{n}", 256) for n in family]
+        params = [s["params"] for s in stats]
+        print(family, params, [round(s["flops"] / 1e9, 2) for s in stats])
+        assert params == sorted(params) and len(set(params)) == len(params)
+    lite0 = segmentation_stats("efficientdet-seg-lite0")["params"]
+    assert 2.9e6 < lite0 < 3.3e6  # Lite0 backbone (~2.9M without its ImageNet head) + a small BiFPN and head
+
+
+def test_prune_graph_keeps_only_what_p2_needs():
+    g = bifpn_graph(2, 7)
+    pruned = prune_graph(g, [2])
+    assert len(pruned.nodes) == 5 and all(len(n.inputs) == 2 for n in pruned.nodes)  # the top-down path
+    assert pruned.outputs[0] == 6 + 4  # 6 inputs (P2-P7), P2 out is the 5th and last node
+    assert prune_graph(g, list(range(2, 8))) == g
+    assert prune_graph(panet_graph(3, 7), [7]) == panet_graph(3, 7)  # P7 out depends on everything
+
+
+def test_pretrained_backbone_and_checkpoint_round_trip(tmp_path):
+    model = efficientdet.create_model("efficientdet-seg-lite0", num_classes=12, pretrained_backbone=True).eval()
+    det = efficientdet.create_model("efficientdet-lite0", pretrained_backbone=True)
+    assert torch.equal(model.backbone.stem.conv.weight, det.backbone.stem.conv.weight)
+    path = tmp_path / "seg.pt"
+    efficientdet.save_model(model, path, class_names=[f"c{i}" for i in range(12)])
+    loaded = efficientdet.load_checkpoint(path).eval()
+    assert isinstance(loaded, EfficientDetSegmentation) and loaded.class_names[3] == "c3"
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    with pytest.raises(efficientdet.CheckpointError, match="12 classes"):
+        efficientdet.create_model("efficientdet-seg-lite0", num_classes=5, checkpoint=path)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def test_camvid_masks_read_and_pair():
+    root = require_shared(CAMVID)
+    data = pair_by_stem(root / "train", root / "trainannot")
+    assert len(data) == 367
+    mask = load_mask(data.pairs[0].mask)
+    assert mask.shape == (360, 480) and mask.dtype == np.int64
+    assert mask.min() >= 0 and mask.max() <= 11
+    subset = type(data)(data.pairs[:3], data.source)
+    counts = check_masks(subset, num_classes=11, ignore_index=11)
+    assert counts.sum() > 0.9 * 3 * 360 * 480
+    with pytest.raises(DatasetError, match=r"0001TP_006690\.png: label value\(s\) 9 outside 0..8"):
+        check_masks(subset, num_classes=9, ignore_index=11)
+
+
+def _write_voc(root, ids, size=(40, 30), bad=None):
+    """A tiny VOC segmentation set: palette masks (left half class 1, a 255 border column, rest 0)."""
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    palette = class_palette().ravel().tolist()
+    for i in ids:
+        w, h = size
+        Image.fromarray(np.full((h, w, 3), 120, np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
+        ids_arr = np.zeros((h, w), np.uint8)
+        ids_arr[:, : w // 2] = 1
+        ids_arr[:, w // 2] = 255
+        mask = Image.frombytes("P", (w, h), ids_arr.tobytes())
+        mask.putpalette(palette)
+        mask.save(root / "SegmentationClass" / f"{i}.png")
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
+
+
+def test_voc_palette_masks(tmp_path):
+    _write_voc(tmp_path, ["a", "b"])
+    data = read_voc_segmentation(tmp_path, "train")
+    assert [p.stem for p in data.pairs] == ["a", "b"] and data.class_names[0] == "background"
+    mask = load_mask(data.pairs[0].mask)
+    assert set(np.unique(mask)) == {0, 1, 255}  # palette indices, not colours
+    targets = to_targets(mask, 21, 255)
+    assert (targets[:, 20] == IGNORE).all() and (targets[:, 0] == 1).all()
+    assert check_masks(data, 21, 255).tolist()[:2] == [2 * 30 * 19, 2 * 30 * 20]
+
+
+def test_voc_errors_name_the_file(tmp_path):
+    _write_voc(tmp_path, ["a", "b"])
+    (tmp_path / "ImageSets/Segmentation/val.txt").write_text("a\nc\n")
+    with pytest.raises(DatasetError, match=r"no image for id\(s\) c"):
+        read_voc_segmentation(tmp_path, "val")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "JPEGImages" / "c.jpg")
+    with pytest.raises(DatasetError, match=r"SegmentationClass: no mask for id\(s\) c"):
+        read_voc_segmentation(tmp_path, "val")
+    # a mask of another size than its image
+    Image.fromarray(np.zeros((31, 40), np.uint8)).save(tmp_path / "SegmentationClass" / "c.png")
+    with pytest.raises(DatasetError, match=r"c\.png: mask is 40x31 .* is 40x30"):
+        check_masks(read_voc_segmentation(tmp_path, "val"), 21, 255)
+    # a label that is neither a class nor the ignore index
+    Image.fromarray(np.full((30, 40), 21, np.uint8)).save(tmp_path / "SegmentationClass" / "c.png")
+    with pytest.raises(DatasetError, match=r"c\.png: label value\(s\) 21 outside 0..20"):
+        check_masks(read_voc_segmentation(tmp_path, "val"), 21, 255)
+    # a colour-coded mask
+    Image.fromarray(np.dstack([np.full((30, 40), v, np.uint8) for v in (128, 0, 0)])).save(
+        tmp_path / "SegmentationClass" / "c.png"
+    )
+    with pytest.raises(DatasetError, match="colour-coded"):
+        load_mask(tmp_path / "SegmentationClass" / "c.png")
+
+
+def test_folder_pairs_errors_name_the_unpaired_file(tmp_path):
+    images, masks = tmp_path / "img", tmp_path / "ann"
+    images.mkdir()
+    masks.mkdir()
+    for stem in ("x", "y"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / f"{stem}.jpg")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(masks / f"{stem}.png")
+    assert len(read_segmentation_split(images, masks)) == 2
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(masks / "orphan.png")
+    with pytest.raises(DatasetError, match=r"no image for mask\(s\) orphan\.png"):
+        pair_by_stem(images, masks)
+    os.remove(masks / "orphan.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "lonely.jpg")
+    with pytest.raises(DatasetError, match=r"no mask for image\(s\) lonely\.jpg"):
+        pair_by_stem(images, masks)
+
+
+def test_joint_augmentation_keeps_image_and_mask_aligned():
+    """Colour encodes the class, so after flip + scale + crop every pixel's colour must still match its label."""
+    h, w = 60, 90
+    labels = np.zeros((h, w), np.int64)
+    labels[:, 30:] = 1
+    labels[40:, :] = 2
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    image = colours[labels]
+    rng = np.random.default_rng(0)
+    seen_pad = False
+    for _ in range(12):
+        x, t = train_transform(image, labels, 96, 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), rng, (0.3, 2.0), 0.5)
+        assert x.shape == (3, 64, 64) and t.shape == (64, 64)
+        valid = t != IGNORE
+        seen_pad |= bool((~valid).any())
+        assert (x[:, ~valid] == 0).all()  # padding: zero image, ignored labels
+        argmax = x.argmax(0)  # the dominant colour channel = the class (bilinear blurs edges only)
+        pure = (x.max(0).values > 250) & valid
+        assert (argmax[pure] == t[pure]).float().mean() > 0.99
+    assert seen_pad
+    small = resize_nearest(labels, (7, 11))
+    assert set(np.unique(small)) <= {0, 1, 2}
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+
+
+def test_iou_by_hand():
+    pred = torch.tensor([[0, 0, 1], [1, 2, 2]])
+    target = torch.tensor([[0, 1, 1], [IGNORE, 2, 0]])
+    cm = ConfusionMatrix(4)
+    cm.update(pred, target)
+    m = cm.compute()
+    # class 0: TP 1, FP 1, FN 1 -> 1/3; class 1: TP 1, FN 1 -> 1/2 (its FP pixel is ignored); class 2: TP 1, FP 1
+    assert m["per_class_iou"][:3] == pytest.approx([1 / 3, 1 / 2, 1 / 2])
+    assert math.isnan(m["per_class_iou"][3])  # absent from both: excluded from the mean
+    assert m["mIoU"] == pytest.approx(4 / 9)
+    assert m["pixel_acc"] == pytest.approx(3 / 5)
+    assert json_safe(m)["per_class_iou"][3] is None
+    # a class predicted but absent from the ground truth has IoU 0 and does count
+    cm2 = ConfusionMatrix(3)
+    cm2.update(torch.tensor([0, 0, 2]), torch.tensor([0, 0, 0]))
+    m2 = cm2.compute()
+    assert m2["per_class_iou"][2] == 0.0 and math.isnan(m2["per_class_iou"][1])
+    assert m2["mIoU"] == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_metrics_accumulate_and_all_ignored_is_nan():
+    rng = torch.Generator().manual_seed(0)
+    p = torch.randint(0, 5, (2, 20, 20), generator=rng)
+    t = torch.randint(-1, 5, (2, 20, 20), generator=rng)
+    one, two = ConfusionMatrix(5), ConfusionMatrix(5)
+    one.update(p, t)
+    two.update(p[0], t[0])
+    two.update(p[1], t[1])
+    assert torch.equal(one.counts, two.counts)
+    empty = metrics_from_confusion(torch.zeros(3, 3, dtype=torch.int64))
+    assert math.isnan(empty["mIoU"]) and math.isnan(empty["pixel_acc"])
+    assert json.loads(json.dumps(json_safe(empty)))["mIoU"] is None
+
+
+# ----------------------------------------------------------------------------------------------------- training + CLI
+
+
+def _camvid_subset(tmp_path, n_train=4, n_val=2):
+    src = require_shared(CAMVID).resolve()
+    for split, n in (("train", n_train), ("val", n_val)):
+        for sub in (split, split + "annot"):
+            (tmp_path / sub).mkdir()
+        for name in sorted(os.listdir(src / split))[:n]:
+            stem = os.path.splitext(name)[0]
+            os.symlink(src / split / name, tmp_path / split / name)
+            os.symlink(src / (split + "annot") / f"{stem}.png", tmp_path / (split + "annot") / f"{stem}.png")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny run through the CLI: 4 CamVid frames, 64 px crops, 8 epochs of one step, evaluated every epoch."""
+    root = _camvid_subset(tmp_path_factory.mktemp("camvid"))
+    out = root / "run"
+    args = ["train", "--task", "segmentation", "--model", "efficientdet-seg-lite0", "--train-images",
+            str(root / "train"), "--train-masks", str(root / "trainannot"), "--val-images", str(root / "val"),
+            "--val-masks", str(root / "valannot"), "--num-classes", "11", "--ignore-index", "11", "--epochs", "8",
+            "--batch-size", "4", "--img-size", "80", "--crop-size", "64", "--lr", "0.1", "--warmup-epochs", "0",
+            "--scale-range", "1", "1", "--workers", "0", "--pretrained-backbone", "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    return root, out
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints(trained_run):
+    _, out = trained_run
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert len(rows) == 8 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-2:]) / 2 < 0.85 * sum(losses[:2]) / 2, losses  # measured: 2.53 -> 1.93
+    assert 0.0 <= float(rows[-1]["mIoU"]) <= 1.0 and "iou_10" in rows[0]
+    for name in ("last.pt", "best.pt", "metrics.png"):
+        assert (out / name).is_file()
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]  # atomic writes leave no temp files
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["task"] == "segmentation" and saved["ignore_index"] == 11 and saved["train_state"]["epoch"] == 8
+
+
+def test_eval_cli_writes_the_json_schema(trained_run, tmp_path, capsys):
+    root, out = trained_run
+    path = tmp_path / "m.json"
+    args = ["eval", "--task", "segmentation", "--checkpoint", str(out / "best.pt"), "--images", str(root / "val"),
+            "--masks", str(root / "valannot"), "--json", str(path), "--workers", "0"]  # fmt: skip
+    rc = main(args)
+    assert rc == 0
+    metrics = json.loads(path.read_text())
+    assert set(metrics) == {"mIoU", "pixel_acc", "per_class_iou"}
+    assert len(metrics["per_class_iou"]) == 11
+    assert all(v is None or 0.0 <= v <= 1.0 for v in metrics["per_class_iou"])
+    assert 0.0 <= metrics["mIoU"] <= 1.0 and 0.0 <= metrics["pixel_acc"] <= 1.0
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_resume_continues_the_run(trained_run, tmp_path):
+    from efficientdet.segmentation.train import resume_segmentation_config, train_segmentation
+
+    _, out = trained_run
+    cfg = resume_segmentation_config(str(out / "last.pt"), epochs=9, output=str(tmp_path / "resumed"))
+    result = train_segmentation(cfg)
+    assert result["epochs_done"] == 9 and result["steps"] == 9
+
+
+def test_predict_writes_overlays_and_id_masks(trained_run, tmp_path):
+    root, out = trained_run
+    results = predict_segmentation(str(out / "best.pt"), root / "val", tmp_path / "pred", img_size=64)
+    assert len(results) == 2
+    for r in results:
+        overlay = Image.open(r["overlay"])
+        assert overlay.mode == "RGB" and overlay.size == (480, 360)
+        ids = np.asarray(Image.open(r["mask"]))
+        assert ids.shape == (360, 480) and ids.max() < 11
+        assert sorted(np.unique(ids).tolist()) == r["class_ids"]
+
+
+def test_predict_cli_segmentation_task(trained_run, tmp_path, capsys):
+    root, out = trained_run
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    args = ["predict", "--task", "segmentation", "--checkpoint", str(out / "best.pt"), str(root / "val"), str(bad),
+            "--output", str(tmp_path / "pred"), "--img-size", "64"]  # fmt: skip
+    assert main(args) == 1  # the broken file is named and skipped; the rest is done
+    err = capsys.readouterr().err
+    assert "broken.png" in err
+    written = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    stems = sorted(p.stem for p in (root / "val").iterdir())
+    assert written == sorted([f"{s}_mask.png" for s in stems] + [f"{s}_overlay.png" for s in stems])
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["train", "--task", "segmentation", "--model", "efficientdet-lite0", "--train-images", "x"]) == 2
+    assert "efficientdet-seg-*" in capsys.readouterr().err
+    assert main(["train", "--task", "segmentation"]) == 2
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2  # detection still needs --data
+    assert "--data" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------- ablation
+
+
+def test_ablation_fast_part_runs():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ablation.py"), "--skip-train", "--img-size", "64", "--runs", "1",
+         "--variants", "fpn", "panet", "bifpn-fast", "bifpn-softmax"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("fpn", "panet", "bifpn-fast", "bifpn-softmax", "softmax / fast"):
+        assert name in proc.stdout
+    panet_line = next(line for line in proc.stdout.splitlines() if line.startswith("panet "))
+    assert "1.00x" in panet_line
