@@ -18,6 +18,7 @@ from .anchors import anchors_for_config
 from .data.images import load_image
 from .data.transforms import eval_transform
 from .factory import load_checkpoint
+from .fuse import optimize_for_inference
 from .nn.detector import EfficientDet
 from .postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
 
@@ -59,11 +60,14 @@ class Detector:
         class_names: Sequence[str] | None = None,
         nms: str = "hard",
         class_agnostic: bool = False,
+        optimize: bool = False,
     ) -> None:
         if nms not in NMS_METHODS:
             raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if optimize:  # a copy with BN and SAME pads folded, channels-last on CPU: faster, same results up to rounding
+            self.model = optimize_for_inference(self.model, channels_last=self.device.type == "cpu")
         self.config = model.config
         self.image_size = image_size or self.config.image_size
         self.score_threshold = score_threshold
