@@ -3,8 +3,8 @@
 Trains on `train` (160 images), evaluates the final EMA weights once on `test` (40 images) — no model selection
 on the test split — and prints AP, AP50 and wall time. Run from the repository root:
 
-    python benchmarks/raccoon.py                  # the defaults of `efficientdet train`
-    python benchmarks/raccoon.py --epochs 40 --scale-range 0.5 1.5 --amp bf16
+    python benchmarks/raccoon.py                  # run D: frozen backbone, 90 epochs, else the `train` defaults
+    python benchmarks/raccoon.py --no-freeze-backbone --epochs 60 --amp bf16    # run B2
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from efficientdet.train import TrainConfig, train
 from efficientdet.validate import validate
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
+# The best recipe measured on raccoon (README, run D): the frozen backbone trains ~1.6x faster per image and
+# overfits less on 160 images, so 90 epochs fit in the time 60 unfrozen ones take.
+SMALL_DATA_EPOCHS = 90
 
 
 def main() -> int:
@@ -29,12 +32,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(RACCOON))
     p.add_argument("--model", default="efficientdet-lite0")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--epochs", type=int, default=SMALL_DATA_EPOCHS)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--img-size", type=int, default=defaults.img_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--scale-range", type=float, nargs=2, default=list(defaults.scale_range))
-    p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument(
+        "--freeze-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train BiFPN + heads on the frozen ImageNet backbone (default; --no-freeze-backbone: all)",
+    )
     p.add_argument("--amp", default=defaults.amp)
     p.add_argument("--workers", type=int, default=defaults.workers)
     p.add_argument("--seed", type=int, default=defaults.seed)

@@ -74,12 +74,17 @@ def _train_config(args: argparse.Namespace):
     if str(given.get("val_split", "")).lower() == "none":
         given["val_split"] = None
     if args.resume:
-        changes = {k: v for k, v in given.items() if k in ("epochs", "workers", "device", "output", "max_steps")}
+        can_change = ("epochs", "workers", "device", "output", "max_steps", "grad_checkpoint", "sync_bn")
+        changes = {k: v for k, v in given.items() if k in can_change}
         return resume_config(args.resume, **changes)
     return TrainConfig(**given)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "detection") == "segmentation":
+        from .segmentation.cli import run_train
+
+        return run_train(args)
     from .train import TrainingError, train
     from .weights import CheckpointError
 
@@ -94,11 +99,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet train: {e}", file=sys.stderr)
         return 1
-    print(f"best AP {result['best_ap']:.4f}; checkpoints: {result['best']} (best), {result['last']} (last)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, from rank 0
+        print(f"best AP {result['best_ap']:.4f}; checkpoints: {result['best']} (best), {result['last']} (last)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "detection") == "segmentation":
+        from .segmentation.cli import run_eval
+
+        return run_eval(args)
+    if args.data is None:
+        print("efficientdet eval: the following arguments are required: --data", file=sys.stderr)
+        return 2
     from .data.readers import read_dataset
     from .evaluate import format_metrics
     from .factory import load_checkpoint
@@ -148,7 +161,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-split", help="split to train on (default train)")
     p.add_argument("--val-split", help="split evaluated after each epoch (default val; 'none' to skip)")
     p.add_argument("--epochs", type=int, help="epochs (default 60)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 8); lr = 0.24 * batch / 64 by default")
+    p.add_argument("--batch-size", type=int,
+                   help="images per step per process (default 8); default lr 0.24 * global batch / 64")  # fmt: skip
     p.add_argument("--img-size", type=int, help="input size (default: the model's own)")
     p.add_argument("--output", help="folder for last.pt, best.pt, metrics.csv, metrics.png (default runs/train)")
     p.add_argument("--lr", type=float, help="peak lr (default 0.24 * batch / 64; paper, COCO: 0.08 * batch / 64)")
@@ -166,9 +180,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="mixed precision: auto (default: CUDA only), off, bf16 (CPU too), fp16 (CUDA)")  # fmt: skip
     p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (default 1)")
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun: BN statistics over the global batch (the paper's setting)")  # fmt: skip
+    p.add_argument("--grad-checkpoint", action="store_true", default=None,
+                   help="recompute backbone/BiFPN activations in backward: less memory, slower steps")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .segmentation.cli import add_segmentation_eval_args, add_segmentation_train_args
+
     parser = argparse.ArgumentParser(prog="efficientdet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="parameters, FLOPs and structure of the model family")
@@ -180,12 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train on a COCO / VOC / YOLO dataset (no --data: the synthetic demo)")
     _add_train_args(train)
+    add_segmentation_train_args(train)
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="COCO metrics of a checkpoint on a dataset split")
     ev.add_argument("--checkpoint", required=True, help="model file (ours, or effdet's with --model)")
     ev.add_argument("--model", help="model name, needed only for effdet's files")
-    ev.add_argument("--data", required=True, help="dataset path")
+    ev.add_argument("--data", help="dataset path (segmentation: a VOC root, or use --images/--masks)")
     ev.add_argument("--format", choices=["voc", "coco", "yolo"], help="dataset format (default: detected)")
     ev.add_argument("--split", default="val", help="split to evaluate (default val)")
     ev.add_argument("--json", help="write {AP, AP50, AP75, APs, APm, APl, detections} here")
@@ -199,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--workers", type=int, default=2)
     ev.add_argument("--device", default="auto")
+    add_segmentation_eval_args(ev)
     ev.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="generate a synthetic dataset, train a few minutes on CPU, evaluate, draw")
@@ -210,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .predict import add_parser as add_predict_parser
 
     add_predict_parser(sub)
+    from .export import add_parser as add_export_parser
+
+    add_export_parser(sub)
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -440,6 +440,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .train import TrainingError
     from .weights import CheckpointError
 
+    if args.task == "segmentation":
+        return _cmd_predict_segmentation(args)
     try:
         summary = predict(
             args.sources, args.checkpoint, args.output, model_name=args.model,
@@ -453,6 +455,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 1
     print(summary.line())
     return summary.exit_code
+
+
+def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
+    """``predict --task segmentation``: colour overlays and id masks, one image at a time, failures named."""
+    from .factory import load_checkpoint
+    from .segmentation.predict import predict_segmentation
+    from .weights import CheckpointError
+
+    start = time.perf_counter()
+    try:
+        model = load_checkpoint(args.checkpoint, args.model)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"efficientdet predict: {e}", file=sys.stderr)
+        return 1
+    images, failures = expand_sources(args.sources, args.recursive, exclude=args.output)
+    for source, message in failures:
+        print(f"{source}: {message}", file=sys.stderr)
+    done = 0
+    for image in images:
+        try:
+            predict_segmentation(model, [image.path], args.output, img_size=args.img_size, device=args.device)
+            done += 1
+        except (ImageReadError, OSError) as e:
+            failures.append((str(image.path), str(e)))
+            print(f"{image.path}: {e}", file=sys.stderr)
+    print(f"predict: {done} images segmented, {len(failures)} failed, {time.perf_counter() - start:.1f} s; "
+          f"overlays and masks in {args.output}")  # fmt: skip
+    return 1 if failures else 0
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -483,5 +513,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-draw", dest="draw", action="store_false", help="write only detections.json")
     p.add_argument("--max-pixels", type=_non_negative_int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip larger images (default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; 0: none)")  # fmt: skip
+    p.add_argument("--task", choices=["detection", "segmentation"], default="detection",
+                   help="segmentation: write <stem>_overlay.png and <stem>_mask.png (class ids) per image")  # fmt: skip
     p.set_defaults(func=cmd_predict)
     return p
