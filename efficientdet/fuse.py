@@ -79,6 +79,7 @@ class FoldedPredictionNet(nn.Module):
         self.act = net.act
         self.predict = net.predict
         self.contiguous_outputs = False  # set by optimize_for_inference(channels_last=True)
+        self.float32_outputs = False  # last conv outside autocast (see efficientdet.bench.AutocastNetwork)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
@@ -88,7 +89,11 @@ class FoldedPredictionNet(nn.Module):
             x = self.predict.depthwise(x)
             if self.contiguous_outputs:
                 x = x.contiguous()  # the last 1x1 conv then writes NCHW outputs (see optimize_for_inference)
-            outputs.append(self.predict.pointwise(x))
+            if self.float32_outputs:
+                with torch.autocast(x.device.type, enabled=False):
+                    outputs.append(self.predict.pointwise(x.float()))
+            else:
+                outputs.append(self.predict.pointwise(x))
         return outputs
 
 

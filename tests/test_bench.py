@@ -94,6 +94,8 @@ def test_bf16_network_runs_and_returns_float32() -> None:
     with torch.inference_mode():
         cls, box = net(torch.randn(1, 3, 64, 64))
     assert all(t.dtype == torch.float32 for t in cls + box)
+    # the heads' last conv runs in float32: logits are not bf16-quantized (ties would slow the top-k down)
+    assert not torch.equal(cls[0], cls[0].bfloat16().float())
 
 
 def test_unknown_backend_and_dtype() -> None:
