@@ -1,13 +1,15 @@
 """From raw network outputs to detections: top-k over anchor x class, box decoding, NMS (SPEC 8).
 
-Plain torch (and numpy for the greedy loops on CPU); torchvision's NMS kernel is used for hard NMS when it is
-importable (same results). Two things keep this fast where other ports are slow:
+Plain torch, and numpy for the greedy NMS loops (the few thousand candidate boxes are copied to the CPU whatever
+the device); torchvision's NMS kernel is used for hard NMS when it is importable (same results). Two things
+keep this fast where other ports are slow:
 
 - the top-k over anchor x class never materialises the ``[anchors, classes]`` matrix: the per-anchor maximum
   bounds the k-th best score, so only the classes of the k best anchors are ranked (exact, see
   :func:`select_candidates`);
-- the greedy NMS loops drop suppressed boxes as they go, run on numpy arrays for CPU tensors (no per-op dispatch
-  overhead) and stop once ``max_det`` boxes are kept.
+- hard NMS resolves a block of candidates at a time against one small IoU matrix (see :func:`_greedy_hard`),
+  soft-NMS drops boxes as they fall below the floor; both run on numpy arrays (no per-op dispatch overhead) and
+  stop once ``max_det`` boxes are kept.
 """
 
 from __future__ import annotations

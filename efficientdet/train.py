@@ -194,14 +194,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The RNG states a resumed run must restore to continue exactly (torch, Python, CUDA when present)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (lists from a checkpoint back to the tuples ``random`` wants)."""
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -266,7 +268,8 @@ def _set_train_mode(model: EfficientDet, freeze_backbone: bool, net: nn.Module |
 # --------------------------------------------------------------------------------------------- the loop
 
 
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One row per epoch, atomically; columns are the union of the rows' keys (evaluation ones appear later)."""
     if not rows:
         return
     fields = list(rows[0])
@@ -305,7 +308,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def _rank_rng_state(env: DistEnv) -> list[dict[str, Any]] | None:
     """Every rank's RNG state (stochastic depth draws differ per rank), for an exact ``--resume`` under DDP."""
-    return all_gather_objects(_rng_state()) if env.distributed else None
+    return all_gather_objects(rng_state()) if env.distributed else None
 
 
 def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
@@ -376,9 +379,9 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
             )  # fmt: skip
         per_rank = state.get("rng_per_rank")
         if per_rank is not None and len(per_rank) == env.world_size:
-            _set_rng_state(per_rank[env.rank])
+            set_rng_state(per_rank[env.rank])
         elif env.is_main:
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
         else:
             seed_everything(cfg.seed + 100_003 * env.rank + start_epoch)
         LOG.info("resumed from %s at epoch %d (step %d)", cfg.resume, start_epoch, step)
@@ -523,7 +526,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
                 "best_ap": best_ap,
                 "history": history,
                 "skipped_steps": bad_total,
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "world_size": env.world_size,
                 "global_batch": global_batch,
                 "train_config": cfg.to_dict(),
@@ -533,7 +536,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
             save_model(ema.module, last_path, class_names, train_state=train_state)
             if improved or (val_data is None and epoch + 1 == cfg.epochs):
                 save_model(ema.module, best_path, class_names, metrics=dict(last_metrics))
-            _write_metrics(metrics_csv, history)
+            write_metrics_csv(metrics_csv, history)
             plot_training_metrics(str(metrics_csv), str(out / "metrics.png"))
         if stop:
             break

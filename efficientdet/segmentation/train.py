@@ -10,11 +10,9 @@ atomically every epoch with everything ``--resume`` needs.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,7 +26,18 @@ from tqdm import tqdm
 
 from ..atomic import atomic_open
 from ..factory import save_model
-from ..train import ModelEma, TrainingError, amp_mode, lr_at, param_groups, resolve_device, seed_everything
+from ..train import (
+    ModelEma,
+    TrainingError,
+    amp_mode,
+    lr_at,
+    param_groups,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_metrics_csv,
+)
 from ..weights import CheckpointError, load_weights, read_checkpoint, read_file
 from .data import (
     DEFAULT_SCALE_RANGE,
@@ -117,34 +126,6 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 def _read_split(cfg: SegTrainConfig, images: str | None, masks: str | None, split: str | None) -> SegmentationData:
     return read_segmentation_split(images, masks, cfg.data if images is None else None, split)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with atomic_open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _plot(csv_path: Path, png_path: Path) -> None:
@@ -315,7 +296,7 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best_miou = state["epoch"], state["step"], state["best_miou"]
         history, bad_total = list(state["history"]), state["skipped_steps"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         LOG.info("resumed from %s at epoch %d (step %d)", cfg.resume, start_epoch, step)
 
     metrics_csv, last_path, best_path = out / "metrics.csv", out / "last.pt", out / "best.pt"
@@ -416,13 +397,13 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
             "best_miou": best_miou,
             "history": history,
             "skipped_steps": bad_total,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "train_config": cfg.to_dict(),
         }
         save_model(ema.module, last_path, class_names, train_state=train_state, **extra)  # type: ignore[arg-type]
         if improved or (val_data is None and epoch + 1 == cfg.epochs):
             save_model(ema.module, best_path, class_names, metrics=dict(last_metrics), **extra)  # type: ignore[arg-type]
-        _write_metrics(metrics_csv, history)
+        write_metrics_csv(metrics_csv, history)
         _plot(metrics_csv, out / "metrics.png")
         if stop:
             break
