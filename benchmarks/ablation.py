@@ -8,6 +8,7 @@ the same short training run with the same seed (`efficientdet.train.train` with 
 
     python benchmarks/ablation.py --skip-train                   # params / FLOPs / latency only: seconds
     python benchmarks/ablation.py --epochs 20 --amp bf16         # + AP on raccoon test after 20 epochs each
+    python benchmarks/ablation.py --epochs 30 --amp bf16 --freeze-backbone    # the same on the frozen backbone
     python benchmarks/ablation.py --model efficientdet-d3 --skip-train    # the paper's B3 backbone
 
 Besides the five networks the issue names, ``fpn-2x`` repeats the top-down FPN twice as often: a top-down cell has
@@ -110,7 +111,7 @@ def train_ap(model: str, name: str, args: argparse.Namespace) -> dict[str, float
         model=model, data=args.data, format="voc", train_split="train", val_split="test", epochs=args.epochs,
         batch_size=args.batch_size, img_size=args.img_size, amp=args.amp, workers=args.workers, seed=args.seed,
         pretrained_backbone=not args.no_pretrained, output=str(Path(args.output) / name),
-        eval_interval=args.epochs, model_overrides=variant_overrides(model, name),
+        freeze_backbone=args.freeze_backbone, eval_interval=args.epochs, model_overrides=variant_overrides(model, name),
     )  # fmt: skip
     t0 = time.time()
     result = train(cfg)
@@ -134,6 +135,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=20, help="training epochs per variant for the AP column")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--amp", default="auto")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the feature network and heads (the raccoon benchmark's setting)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-pretrained", action="store_true", help="random backbone (for backbones without weights)")

@@ -74,7 +74,16 @@ def _train_config(args: argparse.Namespace):
     if str(given.get("val_split", "")).lower() == "none":
         given["val_split"] = None
     if args.resume:
-        can_change = ("epochs", "workers", "device", "output", "max_steps", "grad_checkpoint", "sync_bn")
+        can_change = (
+            "epochs",
+            "workers",
+            "device",
+            "output",
+            "max_steps",
+            "grad_checkpoint",
+            "sync_bn",
+            "channels_last",
+        )
         changes = {k: v for k, v in given.items() if k in can_change}
         return resume_config(args.resume, **changes)
     return TrainConfig(**given)
@@ -184,6 +193,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="under torchrun: BN statistics over the global batch (the paper's setting)")  # fmt: skip
     p.add_argument("--grad-checkpoint", action="store_true", default=None,
                    help="recompute backbone/BiFPN activations in backward: less memory, slower steps")  # fmt: skip
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC tensors in training (default on: faster on CPU and on recent GPUs)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,6 +107,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps in total (tests, smoke runs)
     sync_bn: bool = False  # under torchrun: BN statistics over the global batch (the paper's setting)
     grad_checkpoint: bool = False  # recompute backbone / BiFPN activations in backward: less memory, slower steps
+    # NHWC tensors: oneDNN runs the forward and the frozen-backbone backward ~1.5x faster on CPU (EfficientNet-Lite0,
+    # 320-448 px, measured on this project's machine); the weights and the checkpoints are the same either way.
+    channels_last: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -333,6 +336,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
     model.grad_checkpoint = cfg.grad_checkpoint
     if cfg.freeze_backbone:
         _freeze_backbone(model)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]
     model_cfg = model.config
     size = model_cfg.image_size
     anchors = anchors_for_config(model_cfg, (size, size)).to(device)
@@ -427,7 +432,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
             lr = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images = batch.images.to(device, non_blocking=True)
+            images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 cls_out, box_out = net(images)
             cls_flat, box_flat = flatten_outputs(cls_out, box_out, model_cfg.num_classes)

@@ -44,13 +44,20 @@ def predict_records(
     anchors = anchors_for_config(cfg, (size, size)).to(device)
     was_training = model.training
     model.eval()
+    channels_last = any(
+        p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in model.parameters()
+    )
     by_index: dict[int, dict[str, torch.Tensor]] = {}
     skipped = 0
     for batch in loader:
         skipped += batch.skipped
         if not len(batch):
             continue
-        cls, box = model(batch.images.to(device))
+        images = batch.images.to(device)
+        if channels_last:  # the model's own layout: no conversion inside every conv
+            images = images.contiguous(memory_format=torch.channels_last)
+        cls, box = model(images)
         dets = postprocess(
             cls, box, anchors, cfg.num_classes, TOPK_CANDIDATES, iou_threshold, max_det, score_threshold, nms=nms
         )

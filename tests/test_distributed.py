@@ -195,7 +195,9 @@ def test_two_processes_train_like_one_process_with_twice_the_batch_and_resume_ex
     and resumed for epoch 2: same weights (raw and EMA), same losses, same evaluation.
 
     D0 (smooth SiLU) at lr 1e-3: with ReLU6 (Lite) or larger steps, float32 rounding alone (e.g. 1 vs 2 threads in one
-    process) is amplified to ~1e-5 in two steps, which would hide what this test checks.
+    process) is amplified to ~1e-5 in two steps, which would hide what this test checks. NCHW layout: in
+    channels-last, oneDNN's kernels round differently at batch 2 and batch 4, and the same amplification turns that
+    into ~1e-4 (measured: one process, NCHW vs channels-last, differs by 1.3e-4 after these four steps).
     """
     from test_train import history, raccoon_subset
 
@@ -206,7 +208,7 @@ def test_two_processes_train_like_one_process_with_twice_the_batch_and_resume_ex
     data = raccoon_subset(tmp_path, n_train=8, n_val=2)
     common = dict(model="efficientdet-d0", data=str(data), format="voc", img_size=128, workers=0, epochs=2,
                   lr=1e-3, warmup_epochs=0.0, scale_range=(0.5, 1.5), hflip=0.5, val_split="val",
-                  model_overrides={"drop_path_rate": 0.0})  # fmt: skip
+                  model_overrides={"drop_path_rate": 0.0}, channels_last=False)  # fmt: skip
     single = TrainConfig(**common, batch_size=4, output=str(tmp_path / "single"))
     train(single)
 
@@ -233,7 +235,7 @@ def test_two_processes_train_like_one_process_with_twice_the_batch_and_resume_ex
     trained = a["train_state"]["model"]
     moved = max((p.detach() - trained[k]).abs().max().item() for k, p in start.named_parameters())
     print(f"max abs diff: raw {raw_diff:.3g}, EMA {ema_diff:.3g}; largest parameter change {moved:.3g}")
-    assert raw_diff <= 1e-5 and ema_diff <= 1e-5
+    assert raw_diff <= 2e-5 and ema_diff <= 2e-5  # measured 5.4e-6 (Intel) and 1.05e-5 (AMD EPYC) for the raw weights
     assert moved > 1e-3  # the parameters did move (measured 2.9e-3): agreeing to 1e-5 is not agreeing on nothing
     rows_a, rows_b = history(tmp_path / "single"), history(ddp_out)
     for ra, rb in zip(rows_a, rows_b, strict=True):

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,6 +335,20 @@ def test_predict_writes_overlays_and_id_masks(trained_run, tmp_path):
         ids = np.asarray(Image.open(r["mask"]))
         assert ids.shape == (360, 480) and ids.max() < 11
         assert sorted(np.unique(ids).tolist()) == r["class_ids"]
+
+
+def test_predict_keeps_inputs_with_the_same_stem_apart(trained_run, tmp_path):
+    root, out = trained_run
+    frame = sorted((root / "val").iterdir())[0]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    flipped = np.ascontiguousarray(np.asarray(Image.open(frame).convert("RGB"))[:, ::-1])
+    Image.fromarray(flipped).save(other / f"{frame.stem}.jpg")  # same stem, another folder and picture
+    results = predict_segmentation(str(out / "best.pt"), [frame, other], tmp_path / "pred", img_size=64)
+    overlays = [r["overlay"] for r in results]
+    assert [Path(o).name for o in overlays] == [f"{frame.stem}_overlay.png", f"{frame.stem}_2_overlay.png"]
+    first, second = (np.asarray(Image.open(o)) for o in overlays)
+    assert not np.array_equal(first, second)  # both kept: the second did not overwrite the first
 
 
 def test_predict_cli_segmentation_task(trained_run, tmp_path, capsys):

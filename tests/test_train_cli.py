@@ -92,11 +92,16 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     for attempt in range(4):
         resume = [sys.executable, "-m", "efficientdet", "train", "--resume", str(out / "last.pt"), "--workers", "0"]
         run = cmd if attempt == 0 else resume
+        before = (out / "last.pt").stat().st_mtime_ns if (out / "last.pt").exists() else None
         proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while not (out / "last.pt").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(1.0, 4.0))  # every epoch rewrites last.pt: the kill lands at a random moment
+        # wait for this process's first write (start-up takes seconds on a loaded machine), so every attempt
+        # makes progress; then every epoch rewrites last.pt, and the kill lands at a random moment
+        while time.time() < deadline and (
+            not (out / "last.pt").exists() or (out / "last.pt").stat().st_mtime_ns == before
+        ):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 2.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         state = torch.load(out / "last.pt", weights_only=True)  # never torn

@@ -52,6 +52,20 @@ def _save_png(image: Image.Image, path: Path) -> None:
         image.save(f, format="PNG")
 
 
+def _distinct_stems(paths: Sequence[Path]) -> list[str]:
+    """One output stem per input: ``a``, ``a_2``, ``a_3``... when inputs from different folders share a stem
+    (``x/a.jpg`` and ``y/a.png``), so no overlay overwrites another's."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, n = path.stem, 2
+        while stem in used:
+            stem, n = f"{path.stem}_{n}", n + 1
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
 def _collect_images(sources: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     paths: list[Path] = []
@@ -114,17 +128,18 @@ def predict_segmentation(
     palette = class_palette()
     names = model.class_names
     results = []
-    for path in _collect_images(images):
+    paths = _collect_images(images)
+    for path, stem in zip(paths, _distinct_stems(paths)):
         image = load_image(path)
         ids = segment_image(model, image, img_size, device)
-        overlay_path = out / f"{path.stem}_overlay.png"
+        overlay_path = out / f"{stem}_overlay.png"
         _save_png(Image.fromarray(overlay(image, ids, alpha, palette)), overlay_path)
         mask_path = None
         if save_masks and ids.max() < 256:  # palette PNGs hold 8-bit ids
             h, w = ids.shape
             mask_img = Image.frombytes("P", (w, h), np.ascontiguousarray(ids, dtype=np.uint8).tobytes())
             mask_img.putpalette(palette.ravel().tolist())
-            mask_path = out / f"{path.stem}_mask.png"
+            mask_path = out / f"{stem}_mask.png"
             _save_png(mask_img, mask_path)
         present = sorted(int(v) for v in np.unique(ids))
         results.append({
