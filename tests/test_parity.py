@@ -62,9 +62,15 @@ def test_detections_match_effdet(loaded, parity_data, fname):
         n = len(ours["scores"])
         assert n > 0 and torch.all(theirs[n:] == 0), "same number of detections"
         theirs = theirs[:n]
-        assert (ours["boxes"] - theirs[:, :4]).abs().max().item() <= BOX_TOL
-        assert torch.equal((ours["labels"] + 1).to(theirs.dtype), theirs[:, 5])
-        assert (ours["scores"] - theirs[:, 4]).abs().max().item() <= 1e-5
+        assert (ours["scores"] - theirs[:, 4]).abs().max().item() <= 1e-5  # same scores, rank by rank
+        # Detections whose scores tie (to float32 rounding: this file has two at 0.94353) may come in either order:
+        # the thread count alone changes the last bit. Each must equal one reference detection of the same score.
+        unmatched = list(range(n))
+        for box, score, label in zip(ours["boxes"], ours["scores"], ours["labels"] + 1):
+            same = [j for j in unmatched if abs(float(theirs[j, 4] - score)) <= 1e-5 and int(theirs[j, 5]) == label
+                    and (theirs[j, :4] - box).abs().max().item() <= BOX_TOL]  # fmt: skip
+            assert same, f"no reference detection matches {box.tolist()} (score {float(score):.6f}, class {label})"
+            unmatched.remove(same[0])
 
 
 @pytest.mark.parametrize("wrapper", ["state_dict", "model", "state_dict_ema", "module_prefix"])
