@@ -8,7 +8,7 @@ the same short training run with the same seed (`efficientdet.train.train` with 
 
     python benchmarks/ablation.py --skip-train                   # params / FLOPs / latency only: seconds
     python benchmarks/ablation.py --epochs 20 --amp bf16         # + AP on raccoon test after 20 epochs each
-    python benchmarks/ablation.py --epochs 30 --amp bf16 --freeze-backbone    # the same on the frozen backbone
+    python benchmarks/ablation.py --epochs 20 --amp bf16 --freeze-backbone    # the README table (frozen backbone)
     python benchmarks/ablation.py --model efficientdet-d3 --skip-train    # the paper's B3 backbone
 
 Besides the five networks the issue names, ``fpn-2x`` repeats the top-down FPN twice as often: a top-down cell has
