@@ -8,6 +8,7 @@ device, so even D7x at 1536x1536 costs no memory and no time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,20 +46,27 @@ def count_multiply_adds(model: nn.Module, example: torch.Tensor) -> int:
     return total
 
 
+def count_on_meta(build: Callable[[], nn.Module], size: int | tuple[int, int]) -> dict[str, Any]:
+    """Parameters and multiply-adds of the model ``build()`` makes, built on the meta device (no weights
+    allocated), for one ``size`` input; plus ``image_size`` as an int when square, else ``[H, W]``."""
+    h, w = (size, size) if isinstance(size, int) else size
+    with torch.device("meta"):
+        model = build().eval()
+        example = torch.empty(1, 3, h, w)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops": count_multiply_adds(model, example),
+        "image_size": h if h == w else [h, w],
+    }
+
+
 def model_stats(config: ModelConfig | str, image_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
     """Parameters and multiply-adds of a variant (built on the meta device, no weights allocated)."""
     cfg = get_config(config) if isinstance(config, str) else config
-    size = image_size if image_size is not None else cfg.image_size
-    h, w = (size, size) if isinstance(size, int) else size
-    with torch.device("meta"):
-        model = EfficientDet(cfg).eval()
-        example = torch.empty(1, 3, h, w)
-    params = sum(p.numel() for p in model.parameters())
+    counts = count_on_meta(lambda: EfficientDet(cfg), image_size if image_size is not None else cfg.image_size)
     return {
         "name": cfg.name,
-        "params": params,
-        "flops": count_multiply_adds(model, example),
-        "image_size": h if h == w else [h, w],
+        **counts,
         "backbone": cfg.backbone,
         "fpn_channels": cfg.fpn_channels,
         "fpn_repeats": cfg.fpn_repeats,

@@ -279,19 +279,15 @@ def create_segmentation_model(
 
 def segmentation_stats(config: SegmentationConfig | str, image_size: int | tuple[int, int] | None = None) -> dict:
     """Parameters and multiply-adds (the paper's FLOPs) of a variant, counted on the meta device."""
-    from ..flops import count_multiply_adds
+    from ..flops import count_on_meta
 
     cfg = get_segmentation_config(config) if isinstance(config, str) else config
-    size = image_size if image_size is not None else cfg.image_size
-    h, w = (size, size) if isinstance(size, int) else size
-    with torch.device("meta"):
-        model = EfficientDetSegmentation(cfg).eval()
-        example = torch.empty(1, 3, h, w)
+    counts = count_on_meta(
+        lambda: EfficientDetSegmentation(cfg), image_size if image_size is not None else cfg.image_size
+    )
     return {
         "name": cfg.name,
-        "params": sum(p.numel() for p in model.parameters()),
-        "flops": count_multiply_adds(model, example),
-        "image_size": h if h == w else [h, w],
+        **counts,
         "backbone": cfg.backbone,
         "fpn_channels": cfg.fpn_channels,
         "head_channels": cfg.head_channels,
