@@ -36,6 +36,8 @@ def main() -> int:
     p.add_argument("--crop-size", type=int, default=384, help="square training crop")
     p.add_argument("--lr", type=float, default=None, help="peak lr (default: 0.24 * batch / 64 = 0.03 at batch 8)")
     p.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0])
+    p.add_argument("--class-weights", default="median-freq",
+                   help="loss weight per class: median-freq (default: SegNet balancing), none, K numbers")  # fmt: skip
     p.add_argument("--amp", default="bf16", help="bf16 (default; faster on CPUs with bf16 support), off, auto")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -51,6 +53,7 @@ def main() -> int:
         train_images=str(data / "train"), train_masks=str(data / "trainannot"), val_images=str(data / "val"),
         val_masks=str(data / "valannot"), epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size,
         crop_size=args.crop_size, lr=args.lr, scale_range=tuple(args.scale_range), amp=args.amp,
+        class_weights=args.class_weights,
         pretrained_backbone=args.resume is None, workers=args.workers, seed=args.seed,
         eval_interval=args.eval_interval, output=args.output, resume=args.resume,
     )  # fmt: skip

@@ -47,6 +47,8 @@ def main() -> int:
         default=True,
         help="train BiFPN + heads on the frozen ImageNet backbone (default; --no-freeze-backbone: all)",
     )
+    p.add_argument("--trainable-stages", type=int, default=0,
+                   help="with the frozen backbone: its last N stages' convs train too (BN frozen)")  # fmt: skip
     p.add_argument("--amp", default=SMALL_DATA_AMP)
     p.add_argument("--workers", type=int, default=defaults.workers)
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -64,6 +66,7 @@ def main() -> int:
         model=args.model, data=args.data, format="voc", train_split="train", val_split="test",
         epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size, lr=args.lr,
         scale_range=tuple(args.scale_range), freeze_backbone=args.freeze_backbone, amp=args.amp,
+        trainable_stages=args.trainable_stages,
         pretrained_backbone=True, workers=args.workers, seed=args.seed, output=args.output,
         eval_interval=args.epochs,  # evaluate once, at the end: the test split is not used to pick a model
     )  # fmt: skip

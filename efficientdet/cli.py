@@ -182,6 +182,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="start from these weights (other class count: heads re-initialised)")
     p.add_argument("--resume", help="continue the run saved in this last.pt exactly where it stopped")
     p.add_argument("--freeze-backbone", action="store_true", default=None, help="train only BiFPN and heads")
+    p.add_argument("--trainable-stages", type=int, metavar="N",
+                   help="with --freeze-backbone: the convs of the backbone's last N of 7 stages train too, its BN "
+                        "layers stay frozen (default 0)")  # fmt: skip
     p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")

@@ -99,6 +99,9 @@ class TrainConfig:
     checkpoint: str | None = None
     resume: str | None = None
     freeze_backbone: bool = False
+    # With freeze_backbone: the conv weights of the backbone's last N stages train all the same (its BN layers,
+    # statistics and affine, stay frozen everywhere, as torchvision's trainable_backbone_layers with FrozenBN).
+    trainable_stages: int = 0
     workers: int = 2
     seed: int = 0
     device: str = "auto"
@@ -257,9 +260,18 @@ def _describe_class_outputs(ckpt: Any) -> str:
     return "?" if w is None else f"{w.shape[0]} outputs"
 
 
-def _freeze_backbone(model: EfficientDet) -> None:
+def _freeze_backbone(model: EfficientDet, trainable_stages: int = 0) -> None:
+    """Freeze the backbone; the convs of its last ``trainable_stages`` stages still train (BN stays frozen)."""
+    stages = list(model.backbone.blocks)
+    if not 0 <= trainable_stages <= len(stages):
+        raise TrainingError(f"trainable_stages is {trainable_stages}; this backbone has {len(stages)} stages")
     for p in model.backbone.parameters():
         p.requires_grad_(False)
+    for stage in stages[len(stages) - trainable_stages :]:
+        for m in stage.modules():
+            if isinstance(m, nn.Conv2d):
+                for p in m.parameters():
+                    p.requires_grad_(True)
 
 
 def _set_train_mode(model: EfficientDet, freeze_backbone: bool, net: nn.Module | None = None) -> None:
@@ -334,8 +346,10 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
 
     model = build_model(cfg, train_data.class_names).to(device)
     model.grad_checkpoint = cfg.grad_checkpoint
+    if cfg.trainable_stages and not cfg.freeze_backbone:
+        raise TrainingError("trainable_stages only applies with freeze_backbone (without it every stage trains)")
     if cfg.freeze_backbone:
-        _freeze_backbone(model)
+        _freeze_backbone(model, cfg.trainable_stages)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # type: ignore[call-overload]
     model_cfg = model.config

@@ -29,9 +29,11 @@ from efficientdet.segmentation import (
     segmentation_stats,
 )
 from efficientdet.segmentation.data import (
+    CAMVID_CLASSES,
     IGNORE,
     check_masks,
     load_mask,
+    mask_statistics,
     pair_by_stem,
     read_segmentation_split,
     read_voc_segmentation,
@@ -41,6 +43,7 @@ from efficientdet.segmentation.data import (
 )
 from efficientdet.segmentation.metrics import json_safe, metrics_from_confusion
 from efficientdet.segmentation.predict import class_palette
+from efficientdet.segmentation.train import resolve_class_weights, segmentation_loss
 
 CAMVID = SHARED / "datasets" / "camvid"
 
@@ -255,6 +258,53 @@ def test_metrics_accumulate_and_all_ignored_is_nan():
     empty = metrics_from_confusion(torch.zeros(3, 3, dtype=torch.int64))
     assert math.isnan(empty["mIoU"]) and math.isnan(empty["pixel_acc"])
     assert json.loads(json.dumps(json_safe(empty)))["mIoU"] is None
+
+
+def test_median_frequency_weights_by_hand(tmp_path):
+    """Two 4x1 masks: [0 0 0 1] and [0 0 2 2]; class 3 never occurs; 9 (the ignore id) is skipped."""
+    for sub in ("img", "mask"):
+        (tmp_path / sub).mkdir()
+    masks = {"a": [[0, 0, 0, 1]], "b": [[0, 0, 2, 2]], "c": [[9, 9, 9, 9]]}
+    for stem, rows in masks.items():
+        Image.fromarray(np.zeros((1, 4, 3), np.uint8)).save(tmp_path / "img" / f"{stem}.png")
+        Image.fromarray(np.array(rows, np.uint8)).save(tmp_path / "mask" / f"{stem}.png")
+    data = pair_by_stem(tmp_path / "img", tmp_path / "mask")
+    counts, present = mask_statistics(data, 4, 9)
+    assert counts.tolist() == [5, 1, 2, 0] and present.tolist() == [8, 4, 4, 0]
+    # freq: 5/8, 1/4, 2/4 -> median 1/2 -> weights 0.8, 2, 1; the absent class keeps 1
+    weights = resolve_class_weights("median-freq", counts, present)
+    assert weights.tolist() == pytest.approx([0.8, 2.0, 1.0, 1.0])
+    assert resolve_class_weights(None, counts, present) is None
+    assert resolve_class_weights("none", counts, present) is None
+    assert resolve_class_weights("1, 2,3 4", counts, present).tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="need 4 finite weights"):
+        resolve_class_weights([1.0, 2.0], counts, present)
+    with pytest.raises(ValueError, match="expected 'median-freq'"):
+        resolve_class_weights("inverse", counts, present)
+
+
+def test_median_frequency_weights_on_camvid():
+    """On the real CamVid train masks: the median class (pavement) weighs 1, the rare thin classes weigh several
+    times more, and the large surfaces a fraction of that (as in SegNet's median frequency balancing)."""
+    root = require_shared(CAMVID)
+    counts, present = mask_statistics(pair_by_stem(root / "train", root / "trainannot"), 11, 11)
+    w = dict(zip(CAMVID_CLASSES, resolve_class_weights("median-freq", counts, present).tolist()))
+    assert w["pavement"] == pytest.approx(1.0)  # measured 1.000; the 6th-largest of 11 frequencies
+    assert min(w["pole"], w["pedestrian"], w["bicyclist"]) > 4  # measured 4.79, 6.39, 8.82
+    assert max(w["road"], w["building"], w["sky"]) < 0.3  # measured 0.15, 0.20, 0.28
+
+
+def test_weighted_loss_by_hand():
+    # two pixels: class 0 with p(0) = 1/2, class 1 with p(1) = 1/4 (logits chosen so), one ignored pixel
+    logits = torch.log(torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [0.2, 0.3, 0.5]]) + 1e-30)
+    logits = logits.T.reshape(1, 3, 1, 3)
+    targets = torch.tensor([[[0, 1, IGNORE]]])
+    plain = segmentation_loss(logits, targets)
+    assert float(plain) == pytest.approx((math.log(2) + math.log(4)) / 2, rel=1e-5)
+    weighted = segmentation_loss(logits, targets, torch.tensor([1.0, 3.0, 5.0]))
+    assert float(weighted) == pytest.approx((math.log(2) + 3 * math.log(4)) / 4, rel=1e-5)
+    all_ignored = torch.full_like(targets, IGNORE)
+    assert float(segmentation_loss(logits, all_ignored, torch.tensor([1.0, 3.0, 5.0]))) == 0.0
 
 
 # ----------------------------------------------------------------------------------------------------- training + CLI

@@ -153,6 +153,23 @@ def test_freeze_backbone_leaves_backbone_weights_and_statistics_alone(tmp_path):
                            fresh["fpn.cells.0.nodes.0.conv.pointwise.weight"])  # fmt: skip
 
 
+def test_trainable_stages_train_the_last_convs_with_bn_frozen(tmp_path):
+    data = raccoon_subset(tmp_path)
+    cfg = tiny_config(tmp_path, data, epochs=1, freeze_backbone=True, trainable_stages=2, pretrained_backbone=True,
+                      ema_decay=0.0)  # fmt: skip
+    trained = read_file(train(cfg)["last"])["train_state"]["model"]
+    fresh = build_model(TrainConfig(model="efficientdet-lite0", pretrained_backbone=True), ["raccoon"]).state_dict()
+    for key in ("backbone.blocks.4.0.dw.conv.weight", "backbone.blocks.6.0.dw.bn.weight",
+                "backbone.blocks.6.0.dw.bn.running_mean", "backbone.blocks.5.0.project.bn.running_var"):  # fmt: skip
+        assert torch.equal(trained[key], fresh[key]), key  # stages 0-4 and every BN: untouched
+    for key in ("backbone.blocks.5.0.dw.conv.weight", "backbone.blocks.6.0.project.conv.weight"):
+        assert not torch.equal(trained[key], fresh[key]), key  # the last two stages' convs: trained
+    with pytest.raises(TrainingError, match="only applies with freeze_backbone"):
+        train(tiny_config(tmp_path, data, trainable_stages=2))
+    with pytest.raises(TrainingError, match="has 7 stages"):
+        train(tiny_config(tmp_path, data, freeze_backbone=True, trainable_stages=8))
+
+
 def test_learning_rate_schedule():
     peak, total, warm = 0.02, 100, 10
     assert lr_at(0, total, warm, peak) == pytest.approx(0.1 * peak)

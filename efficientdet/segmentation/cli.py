@@ -43,6 +43,9 @@ def add_segmentation_train_args(p: argparse.ArgumentParser) -> None:
     add_task_arg(p)
     _add_data_args(p, ("train", "val"))
     p.add_argument("--crop-size", type=int, help="segmentation: training crop (default: --img-size)")
+    p.add_argument("--class-weights", metavar="SPEC",
+                   help="segmentation: loss weight per class: 'median-freq' (SegNet's median frequency balancing, "
+                        "from the training masks), 'none' (default) or K comma-separated numbers")  # fmt: skip
 
 
 def add_segmentation_eval_args(p: argparse.ArgumentParser) -> None:

@@ -216,7 +216,19 @@ def to_targets(mask: np.ndarray, num_classes: int, ignore_index: int | None, pat
 
 def check_masks(data: SegmentationData, num_classes: int, ignore_index: int | None) -> np.ndarray:
     """Read every mask once: sizes must match the images, labels must be valid. Returns pixel counts per class."""
+    return mask_statistics(data, num_classes, ignore_index)[0]
+
+
+def mask_statistics(
+    data: SegmentationData, num_classes: int, ignore_index: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``check_masks``, also returning per class the valid pixels of the masks in which that class occurs.
+
+    The second array is the denominator of SegNet's median frequency balancing (``class_weights``): a class's
+    frequency is its pixels over the pixels of the images it appears in, not over the whole dataset.
+    """
     counts = np.zeros(num_classes, np.int64)
+    present_pixels = np.zeros(num_classes, np.int64)
     for pair in data.pairs:
         mask = load_mask(pair.mask)
         try:
@@ -228,8 +240,11 @@ def check_masks(data: SegmentationData, num_classes: int, ignore_index: int | No
                 f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {pair.image} is {w}x{h}"
             )
         targets = to_targets(mask, num_classes, ignore_index, pair.mask)
-        counts += np.bincount(targets[targets >= 0].ravel(), minlength=num_classes)[:num_classes]
-    return counts
+        valid = targets[targets >= 0].ravel()
+        per_class = np.bincount(valid, minlength=num_classes)[:num_classes]
+        counts += per_class
+        present_pixels[per_class > 0] += valid.size
+    return counts, present_pixels
 
 
 # --------------------------------------------------------------------------------------------------- transforms

@@ -46,6 +46,7 @@ from .data import (
     SegmentationDataset,
     check_masks,
     loader_kwargs,
+    mask_statistics,
     read_segmentation_split,
 )
 from .metrics import ConfusionMatrix, format_metrics
@@ -91,6 +92,10 @@ class SegTrainConfig:
     weight_decay: float = WEIGHT_DECAY
     scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
     hflip: float = 0.5
+    # Per-class loss weights: None (plain cross-entropy), "median-freq" (SegNet's median frequency balancing,
+    # computed from the training masks) or one weight per class. Rare, thin classes (poles, signs) otherwise
+    # contribute almost nothing to the loss and to what the model learns, and they weigh as much as roads in mIoU.
+    class_weights: str | list[float] | None = None
     ema_decay: float = EMA_DECAY
     clip_norm: float = CLIP_NORM
     pretrained_backbone: bool = False
@@ -118,10 +123,56 @@ class SegTrainConfig:
 # --------------------------------------------------------------------------------------------- pieces
 
 
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the valid pixels of the batch (0 when none is valid, instead of 0/0 = NaN)."""
-    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
-    return loss / (targets != IGNORE).sum().clamp(min=1)
+def segmentation_loss(
+    logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy over the valid pixels of the batch (0 when none is valid, instead of 0/0 = NaN).
+
+    With ``class_weights`` the mean is weighted: each pixel counts with its class's weight, in the sum and in
+    the normaliser (as ``F.cross_entropy(weight=...)``'s mean), so the loss's scale does not depend on the weights.
+    """
+    loss = F.cross_entropy(logits.float(), targets, weight=class_weights, ignore_index=IGNORE, reduction="sum")
+    valid = targets != IGNORE
+    if class_weights is None:
+        return loss / valid.sum().clamp(min=1)
+    return loss / class_weights[targets[valid]].sum().clamp(min=1e-12)
+
+
+def resolve_class_weights(
+    spec: str | list[float] | None, counts: Any, present_pixels: Any, class_names: list[str] | None = None
+) -> torch.Tensor | None:
+    """The loss weights that ``SegTrainConfig.class_weights`` names, from the training masks' statistics.
+
+    ``"median-freq"`` is SegNet's median frequency balancing (Badrinarayanan et al., after Eigen & Fergus):
+    ``freq_c = pixels of c / pixels of the images where c occurs`` and ``w_c = median(freq) / freq_c``. A class
+    absent from the training masks gets weight 1 (it has no pixels to weigh).
+    """
+    k = len(counts)
+    if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
+        return None
+    if isinstance(spec, str):
+        if spec.lower() != "median-freq":
+            parts = [x for x in spec.replace(",", " ").split() if x]
+            try:
+                spec = [float(x) for x in parts]
+            except ValueError:
+                raise ValueError(
+                    f"class weights {spec!r}: expected 'median-freq', 'none' or {k} numbers separated by commas"
+                ) from None
+        else:
+            counts_t = torch.as_tensor(counts, dtype=torch.float64)
+            present_t = torch.as_tensor(present_pixels, dtype=torch.float64)
+            seen = counts_t > 0
+            if not bool(seen.any()):
+                raise ValueError("class weights 'median-freq': the training masks have no labelled pixel")
+            freq = counts_t[seen] / present_t[seen]
+            weights = torch.ones(k, dtype=torch.float64)
+            weights[seen] = freq.median() / freq
+            return weights.float()
+    if len(spec) != k or any(not math.isfinite(w) or w < 0 for w in spec) or not any(w > 0 for w in spec):
+        names = f" ({', '.join(class_names)})" if class_names else ""
+        raise ValueError(f"class weights {list(spec)}: need {k} finite weights >= 0, not all 0, one per class{names}")
+    return torch.tensor([float(w) for w in spec], dtype=torch.float32)
 
 
 def _read_split(cfg: SegTrainConfig, images: str | None, masks: str | None, split: str | None) -> SegmentationData:
@@ -258,12 +309,16 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
         num_classes = len(names)
     class_names = _class_names(cfg, train_data, num_classes)
     t0 = time.time()
-    counts = check_masks(train_data, num_classes, cfg.ignore_index)
+    counts, present_pixels = mask_statistics(train_data, num_classes, cfg.ignore_index)
     if val_data is not None:
         check_masks(val_data, num_classes, cfg.ignore_index)
     LOG.info("checked %d train%s masks in %.1fs; train pixels per class: %s", len(train_data),
              f" + {len(val_data)} val" if val_data is not None else "", time.time() - t0,
              ", ".join(f"{n} {c / max(1, counts.sum()):.1%}" for n, c in zip(class_names, counts)))  # fmt: skip
+    class_weights = resolve_class_weights(cfg.class_weights, counts, present_pixels, class_names)
+    if class_weights is not None:
+        LOG.info("loss weights per class: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(class_names, class_weights)))
+        class_weights = class_weights.to(device)
 
     model = build_segmentation_model(cfg, num_classes).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -323,7 +378,7 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
             targets = batch.targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(images)
-            loss = segmentation_loss(logits, targets)
+            loss = segmentation_loss(logits, targets, class_weights)
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
             if finite:
@@ -438,6 +493,7 @@ __all__ = [
     "SegTrainConfig",
     "evaluate_segmentation",
     "resume_segmentation_config",
+    "resolve_class_weights",
     "segmentation_loss",
     "train_segmentation",
 ]
