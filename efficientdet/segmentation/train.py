@@ -145,7 +145,8 @@ def resolve_class_weights(
 
     ``"median-freq"`` is SegNet's median frequency balancing (Badrinarayanan et al., after Eigen & Fergus):
     ``freq_c = pixels of c / pixels of the images where c occurs`` and ``w_c = median(freq) / freq_c``. A class
-    absent from the training masks gets weight 1 (it has no pixels to weigh).
+    absent from the training masks gets weight 1 (it has no pixels to weigh). With an even number of classes
+    present, the median is the lower of the two middle frequencies (``torch.median``), not their mean.
     """
     k = len(counts)
     if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
