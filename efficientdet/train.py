@@ -260,8 +260,9 @@ def _describe_class_outputs(ckpt: Any) -> str:
     return "?" if w is None else f"{w.shape[0]} outputs"
 
 
-def _freeze_backbone(model: EfficientDet, trainable_stages: int = 0) -> None:
-    """Freeze the backbone; the convs of its last ``trainable_stages`` stages still train (BN stays frozen)."""
+def _freeze_backbone(model: nn.Module, trainable_stages: int = 0) -> None:
+    """Freeze ``model.backbone`` (detector or segmentation model); the convs of its last ``trainable_stages``
+    stages still train (BN stays frozen)."""
     stages = list(model.backbone.blocks)
     if not 0 <= trainable_stages <= len(stages):
         raise TrainingError(f"trainable_stages is {trainable_stages}; this backbone has {len(stages)} stages")
@@ -274,7 +275,7 @@ def _freeze_backbone(model: EfficientDet, trainable_stages: int = 0) -> None:
                     p.requires_grad_(True)
 
 
-def _set_train_mode(model: EfficientDet, freeze_backbone: bool, net: nn.Module | None = None) -> None:
+def _set_train_mode(model: nn.Module, freeze_backbone: bool, net: nn.Module | None = None) -> None:
     (net if net is not None else model).train()  # ``net``: the DDP wrapper, when there is one
     if freeze_backbone:
         model.backbone.eval()  # frozen BN statistics too

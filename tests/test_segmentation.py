@@ -375,6 +375,23 @@ def test_resume_continues_the_run(trained_run, tmp_path):
     assert result["epochs_done"] == 9 and result["steps"] == 9
 
 
+def test_freeze_backbone_leaves_backbone_weights_and_statistics_alone(tmp_path):
+    from efficientdet.segmentation.train import SegTrainConfig, train_segmentation
+    from efficientdet.weights import read_file
+
+    root = _camvid_subset(tmp_path)
+    cfg = SegTrainConfig(
+        num_classes=11, ignore_index=11, train_images=str(root / "train"), train_masks=str(root / "trainannot"),
+        epochs=1, batch_size=4, img_size=80, crop_size=64, scale_range=(1.0, 1.0), warmup_epochs=0, workers=0,
+        freeze_backbone=True, pretrained_backbone=True, output=str(tmp_path / "run"),
+    )  # fmt: skip
+    trained = read_file(train_segmentation(cfg)["last"])["train_state"]["model"]
+    fresh = efficientdet.create_model("efficientdet-seg-lite0", num_classes=11, pretrained_backbone=True).state_dict()
+    for key in ("backbone.blocks.3.0.dw.conv.weight", "backbone.blocks.3.0.dw.bn.running_mean"):
+        assert torch.equal(trained[key], fresh[key]), key
+    assert not torch.equal(trained["head.predict.pointwise.weight"], fresh["head.predict.pointwise.weight"])
+
+
 def test_predict_writes_overlays_and_id_masks(trained_run, tmp_path):
     root, out = trained_run
     results = predict_segmentation(str(out / "best.pt"), root / "val", tmp_path / "pred", img_size=64)

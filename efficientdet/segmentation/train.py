@@ -29,6 +29,8 @@ from ..factory import save_model
 from ..train import (
     ModelEma,
     TrainingError,
+    _freeze_backbone,
+    _set_train_mode,
     amp_mode,
     lr_at,
     param_groups,
@@ -149,27 +151,26 @@ def resolve_class_weights(
     present, the median is the lower of the two middle frequencies (``torch.median``), not their mean.
     """
     k = len(counts)
-    if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
+    name = spec.lower() if isinstance(spec, str) else None
+    if spec is None or name == "none":
         return None
+    if name == "median-freq":
+        counts_t = torch.as_tensor(counts, dtype=torch.float64)
+        present_t = torch.as_tensor(present_pixels, dtype=torch.float64)
+        seen = counts_t > 0
+        if not bool(seen.any()):
+            raise ValueError("class weights 'median-freq': the training masks have no labelled pixel")
+        freq = counts_t[seen] / present_t[seen]
+        weights = torch.ones(k, dtype=torch.float64)
+        weights[seen] = freq.median() / freq
+        return weights.float()
     if isinstance(spec, str):
-        if spec.lower() != "median-freq":
-            parts = [x for x in spec.replace(",", " ").split() if x]
-            try:
-                spec = [float(x) for x in parts]
-            except ValueError:
-                raise ValueError(
-                    f"class weights {spec!r}: expected 'median-freq', 'none' or {k} numbers separated by commas"
-                ) from None
-        else:
-            counts_t = torch.as_tensor(counts, dtype=torch.float64)
-            present_t = torch.as_tensor(present_pixels, dtype=torch.float64)
-            seen = counts_t > 0
-            if not bool(seen.any()):
-                raise ValueError("class weights 'median-freq': the training masks have no labelled pixel")
-            freq = counts_t[seen] / present_t[seen]
-            weights = torch.ones(k, dtype=torch.float64)
-            weights[seen] = freq.median() / freq
-            return weights.float()
+        try:
+            spec = [float(x) for x in spec.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(
+                f"class weights {spec!r}: expected 'median-freq', 'none' or {k} numbers separated by commas"
+            ) from None
     if len(spec) != k or any(not math.isfinite(w) or w < 0 for w in spec) or not any(w > 0 for w in spec):
         names = f" ({', '.join(class_names)})" if class_names else ""
         raise ValueError(f"class weights {list(spec)}: need {k} finite weights >= 0, not all 0, one per class{names}")
@@ -326,8 +327,7 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
     model = model.to(memory_format=memory_format)  # type: ignore[call-overload]
     model.class_names = class_names
     if cfg.freeze_backbone:
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
+        _freeze_backbone(model)
     mcfg = model.config
     dataset = SegmentationDataset(
         train_data.pairs, num_classes, cfg.ignore_index, mcfg.image_size, mcfg.mean, mcfg.std, train=True,
@@ -365,9 +365,7 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
             dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size,
             generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch), **loader_kwargs(cfg.workers),
         )  # fmt: skip
-        model.train()
-        if cfg.freeze_backbone:
-            model.backbone.eval()
+        _set_train_mode(model, cfg.freeze_backbone)
         loss_sum, n_steps, n_images = 0.0, 0, 0
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr, mininterval=1.0)
