@@ -6,6 +6,8 @@ on the test split — and prints AP, AP50 and wall time. Run from the repository
     python benchmarks/raccoon.py --workers 1      # run J: frozen backbone, 448 px, 135 epochs, bf16
     python benchmarks/raccoon.py --workers 1 --img-size 512 --epochs 100       # run I
     python benchmarks/raccoon.py --workers 1 --img-size 448 --epochs 90        # run H
+    python benchmarks/raccoon.py --workers 1 --epochs 105 --trainable-stages 1  # run K
+    python benchmarks/raccoon.py --workers 1 --img-size 384 --epochs 175       # run L
     python benchmarks/raccoon.py --no-freeze-backbone --epochs 60 --img-size 320    # run B2
 """
 
@@ -48,7 +50,7 @@ def main() -> int:
         default=True,
         help="train BiFPN + heads on the frozen ImageNet backbone (default; --no-freeze-backbone: all)",
     )
-    p.add_argument("--trainable-stages", type=int, default=0,
+    p.add_argument("--trainable-stages", type=int, default=defaults.trainable_stages,
                    help="with the frozen backbone: its last N stages' convs train too (BN frozen)")  # fmt: skip
     p.add_argument("--amp", default=SMALL_DATA_AMP)
     p.add_argument("--workers", type=int, default=defaults.workers)
