@@ -178,6 +178,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 1)")
     p.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="scale-jitter factor range (default 0.5 1.5; the paper's COCO setting is 0.1 2.0)")  # fmt: skip
+    p.add_argument("--box-loss-weight", type=float, help="weight of the box loss against the class loss (default 50)")
     p.add_argument("--pretrained-backbone", action="store_true", default=None, help="ImageNet backbone (Lite0/1/2)")
     p.add_argument("--checkpoint", help="start from these weights (other class count: heads re-initialised)")
     p.add_argument("--resume", help="continue the run saved in this last.pt exactly where it stopped")

@@ -44,7 +44,7 @@ def detection_loss(
     """Total, class and box loss for a batch of flattened outputs (``[B, A, C]`` logits, ``[B, A, 4]`` codes).
 
     Class loss: focal, summed over non-ignored anchors, divided by (positives in the batch + 1). Box loss: Huber
-    over positive anchors, divided by (positives + 1) * 4. Total = class + 50 * box.
+    over positive anchors, divided by (positives + 1) * 4. Total = class + box_weight (the paper: 50) * box.
     """
     normaliser = targets.num_positives.sum() + 1.0
     cls_t = targets.cls

@@ -47,7 +47,7 @@ from .distributed import (
 from .evaluate import format_metrics
 from .factory import config_for_checkpoint, load_pretrained_backbone, save_model
 from .labeler import AnchorLabeler
-from .losses import detection_loss
+from .losses import BOX_LOSS_WEIGHT, detection_loss
 from .nn.detector import EfficientDet
 from .plot import plot_training_metrics
 from .postprocess import flatten_outputs
@@ -95,6 +95,8 @@ class TrainConfig:
     hflip: float = 0.5
     ema_decay: float = EMA_DECAY
     clip_norm: float = CLIP_NORM
+    # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
+    box_loss_weight: float = BOX_LOSS_WEIGHT
     pretrained_backbone: bool = False
     checkpoint: str | None = None
     resume: str | None = None
@@ -451,7 +453,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 cls_out, box_out = net(images)
             cls_flat, box_flat = flatten_outputs(cls_out, box_out, model_cfg.num_classes)
-            losses = detection_loss(cls_flat, box_flat, targets, model_cfg.num_classes)
+            losses = detection_loss(cls_flat, box_flat, targets, model_cfg.num_classes, box_weight=cfg.box_loss_weight)
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(losses["loss"]))
             backward_done = False

@@ -170,6 +170,16 @@ def test_trainable_stages_train_the_last_convs_with_bn_frozen(tmp_path):
         train(tiny_config(tmp_path, data, freeze_backbone=True, trainable_stages=8))
 
 
+def test_box_loss_weight_sets_the_share_of_the_box_loss(tmp_path):
+    data = raccoon_subset(tmp_path)
+    for weight in (0.0, 120.0):
+        cfg = tiny_config(tmp_path, data, output=str(tmp_path / f"w{weight}"), max_steps=1, box_loss_weight=weight)
+        train(cfg)
+        row = history(cfg.output)[0]
+        loss, cls, box = (float(row[k]) for k in ("train_loss", "train_cls_loss", "train_box_loss"))
+        assert box > 0 and loss == pytest.approx(cls + weight * box, rel=1e-5)
+
+
 def test_learning_rate_schedule():
     peak, total, warm = 0.02, 100, 10
     assert lr_at(0, total, warm, peak) == pytest.approx(0.1 * peak)
