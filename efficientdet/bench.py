@@ -62,6 +62,7 @@ class BenchConfig:
     channels_last: bool | None = None
     num_classes: int = 90
     checkpoint: str | None = None
+    pretrained: bool = False  # the published COCO weights of `model` (speed does not depend on them)
     source_size: tuple[int, int] = DEFAULT_SOURCE_SIZE
     topk: int = 5000
     seed: int = 0
@@ -287,6 +288,8 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         torch.manual_seed(cfg.seed)
         if cfg.checkpoint:
             model = load_checkpoint(cfg.checkpoint, cfg.model)
+        elif cfg.pretrained:
+            model = create_model(cfg.model, pretrained=True)
         else:
             model = create_model(cfg.model, num_classes=cfg.num_classes)
         size = cfg.img_size or model.config.image_size
@@ -416,6 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         num_classes=args.num_classes,
         checkpoint=args.checkpoint,
+        pretrained=args.pretrained,
     )
     try:
         result = run_benchmark(cfg)
@@ -428,6 +432,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``efficientdet bench`` on the CLI's subparsers."""
+    from .weights_options import add_weights_options
+
     p = sub.add_parser("bench", help="latency, throughput and peak memory: network alone and end to end")
     p.add_argument("--model", default="efficientdet-d0", help="model name (default efficientdet-d0)")
     p.add_argument("--img-size", type=int, help="square input size (default: the model's own)")
@@ -461,7 +467,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="NHWC memory layout (default: on for eager and compile on CPU)",
     )
     p.add_argument("--num-classes", type=int, default=90, help="class count of the random-weight model (default 90)")
-    p.add_argument("--checkpoint", help="time these weights instead of random ones (speed does not depend on them)")
+    add_weights_options(
+        p, required=False, checkpoint_help="time these weights instead of random ones (speed does not depend on them)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_bench)
     return p

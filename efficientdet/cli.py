@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from .config import EFFDET_PARAMS, get_config, list_models
+from .argtypes import non_negative_int, positive_int
+from .config import EFFDET_PARAMS, aspect_pairs, get_config, list_models
 
 
 def _pct(ours: float, ref: float | None) -> str:
@@ -65,6 +68,21 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+def anchor_overrides(aspect_ratios: Sequence[float] | None, anchor_scale: float | None) -> dict[str, Any]:
+    """``--aspect-ratios`` (w/h) and ``--anchor-scale`` as model config overrides; a ValueError names a bad flag."""
+    overrides: dict[str, Any] = {}
+    if aspect_ratios is not None:
+        try:
+            overrides["aspect_ratios"] = aspect_pairs(aspect_ratios)
+        except ValueError as e:
+            raise ValueError(f"--aspect-ratios: {e}") from None
+    if anchor_scale is not None:
+        if not (math.isfinite(anchor_scale) and anchor_scale > 0):
+            raise ValueError(f"--anchor-scale must be finite and > 0, got {anchor_scale}")
+        overrides["anchor_scale"] = float(anchor_scale)
+    return overrides
+
+
 def _train_config(args: argparse.Namespace):
     from .train import TrainConfig, resume_config
 
@@ -73,6 +91,11 @@ def _train_config(args: argparse.Namespace):
         given["scale_range"] = tuple(args.scale_range)
     if str(given.get("val_split", "")).lower() == "none":
         given["val_split"] = None
+    anchors = anchor_overrides(args.aspect_ratios, args.anchor_scale)
+    if anchors and args.resume:
+        raise ValueError("--aspect-ratios / --anchor-scale cannot change on --resume: the run keeps its anchors")
+    if anchors:
+        given["model_overrides"] = anchors
     if args.resume:
         can_change = (
             "epochs",
@@ -83,6 +106,7 @@ def _train_config(args: argparse.Namespace):
             "grad_checkpoint",
             "sync_bn",
             "channels_last",
+            "tensorboard",
         )
         changes = {k: v for k, v in given.items() if k in can_change}
         return resume_config(args.resume, **changes)
@@ -91,6 +115,10 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "task", "detection") == "segmentation":
+        if args.pretrained:
+            print("efficientdet train: --pretrained: no segmentation weights are published; use --checkpoint or "
+                  "--pretrained-backbone", file=sys.stderr)  # fmt: skip
+            return 2
         from .segmentation.cli import run_train
 
         return run_train(args)
@@ -99,10 +127,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _setup_logging()
     if args.data is None and not args.resume:
-        print("efficientdet train: no --data given: running the synthetic demo (see `efficientdet demo --help`)")
-        return cmd_demo(
-            build_parser().parse_args(["demo"] + ([] if args.output is None else ["--output", args.output]))
-        )
+        print("efficientdet train: --data is required (or --resume RUN/last.pt); `efficientdet demo` trains on a "
+              "built-in synthetic dataset", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         result = train(_train_config(args))
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as e:
@@ -115,6 +142,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if getattr(args, "task", "detection") == "segmentation":
+        if args.pretrained:
+            print("efficientdet eval: --pretrained: no segmentation weights are published; use --checkpoint",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         from .segmentation.cli import run_eval
 
         return run_eval(args)
@@ -122,34 +153,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("efficientdet eval: the following arguments are required: --data", file=sys.stderr)
         return 2
     from .data.readers import read_dataset
-    from .evaluate import format_metrics
-    from .factory import load_checkpoint
-    from .train import resolve_device
-    from .validate import validate
+    from .evaluate import format_metrics, format_per_class
+    from .train import TrainingError, resolve_device
+    from .validate import evaluate_model
     from .weights import CheckpointError
+    from .weights_options import load_model_from_options
 
     _setup_logging()
     try:
         device = resolve_device(args.device)
-        model = load_checkpoint(args.checkpoint, args.model).to(device)
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained).to(device)
         data = read_dataset(args.data, args.format, args.split)
         if model.class_names:
-            data = data.with_class_names(model.class_names)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+            data = data.with_class_names(model.class_names, model.category_ids)
+    except (CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet eval: {e}", file=sys.stderr)
         return 1
     if model.config.num_classes != len(data.class_names):
         print(f"efficientdet eval: the model predicts {model.config.num_classes} classes, the data has "
               f"{len(data.class_names)} ({', '.join(data.class_names[:5])}...)", file=sys.stderr)  # fmt: skip
         return 1
+    if not len(data):
+        print(f"efficientdet eval: {args.data}: split {args.split!r} has no images", file=sys.stderr)
+        return 1
     dets_path = None
     if args.json:
         base, _ = os.path.splitext(args.json)
         dets_path = base + "_detections.json"
-    metrics = validate(
+    result = evaluate_model(
         model, data, args.img_size, args.batch_size, args.workers, device, args.json, dets_path, nms=args.nms
     )
-    print(format_metrics(metrics))
+    print(format_per_class(result.coco))
+    print(format_metrics(result.metrics))
+    if result.unreadable_images:
+        print(f"efficientdet eval: {result.unreadable_images} of {len(data)} images could not be read (named in the "
+              "warnings above); their boxes count as missed", file=sys.stderr)  # fmt: skip
+    if args.plots:
+        from .eval_plots import write_evaluation_plots
+
+        plots = write_evaluation_plots(result.coco, data, result.detections, args.plots)
+        print(f"wrote PR curves, F1 curve (best mean F1 {plots.best_f1:.3f} at score {plots.best_threshold:.2f}) "
+              f"and confusion matrix to {args.plots}")  # fmt: skip
     if args.json:
         print(f"wrote {args.json} and {dets_path}")
     return 0
@@ -161,6 +205,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging()
     run_demo(args.output or "runs/demo", epochs=args.epochs, seed=args.seed, workers=args.workers)
     return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .data_check import check_dataset, format_report, save_plots, write_json
+
+    try:
+        default = get_config(args.model)
+        config = default.replace(**anchor_overrides(args.aspect_ratios, args.anchor_scale))
+        check = check_dataset(args.data, args.format, args.splits, config, args.img_size, default)
+    except KeyError as e:  # an unknown model name
+        print(f"efficientdet check-data: {e.args[0]}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"efficientdet check-data: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    print(format_report(check))
+    if args.json:
+        write_json(check, args.json)
+        print(f"wrote {args.json}")
+    if args.plots:
+        print("wrote " + ", ".join(str(p) for p in save_plots(check, args.plots)))
+    return 0
+
+
+def _add_anchor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aspect-ratios", type=float, nargs="+", metavar="R",
+                   help="anchor width/height ratios (default: the model's, 1.0 2.0 0.5); "
+                        "`efficientdet check-data` proposes some for your data")  # fmt: skip
+    p.add_argument("--anchor-scale", type=float, metavar="F",
+                   help="anchor side in strides of its level (default: the model's; Lite0: 3, D0: 4)")  # fmt: skip
+
+
+def _add_check_data_parser(sub: Any) -> None:
+    p = sub.add_parser("check-data", help="labels, box sizes and anchor coverage of a dataset, and better anchors")
+    p.add_argument("--data", required=True, help="dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
+    p.add_argument("--format", choices=["voc", "coco", "yolo"], help="dataset format (default: detected)")
+    p.add_argument("--splits", nargs="+", metavar="SPLIT",
+                   help="splits to check (default: those of train, val, test, trainval that exist)")  # fmt: skip
+    p.add_argument("--model", default="efficientdet-lite0", help="whose anchors (default efficientdet-lite0)")
+    p.add_argument("--img-size", type=int, help="input size (default: the model's own)")
+    _add_anchor_args(p)
+    p.add_argument("--json", help="write the whole report here, every box without a matching anchor included")
+    p.add_argument("--plots", metavar="DIR", help="write <split>_boxes.png histograms into this folder")
+    p.set_defaults(func=cmd_check_data)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -179,8 +267,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="scale-jitter factor range (default 0.5 1.5; the paper's COCO setting is 0.1 2.0)")  # fmt: skip
     p.add_argument("--box-loss-weight", type=float, help="weight of the box loss against the class loss (default 50)")
-    p.add_argument("--pretrained-backbone", action="store_true", default=None, help="ImageNet backbone (Lite0/1/2)")
-    p.add_argument("--checkpoint", help="start from these weights (other class count: heads re-initialised)")
+    _add_anchor_args(p)
+    p.add_argument("--pretrained-backbone", action=argparse.BooleanOptionalAction, default=None,
+                   help="ImageNet backbone weights for a fresh start (detection default: on; packaged for Lite0-2, "
+                        "else downloaded once; segmentation default: off)")  # fmt: skip
+    p.add_argument("--checkpoint", help="start from these weights, a file or URL (classes it knows by name keep "
+                                        "their class-head rows, the others start afresh)")  # fmt: skip
+    p.add_argument("--pretrained", action="store_true", default=None,
+                   help="start from the published COCO weights of --model (downloaded once)")  # fmt: skip
     p.add_argument("--resume", help="continue the run saved in this last.pt exactly where it stopped")
     p.add_argument("--freeze-backbone", action="store_true", default=None, help="train only BiFPN and heads")
     p.add_argument("--trainable-stages", type=int, metavar="N",
@@ -199,10 +293,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="recompute backbone/BiFPN activations in backward: less memory, slower steps")  # fmt: skip
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC tensors in training (default on: ~1.45x faster on this project's CPU)")  # fmt: skip
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write TensorBoard logs to OUTPUT/tensorboard: losses and lr per step, metrics per epoch, "
+                        "validation PR curves and drawn predictions")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .segmentation.cli import add_segmentation_eval_args, add_segmentation_train_args
+    from .weights_options import add_weights_options
 
     parser = argparse.ArgumentParser(prog="efficientdet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,21 +317,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="COCO metrics of a checkpoint on a dataset split")
-    ev.add_argument("--checkpoint", required=True, help="model file (ours, or effdet's with --model)")
-    ev.add_argument("--model", help="model name, needed only for effdet's files")
+    add_weights_options(ev)
+    ev.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
     ev.add_argument("--data", help="dataset path (segmentation: a VOC root, or use --images/--masks)")
     ev.add_argument("--format", choices=["voc", "coco", "yolo"], help="dataset format (default: detected)")
     ev.add_argument("--split", default="val", help="split to evaluate (default val)")
-    ev.add_argument("--json", help="write {AP, AP50, AP75, APs, APm, APl, detections} here")
-    ev.add_argument("--img-size", type=int, help="input size (default: the model's own)")
+    ev.add_argument("--json", help="write the metrics, the per-class table and the detections' path here")
+    ev.add_argument("--plots", metavar="DIR",
+                    help="write PR curves per class (IoU 0.5, 0.75), the F1-vs-score curve and the confusion matrix "
+                         "(IoU 0.5, at the best-F1 score; background row/column) into DIR")  # fmt: skip
+    ev.add_argument("--img-size", type=positive_int, help="input size (default: the model's own)")
     ev.add_argument(
         "--nms",
         choices=["hard", "soft"],
         default="hard",
         help="hard: NMS at IoU 0.5 (effdet's default); soft: Gaussian soft-NMS (the official evaluation)",
     )
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--batch-size", type=positive_int, default=8)
+    ev.add_argument("--workers", type=non_negative_int, default=2)
     ev.add_argument("--device", default="auto")
     add_segmentation_eval_args(ev)
     ev.set_defaults(func=cmd_eval)
@@ -244,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(func=cmd_demo)
+    _add_check_data_parser(sub)
     from .predict import add_parser as add_predict_parser
 
     add_predict_parser(sub)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,36 @@ OFFICIAL_ASPECT_RATIOS: tuple[tuple[float, float], ...] = (
     (1.0 / math.sqrt(2.0), math.sqrt(2.0)),
 )
 EFFDET_ASPECT_RATIOS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+
+
+def aspect_pairs(ratios: Sequence[float]) -> tuple[tuple[float, float], ...]:
+    """Anchor width/height ratios ``r`` as the (w, h) multiplier pairs ``(sqrt(r), 1/sqrt(r))`` configs store.
+
+    The official code turns each aspect ratio into that pair (anchors.py of google/automl efficientdet), so an
+    anchor keeps the area of its octave scale whatever its shape: ratios 1, 2, 0.5 give OFFICIAL_ASPECT_RATIOS.
+    Users think in w/h ratios (a box 60 px wide and 20 px high has ratio 3); this is the one place that converts.
+    """
+    values = [float(r) for r in ratios]
+    if not values:
+        raise ValueError("aspect ratios: give at least one width/height ratio")
+    bad = [r for r in values if not (math.isfinite(r) and r > 0)]
+    if bad:
+        raise ValueError(f"aspect ratios must be finite and > 0 (width / height), got {bad}")
+    return tuple(_pair(r) for r in values)
+
+
+def _pair(ratio: float) -> tuple[float, float]:
+    """r and 1/r give mirrored pairs bit for bit, so ratios 1, 2, 0.5 reproduce OFFICIAL_ASPECT_RATIOS exactly."""
+    if ratio >= 1:
+        return math.sqrt(ratio), 1.0 / math.sqrt(ratio)
+    w, h = _pair(1.0 / ratio)
+    return h, w
+
+
+def aspect_ratio_values(pairs: Sequence[Sequence[float]]) -> list[float]:
+    """The width/height ratio of each (w, h) multiplier pair: the inverse of :func:`aspect_pairs`."""
+    return [float(w) / float(h) for w, h in pairs]
+
 
 # Pixel-space normalisation (images in 0..255): ImageNet statistics, and (x - 127) / 128 for Lite.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)

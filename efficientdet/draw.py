@@ -7,6 +7,7 @@ on thumbnails and on very large photos alike.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,3 +153,38 @@ def draw_detections(
         draw.rectangle(box, outline=color, width=line_width)
         _draw_tag(draw, width, box, _tag_text(int(labels_np[i]), score, class_names), color, font)
     return canvas
+
+
+def draw_batch(
+    images: Any,
+    targets: Sequence[dict[str, Any]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str] | None = None,
+    max_side: int = 640,
+) -> Image.Image:
+    """A grid of network inputs ``[B, 3, H, W]`` (normalised) with their target boxes and class names.
+
+    ``targets`` hold ``boxes`` (x1y1x2y2 input pixels) and ``labels`` per image, as the training loader yields them:
+    the picture shows exactly what the loss sees, after augmentation. Tiles larger than ``max_side`` are shrunk.
+    """
+    array = _to_numpy(images, np.float32)
+    if array.ndim != 4 or array.shape[1] != 3 or len(array) != len(targets):
+        raise ValueError(f"expected [B, 3, H, W] images with one target dict each, got {array.shape}")
+    pixels = array * np.asarray(std, np.float32)[:, None, None] + np.asarray(mean, np.float32)[:, None, None]
+    pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    height, width = pixels.shape[1:3]
+    shrink = min(1.0, max_side / max(height, width))
+    tile_w, tile_h = max(1, round(width * shrink)), max(1, round(height * shrink))
+    columns = math.ceil(math.sqrt(len(pixels))) if len(pixels) else 1
+    rows = math.ceil(len(pixels) / columns) if len(pixels) else 1
+    gap = 4
+    grid = Image.new("RGB", (columns * tile_w + (columns - 1) * gap, rows * tile_h + (rows - 1) * gap), (255, 255, 255))
+    for i, (picture, target) in enumerate(zip(pixels, targets)):
+        tile = Image.fromarray(picture)
+        if shrink < 1.0:
+            tile = tile.resize((tile_w, tile_h), Image.BILINEAR)
+        boxes = _to_numpy(target["boxes"], np.float64).reshape(-1, 4) * shrink
+        tile = draw_detections(tile, boxes, target["labels"], None, class_names)
+        grid.paste(tile, ((i % columns) * (tile_w + gap), (i // columns) * (tile_h + gap)))
+    return grid

@@ -266,6 +266,7 @@ def _metadata(
         "outputs": list(names),
         "num_classes": config.num_classes,
         "class_names": getattr(model, "class_names", None),
+        "category_ids": getattr(model, "category_ids", None),  # the training data's ids (COCO JSON), where known
         "config": config.to_dict(),
         **extra,
     }
@@ -474,12 +475,12 @@ def _img_size_arg(values: list[int] | None) -> int | tuple[int, int] | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``efficientdet export``: load a checkpoint, write the file, optionally check it against eager PyTorch."""
-    from .factory import load_checkpoint
     from .weights import CheckpointError
+    from .weights_options import load_model_from_options
 
     try:
         img_size = _img_size_arg(args.img_size)
-        model = load_checkpoint(args.checkpoint, args.model)
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet export: {e}", file=sys.stderr)
         return 1
@@ -512,6 +513,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``efficientdet export`` on the CLI's subcommands."""
+    from .weights_options import add_weights_options
+
     p = sub.add_parser(
         "export",
         help="write a checkpoint as ONNX or a torch.export program (.pt2)",
@@ -519,8 +522,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "box_codes [B, A, 4] (anchors: efficientdet.anchors_for_config), or with --with-nms boxes [B, max_det, 4] "
         "(x1, y1, x2, y2 input pixels), scores, labels (-1 = padding) and num_detections.",
     )
-    p.add_argument("--checkpoint", required=True, help="model file (ours, or effdet's with --model)")
-    p.add_argument("--model", help="model name, needed only for effdet's files")
+    add_weights_options(p)
+    p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
     p.add_argument("--output", required=True, help="file to write (e.g. model.onnx, model.pt2)")
     p.add_argument("--img-size", type=int, nargs="+", metavar="S", help="input size S or H W (default: the model's)")

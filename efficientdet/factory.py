@@ -9,13 +9,14 @@ from typing import Any
 import torch
 
 from .config import EFFDET_ASPECT_RATIOS, ModelConfig, get_config
+from .hub import backbone_weights_file, detection_weights_file, resolve_weights
+from .labels import COCO_NUM_SLOTS, coco_slot_ids, coco_slot_names
 from .nn.detector import EfficientDet
 from .weights import (
     FORMAT_NAME,
     Checkpoint,
     CheckpointError,
     checkpoint_dict,
-    lite_weights_file,
     load_weights,
     read_backbone_weights,
     read_checkpoint,
@@ -59,11 +60,25 @@ def config_for_checkpoint(base: ModelConfig, ckpt: Checkpoint, source: str) -> d
     return {}
 
 
+def checkpoint_labels(ckpt: Checkpoint, num_classes: int) -> tuple[list[str] | None, list[int] | None]:
+    """The class names and dataset category ids a checkpoint's outputs stand for.
+
+    Our files store them; effdet's 90-class files are COCO detectors whose slot ``i`` is category ``i + 1``
+    (:mod:`efficientdet.labels`), so they get COCO's names and ids.
+    """
+    if ckpt.class_names is not None:
+        return list(ckpt.class_names), ckpt.category_ids
+    if ckpt.layout == "effdet" and num_classes == COCO_NUM_SLOTS:
+        return coco_slot_names(), coco_slot_ids()
+    return None, None
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     pretrained_backbone: bool | str = False,
+    pretrained: bool | str | os.PathLike = False,
     **overrides: Any,
 ) -> EfficientDet:
     """Build an EfficientDet by name (see :func:`list_models`).
@@ -73,11 +88,24 @@ def create_model(
             segmentation variant (:mod:`efficientdet.segmentation`).
         num_classes: number of object classes (default 90, COCO; taken from the checkpoint when not given).
         checkpoint: a file in our format or one of effdet's release files (raw state_dict or a dict holding it
-            under ``state_dict`` / ``model`` / ``state_dict_ema``). Padding flavour and class count are inferred.
-        pretrained_backbone: ``True`` loads the packaged ImageNet weights (Lite0/1/2); a path loads an
-            EfficientNet file in timm's or EfficientNet-PyTorch's layout (e.g. timm's ``tf_efficientnet_b3``).
+            under ``state_dict`` / ``model`` / ``state_dict_ema``), or a URL of one (downloaded into the cache of
+            :mod:`efficientdet.hub`). Padding flavour and class count are inferred.
+        pretrained_backbone: ``True`` loads ImageNet weights: the packaged ones for Lite0/1/2, else timm's file,
+            downloaded once into the cache; a path or URL loads an EfficientNet file in timm's or
+            EfficientNet-PyTorch's layout (e.g. timm's ``tf_efficientnet_b3``).
+        pretrained: ``True`` loads the published COCO weights of ``name`` (effdet's release, downloaded once
+            into the cache; :data:`efficientdet.hub.DETECTION_WEIGHTS`); a path or URL is the same as
+            ``checkpoint=``. The model then knows COCO's class names and category ids.
         **overrides: any :class:`ModelConfig` field (``fusion``, ``fpn_type``, ``padding``, ``image_size`` ...).
     """
+    if pretrained and checkpoint is not None:
+        raise ValueError("give either checkpoint= or pretrained=, not both")
+    if pretrained and pretrained_backbone:
+        raise ValueError("give either pretrained= or pretrained_backbone=, not both")
+    if pretrained:
+        checkpoint = detection_weights_file(name) if pretrained is True else str(pretrained)
+    if checkpoint is not None:
+        checkpoint = resolve_weights(checkpoint)
     if name.lower().startswith("efficientdet-seg-"):  # the segmentation variant (SPEC 9) has its own builder
         from .segmentation.model import create_segmentation_model
 
@@ -91,7 +119,7 @@ def create_model(
         if ckpt is not None and settings.get("num_classes", num_classes) != num_classes:
             raise CheckpointError(
                 f"{checkpoint}: has {settings['num_classes']} classes but num_classes={num_classes} was asked for "
-                f"(to fine-tune on other classes use `efficientdet train --checkpoint`, which re-initialises the heads)"
+                f"(to fine-tune on other classes use `efficientdet train --checkpoint`: it keeps the shared classes)"
             )
         settings["num_classes"] = num_classes
     settings.update(overrides)
@@ -99,14 +127,15 @@ def create_model(
     model = EfficientDet(config)
     if ckpt is not None:
         load_weights(model, ckpt.state_dict, source=str(checkpoint))
-        model.class_names = ckpt.class_names
+        model.class_names, model.category_ids = checkpoint_labels(ckpt, config.num_classes)
     elif pretrained_backbone:
         load_pretrained_backbone(model, None if pretrained_backbone is True else str(pretrained_backbone))
     return model
 
 
 def load_checkpoint(path: str | os.PathLike, name: str | None = None, **overrides: Any) -> EfficientDet:
-    """Load a model file; the variant name comes from our own files, and must be given for effdet's."""
+    """Load a model file (or URL); the variant name comes from our own files, and must be given for effdet's."""
+    path = resolve_weights(path)
     if name is None:
         ckpt = read_checkpoint(path)
         if ckpt.config is None:
@@ -116,9 +145,12 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None, **override
 
 
 def load_pretrained_backbone(model: EfficientDet, path: str | None = None) -> None:
-    """Load ImageNet weights into ``model.backbone`` (the classifier head of the file is dropped)."""
+    """Load ImageNet weights into ``model.backbone`` (the classifier head of the file is dropped).
+
+    ``path``: a file or URL; by default the published weights of the backbone (:func:`hub.backbone_weights_file`).
+    """
     backbone = model.backbone
-    path = path or lite_weights_file(backbone.name)
+    path = resolve_weights(path) if path else backbone_weights_file(backbone.name)
     sd = read_backbone_weights(path, [len(stage) for stage in backbone.blocks])
     sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "classifier."))}
     load_weights(backbone, sd, source=path)
@@ -126,11 +158,21 @@ def load_pretrained_backbone(model: EfficientDet, path: str | None = None) -> No
 
 
 def save_model(
-    model: EfficientDet, path: str | os.PathLike, class_names: list[str] | None = None, **extra: Any
+    model: EfficientDet,
+    path: str | os.PathLike,
+    class_names: list[str] | None = None,
+    category_ids: list[int] | None = None,
+    **extra: Any,
 ) -> None:
-    """Write ``model`` in our format (atomically); it loads again with ``create_model(name, checkpoint=path)``."""
+    """Write ``model`` in our format (atomically); it loads again with ``create_model(name, checkpoint=path)``.
+
+    Class names and category ids default to the model's own (``model.class_names``, ``model.category_ids``).
+    """
     names = class_names if class_names is not None else getattr(model, "class_names", None)
-    save_file_atomic(checkpoint_dict(model.state_dict(), model.config.to_dict(), names, **extra), path)
+    ids = category_ids if category_ids is not None else getattr(model, "category_ids", None)
+    if names is not None and ids is not None and len(ids) != len(names):
+        ids = None  # the ids of another class list (a caller that renamed the classes): not this model's
+    save_file_atomic(checkpoint_dict(model.state_dict(), model.config.to_dict(), names, ids, **extra), path)
 
 
 def num_parameters(model: torch.nn.Module) -> int:

@@ -78,6 +78,8 @@ class Detector:
         self.class_agnostic = class_agnostic
         names = class_names if class_names is not None else getattr(model, "class_names", None)
         self.class_names = list(names) if names else [str(i) for i in range(self.config.num_classes)]
+        ids = getattr(model, "category_ids", None)  # the training data's category ids (COCO JSON), where known
+        self.category_ids: list[int] | None = list(ids) if ids else None
         self._anchors: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
@@ -91,20 +93,25 @@ class Detector:
             self._anchors[size] = anchors_for_config(self.config, size).to(self.device)
         return self._anchors[size]
 
-    def preprocess(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[float], list[tuple[int, int]]]:
-        """Batch tensor, per-image scale (input px per original px) and original (H, W)."""
+    def preprocess(
+        self, images: Sequence[ImageInput]
+    ) -> tuple[torch.Tensor, list[tuple[float, float]], list[tuple[int, int]]]:
+        """Batch tensor, per-image (x, y) scale (input px per original px, exact) and original (H, W)."""
         tensors, scales, sizes = [], [], []
         for image in images:
             array = _as_rgb_array(image)
             out = eval_transform(array, self.image_size, self.config.mean, self.config.std)
             tensors.append(out.image)
-            scales.append(out.scale)
+            scales.append(out.scale_xy)
             sizes.append(array.shape[:2])
         return torch.stack(tensors).to(self.device), scales, sizes
 
     @torch.no_grad()
     def predict_tensor(
-        self, batch: torch.Tensor, scales: Sequence[float] | None = None, sizes: Sequence[tuple[int, int]] | None = None
+        self,
+        batch: torch.Tensor,
+        scales: Sequence[float | tuple[float, float]] | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[dict[str, Any]]:
         """Detections for an already normalised ``[B, 3, H, W]`` batch (boxes divided by ``scales`` if given)."""
         batch = batch.to(self.device)

@@ -1,4 +1,4 @@
-"""Training targets: match anchors to ground-truth boxes (SPEC 6), vectorised over anchors and boxes.
+"""Training targets: match anchors to ground-truth boxes, vectorised over anchors and boxes.
 
 Official matching: IoU >= 0.5 positive, < 0.5 negative, and every ground-truth box is force-matched to its best
 anchor. Crowd boxes never become targets; anchors that would match one are ignored (no loss at all).
@@ -12,7 +12,7 @@ import torch
 
 from .anchors import encode_boxes
 
-MATCH_IOU = 0.5  # SPEC 6: positive at IoU >= 0.5, negative below
+MATCH_IOU = 0.5  # the official matcher: positive at IoU >= 0.5, negative below (no ignore band)
 NEGATIVE = -1  # class target of a background anchor
 IGNORE = -2  # class target of an anchor that contributes no loss
 
@@ -63,10 +63,16 @@ class AnchorLabeler:
         iou = box_iou(self.anchors_xyxy, boxes)  # [A, G]
         best_iou, best_gt = iou.max(1)
         positive = best_iou >= self.match_iou
-        # force-match: each box takes its best anchor (later boxes win a contested anchor, as in the official code)
+        # force-match: each box takes its best anchor. An anchor that is the best of several boxes goes to the
+        # first of them, as in the official matcher (argmax over a one-hot of the forced matches). The smallest
+        # box index per anchor is taken explicitly: an indexed assignment with repeated indices has no defined order.
         forced = iou.argmax(0)  # [G]
-        best_gt[forced] = torch.arange(len(boxes), device=device)
-        positive[forced] = True
+        num_boxes = len(boxes)
+        first_box = torch.full((n,), num_boxes, dtype=torch.long, device=device)
+        first_box.scatter_reduce_(0, forced, torch.arange(num_boxes, device=device), reduce="amin")
+        is_forced = first_box < num_boxes
+        best_gt = torch.where(is_forced, first_box, best_gt)
+        positive |= is_forced
         cls[positive] = labels[best_gt[positive]]
         matched = boxes[best_gt[positive]][:, [1, 0, 3, 2]]  # to y1x1y2x2 for the coder
         box[positive] = encode_boxes(matched, self.anchors_yxyx[positive])

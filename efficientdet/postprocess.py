@@ -47,12 +47,17 @@ def flatten_outputs(
     return cls, box
 
 
-def to_original_pixels(boxes: torch.Tensor, scale: float = 1.0, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Undo the pre-processing resize (``scale`` = input px per original px) and clip to the image (H, W).
+def to_original_pixels(
+    boxes: torch.Tensor, scale: float | tuple[float, float] = 1.0, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Undo the pre-processing resize and clip to the image (H, W).
 
+    ``scale`` is input px per original px: one factor, or the exact ``(x, y)`` ratios of the resize
+    (``Resized.scale_xy``), which is what inverts a resize whose output size was rounded to whole pixels.
     A size of 0 or ``None`` (unknown) clips only at 0.
     """
-    boxes = boxes / scale
+    sx, sy = (scale, scale) if isinstance(scale, (int, float)) else scale
+    boxes = boxes / torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
     h, w = size if size is not None else (None, None)
     x = boxes[:, 0::2].clamp(0, w or None)
     y = boxes[:, 1::2].clamp(0, h or None)

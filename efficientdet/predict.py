@@ -14,10 +14,11 @@ Output folder contents:
        "bbox": [x, y, width, height], "score": 0.87}
 
   ``image_id`` is the 1-based position of the file in the expanded, de-duplicated input list, so ids do not shift
-  when another file fails to load. ``category_id`` is the 0-based class index + 1, the same convention as
-  ``efficientdet eval`` for data without ids of its own; for effdet's 90-class COCO weights it is exactly the COCO
-  category id. ``file_name`` is the input path as found (POSIX separators). Boxes are in original-image pixels,
-  rounded to 0.01 px. Images without detections have no entries.
+  when another file fails to load. ``category_id`` is the training dataset's own id of the class when the model
+  knows it (a model trained on a COCO JSON; effdet's 90-class COCO weights: the COCO category id, slot + 1), else
+  the 0-based class index + 1, the same convention as ``efficientdet eval`` for data without ids of its own.
+  ``file_name`` is the input path as found (POSIX separators). Boxes are in original-image pixels, rounded to
+  0.01 px. Images without detections have no entries.
 
 Unreadable files are reported on stderr by name and skipped; the run goes on and ``PredictSummary.failures``
 (and the exit code of the command) says whether anything failed.
@@ -48,11 +49,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .argtypes import fraction, non_negative_int, positive_int
 from .atomic import atomic_open
 from .data.images import ImageReadError, image_size, load_image
 from .draw import draw_detections
 from .evaluate import detections_to_coco
 from .postprocess import MAX_DETECTIONS, NMS_IOU
+from .weights_options import add_weights_options, load_model_from_options
 
 # Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -317,14 +320,14 @@ def predict(
         max_pixels: larger images are reported as failures without being decoded (0: no limit).
         errors: where each failure is reported as it happens: ``True`` stderr, ``False`` nowhere, or a text
             stream; the summary lists them all either way.
-        progress: show a progress bar (``None``: only on a terminal).
+        progress: report progress on stderr: a bar on a terminal, else (a log file) a plain line every 30 s;
+            ``None`` is the same as ``True``.
 
     Raises ``ValueError`` for invalid options and ``CheckpointError`` / ``FileNotFoundError`` for a bad model file,
     before any image is read. Unreadable images are not exceptions: they are in ``PredictSummary.failures``.
     """
-    from tqdm import tqdm
-
     from .inference import Detector
+    from .progress import progress_bar
 
     start = time.perf_counter()
     _check_options(score_threshold, iou_threshold, max_det, batch_size, nms)
@@ -340,17 +343,14 @@ def predict(
     )  # fmt: skip
     images, source_errors = expand_sources(sources, recursive, exclude=out)
     summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
-    bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress, file=sys.stderr)
+    bar = progress_bar(total=len(images), enabled=progress is not False, unit="img")
 
     stream = sys.stderr if errors is True else errors or None  # resolved now: sys.stderr may have been replaced
 
     def fail(name: str, message: str) -> None:
         summary.failures.append((name, message))
         if stream is not None:
-            if bar.disable:
-                print(message, file=stream, flush=True)
-            else:
-                bar.write(message, file=stream)
+            bar.write(message, file=stream)  # beside a terminal bar, without breaking it
 
     for source, message in source_errors:
         fail(source, message)
@@ -365,7 +365,7 @@ def predict(
         for det in dets:
             index, array, *_ = batch.pop(0)  # the batch lets go of each image as soon as it is done
             img = images[index]
-            entries = detections_to_coco([index + 1], [det])
+            entries = detections_to_coco([index + 1], [det], detector.category_ids)
             for entry, name in zip(entries, det["label_names"]):
                 results.append({
                     "image_id": entry["image_id"], "file_name": img.path.as_posix(),
@@ -414,27 +414,6 @@ def predict(
     return summary
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     """The ``predict`` command: 0 when every image was processed, 1 when any source or file failed."""
     from .train import TrainingError
@@ -443,8 +422,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.task == "segmentation":
         return _cmd_predict_segmentation(args)
     try:
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
         summary = predict(
-            args.sources, args.checkpoint, args.output, model_name=args.model,
+            args.sources, model, args.output, model_name=args.model,
             score_threshold=args.score_threshold, iou_threshold=args.iou, nms=args.nms,
             class_agnostic=args.class_agnostic, max_det=args.max_det, batch_size=args.batch_size,
             device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
@@ -459,13 +439,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
     """``predict --task segmentation``: colour overlays and id masks, one image at a time, failures named."""
-    from .factory import load_checkpoint
     from .segmentation.predict import predict_segmentation
     from .weights import CheckpointError
 
     start = time.perf_counter()
     try:
-        model = load_checkpoint(args.checkpoint, args.model)
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet predict: {e}", file=sys.stderr)
         return 1
@@ -494,24 +473,24 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="image files, folders, or quoted glob patterns ('photos/**/*.jpg')")  # fmt: skip
-    p.add_argument("--checkpoint", required=True, help="model file (ours, or effdet's with --model)")
-    p.add_argument("--model", help="model name, needed only for effdet's files")
+    add_weights_options(p)
+    p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
-    p.add_argument("--score-threshold", type=_fraction, default=DEFAULT_SCORE_THRESHOLD,
+    p.add_argument("--score-threshold", type=fraction, default=DEFAULT_SCORE_THRESHOLD,
                    help=f"keep detections scoring at least this (default {DEFAULT_SCORE_THRESHOLD})")  # fmt: skip
     p.add_argument("--nms", choices=["hard", "soft"], default="hard",
                    help="hard: greedy NMS at --iou (default); soft: Gaussian soft-NMS, sigma 0.5")  # fmt: skip
-    p.add_argument("--iou", type=_fraction, default=NMS_IOU, help=f"hard-NMS IoU threshold (default {NMS_IOU})")
+    p.add_argument("--iou", type=fraction, default=NMS_IOU, help=f"hard-NMS IoU threshold (default {NMS_IOU})")
     p.add_argument("--class-agnostic", action="store_true", help="boxes of different classes suppress each other")
-    p.add_argument("--max-det", type=_positive_int, default=MAX_DETECTIONS,
+    p.add_argument("--max-det", type=positive_int, default=MAX_DETECTIONS,
                    help=f"detections kept per image (default {MAX_DETECTIONS})")  # fmt: skip
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; large images go alone)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--img-size", type=_positive_int, help="input size (default: the model's own)")
+    p.add_argument("--img-size", type=positive_int, help="input size (default: the model's own)")
     p.add_argument("--recursive", action="store_true", help="also take images from subfolders of folder sources")
     p.add_argument("--no-draw", dest="draw", action="store_false", help="write only detections.json")
-    p.add_argument("--max-pixels", type=_non_negative_int, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=non_negative_int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip larger images (default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; 0: none)")  # fmt: skip
     p.add_argument("--task", choices=["detection", "segmentation"], default="detection",
                    help="segmentation: write <stem>_overlay.png and <stem>_mask.png (class ids) per image")  # fmt: skip

@@ -17,23 +17,25 @@ import dataclasses
 import logging
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from .anchors import anchors_for_config
 from .atomic import atomic_open
-from .config import get_config
-from .data.dataset import DetectionDataset, loader_kwargs
+from .config import ModelConfig, get_config, list_models
+from .data.dataset import Batch, DetectionDataset, loader_kwargs
+from .data.images import ImageReadError, load_image
 from .data.readers import read_dataset
+from .data.records import DetectionData, ImageRecord
+from .data_check import data_summary
 from .distributed import (
     DistEnv,
     GlobalBatchSampler,
@@ -44,14 +46,21 @@ from .distributed import (
     convert_sync_batchnorm,
     distributed_session,
 )
-from .evaluate import format_metrics
-from .factory import config_for_checkpoint, load_pretrained_backbone, save_model
+from .draw import draw_batch, draw_detections
+from .eval_plots import write_evaluation_plots
+from .evaluate import CocoEvaluation, format_metrics
+from .factory import checkpoint_labels, config_for_checkpoint, load_pretrained_backbone, save_model
+from .fields import check_fields, increasing_pair, int_at_least, number_in, one_of
+from .finetune import describe_mapping, shared_classes, transfer_state
+from .hub import detection_weights_file, resolve_weights
 from .labeler import AnchorLabeler
 from .losses import BOX_LOSS_WEIGHT, detection_loss
 from .nn.detector import EfficientDet
 from .plot import plot_training_metrics
 from .postprocess import flatten_outputs
-from .validate import validate
+from .progress import progress_bar
+from .tensorboard_log import TensorBoardLogger
+from .validate import evaluate_model, predict_records
 from .weights import CheckpointError, load_weights, read_checkpoint, read_file
 
 LOG = logging.getLogger(__name__)
@@ -69,6 +78,10 @@ WEIGHT_DECAY = 4e-5
 CLIP_NORM = 10.0
 EMA_DECAY = 0.9998
 MAX_BAD_STEPS = 20  # consecutive non-finite steps before training stops
+TENSORBOARD_DIR = "tensorboard"  # under the output folder
+PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
+TENSORBOARD_IMAGES = 4  # validation images drawn with the EMA model's detections at each evaluation
+TENSORBOARD_SCORE_THRESHOLD = 0.3  # as `efficientdet predict` draws: lower scores only clutter the picture
 
 
 class TrainingError(RuntimeError):
@@ -79,43 +92,58 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Every option of `efficientdet train` (the CLI maps its flags one to one onto these fields)."""
 
-    model: str = "efficientdet-lite0"
+    model: str = field(default="efficientdet-lite0", metadata=one_of(list_models()))
     data: str | None = None
     format: str | None = None
     train_split: str = "train"
     val_split: str | None = "val"
-    epochs: int = 60
-    batch_size: int = 8  # per process: the global batch is world_size * batch_size
-    img_size: int | None = None
+    epochs: int = field(default=60, metadata=int_at_least(1))
+    batch_size: int = field(default=8, metadata=int_at_least(1))  # per process: global = world_size * batch_size
+    img_size: int | None = field(default=None, metadata=int_at_least(1, optional=True))  # None: the model's own
     output: str = "runs/train"
-    lr: float | None = None  # None: DEFAULT_LR_PER_64 * global batch / 64 (the paper's COCO rule: 0.08 per 64)
-    warmup_epochs: float = 1.0
-    weight_decay: float = WEIGHT_DECAY
-    scale_range: tuple[float, float] = DEFAULT_TRAIN_SCALE_RANGE
-    hflip: float = 0.5
-    ema_decay: float = EMA_DECAY
-    clip_norm: float = CLIP_NORM
+    # None: DEFAULT_LR_PER_64 * global batch / 64 (the paper's COCO rule: 0.08 per 64)
+    lr: float | None = field(default=None, metadata=number_in(0, low_open=True, optional=True))
+    warmup_epochs: float = field(default=1.0, metadata=number_in(0))
+    weight_decay: float = field(default=WEIGHT_DECAY, metadata=number_in(0))
+    scale_range: tuple[float, float] = field(default=DEFAULT_TRAIN_SCALE_RANGE, metadata=increasing_pair(0.0))
+    hflip: float = field(default=0.5, metadata=number_in(0, 1))
+    ema_decay: float = field(default=EMA_DECAY, metadata=number_in(0, 1, high_open=True))
+    clip_norm: float = field(default=CLIP_NORM, metadata=number_in(0, low_open=True))
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
-    box_loss_weight: float = BOX_LOSS_WEIGHT
-    pretrained_backbone: bool = False
-    checkpoint: str | None = None
+    box_loss_weight: float = field(default=BOX_LOSS_WEIGHT, metadata=number_in(0))
+    # ImageNet backbone weights for a fresh start (packaged for Lite0-2, else downloaded once): a detector trained
+    # from a random backbone on a small dataset is a trap nobody asks for. Unused with checkpoint / pretrained.
+    pretrained_backbone: bool = True
+    checkpoint: str | None = None  # fine-tune from this file (or URL)
+    pretrained: bool = False  # fine-tune from the model's published COCO weights (efficientdet.hub)
     resume: str | None = None
     freeze_backbone: bool = False
     # With freeze_backbone: the conv weights of the backbone's last N stages train all the same (its BN layers,
     # statistics and affine, stay frozen everywhere, as torchvision's trainable_backbone_layers with FrozenBN).
-    trainable_stages: int = 0
-    workers: int = 2
+    trainable_stages: int = field(default=0, metadata=int_at_least(0))
+    workers: int = field(default=2, metadata=int_at_least(0))
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16" (CPU too), "fp16" (CUDA)
-    eval_interval: int = 1
-    max_steps: int | None = None  # stop after this many optimiser steps in total (tests, smoke runs)
+    # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16" (CPU too), "fp16" (CUDA)
+    amp: str = field(default="auto", metadata=one_of(("auto", "off", "bf16", "fp16")))
+    eval_interval: int = field(default=1, metadata=int_at_least(1))
+    # stop after this many optimiser steps in total (tests, smoke runs)
+    max_steps: int | None = field(default=None, metadata=int_at_least(1, optional=True))
     sync_bn: bool = False  # under torchrun: BN statistics over the global batch (the paper's setting)
     grad_checkpoint: bool = False  # recompute backbone / BiFPN activations in backward: less memory, slower steps
     # NHWC tensors: oneDNN runs the forward and the frozen-backbone backward ~1.5x faster on CPU (EfficientNet-Lite0,
     # 320-448 px, measured on this project's machine); the weights and the checkpoints are the same either way.
     channels_last: bool = True
+    # TensorBoard logs in OUTPUT/tensorboard (rank 0): losses and lr per step, the metrics.csv row per epoch,
+    # validation images with the EMA model's detections
+    tensorboard: bool = False
     model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scale_range = tuple(self.scale_range)  # type: ignore[assignment]  # lists from JSON / old checkpoints
+        check_fields(self)
+        if self.pretrained and self.checkpoint:
+            raise ValueError("give --checkpoint or --pretrained (the published weights), not both")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -225,41 +253,42 @@ def _as_tuple(x: Any) -> Any:
 # --------------------------------------------------------------------------------------------- model set-up
 
 
-def build_model(cfg: TrainConfig, class_names: list[str]) -> EfficientDet:
+def build_model(cfg: TrainConfig, class_names: list[str], category_ids: list[int] | None = None) -> EfficientDet:
     """A model for ``class_names``: fresh, from ImageNet backbone weights, or fine-tuned from a checkpoint.
 
-    A checkpoint with another class count keeps its backbone and feature network; the heads start afresh.
+    A checkpoint (``checkpoint``, or ``pretrained``: the published COCO weights) gives everything but the rows of
+    the class head for classes it does not know by name, which start afresh (:mod:`efficientdet.finetune`); the
+    mapping is logged. ``category_ids``: the dataset's ids of the classes (COCO JSON), kept with the model.
     """
     num_classes = len(class_names)
     overrides = dict(cfg.model_overrides)
     if cfg.img_size:
         overrides["image_size"] = cfg.img_size
-    if cfg.checkpoint:
-        ckpt = read_checkpoint(cfg.checkpoint)
-        settings = config_for_checkpoint(get_config(cfg.model), ckpt, str(cfg.checkpoint))
-        same_classes = settings.get("num_classes", num_classes) == num_classes
+    start = resolve_weights(cfg.checkpoint) if cfg.checkpoint else None
+    if cfg.pretrained:
+        start = str(detection_weights_file(cfg.model))
+    if start:
+        ckpt = read_checkpoint(start)
+        settings = config_for_checkpoint(get_config(cfg.model), ckpt, start)
+        source_classes = get_config(cfg.model).replace(**settings).num_classes
+        source_names, _ = checkpoint_labels(ckpt, source_classes)
         settings.update(overrides, num_classes=num_classes)
         model = EfficientDet(get_config(cfg.model).replace(**settings))
-        state = ckpt.state_dict
-        if not same_classes:
-            LOG.info(
-                "%s: %s classes -> %d: heads re-initialised", cfg.checkpoint, _describe_class_outputs(ckpt), num_classes
-            )
-            state = {k: v for k, v in state.items() if not k.startswith(("class_net.", "box_net."))}
-            own = model.state_dict()
-            state.update({k: v for k, v in own.items() if k.startswith(("class_net.", "box_net."))})
-        load_weights(model, state, source=str(cfg.checkpoint))
+        if source_names is None and source_classes == num_classes:
+            rows = {i: i for i in range(num_classes)}  # names unknown, same count: the classes in their order
+        else:
+            rows = shared_classes(source_names, class_names)
+        state, kept = transfer_state(ckpt.state_dict, model, rows, source_classes)
+        load_weights(model, state, source=start)
+        LOG.info("fine-tuning from %s: %d classes -> %d: %s", start, source_classes, num_classes,
+                 describe_mapping(kept, source_names, class_names))  # fmt: skip
     else:
         model = EfficientDet(get_config(cfg.model, num_classes=num_classes, **overrides))
-        if cfg.pretrained_backbone:
+        if cfg.pretrained_backbone and not cfg.resume:  # a resumed run loads its own weights over these
             load_pretrained_backbone(model)
     model.class_names = list(class_names)
+    model.category_ids = [int(i) for i in category_ids] if category_ids is not None else None
     return model
-
-
-def _describe_class_outputs(ckpt: Any) -> str:
-    w = ckpt.state_dict.get("class_net.predict.pointwise.weight")
-    return "?" if w is None else f"{w.shape[0]} outputs"
 
 
 def _freeze_backbone(model: nn.Module, trainable_stages: int = 0) -> None:
@@ -307,6 +336,20 @@ def _report_fixes(name: str, fixes: dict[str, int]) -> None:
         )
 
 
+def _save_batch_preview(batch: Batch, path: Path, config: ModelConfig, class_names: list[str]) -> None:
+    """``train_batch0.jpg``: the first batch as the network gets it (augmented), with its target boxes.
+
+    Wrong labels, boxes shifted by a bad format guess or lost by augmentation show at a glance, before hours of
+    training. A file that cannot be written is a warning, never a reason to stop the run.
+    """
+    try:
+        picture = draw_batch(batch.images, batch.targets, config.mean, config.std, class_names)
+        with atomic_open(path, "wb") as f:
+            picture.save(f, format="JPEG", quality=90)
+    except OSError as e:
+        LOG.warning("could not write %s: %s", path, e)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) and return the final summary: best AP, metrics of the last evaluation, paths.
 
@@ -318,10 +361,70 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         level = quiet.level
         if not env.is_main:  # one copy of each message: rank 0 speaks for the job
             quiet.setLevel(logging.WARNING)
+        # rank 0 alone writes TensorBoard logs; the event file is opened on the first write
+        tb = TensorBoardLogger(Path(cfg.output) / TENSORBOARD_DIR) if cfg.tensorboard and env.is_main else None
         try:
-            return _train(cfg, env, device)
+            return _train(cfg, env, device, tb)
         finally:
+            if tb is not None:
+                tb.close()
             quiet.setLevel(level)
+
+
+def _log_epoch(
+    tb: TensorBoardLogger,
+    row: dict[str, Any],
+    model: EfficientDet,
+    val_data: DetectionData | None,
+    device: torch.device,
+) -> None:
+    """The epoch's metrics.csv row under ``epoch/`` (x: the epoch); after an evaluation (``val_data`` given) also the
+    first validation images with ``model``'s detections, the same images every time so one sees them improve."""
+    epoch = int(row["epoch"])
+    tb.scalars("epoch", {k: v for k, v in row.items() if k != "epoch"}, epoch)
+    if val_data is not None:
+        tb.images("val/predictions", _draw_predictions(model, val_data.records[:TENSORBOARD_IMAGES], device), epoch)
+    tb.flush()
+
+
+def _draw_predictions(model: EfficientDet, records: list[ImageRecord], device: torch.device) -> list[np.ndarray]:
+    """Each readable image of ``records`` with ``model``'s detections drawn (HxWx3 uint8).
+
+    Predicted as validation predicts (``predict_records``: batches in the model's own memory layout; a
+    channels-last model fed NCHW images, as ``inference.Detector`` feeds them, runs several times slower on CPU).
+    """
+    dets, _ = predict_records(model, records, device=device, score_threshold=TENSORBOARD_SCORE_THRESHOLD)
+    drawn = []
+    for record, det in zip(records, dets):
+        try:
+            image = load_image(record.path)
+        except ImageReadError:
+            continue  # validation has already reported it
+        picture = draw_detections(image, det["boxes"], det["labels"], det["scores"], model.class_names)
+        drawn.append(np.asarray(picture))
+    return drawn
+
+
+def _log_pr_curves(tb: TensorBoardLogger, evaluation: CocoEvaluation, epoch: int) -> None:
+    """Each class's validation PR curve at IoU 0.5 (pycocotools' interpolated precision), under ``val/pr/``."""
+    t = evaluation.iou_index(0.5)
+    for k, name in enumerate(evaluation.class_names):
+        tb.pr_curve(f"val/pr/{name}", evaluation.precision[t, :, k], evaluation.recall_thresholds, epoch)
+    tb.flush()
+
+
+def _check_validation_split(cfg: TrainConfig, val_data: Any, speak: bool) -> None:
+    """An empty validation split is a mistake worth stopping for; one without boxes scores AP -1 (undefined)."""
+    if not len(val_data):
+        raise TrainingError(
+            f"{cfg.data}: validation split {cfg.val_split!r} has no images; "
+            "name another with --val-split, or --val-split none to train without evaluation"
+        )
+    if speak and not any(len(r.boxes) for r in val_data.records):
+        LOG.warning(
+            "validation split %r has %d images but no boxes: AP is undefined (-1) at every evaluation",
+            cfg.val_split, len(val_data),
+        )  # fmt: skip
 
 
 def _rank_rng_state(env: DistEnv) -> list[dict[str, Any]] | None:
@@ -329,10 +432,9 @@ def _rank_rng_state(env: DistEnv) -> list[dict[str, Any]] | None:
     return all_gather_objects(rng_state()) if env.distributed else None
 
 
-def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
+def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, tb: TensorBoardLogger | None = None) -> dict[str, Any]:
+    # every input is read and checked before the output folder exists: a failed start leaves nothing behind
     out = Path(cfg.output)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     if cfg.data is None:
         raise TrainingError("no --data given (run `efficientdet demo` for a synthetic dataset)")
@@ -343,11 +445,12 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
         _report_fixes(cfg.train_split, train_data.fixes)
     val_data = read_dataset(cfg.data, cfg.format, cfg.val_split) if cfg.val_split else None
     if val_data is not None:
+        _check_validation_split(cfg, val_data, env.is_main)
         if env.is_main:
             _report_fixes(cfg.val_split, val_data.fixes)
         val_data = val_data.with_class_names(train_data.class_names)
 
-    model = build_model(cfg, train_data.class_names).to(device)
+    model = build_model(cfg, train_data.class_names, train_data.category_ids).to(device)
     model.grad_checkpoint = cfg.grad_checkpoint
     if cfg.trainable_stages and not cfg.freeze_backbone:
         raise TrainingError("trainable_stages only applies with freeze_backbone (without it every stage trains)")
@@ -359,6 +462,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
     size = model_cfg.image_size
     anchors = anchors_for_config(model_cfg, (size, size)).to(device)
     labeler = AnchorLabeler(anchors)
+    if env.is_main:
+        LOG.info(data_summary(train_data, cfg.train_split, model_cfg, size))
 
     dataset = DetectionDataset(
         train_data.records, size, model_cfg.mean, model_cfg.std, train=True, scale_range=tuple(cfg.scale_range),
@@ -379,6 +484,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=peak_lr, momentum=MOMENTUM)
     use_amp, amp_dtype = amp_mode(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if env.is_main:  # inputs, model and options are fine: now the run may leave files
+        out.mkdir(parents=True, exist_ok=True)
     if env.rank > 0:  # rank 0 keeps the single-process stream; the others draw their own stochastic depth masks
         seed_everything(cfg.seed + 100_003 * env.rank)
 
@@ -417,6 +524,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
     last_metrics: dict[str, float] = {}
     class_names = train_data.class_names
     bad_streak = 0  # consecutive non-finite steps, across epoch boundaries
+    preview = out / "train_batch0.jpg" if env.is_main and not cfg.resume else None  # a fresh run's first batch
     for epoch in range(start_epoch, cfg.epochs):
         dataset.set_epoch(epoch)
         loader = DataLoader(
@@ -431,12 +539,14 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
         sums = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0}
         n_steps, n_images, skipped_images = 0, 0, 0
         t0 = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr, mininterval=1.0,
-                   disable=not env.is_main)  # fmt: skip
+        bar = progress_bar(loader, f"epoch {epoch + 1}/{cfg.epochs}", enabled=env.is_main, leave=False)
         for batch in bar:
             skipped_images += batch.skipped
             if not len(batch) and not env.distributed:
                 continue
+            if preview is not None and len(batch):
+                _save_batch_preview(batch, preview, model_cfg, class_names)
+                preview = None
             targets = labeler([{k: v.to(device) for k, v in t.items()} for t in batch.targets]) if len(batch) else None
             if env.distributed:
                 # every rank takes part in every step or none does; the loss normaliser counts all ranks' positives
@@ -492,6 +602,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
             n_images += step_images
             for k, v in zip(sums, parts):
                 sums[k] += v.item()
+            if tb is not None:  # train/loss, train/cls_loss, train/box_loss (global batch) and train/lr per step
+                tb.scalars("train", {**{k: float(v) for k, v in zip(sums, parts)}, "lr": lr}, step)
             rate = n_images / max(1e-9, time.time() - t0)
             bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}", cls=f"{sums['cls_loss'] / n_steps:.4f}",
                             box=f"{sums['box_loss'] / n_steps:.5f}", lr=f"{lr:.4g}", img_s=f"{rate:.1f}")  # fmt: skip
@@ -518,10 +630,12 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
         evaluate_now = val_data is not None and (
             (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs or stop
         )
+        evaluation = None
         if evaluate_now:
-            last_metrics = validate(
+            evaluation = evaluate_model(
                 ema.module, val_data, size, cfg.batch_size, cfg.workers, device, distributed=env.distributed
             )
+            last_metrics = evaluation.metrics
             row.update(last_metrics)
         history.append(row)
         summary = (
@@ -560,6 +674,13 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device) -> dict[str, An
                 save_model(ema.module, best_path, class_names, metrics=dict(last_metrics))
             write_metrics_csv(metrics_csv, history)
             plot_training_metrics(str(metrics_csv), str(out / "metrics.png"))
+            if tb is not None:
+                _log_epoch(tb, row, ema.module, val_data if evaluate_now else None, device)
+                if evaluation is not None:
+                    _log_pr_curves(tb, evaluation.coco, epoch + 1)
+            last_epoch = stop or epoch + 1 == cfg.epochs
+            if evaluation is not None and last_epoch:  # why the final weights score what they score
+                write_evaluation_plots(evaluation.coco, val_data, evaluation.detections, out / PLOTS_DIR)
         if stop:
             break
     if env.is_main and not best_path.exists():

@@ -41,6 +41,8 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] | None = None  # ours only
     class_names: list[str] | None = None
+    # the dataset's own id of each class (COCO JSON category ids), when it had them; files before it: None
+    category_ids: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,8 +93,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         sd = obj.get("state_dict")
         if not _is_state_dict(sd):
             raise CheckpointError(f"{path}: efficientdet checkpoint without a 'state_dict' of tensors")
-        extra = {k: v for k, v in obj.items() if k not in ("format", "version", "config", "state_dict", "class_names")}
-        return Checkpoint(path, FORMAT_NAME, dict(sd), obj.get("config"), obj.get("class_names"), extra)
+        own = ("format", "version", "config", "state_dict", "class_names", "category_ids")
+        extra = {k: v for k, v in obj.items() if k not in own}
+        ids = obj.get("category_ids")
+        ids = [int(i) for i in ids] if ids is not None else None
+        return Checkpoint(path, FORMAT_NAME, dict(sd), obj.get("config"), obj.get("class_names"), ids, extra)
     if _is_state_dict(obj):
         sd = obj
     elif isinstance(obj, Mapping):
@@ -304,9 +309,13 @@ def checkpoint_dict(
     state_dict: Mapping[str, torch.Tensor],
     config: dict[str, Any],
     class_names: list[str] | None = None,
+    category_ids: list[int] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Our file format: plain containers and tensors only, so it loads with ``weights_only=True``."""
+    """Our file format: plain containers and tensors only, so it loads with ``weights_only=True``.
+
+    ``category_ids``: the dataset's id of each class (COCO JSON), so predictions can be written in its ids.
+    """
     obj = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -315,6 +324,8 @@ def checkpoint_dict(
     }
     if class_names is not None:
         obj["class_names"] = list(class_names)
+    if category_ids is not None:
+        obj["category_ids"] = [int(i) for i in category_ids]
     obj.update(extra)
     return obj
 

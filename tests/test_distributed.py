@@ -206,9 +206,10 @@ def test_two_processes_train_like_one_process_with_twice_the_batch_and_resume_ex
     from efficientdet.weights import read_file
 
     data = raccoon_subset(tmp_path, n_train=8, n_val=2)
+    # a random backbone (as measured; no ImageNet download in tests)
     common = dict(model="efficientdet-d0", data=str(data), format="voc", img_size=128, workers=0, epochs=2,
                   lr=1e-3, warmup_epochs=0.0, scale_range=(0.5, 1.5), hflip=0.5, val_split="val",
-                  model_overrides={"drop_path_rate": 0.0}, channels_last=False)  # fmt: skip
+                  model_overrides={"drop_path_rate": 0.0}, channels_last=False, pretrained_backbone=False)  # fmt: skip
     single = TrainConfig(**common, batch_size=4, output=str(tmp_path / "single"))
     train(single)
 

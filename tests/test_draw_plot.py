@@ -1,4 +1,4 @@
-"""Drawing detections on images and the Pillow-only training plots."""
+"""Drawing detections on images, and the training plots (matplotlib, written as PNG)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from PIL import Image, ImageFont
 
 from efficientdet import draw as draw_module
 from efficientdet.draw import class_color, draw_detections
-from efficientdet.plot import DEFAULT_SIZE, nice_ticks, plot_curves, plot_training_metrics, read_metrics_csv
+from efficientdet.plot import (
+    new_figure,
+    plot_segmentation_metrics,
+    plot_training_metrics,
+    read_metrics_csv,
+    save_figure,
+)
+
+PANEL = (800, 450)  # pixels of one panel of a metrics plot
 
 
 def gray_image(h: int = 120, w: int = 160) -> np.ndarray:
@@ -71,61 +79,68 @@ def test_draw_falls_back_when_load_default_takes_no_size(monkeypatch):
         draw_module.default_font.cache_clear()
 
 
-def test_nice_ticks_cover_the_range():
-    assert nice_ticks(0, 1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    assert nice_ticks(1, 50) == [0, 10, 20, 30, 40, 50]
-    ticks = nice_ticks(0.31, 1.23)
-    assert ticks[0] <= 0.31 and ticks[-1] >= 1.23
-
-
-def test_plot_curves_writes_a_png(tmp_path):
-    path = tmp_path / "plots" / "loss.png"
-    series = {
-        "loss": [(e, 1.0 / e) for e in range(1, 11)],
-        "val": [(e, math.nan if e % 3 else 0.5) for e in range(1, 11)],
-    }
-    plot_curves(path, series, title="loss")
+def png_pixels(path, size):
+    """The RGB pixels of the PNG ``path``, checked to be ``size`` (width, height) and not blank."""
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == DEFAULT_SIZE
+        assert im.format == "PNG" and im.size == size
         pixels = np.asarray(im.convert("RGB"))
-    assert (pixels != 255).any(axis=2).mean() > 0.01  # something was drawn
-    assert [p.name for p in path.parent.iterdir()] == ["loss.png"]  # the temp file was renamed away
+    assert (pixels != 255).any(axis=2).mean() > 0.01  # something was drawn on the white background
+    return pixels
 
 
-@pytest.mark.parametrize(
-    "series",
-    [{"one": [(3.0, 0.25)]}, {"empty": []}, {}, {"all_nan": [(1.0, math.nan), (math.nan, 2.0)]}],
-    ids=["single-point", "empty-series", "no-series", "all-nan"],
-)
-def test_plot_curves_edge_cases(tmp_path, series):
-    path = tmp_path / "p.png"
-    plot_curves(path, series, size=(300, 200))
-    with Image.open(path) as im:
-        im.load()
-        assert im.size == (300, 200)
+def test_save_figure_writes_a_png_atomically(tmp_path):
+    fig, ax = new_figure(4, 3)
+    ax.plot([0, 1, 2], [1, 0, 1])
+    path = tmp_path / "plots" / "curve.png"
+    save_figure(fig, path)
+    png_pixels(path, (400, 300))
+    assert [p.name for p in path.parent.iterdir()] == ["curve.png"]  # the temp file was renamed away
+    _, axes = new_figure(nrows=2, ncols=3)
+    assert axes.shape == (2, 3)
+
+
+def write_csv(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def test_plot_training_metrics_with_missing_cells(tmp_path):
-    csv_path = tmp_path / "metrics.csv"
     rows = ["epoch,train_loss,train_cls_loss,train_box_loss,AP,AP50,lr"]
     for e in range(1, 7):
         ap = f"{0.1 * e:.2f},{0.15 * e:.2f}" if e % 2 == 0 else ","
         rows.append(f"{e},{2 / e:.3f},{1.5 / e:.3f},{0.5 / e:.3f},{ap},0.01")
+    rows.append("7,nan,1.0,,-1,-1,0.01")  # NaN, empty and pycocotools' "undefined" cells
     rows.append(",,,,,,")  # a row without an epoch is ignored
-    csv_path.write_text("\n".join(rows) + "\n")
+    csv_path = write_csv(tmp_path / "metrics.csv", rows)
     curves = read_metrics_csv(csv_path)
-    assert len(curves["train_loss"]) == 6 and math.isnan(curves["AP"][0][1]) and curves["AP"][1] == (2.0, 0.2)
+    assert len(curves["train_loss"]) == 7 and math.isnan(curves["AP"][0][1]) and curves["AP"][1] == (2.0, 0.2)
+    assert math.isnan(curves["train_loss"][6][1])
 
     png = tmp_path / "metrics.png"
     plot_training_metrics(csv_path, png)
-    with Image.open(png) as im:
-        assert im.size == (DEFAULT_SIZE[0], 2 * DEFAULT_SIZE[1])
+    png_pixels(png, (PANEL[0], 2 * PANEL[1]))
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
-def test_plot_training_metrics_header_only_and_no_ap_columns(tmp_path):
-    for text in ("epoch,train_loss,AP,AP50\n", "epoch,train_loss\n1,0.5\n2,0.4\n"):
-        csv_path = tmp_path / "metrics.csv"
-        csv_path.write_text(text)
-        plot_training_metrics(csv_path, tmp_path / "m.png")
-        with Image.open(tmp_path / "m.png") as im:
-            assert im.size == (DEFAULT_SIZE[0], 2 * DEFAULT_SIZE[1])
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["epoch,train_loss,AP,AP50"],  # header only
+        ["epoch,train_loss,AP,AP50", "1,0.5,,"],  # a single row
+        ["epoch,train_loss", "1,0.5", "2,0.4"],  # no AP columns
+        ["epoch,train_loss,AP", "1,nan,-1", "2,,-1"],  # nothing finite
+    ],
+    ids=["header-only", "single-row", "no-ap-columns", "all-missing"],
+)
+def test_plot_training_metrics_edge_cases(tmp_path, lines):
+    csv_path = write_csv(tmp_path / "metrics.csv", lines)
+    plot_training_metrics(csv_path, tmp_path / "m.png")
+    png_pixels(tmp_path / "m.png", (PANEL[0], 2 * PANEL[1]))
+
+
+def test_plot_segmentation_metrics(tmp_path):
+    lines = ["epoch,train_loss,lr,mIoU,pixel_acc,iou_road"]
+    lines += [f"{e},{1 / e:.3f},0.01,{0.1 * e:.2f},{0.2 * e:.2f},0.5" for e in range(1, 4)]
+    csv_path = write_csv(tmp_path / "metrics.csv", lines)
+    plot_segmentation_metrics(csv_path, tmp_path / "seg.png")
+    png_pixels(tmp_path / "seg.png", (PANEL[0], 2 * PANEL[1]))

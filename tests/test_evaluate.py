@@ -12,11 +12,13 @@ import torch
 from efficientdet.data.records import DetectionData, ImageRecord
 from efficientdet.evaluate import (
     METRIC_KEYS,
+    coco_evaluation,
     coco_ground_truth,
     coco_metrics,
     detections_to_coco,
     evaluate_detections,
     format_metrics,
+    format_per_class,
 )
 
 # COCO interpolates precision at 101 recall points 0.00, 0.01, ..., 1.00. With one TP then one FP over 2 GT boxes,
@@ -186,7 +188,8 @@ def test_evaluate_detections_writes_both_files(mixed_records, tmp_path):
     m = evaluate_detections(data, perfect(mixed_records), json_path=metrics_path, detections_path=dets_path)
     assert set(m) == set(METRIC_KEYS)
     written = json.loads(metrics_path.read_text())
-    assert set(written) == {*METRIC_KEYS, "detections"}
+    assert set(written) == {*METRIC_KEYS, "per_class", "images", "unreadable_images", "detections"}
+    assert [row["class"] for row in written["per_class"]] == ["a", "b"] and written["images"] == 3
     assert written["detections"] == str(dets_path)
     assert {k: written[k] for k in METRIC_KEYS} == m
     saved = json.loads(dets_path.read_text())
@@ -206,3 +209,46 @@ def test_evaluate_detections_rejects_misaligned_input(mixed_records):
 def test_format_metrics():
     m = {"AP": 0.6123, "AP50": 0.921, "AP75": 0.7, "APs": -1.0, "APm": 0.4, "APl": 0.65}
     assert format_metrics(m) == "AP 0.612 | AP50 0.921 | AP75 0.700 | APs -1.000 | APm 0.400 | APl 0.650"
+
+
+def test_per_class_table_hand_computed():
+    """Class a: 2 boxes, an exact hit ranked above a miss -> AP 51/101 at every IoU, AR 0.5. Class b: one box
+    found at IoU 0.72 -> counted at the 5 thresholds 0.50..0.70 of 10: AP 0.5, AP50 1, AP75 0, AR 0.5. Class c has
+    no ground truth: undefined (-1) and left out of the headline mean, which is the mean of the defined rows."""
+    records = [record(1, [[10, 10, 60, 60], [100, 100, 160, 160], [200, 200, 300, 300]], [0, 0, 1])]
+    detections = [dets([[10, 10, 60, 60], [300, 10, 350, 60], [200, 200, 272, 300]], [0, 0, 1], [0.9, 0.8, 0.7])]
+    gt = coco_ground_truth(records, ["a", "b", "c"])
+    evaluation = coco_evaluation(gt, detections_to_coco([1], detections))
+    a, b, c = evaluation.per_class
+    half = HALF_RECALL_AP
+    assert (a["class"], a["AP"], a["AP50"], a["AP75"], a["AR100"]) == ("a", *[pytest.approx(half)] * 3, 0.5)
+    assert (a["gt_boxes"], a["detections"]) == (2, 2)
+    assert (b["AP"], b["AP50"], b["AP75"], b["AR100"]) == pytest.approx((0.5, 1.0, 0.0, 0.5))
+    assert (b["gt_boxes"], b["detections"]) == (1, 1)
+    assert (c["AP"], c["AP50"], c["AR100"], c["gt_boxes"], c["detections"]) == (-1, -1, -1, 0, 0)
+    assert evaluation.metrics["AP"] == pytest.approx((half + 0.5) / 2)
+    assert evaluation.metrics["AP50"] == pytest.approx((half + 1.0) / 2)
+    # the arrays behind the table: class a's precision at IoU 0.5 is 1 up to recall 0.5, then 0
+    p50 = evaluation.precision[evaluation.iou_index(0.5), :, 0]
+    assert p50[:51] == pytest.approx(np.ones(51)) and (p50[51:] == 0).all()
+    assert evaluation.scores[0, 0, 0] == pytest.approx(0.9)
+    table = format_per_class(evaluation).splitlines()
+    assert table[0].split() == ["class", "AP", "AP50", "AP75", "AR100", "boxes", "dets"]
+    assert table[3].split() == ["c", "-", "-", "-", "-", "0", "0"]
+
+
+def test_coco_area_field_decides_size_split(tmp_path):
+    """COCO's APs/APm/APl use each annotation's ``area`` (the mask's area), not the box's: a 40x40 box (box area
+    1600, medium) whose annotation says area 900 is a small object."""
+    from efficientdet.data.readers import read_coco
+
+    coco = {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 200, "height": 200}],
+        "categories": [{"id": 3, "name": "cell"}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [50, 50, 40, 40], "area": 900}],
+    }
+    path = tmp_path / "instances_val.json"
+    path.write_text(json.dumps(coco))
+    data = read_coco(path)
+    m = evaluate_detections(data, [dets([[50, 50, 90, 90]], [0], [0.9])])
+    assert m["APs"] == pytest.approx(1.0) and m["APm"] == -1.0

@@ -35,7 +35,7 @@ def test_boxes_are_in_original_pixels(detector):
     """Boxes come back through the pre-processing's scale (longer side 160 -> 128) and are clipped to the image."""
     array = np.random.default_rng(1).integers(0, 255, (90, 160, 3), dtype=np.uint8)
     batch, scales, sizes = detector.preprocess([array])
-    assert scales == [pytest.approx(0.8)] and sizes == [(90, 160)]
+    assert scales == [pytest.approx((0.8, 0.8))] and sizes == [(90, 160)]
     in_input_pixels = detector.predict_tensor(batch)[0]["boxes"]
     expected = in_input_pixels / 0.8
     expected[:, 0::2] = expected[:, 0::2].clamp(0, 160)

@@ -33,13 +33,31 @@ def test_positive_negative_and_force_match():
 
 
 def test_iou_exactly_half_is_positive():
-    lab = AnchorLabeler(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 20]]))  # (y1, x1, y2, x2)
-    # GT x 0..10, y 0..15: anchor 0 (10x10) IoU 100/150 = .667 positive; anchor 1 (20 wide) IoU 100/250 = .4
-    cls, _, npos = lab.label_image(torch.tensor([[0.0, 0, 10, 15]]), torch.tensor([1]))
-    assert cls.tolist() == [1, NEGATIVE] and npos == 1
-    lab = AnchorLabeler(torch.tensor([[0.0, 0, 10, 20], [100.0, 100, 110, 110]]))
-    cls, _, _ = lab.label_image(torch.tensor([[0.0, 0, 10, 10], [100, 100, 110, 110]]), torch.tensor([0, 0]))
-    assert cls.tolist() == [0, 0]  # IoU 100/200 = 0.5 exactly counts as positive
+    """The probe is *not* the box's best anchor, so force-matching cannot make it positive: only ``>= 0.5`` does."""
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 20], [0, 0, 10, 20.5]])  # (y1, x1, y2, x2)
+    gt, label = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([1])
+    # anchor 0 is the box itself (IoU 1, the best); anchor 1 has IoU 100/200 = 0.5 exactly; anchor 2 100/205
+    assert box_iou(anchors[:, [1, 0, 3, 2]], gt)[:, 0].tolist() == [1.0, 0.5, pytest.approx(100 / 205)]
+    cls, _, npos = AnchorLabeler(anchors).label_image(gt, label)
+    assert cls.tolist() == [1, 1, NEGATIVE] and npos == 2
+    # just above 0.5 the same probe is background: the threshold is what decides it
+    cls, _, _ = AnchorLabeler(anchors, match_iou=0.5 + 1e-6).label_image(gt, label)
+    assert cls.tolist() == [1, NEGATIVE, NEGATIVE]
+
+
+def test_contested_anchor_goes_to_the_first_box():
+    """Two boxes whose best anchor is the same: the official matcher (argmax over a one-hot of the forced
+    matches) gives it to the first box, even though the second overlaps it more."""
+    anchors = torch.tensor([[0.0, 0, 10, 10], [100.0, 100, 110, 110]])
+    boxes = torch.tensor([[0.0, 0, 9, 10], [0.0, 0, 10, 10]])  # IoU with anchor 0: 0.9 and 1.0
+    cls, box, npos = AnchorLabeler(anchors).label_image(boxes, torch.tensor([3, 5]))
+    assert cls.tolist() == [3, NEGATIVE] and npos == 1
+    assert torch.allclose(decode_boxes(box[:1], anchors[:1]), boxes[:1], atol=1e-4)
+    # many boxes sharing one best anchor: still the first, every time
+    many = torch.tensor([[0.0, 0, 9.5, 10]] + [[0.0, 0, 10, 10]] * 40)
+    labels = torch.arange(41)
+    for _ in range(3):
+        assert AnchorLabeler(anchors).label_image(many, labels)[0][0] == 0
 
 
 def test_crowd_boxes_are_ignored_not_targets():

@@ -1,5 +1,7 @@
 """ImageNet backbones: the packaged Lite0/1/2 weights classify real photos, and load into the detector."""
 
+import socket
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,18 @@ def test_b_series_backbone_from_a_timm_layout_file(tmp_path):
     assert torch.equal(model.backbone.blocks[0][0].dw.bn.bias, timm_sd["blocks.0.0.bn1.bias"])
 
 
-def test_b_series_without_a_file_explains_what_to_pass():
-    with pytest.raises(CheckpointError, match="pretrained_backbone='/path/to/weights.pth'"):
+def test_b_series_unreachable_explains_how_to_get_the_file(tmp_path, monkeypatch):
+    """B0-B7 are downloaded (tests/test_hub.py); unreachable, the error says from where, to where, and the opt-out."""
+    from efficientdet import hub
+
+    with socket.socket() as s:  # a loopback port nobody listens on: never an outside host
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(hub.HOME_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(hub.MIRROR_ENV, f"http://127.0.0.1:{port}")
+    with pytest.raises(CheckpointError) as e:
         efficientdet.create_model("efficientdet-d1", pretrained_backbone=True)
+    name = hub.BACKBONE_WEIGHTS["efficientnet-b1"].file_name
+    for part in (f"127.0.0.1:{port}/{name}", str(tmp_path / "cache" / name), "--no-pretrained-backbone",
+                 "pretrained_backbone=FILE"):  # fmt: skip
+        assert part in str(e.value)

@@ -331,7 +331,8 @@ def trained_run(tmp_path_factory):
             str(root / "train"), "--train-masks", str(root / "trainannot"), "--val-images", str(root / "val"),
             "--val-masks", str(root / "valannot"), "--num-classes", "11", "--ignore-index", "11", "--epochs", "8",
             "--batch-size", "4", "--img-size", "80", "--crop-size", "64", "--lr", "0.1", "--warmup-epochs", "0",
-            "--scale-range", "1", "1", "--workers", "0", "--pretrained-backbone", "--output", str(out)]  # fmt: skip
+            "--scale-range", "1", "1", "--workers", "0", "--pretrained-backbone", "--output", str(out),
+            "--tensorboard"]  # fmt: skip
     assert main(args) == 0
     return root, out
 
@@ -349,6 +350,18 @@ def test_training_lowers_the_loss_and_writes_checkpoints(trained_run):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]  # atomic writes leave no temp files
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["task"] == "segmentation" and saved["ignore_index"] == 11 and saved["train_state"]["epoch"] == 8
+
+
+def test_tensorboard_scalars_per_step_and_per_epoch(trained_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, out = trained_run
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert {"train/loss", "train/lr", "epoch/train_loss", "epoch/mIoU", "epoch/iou_10"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))  # one step per epoch
+    assert [e.step for e in events.Scalars("epoch/mIoU")] == list(range(1, 9))
 
 
 def test_eval_cli_writes_the_json_schema(trained_run, tmp_path, capsys):

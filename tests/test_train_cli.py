@@ -20,11 +20,18 @@ def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "epoch 1/1" in printed and "AP50" in printed and "best AP" in printed
     report = tmp_path / "eval.json"
+    plots = tmp_path / "plots"
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--data", str(data), "--split", "val",
-               "--json", str(report), "--workers", "0"])  # fmt: skip
+               "--json", str(report), "--workers", "0", "--plots", str(plots)])  # fmt: skip
     assert rc == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["class", "AP", "AP50", "AP75", "AR100", "boxes", "dets"]
+    assert printed[1].split()[0] == "raccoon"
     metrics = json.loads(report.read_text())
-    assert set(metrics) == set(METRIC_KEYS) | {"detections"}
+    assert set(metrics) == set(METRIC_KEYS) | {"per_class", "images", "unreadable_images", "detections"}
+    assert metrics["per_class"][0]["class"] == "raccoon" and metrics["unreadable_images"] == 0
+    made = {p.name for p in plots.iterdir()}
+    assert made == {"pr_curves.png", "f1_curve.png", "confusion_matrix.png", "confusion_matrix.csv"}
     with open(metrics["detections"]) as f:
         detections = json.load(f)
     assert isinstance(detections, list) and all(
@@ -43,6 +50,79 @@ def test_corrupt_image_is_skipped_with_a_warning_and_counted(tmp_path, caplog):
     assert rc == 0
     assert victim.name in caplog.text and "skipping unreadable image" in caplog.text
     assert int(history(out)[0]["skipped_images"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "efficientdet-d9"], "--model must be one of"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+        (["--img-size", "0"], "--img-size must be an integer >= 1, got 0"),
+        (["--lr", "-0.1"], "--lr must be a finite number > 0"),
+        (["--scale-range", "1.5", "0.5"], "--scale-range must be two numbers"),
+        (["--val-split", "empty", "--tensorboard"], "validation split 'empty' has no images"),
+    ],
+)
+def test_train_refuses_bad_input_before_writing_anything(tmp_path, capsys, args, message):
+    """One line naming the problem, a non-zero exit, and no output folder left behind."""
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    (data / "ImageSets" / "Main" / "empty.txt").write_text("")
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--output", str(out), "--workers", "0", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_train_without_data_is_an_error_not_the_demo(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "efficientdet-d0", "--epochs", "3", "--output", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data is required" in err[0] and "efficientdet demo" in err[0]
+    assert not out.exists()
+
+
+def test_validation_split_without_boxes_is_said(tmp_path, caplog):
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    (data / "classes.txt").write_text("raccoon\n")
+    val_id = (data / "ImageSets" / "Main" / "val.txt").read_text().split()[0]
+    xml = data / "Annotations" / f"{val_id}.xml"
+    text = xml.read_text()
+    xml.unlink()  # a symlink into the shared data: replace it, never write through it
+    xml.write_text(text[: text.index("<object>")] + "</annotation>")  # the one validation image has no box
+    rc = main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--workers", "0", "--epochs", "1",
+               "--img-size", "64", "--max-steps", "1"])  # fmt: skip
+    assert rc == 0
+    assert "validation split 'val' has 1 images but no boxes" in caplog.text
+
+
+def test_eval_counts_unreadable_images(tmp_path, capsys):
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=2)
+    victim = data / "JPEGImages" / f"{(data / 'ImageSets' / 'Main' / 'val.txt').read_text().split()[0]}.jpg"
+    victim.unlink()  # a symlink into the shared data: replace it, never write through it
+    victim.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    ckpt = tmp_path / "m.pt"
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64)
+    efficientdet.save_model(model, ckpt, ["raccoon"])
+    report = tmp_path / "eval.json"
+    rc = main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "val", "--workers", "0",
+               "--json", str(report)])  # fmt: skip
+    assert rc == 0
+    assert "1 of 2 images could not be read" in capsys.readouterr().err
+    assert json.loads(report.read_text())["unreadable_images"] == 1
+
+
+@pytest.mark.parametrize(("option", "value"), [("--batch-size", "0"), ("--img-size", "0"), ("--workers", "-1")])
+def test_eval_refuses_bad_numbers(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--checkpoint", "x.pt", "--data", str(tmp_path), option, value])
+    assert exit_info.value.code == 2
+    assert option in capsys.readouterr().err
 
 
 def test_train_reports_bad_data_clearly(tmp_path, capsys):

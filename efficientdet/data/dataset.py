@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import ImageReadError, load_image
+from .frames import AnnotationFrame, resolve_frame
+from .images import ImageReadError, load_image_oriented
 from .records import ImageRecord
 from .transforms import DEFAULT_SCALE_RANGE, Resized, eval_transform, train_transform
 
@@ -27,6 +28,7 @@ class Sample:
     index: int
     record: ImageRecord
     data: Resized
+    frame: AnnotationFrame  # annotation pixels <-> the decoded image's pixels
 
 
 class DetectionDataset(Dataset):
@@ -62,29 +64,22 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> Sample | None:
         rec = self.records[index]
         try:
-            image = load_image(rec.path)
+            image, orientation = load_image_oriented(rec.path)
         except ImageReadError as e:
             LOG.warning("skipping unreadable image: %s", e)
             return None
+        # annotations may state another size than the file's, or be drawn on the stored (EXIF-unturned) pixels
+        frame = resolve_frame((rec.width, rec.height), (image.shape[1], image.shape[0]), orientation)
+        boxes = frame.to_image(rec.boxes)
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             data = train_transform(
-                image, _rescale_boxes(rec, image), rec.labels, rec.iscrowd, self.image_size, self.mean, self.std,
-                rng, self.scale_range, self.hflip,
+                image, boxes, rec.labels, rec.iscrowd, self.image_size, self.mean, self.std, rng, self.scale_range,
+                self.hflip,
             )  # fmt: skip
         else:
-            data = eval_transform(
-                image, self.image_size, self.mean, self.std, _rescale_boxes(rec, image), rec.labels, rec.iscrowd
-            )
-        return Sample(index, rec, data)
-
-
-def _rescale_boxes(rec: ImageRecord, image: np.ndarray) -> np.ndarray:
-    """Boxes in the loaded image's pixels (annotations may state a size that differs from the file)."""
-    h, w = image.shape[:2]
-    if rec.width > 0 and rec.height > 0 and (rec.width, rec.height) != (w, h):
-        return rec.boxes * np.array([w / rec.width, h / rec.height] * 2, np.float32)
-    return rec.boxes
+            data = eval_transform(image, self.image_size, self.mean, self.std, boxes, rec.labels, rec.iscrowd)
+        return Sample(index, rec, data, frame)
 
 
 @dataclass
@@ -93,7 +88,8 @@ class Batch:
     targets: list[dict[str, torch.Tensor]]  # boxes (x1y1x2y2 input px), labels, iscrowd
     records: list[ImageRecord]  # copies when built in a worker process: match by ``indices``, not identity
     indices: list[int]  # positions in the dataset
-    scales: list[float]
+    scales: list[tuple[float, float]]  # exact (x, y) input px per image px (``Resized.scale_xy``)
+    frames: list[AnnotationFrame]  # per image: annotation pixels <-> image pixels
     skipped: int  # unreadable images dropped from this batch
 
     def __len__(self) -> int:
@@ -103,13 +99,14 @@ class Batch:
 def collate(samples: list[Sample | None]) -> Batch:
     kept = [s for s in samples if s is not None]
     if not kept:
-        return Batch(torch.zeros(0), [], [], [], [], len(samples))
+        return Batch(torch.zeros(0), [], [], [], [], [], len(samples))
     return Batch(
         torch.stack([s.data.image for s in kept]),
         [{"boxes": s.data.boxes, "labels": s.data.labels, "iscrowd": s.data.iscrowd} for s in kept],
         [s.record for s in kept],
         [s.index for s in kept],
-        [s.data.scale for s in kept],
+        [s.data.scale_xy for s in kept],
+        [s.frame for s in kept],
         len(samples) - len(kept),
     )
 

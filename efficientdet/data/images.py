@@ -31,14 +31,24 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     The pixels are fully decoded here (``load()``), so a truncated or corrupt file fails now, as an
     ``ImageReadError`` naming it, rather than later inside a data-loader worker.
     """
+    return load_image_oriented(path)[0]
+
+
+def load_image_oriented(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """:func:`load_image`, plus the EXIF orientation (1..8) that was applied to make the picture upright.
+
+    Datasets need the orientation to place annotations drawn on the stored (unturned) pixels
+    (:mod:`efficientdet.data.frames`).
+    """
     try:
         with Image.open(path) as img:
             img.load()
+            orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+            orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
             # exif_transpose copies the image even when there is nothing to turn: skip it for upright files
             # (a 10000x10000 photo would otherwise hold one more full copy)
-            needs_turn = img.getexif().get(_ORIENTATION_TAG, 1) not in (1, None)
-            upright = ImageOps.exif_transpose(img) if needs_turn else img
-            return _to_rgb_array(upright)
+            upright = ImageOps.exif_transpose(img) if orientation != 1 else img
+            return _to_rgb_array(upright), orientation
     except _READ_ERRORS as exc:
         raise ImageReadError(f"{path}: cannot read image ({exc})") from exc
 

@@ -49,12 +49,15 @@ def _make_record(
     labels: Sequence[int],
     iscrowd: Sequence[bool],
     fixes: dict[str, int],
+    areas: Sequence[float | None] | None = None,
 ) -> ImageRecord:
     """Build a record after the box hygiene every reader shares.
 
     Boxes are clipped to ``[0, width] x [0, height]``; a box that changed is counted in ``clipped_boxes``. Boxes left
     with width or height <= 0 are dropped and counted in ``zero_area_boxes`` only (not also as clipped), so each
     problem box is counted once. Matching and the loss assume every remaining box is inside the image and non-empty.
+    ``areas`` (COCO's own ``area`` per annotation, None where one lacks it) are kept for the boxes kept; a missing
+    entry becomes the box's area as annotated.
     """
     width, height = size
     box_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
@@ -65,6 +68,10 @@ def _make_record(
     changed = np.any(clipped != box_array, axis=1)
     fixes["clipped_boxes"] += int(np.count_nonzero(changed & keep))
     fixes["zero_area_boxes"] += int(np.count_nonzero(~keep))
+    area_array = None
+    if areas is not None:
+        box_areas = (box_array[:, 2] - box_array[:, 0]) * (box_array[:, 3] - box_array[:, 1])
+        area_array = np.array([box_areas[i] if a is None else a for i, a in enumerate(areas)], np.float64)[keep]
     return ImageRecord(
         path=os.path.abspath(path),
         image_id=image_id,
@@ -73,6 +80,7 @@ def _make_record(
         boxes=clipped[keep],
         labels=np.asarray(labels, dtype=np.int64).reshape(-1)[keep],
         iscrowd=np.asarray(iscrowd, dtype=bool).reshape(-1)[keep],
+        areas=area_array,
     )
 
 
@@ -323,11 +331,17 @@ def _coco_images(path: Path, content: dict[str, Any]) -> list[dict[str, Any]]:
     return images
 
 
+_CocoObject = tuple[list[float], int, bool, float | None]
+
+
 def _coco_annotations(
     path: Path, content: dict[str, Any], images: list[dict[str, Any]], label_of: dict[int, int]
-) -> dict[Any, list[tuple[list[float], int, bool]]]:
-    """Per image id, its ``(x1y1x2y2 box, label, iscrowd)`` list; every image id present, possibly empty."""
-    boxes_of: dict[Any, list[tuple[list[float], int, bool]]] = {image["id"]: [] for image in images}
+) -> dict[Any, list[_CocoObject]]:
+    """Per image id, its ``(x1y1x2y2 box, label, iscrowd, area)`` list; every image id present, possibly empty.
+
+    ``area`` is the annotation's own (None when absent): COCO's small / medium / large split is defined on it.
+    """
+    boxes_of: dict[Any, list[_CocoObject]] = {image["id"]: [] for image in images}
     for ann in _coco_list(path, content, "annotations", required=False):
         _require(path, ann, ("image_id", "category_id", "bbox"), "an annotation")
         where = f"{path}: annotation {ann.get('id', '?')}"
@@ -340,7 +354,8 @@ def _coco_annotations(
             raise DatasetError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
         x, y, w, h = (_finite_number(value, f"{where} bbox") for value in bbox)
         crowd = bool(ann.get("iscrowd", 0))
-        boxes_of[ann["image_id"]].append(([x, y, x + w, y + h], label_of[ann["category_id"]], crowd))
+        area = _finite_number(ann["area"], f"{where} area") if ann.get("area") is not None else None
+        boxes_of[ann["image_id"]].append(([x, y, x + w, y + h], label_of[ann["category_id"]], crowd, area))
     return boxes_of
 
 
@@ -360,9 +375,7 @@ def _default_coco_image_dir(json_path: Path, images: list[dict[str, Any]]) -> Pa
     return next((folder for folder in candidates if folder.is_dir()), here)
 
 
-def _coco_record(
-    folder: Path, image: dict[str, Any], objects: list[tuple[list[float], int, bool]], fixes: dict[str, int]
-) -> ImageRecord:
+def _coco_record(folder: Path, image: dict[str, Any], objects: list[_CocoObject], fixes: dict[str, int]) -> ImageRecord:
     """One COCO image; a zero width/height in the JSON falls back to the file's header."""
     path = folder / str(image["file_name"])
     size = (int(image["width"]), int(image["height"]))
@@ -370,10 +383,11 @@ def _coco_record(
         size = _size_from_header(path, fixes)
         if size is None:
             return _unreadable_record(path, image["id"])
-    boxes = [box for box, _, _ in objects]
-    labels = [label for _, label, _ in objects]
-    crowd = [is_crowd for _, _, is_crowd in objects]
-    return _make_record(path, image["id"], size, boxes, labels, crowd, fixes)
+    boxes = [box for box, _, _, _ in objects]
+    labels = [label for _, label, _, _ in objects]
+    crowd = [is_crowd for _, _, is_crowd, _ in objects]
+    areas = [area for _, _, _, area in objects]
+    return _make_record(path, image["id"], size, boxes, labels, crowd, fixes, areas)
 
 
 # ------------------------------------------------------------------------------------------------------------ YOLO

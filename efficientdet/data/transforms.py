@@ -24,8 +24,11 @@ class Resized:
     boxes: torch.Tensor  # [N, 4] x1y1x2y2 in input pixels
     labels: torch.Tensor  # [N] int64
     iscrowd: torch.Tensor  # [N] bool
-    scale: float  # input pixels per original pixel
+    scale: float  # input pixels per original pixel: the nominal factor the resize was asked for
     offset: tuple[float, float]  # (x, y) of the crop in the scaled image (0 for evaluation)
+    # the exact (x, y) ratios of the resize: sizes are rounded to whole pixels, so these differ from ``scale``
+    # (a 3-pixel-high image at 512/1000 becomes 2 pixels high: 0.667, not 0.512); boxes use these both ways
+    scale_xy: tuple[float, float] = (1.0, 1.0)
 
 
 def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -70,7 +73,8 @@ def eval_transform(
     scale = min(out_h / h, out_w / w)
     resized = _resize(image, scale)
     tensor = _pad_to(normalise(resized, mean, std), (out_h, out_w))
-    b = np.zeros((0, 4), np.float32) if boxes is None else boxes.astype(np.float32) * scale
+    sx, sy = resized.shape[1] / w, resized.shape[0] / h
+    b = np.zeros((0, 4), np.float32) if boxes is None else boxes.astype(np.float32) * np.array([sx, sy] * 2, np.float32)
     return Resized(
         tensor,
         torch.from_numpy(b),
@@ -78,6 +82,7 @@ def eval_transform(
         torch.from_numpy(np.zeros(len(b), bool) if iscrowd is None else iscrowd.astype(bool)),
         scale,
         (0.0, 0.0),
+        (sx, sy),
     )
 
 
@@ -126,4 +131,5 @@ def train_transform(
         torch.from_numpy(iscrowd[keep].astype(bool)),
         float(scale),
         (float(off_x), float(off_y)),
+        (float(sx), float(sy)),
     )

@@ -21,6 +21,8 @@ class EfficientDet(nn.Module):
         super().__init__()
         self.config = config
         self.class_names: list[str] | None = None  # set by checkpoints that carry them
+        # the dataset's id of each class (COCO JSON category ids; 1..90 for effdet's COCO weights), where known
+        self.category_ids: list[int] | None = None
         self.backbone = EfficientNet(
             config.backbone, num_classes=None, padding=config.padding, drop_path_rate=config.drop_path_rate
         )

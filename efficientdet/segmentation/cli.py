@@ -2,8 +2,8 @@
 
 The detection parsers of ``efficientdet.cli`` gain these options; options the two tasks share (``--model``,
 ``--epochs``, ``--batch-size``, ``--img-size``, ``--lr``, ``--output``, ``--workers``, ``--seed``, ``--device``,
-``--amp``, ``--pretrained-backbone``, ``--checkpoint``, ``--resume``, ``--data`` as a VOC root, ...) keep one
-spelling and meaning for both.
+``--amp``, ``--pretrained-backbone``, ``--checkpoint``, ``--resume``, ``--tensorboard``, ``--data`` as a VOC root,
+...) keep one spelling and meaning for both.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _seg_train_config(args: argparse.Namespace) -> Any:
     if str(given.get("val_split", "")).lower() == "none":
         given["val_split"] = None
     if args.resume:
-        keep = ("epochs", "workers", "device", "output", "max_steps")
+        keep = ("epochs", "workers", "device", "output", "max_steps", "tensorboard")
         return resume_segmentation_config(args.resume, **{k: v for k, v in given.items() if k in keep})
     if given.get("model") is None:
         given["model"] = "efficientdet-seg-lite0"

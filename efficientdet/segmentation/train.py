@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from ..atomic import atomic_open
 from ..factory import save_model
+from ..fields import check_fields, increasing_pair, int_at_least, number_in, one_of
+from ..plot import plot_segmentation_metrics
+from ..progress import progress_bar
+from ..tensorboard_log import TensorBoardLogger
 from ..train import (
+    TENSORBOARD_DIR,
     ModelEma,
     TrainingError,
     _freeze_backbone,
@@ -84,37 +86,44 @@ class SegTrainConfig:
     train_split: str = "train"
     val_split: str | None = "val"
     class_names: list[str] | None = None
-    epochs: int = 50
-    batch_size: int = 8
-    img_size: int | None = None  # longer side at evaluation / scale 1 (default: the model's own)
-    crop_size: int | None = None  # training crop (default: img_size)
+    epochs: int = field(default=50, metadata=int_at_least(1))
+    batch_size: int = field(default=8, metadata=int_at_least(1))
+    # longer side at evaluation / scale 1 (default: the model's own)
+    img_size: int | None = field(default=None, metadata=int_at_least(1, optional=True))
+    crop_size: int | None = field(default=None, metadata=int_at_least(1, optional=True))  # default: img_size
     output: str = "runs/segment"
-    lr: float | None = None  # None: DEFAULT_LR_PER_64 * batch_size / 64
-    warmup_epochs: float = 1.0
-    weight_decay: float = WEIGHT_DECAY
-    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
-    hflip: float = 0.5
+    # None: DEFAULT_LR_PER_64 * batch_size / 64
+    lr: float | None = field(default=None, metadata=number_in(0, low_open=True, optional=True))
+    warmup_epochs: float = field(default=1.0, metadata=number_in(0))
+    weight_decay: float = field(default=WEIGHT_DECAY, metadata=number_in(0))
+    scale_range: tuple[float, float] = field(default=DEFAULT_SCALE_RANGE, metadata=increasing_pair(0.0))
+    hflip: float = field(default=0.5, metadata=number_in(0, 1))
     # Per-class loss weights: None (plain cross-entropy), "median-freq" (SegNet's median frequency balancing,
     # computed from the training masks) or one weight per class. Rare, thin classes (poles, signs) otherwise
     # contribute almost nothing to the loss and to what the model learns, and they weigh as much as roads in mIoU.
     class_weights: str | list[float] | None = None
-    ema_decay: float = EMA_DECAY
-    clip_norm: float = CLIP_NORM
+    ema_decay: float = field(default=EMA_DECAY, metadata=number_in(0, 1, high_open=True))
+    clip_norm: float = field(default=CLIP_NORM, metadata=number_in(0, low_open=True))
     pretrained_backbone: bool = False
     checkpoint: str | None = None
     resume: str | None = None
     freeze_backbone: bool = False
-    workers: int = 2
+    workers: int = field(default=2, metadata=int_at_least(0))
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"
-    eval_interval: int = 1
-    eval_batch_size: int | None = None  # default: batch_size
+    amp: str = field(default="auto", metadata=one_of(("auto", "off", "bf16", "fp16")))
+    eval_interval: int = field(default=1, metadata=int_at_least(1))
+    eval_batch_size: int | None = field(default=None, metadata=int_at_least(1, optional=True))  # default: batch_size
     # NHWC tensors: oneDNN's depthwise convs run ~1.5-2x faster in training on CPU (measured on this project's
     # machine, EfficientNet-Lite0 at 320 px); the weights and the checkpoints are the same either way.
     channels_last: bool = True
-    max_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata=int_at_least(1, optional=True))
+    tensorboard: bool = False  # scalars in OUTPUT/tensorboard: loss and lr per step, the metrics.csv row per epoch
     model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scale_range = tuple(self.scale_range)  # type: ignore[assignment]  # lists from JSON / old checkpoints
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -179,26 +188,6 @@ def resolve_class_weights(
 
 def _read_split(cfg: SegTrainConfig, images: str | None, masks: str | None, split: str | None) -> SegmentationData:
     return read_segmentation_split(images, masks, cfg.data if images is None else None, split)
-
-
-def _plot(csv_path: Path, png_path: Path) -> None:
-    """Loss (top) and mIoU / pixel accuracy on a 0..1 axis (bottom), one PNG, as the detector's metrics.png."""
-    from PIL import Image
-
-    from ..plot import DEFAULT_SIZE, read_metrics_csv, render_curves
-
-    curves = read_metrics_csv(csv_path)
-    keep = {k: v for k, v in curves.items() if any(math.isfinite(y) for _, y in v)}
-    width, height = DEFAULT_SIZE
-    top = render_curves({k: v for k, v in keep.items() if k == "train_loss"}, "training loss", size=DEFAULT_SIZE)
-    bottom = render_curves(
-        {k: v for k, v in keep.items() if k in ("mIoU", "pixel_acc")}, "validation", size=DEFAULT_SIZE, ylim=(0, 1)
-    )
-    canvas = Image.new("RGB", (width, 2 * height), (255, 255, 255))
-    canvas.paste(top, (0, 0))
-    canvas.paste(bottom, (0, height))
-    with atomic_open(png_path, "wb") as f:
-        canvas.save(f, format="PNG")
 
 
 def build_segmentation_model(cfg: SegTrainConfig, num_classes: int) -> EfficientDetSegmentation:
@@ -295,8 +284,16 @@ def _class_names(cfg: SegTrainConfig, data: SegmentationData, num_classes: int) 
 
 def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
     """Train (or resume) and return the summary: best mIoU, the last evaluation's metrics, checkpoint paths."""
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    tb = TensorBoardLogger(Path(cfg.output) / TENSORBOARD_DIR) if cfg.tensorboard else None
+    try:
+        return _train_segmentation(cfg, tb)
+    finally:
+        if tb is not None:
+            tb.close()
+
+
+def _train_segmentation(cfg: SegTrainConfig, tb: TensorBoardLogger | None) -> dict[str, Any]:
+    out = Path(cfg.output)  # created once the inputs are read and checked: a failed start leaves nothing behind
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     train_data = _read_split(cfg, cfg.train_images, cfg.train_masks, cfg.train_split)
@@ -341,6 +338,7 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
     ema = ModelEma(model, cfg.ema_decay)
     use_amp, amp_dtype = amp_mode(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    out.mkdir(parents=True, exist_ok=True)
 
     start_epoch, step, best_miou, history, bad_total = 0, 0, -1.0, [], 0
     if cfg.resume:
@@ -368,7 +366,7 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
         _set_train_mode(model, cfg.freeze_backbone)
         loss_sum, n_steps, n_images = 0.0, 0, 0
         t0 = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr, mininterval=1.0)
+        bar = progress_bar(loader, f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for batch in bar:
             lr = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in optimizer.param_groups:
@@ -404,7 +402,10 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
             step += 1
             n_steps += 1
             n_images += len(batch)
-            loss_sum += loss.item()
+            loss_value = loss.item()
+            loss_sum += loss_value
+            if tb is not None:
+                tb.scalars("train", {"loss": loss_value, "lr": lr}, step)
             rate = n_images / max(1e-9, time.time() - t0)
             bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.1f}")
             if cfg.max_steps is not None and step >= cfg.max_steps:
@@ -458,7 +459,10 @@ def train_segmentation(cfg: SegTrainConfig) -> dict[str, Any]:
         if improved or (val_data is None and epoch + 1 == cfg.epochs):
             save_model(ema.module, best_path, class_names, metrics=dict(last_metrics), **extra)  # type: ignore[arg-type]
         write_metrics_csv(metrics_csv, history)
-        _plot(metrics_csv, out / "metrics.png")
+        plot_segmentation_metrics(metrics_csv, out / "metrics.png")
+        if tb is not None:
+            tb.scalars("epoch", {k: v for k, v in row.items() if k != "epoch"}, epoch + 1)
+            tb.flush()
         if stop:
             break
     if not best_path.exists():

@@ -1,0 +1,161 @@
+"""Evaluation on images whose annotations are not in the decoded image's pixels: an annotated size that differs
+from the file, EXIF-rotated photos, and resizes whose output size is rounded.
+
+Each case runs a dataset on disk through the reader, the data loader, a model and pycocotools (``validate``, what
+``efficientdet eval`` runs). The model is an oracle that outputs, for the one image it is given, a box placed by
+hand in input pixels: where the object really is on the resized picture. A right evaluation scores it AP 1.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientdet.anchors import anchors_for_config
+from efficientdet.config import get_config
+from efficientdet.data.dataset import DetectionDataset
+from efficientdet.data.frames import orient_boxes, resolve_frame
+from efficientdet.data.readers import read_dataset
+from efficientdet.data.transforms import eval_transform
+from efficientdet.labeler import AnchorLabeler
+from efficientdet.postprocess import to_original_pixels
+from efficientdet.validate import evaluate_model, validate
+
+SIZE = 64  # model input: tiny, so the anchors and the network outputs are small
+
+
+class OracleModel(torch.nn.Module):
+    """Outputs that decode to ``boxes`` (input pixels) with score ~1, whatever the image (batch of one)."""
+
+    def __init__(self, boxes: list[list[float]], labels: list[int], num_classes: int = 1) -> None:
+        super().__init__()
+        self.config = get_config("efficientdet-lite0", num_classes=num_classes, image_size=SIZE)
+        anchors = anchors_for_config(self.config, (SIZE, SIZE))
+        cls, box, _ = AnchorLabeler(anchors).label_image(torch.tensor(boxes), torch.tensor(labels))
+        logits = torch.full((len(anchors), num_classes), -20.0)
+        positive = cls >= 0
+        logits[positive, cls[positive]] = 20.0
+        self.cls_flat, self.box_flat = logits, box
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        assert images.shape[0] == 1 and tuple(images.shape[-2:]) == (SIZE, SIZE)
+        cls_out, box_out, start = [], [], 0
+        for level in range(self.config.min_level, self.config.max_level + 1):
+            side = -(-SIZE // 2**level)
+            n = side * side * self.config.num_anchors
+            cls = self.cls_flat[start : start + n].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            box = self.box_flat[start : start + n].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            cls_out.append(cls.contiguous())
+            box_out.append(box.contiguous())
+            start += n
+        return cls_out, box_out
+
+
+def write_voc(root, image: Image.Image, annotated_size: tuple[int, int], box: list[float], exif: bytes = b"") -> None:
+    """One-image VOC dataset (split ``val``); ``box`` is x1y1x2y2 0-based, written 1-based as VOC does."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    image.save(root / "JPEGImages" / "a.jpg", quality=95, exif=exif)
+    x1, y1, x2, y2 = box
+    (root / "Annotations" / "a.xml").write_text(
+        f"<annotation><size><width>{annotated_size[0]}</width><height>{annotated_size[1]}</height></size>"
+        f"<object><name>thing</name><bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin><xmax>{x2}</xmax>"
+        f"<ymax>{y2}</ymax></bndbox></object></annotation>"
+    )
+    (root / "ImageSets" / "Main" / "val.txt").write_text("a\n")
+
+
+def exif_orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def test_annotated_size_differs_from_file(tmp_path):
+    """A 100x50 file whose XML says 200x100 (the dataset was downscaled after labelling). The object covers
+    x 20..80, y 10..40 of the file; at 64 px input (scale 0.64) that is x 12.8..51.2, y 6.4..25.6."""
+    write_voc(tmp_path, Image.new("RGB", (100, 50), (90, 90, 90)), (200, 100), [40, 20, 160, 80])
+    data = read_dataset(tmp_path, "voc", "val")
+    model = OracleModel([[12.8, 6.4, 51.2, 25.6]], [0])
+    result = evaluate_model(model, data, SIZE, batch_size=1)
+    assert result.metrics["AP"] == pytest.approx(1.0)
+    # detections come back in the annotation's pixels (the 200x100 frame), as written in the XML
+    assert result.detections[0]["boxes"][0].tolist() == pytest.approx([40, 20, 160, 80], abs=0.05)
+    # training sees the same object at the same place on the input
+    sample = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1))[0]
+    assert len(sample.data.boxes) == 1
+    assert sample.data.boxes[0].tolist() == pytest.approx([12.8, 6.4, 51.2, 25.6], abs=1e-4)
+
+
+def test_exif_rotated_photo_annotated_on_stored_pixels(tmp_path):
+    """A photo stored 100x50 with EXIF orientation 6 (turn clockwise): upright it is 50x100. The XML says 100x50
+    and the box x 10..40, y 5..20 is on the stored pixels. Turned clockwise (x' = 50 - y, y' = x) the object is
+    at x 30..45, y 10..40 upright; at 64 px input (scale 0.64): x 19.2..28.8, y 6.4..25.6."""
+    write_voc(tmp_path, Image.new("RGB", (100, 50), (90, 90, 90)), (100, 50), [10, 5, 40, 20], exif_orientation(6))
+    data = read_dataset(tmp_path, "voc", "val")
+    expected_input = [19.2, 6.4, 28.8, 25.6]
+    sample = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1))[0]
+    assert tuple(sample.data.image.shape[-2:]) == (SIZE, SIZE)
+    assert sample.data.boxes[0].tolist() == pytest.approx(expected_input, abs=1e-4)  # a turn, not a stretch
+    train_sample = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1), train=True, scale_range=(1, 1),
+                                    hflip=0.0)[0]  # fmt: skip
+    assert train_sample.data.boxes[0].tolist() == pytest.approx(expected_input, abs=1e-4)
+    model = OracleModel([expected_input], [0])
+    metrics = validate(model, data, SIZE, batch_size=1)
+    assert metrics["AP"] == pytest.approx(1.0)
+
+
+def test_exif_rotated_photo_annotated_upright(tmp_path):
+    """The same photo labelled by a tool that shows it upright: the XML says 50x100 and the box is upright."""
+    write_voc(tmp_path, Image.new("RGB", (100, 50), (90, 90, 90)), (50, 100), [30, 10, 45, 40], exif_orientation(6))
+    data = read_dataset(tmp_path, "voc", "val")
+    metrics = validate(OracleModel([[19.2, 6.4, 28.8, 25.6]], [0]), data, SIZE, batch_size=1)
+    assert metrics["AP"] == pytest.approx(1.0)
+
+
+def test_rounded_resize_is_undone_exactly(tmp_path):
+    """A 1000x3 strip at 64 px: the nominal scale is 0.064 but the strip becomes 64x1 pixels (0.333 along y).
+    Boxes go to the input and back with the exact per-axis ratios, in the transform and in evaluation."""
+    out = eval_transform(np.zeros((3, 1000, 3), np.uint8), SIZE, (0, 0, 0), (1, 1, 1), np.array([[0, 0, 500, 1.5]]))
+    assert out.scale_xy == pytest.approx((0.064, 1 / 3))
+    assert out.boxes[0].tolist() == pytest.approx([0, 0, 32, 0.5])
+    back = to_original_pixels(out.boxes, out.scale_xy, (3, 1000))
+    assert back[0].tolist() == pytest.approx([0, 0, 500, 1.5])
+
+    Image.new("RGB", (1000, 3)).save(tmp_path / "strip.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "strip.png", "width": 1000, "height": 3}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 500, 1.5]}],
+    }
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    data = read_dataset(tmp_path / "val.json")
+    result = evaluate_model(OracleModel([[0, 0, 32, 0.5]], [0]), data, SIZE, batch_size=1)
+    assert result.detections[0]["boxes"][0].tolist() == pytest.approx([0, 0, 500, 1.5], abs=1e-3)
+    assert result.metrics["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_boxes_moves_boxes_with_pixels(tmp_path, orientation):
+    """Each EXIF orientation moves a box as Pillow's exif_transpose moves the pixels under it, and the frame's
+    inverse brings detections back onto the stored pixels."""
+    from efficientdet.data.images import load_image_oriented
+
+    stored = np.zeros((30, 50, 3), np.uint8)
+    stored[4:10, 7:20] = 255  # a bright block: x 7..20, y 4..10
+    Image.fromarray(stored).save(tmp_path / "o.png", exif=exif_orientation(orientation))
+    upright, applied = load_image_oriented(tmp_path / "o.png")
+    assert applied == orientation
+    ys, xs = np.nonzero(upright[:, :, 0] > 128)
+    block = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert orient_boxes(np.array([[7, 4, 20, 10]]), orientation, 50, 30)[0].tolist() == block
+    frame = resolve_frame((50, 30), (upright.shape[1], upright.shape[0]), orientation)
+    moved = frame.to_image(np.array([[7, 4, 20, 10]], np.float32))
+    if orientation in (5, 6, 7, 8):  # annotated on the stored 50x30 pixels of a 30x50 upright picture: turned
+        assert moved[0].tolist() == block
+    assert frame.to_annotation(moved)[0].tolist() == pytest.approx([7, 4, 20, 10])
