@@ -63,7 +63,7 @@ def f1_by_threshold(evaluation: CocoEvaluation, iou: float = 0.5) -> np.ndarray:
 
 
 def _class_legend(ax, count: int) -> None:
-    if count <= MAX_LEGEND_CLASSES:
+    if 0 < count <= MAX_LEGEND_CLASSES:
         ax.legend(loc="lower left", fontsize="small")
 
 
