@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .anchors import anchors_for_config
+from .class_filter import resolve_classes
 from .data.images import load_image
 from .data.transforms import eval_transform
 from .factory import load_checkpoint
@@ -61,7 +62,14 @@ class Detector:
         nms: str = "hard",
         class_agnostic: bool = False,
         optimize: bool = False,
+        classes: str | Sequence[int | str] | None = None,
     ) -> None:
+        """``classes`` keeps only those classes (names, case-insensitive, or 0-based indices; a list or ``"a,b"``).
+
+        The filter runs after NMS and ``max_det``, so the boxes kept are exactly the ones an unfiltered run returns
+        for those classes (fewer than ``max_det`` may remain). An unknown class raises ``UnknownClassError`` here,
+        before any image is processed.
+        """
         if nms not in NMS_METHODS:
             raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
         self.device = torch.device(device)
@@ -80,6 +88,7 @@ class Detector:
         self.class_names = list(names) if names else [str(i) for i in range(self.config.num_classes)]
         ids = getattr(model, "category_ids", None)  # the training data's category ids (COCO JSON), where known
         self.category_ids: list[int] | None = list(ids) if ids else None
+        self.classes: list[int] | None = None if classes is None else resolve_classes(classes, self.class_names)
         self._anchors: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
@@ -125,9 +134,12 @@ class Detector:
             boxes = det["boxes"]
             if scales is not None:
                 boxes = to_original_pixels(boxes, scales[i], None if sizes is None else sizes[i])
-            labels = det["labels"]
+            labels, scores = det["labels"], det["scores"]
+            if self.classes is not None:
+                keep = torch.isin(labels, torch.tensor(self.classes, device=labels.device))
+                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             results.append({
-                "boxes": boxes.cpu(), "scores": det["scores"].cpu(), "labels": labels.cpu(),
+                "boxes": boxes.cpu(), "scores": scores.cpu(), "labels": labels.cpu(),
                 "label_names": [self.class_names[int(k)] for k in labels],
             })  # fmt: skip
         return results

@@ -20,6 +20,17 @@ Output folder contents:
   ``file_name`` is the input path as found (POSIX separators). Boxes are in original-image pixels, rounded to
   0.01 px. Images without detections have no entries.
 
+Optional files, named after the drawn image (``2023/a.jpg`` -> ``2023/a``; inputs differing only by extension
+get ``_2``, ... here too):
+
+- ``labels/2023/a.txt`` (``save_txt``): YOLO label lines ``class cx cy w h`` normalised to 0..1 by the image's width
+  and height, plus the score with ``save_conf``; an image without detections gets an empty file (boxes
+  clipped flat against the border are left out). With the images
+  in an ``images/`` folder beside ``labels/`` and a ``data.yaml`` naming the model's classes, this is a dataset
+  that ``efficientdet train --format yolo`` reads (the score column is ignored there).
+- ``crops/<class>/2023/a_<k>.jpg`` (``save_crop``): the k-th detection of the image (0-based, as listed) cut from
+  the original, rounded to whole pixels and clipped to the image; class names are made file-system safe.
+
 Unreadable files are reported on stderr by name and skipped; the run goes on and ``PredictSummary.failures``
 (and the exit code of the command) says whether anything failed.
 
@@ -55,6 +66,7 @@ from .data.images import ImageReadError, image_size, load_image
 from .draw import draw_detections
 from .evaluate import detections_to_coco
 from .postprocess import MAX_DETECTIONS, NMS_IOU
+from .predict_files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
 from .weights_options import add_weights_options, load_model_from_options
 
 # Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
@@ -303,6 +315,10 @@ def predict(
     draw: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     class_names: Sequence[str] | None = None,
+    classes: str | Sequence[int | str] | None = None,
+    save_txt: bool = False,
+    save_conf: bool = False,
+    save_crop: bool = False,
     errors: IO[str] | bool = True,
     progress: bool | None = False,
 ) -> PredictSummary:
@@ -316,21 +332,26 @@ def predict(
             :class:`~efficientdet.inference.Detector` (``nms="soft"``: Gaussian soft-NMS, sigma 0.5).
         batch_size: images per forward pass (fewer when they are large, see ``BATCH_PIXEL_BUDGET``).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, ...
-        draw: ``False`` writes only ``detections.json``.
+        classes: keep only these classes: names (case-insensitive) or 0-based indices, a list or ``"cat,2"``.
+        draw: ``False`` writes no drawn images.
+        save_txt, save_conf: write ``labels/<name>.txt`` per image (YOLO lines; ``save_conf``: with scores).
+        save_crop: write ``crops/<class>/<name>_<k>.jpg`` per detection.
         max_pixels: larger images are reported as failures without being decoded (0: no limit).
         errors: where each failure is reported as it happens: ``True`` stderr, ``False`` nowhere, or a text
             stream; the summary lists them all either way.
         progress: report progress on stderr: a bar on a terminal, else (a log file) a plain line every 30 s;
             ``None`` is the same as ``True``.
 
-    Raises ``ValueError`` for invalid options and ``CheckpointError`` / ``FileNotFoundError`` for a bad model file,
-    before any image is read. Unreadable images are not exceptions: they are in ``PredictSummary.failures``.
+    Raises ``ValueError`` for invalid options (``UnknownClassError``, a subclass, for an unknown class) and
+    ``CheckpointError`` / ``FileNotFoundError`` for a bad model file, before any image is read or any file written.
+    Unreadable images are not exceptions: they are in ``PredictSummary.failures``.
     """
     from .inference import Detector
     from .progress import progress_bar
 
     start = time.perf_counter()
     _check_options(score_threshold, iou_threshold, max_det, batch_size, nms)
+    save_txt = save_txt or save_conf  # a score column needs a label file to go in
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is a file, not a folder")
@@ -339,7 +360,7 @@ def predict(
     detector = Detector(
         _load_model(checkpoint, model_name), device=_resolve_device(device), image_size=image_size,
         score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det, class_names=class_names,
-        nms=nms, class_agnostic=class_agnostic,
+        nms=nms, class_agnostic=class_agnostic, classes=classes,
     )  # fmt: skip
     images, source_errors = expand_sources(sources, recursive, exclude=out)
     summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
@@ -356,6 +377,9 @@ def predict(
         fail(source, message)
     out.mkdir(parents=True, exist_ok=True)
     destinations = output_names(images, out)
+    stems = image_stems(destinations, out) if save_txt or save_crop else []
+    folders = class_folders(detector.class_names) if save_crop else []
+    keep_pixels = draw or save_crop  # the decoded image is held until drawn / cropped
     results: list[dict] = []
     batch: list[tuple[int, np.ndarray | None, torch.Tensor, float, tuple[int, int]]] = []
 
@@ -363,7 +387,7 @@ def predict(
         tensors = torch.cat([item[2] for item in batch])
         dets = detector.predict_tensor(tensors, [item[3] for item in batch], [item[4] for item in batch])
         for det in dets:
-            index, array, *_ = batch.pop(0)  # the batch lets go of each image as soon as it is done
+            index, array, _, _, size = batch.pop(0)  # the batch lets go of each image as soon as it is done
             img = images[index]
             entries = detections_to_coco([index + 1], [det], detector.category_ids)
             for entry, name in zip(entries, det["label_names"]):
@@ -374,6 +398,15 @@ def predict(
                 })  # fmt: skip
             summary.images += 1
             summary.detections += len(entries)
+            try:
+                if save_txt:
+                    scores = det["scores"] if save_conf else None
+                    lines = yolo_lines(det["boxes"], det["labels"], scores, size)
+                    write_label_file(label_path(out, stems[index]), lines)
+                if save_crop:
+                    save_crops(array, det["boxes"], det["labels"], folders, out, stems[index])
+            except (OSError, ValueError) as exc:
+                fail(str(img.path), f"{img.path}: cannot write its label file or crops: {exc}")
             if draw:
                 canvas = Image.fromarray(array)
                 del array  # one full-size copy fewer while drawing a huge image
@@ -401,7 +434,7 @@ def predict(
                 continue
             tensor, scales, sizes = detector.preprocess([array])
             pixels += array.shape[0] * array.shape[1]
-            batch.append((index, array if draw else None, tensor, scales[0], sizes[0]))
+            batch.append((index, array if keep_pixels else None, tensor, scales[0], sizes[0]))
             del array  # held by the batch only (to be drawn on), so it is freed once drawn
             if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET:
                 run_batch()
@@ -416,6 +449,7 @@ def predict(
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """The ``predict`` command: 0 when every image was processed, 1 when any source or file failed."""
+    from .class_filter import UnknownClassError
     from .train import TrainingError
     from .weights import CheckpointError
 
@@ -428,8 +462,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             score_threshold=args.score_threshold, iou_threshold=args.iou, nms=args.nms,
             class_agnostic=args.class_agnostic, max_det=args.max_det, batch_size=args.batch_size,
             device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
-            max_pixels=args.max_pixels, progress=None,
+            max_pixels=args.max_pixels, classes=args.classes, save_txt=args.save_txt,
+            save_conf=args.save_conf, save_crop=args.save_crop, progress=None,
         )  # fmt: skip
+    except UnknownClassError as e:  # a usage error, like argparse's own (exit 2), found before anything is written
+        print(f"efficientdet predict: --classes: {e}", file=sys.stderr)
+        return 2
     except (CheckpointError, TrainingError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"efficientdet predict: {e}", file=sys.stderr)
         return 1
@@ -489,7 +527,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--img-size", type=positive_int, help="input size (default: the model's own)")
     p.add_argument("--recursive", action="store_true", help="also take images from subfolders of folder sources")
-    p.add_argument("--no-draw", dest="draw", action="store_false", help="write only detections.json")
+    p.add_argument("--classes", metavar="LIST",
+                   help="keep only these classes: names or 0-based indices, comma-separated (person,car)")  # fmt: skip
+    p.add_argument("--save-txt", action="store_true",
+                   help="write YOLO label files labels/<image>.txt (class cx cy w h, 0..1); auto-labels")  # fmt: skip
+    p.add_argument("--save-conf", action="store_true", help="add the score to each label line (implies --save-txt)")
+    p.add_argument("--save-crop", action="store_true", help="save each detection as crops/<class>/<image>_<k>.jpg")
+    p.add_argument("--no-draw", dest="draw", action="store_false", help="do not write the drawn images")
     p.add_argument("--max-pixels", type=non_negative_int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip larger images (default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; 0: none)")  # fmt: skip
     p.add_argument("--task", choices=["detection", "segmentation"], default="detection",

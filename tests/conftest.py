@@ -29,6 +29,23 @@ def require_shared(path: Path) -> Path:
     return path
 
 
+def tiny_detector_checkpoint(path: Path, class_names: list[str]) -> Path:
+    """A tiny random Lite0 (128 px) saved at ``path``, with a wide spread of scores: tens of boxes per image above 0.3.
+
+    At initialisation every score is close to the 0.01 prior; scaling the class logits' weights and raising their
+    bias gives boxes to draw, filter and suppress.
+    """
+    from efficientdet.factory import create_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("efficientdet-lite0", num_classes=len(class_names), image_size=128)
+    with torch.no_grad():
+        model.class_net.predict.pointwise.weight.mul_(8.0)
+        model.class_net.predict.pointwise.bias.fill_(-7.0)
+    save_model(model, path, class_names=class_names)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY_DIR, SHARED, require_shared
+from conftest import PARITY_DIR, SHARED, require_shared, tiny_detector_checkpoint
 from PIL import Image
 
 from efficientdet.cli import main
 from efficientdet.data.images import image_size, load_image
-from efficientdet.factory import create_model, load_checkpoint, save_model
+from efficientdet.factory import load_checkpoint
 from efficientdet.inference import Detector
 from efficientdet.postprocess import box_iou_one_to_many
 from efficientdet.predict import (
@@ -34,19 +34,7 @@ ENTRY_KEYS = {"image_id", "file_name", "category_id", "category_name", "bbox", "
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A tiny random Lite0 (3 classes, 128 px) with a wide spread of scores: tens of boxes per image above 0.3.
-
-    At initialisation every score is close to the 0.01 prior; scaling the class logits' weights and raising their
-    bias gives boxes to draw, filter and suppress.
-    """
-    torch.manual_seed(0)
-    model = create_model("efficientdet-lite0", num_classes=3, image_size=128)
-    with torch.no_grad():
-        model.class_net.predict.pointwise.weight.mul_(8.0)
-        model.class_net.predict.pointwise.bias.fill_(-7.0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(model, path, class_names=CLASS_NAMES)
-    return path
+    return tiny_detector_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", CLASS_NAMES)
 
 
 def random_image(path: Path, size: tuple[int, int] = (96, 64), mode: str = "RGB", seed: int = 0) -> Path:

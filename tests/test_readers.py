@@ -198,6 +198,20 @@ def test_yolo_malformed_line_names_file_and_line(tmp_path):
         read_yolo(root, "train")
 
 
+def test_yolo_optional_score_column_is_ignored_but_checked(tmp_path):
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    labels = root / "labels" / "train" / "boxed.txt"
+    labels.write_text("1 0.5 0.5 0.2 0.4 0.87\n0 0.95 0.5 0.2 0.2\n")  # predict --save-txt --save-conf
+    (boxed, _) = read_yolo(root, "train").records
+    np.testing.assert_allclose(boxed.boxes, [[80, 30, 120, 70], [170, 40, 200, 60]], atol=1e-4)
+    labels.write_text("1 0.5 0.5 0.2 0.4 high\n")
+    with pytest.raises(DatasetError, match=r"boxed\.txt: line 1 score"):
+        read_yolo(root, "train")
+    labels.write_text("1 0.5 0.5 0.2 0.4 0.9 7\n")
+    with pytest.raises(DatasetError, match=r"boxed\.txt: line 1: expected"):
+        read_yolo(root, "train")
+
+
 def test_yolo_unreadable_image_is_kept_and_counted(tmp_path):
     root = _yolo_dataset(tmp_path, "names: [cat, dog]")
     (root / "images" / "train" / "broken.jpg").write_text("not an image")

@@ -401,7 +401,8 @@ def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
     resolved against the yaml's ``path:`` key when given (itself relative to the yaml's folder), else the yaml's
     folder. The label file of ``.../images/<sub>/<stem>.<ext>`` is ``.../labels/<sub>/<stem>.txt`` (the last
     ``images`` path component replaced); with no ``images`` component it is ``<stem>.txt`` beside the image. A
-    missing or empty label file makes the image a negative. Lines are ``class cx cy w h``, normalised to 0..1.
+    missing or empty label file makes the image a negative. Lines are ``class cx cy w h``, normalised to 0..1, with an
+    optional sixth column (a detection's score, ignored).
     """
     yaml_path = Path(root)
     if yaml_path.is_dir():
@@ -506,15 +507,22 @@ def _yolo_record(index: int, image_path: Path, num_classes: int, fixes: dict[str
 
 
 def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, float, float, float]]:
-    """``(class, cx, cy, w, h)`` rows of a label file; blank lines are skipped, anything else must be valid."""
+    """``(class, cx, cy, w, h)`` rows of a label file; blank lines are skipped, anything else must be valid.
+
+    A sixth column is a confidence (``efficientdet predict --save-txt --save-conf`` writes one, as YOLOv5's
+    ``detect.py --save-conf`` does): it must be a number and is ignored, so auto-labelled files train as they are.
+    """
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         where = f"{path}: line {number}"
-        if len(fields) != 5:
-            raise DatasetError(f"{where}: expected 'class cx cy w h', got {line.strip()!r}")
+        if len(fields) not in (5, 6):
+            raise DatasetError(f"{where}: expected 'class cx cy w h' (and an optional score), got {line.strip()!r}")
+        if len(fields) == 6:
+            _finite_number(fields[5], f"{where} score")
+            fields = fields[:5]
         class_value = _finite_number(fields[0], f"{where} class")
         if class_value != int(class_value):
             raise DatasetError(f"{where}: class index must be an integer, got {fields[0]!r}")

@@ -1,0 +1,174 @@
+"""``efficientdet predict --classes / --save-txt / --save-conf / --save-crop`` and ``Detector(classes=...)``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_detector_checkpoint
+from PIL import Image
+
+from efficientdet.class_filter import UnknownClassError, resolve_classes
+from efficientdet.cli import main
+from efficientdet.data.readers import read_yolo
+from efficientdet.inference import Detector
+from efficientdet.predict_files import class_folders, crop_region, image_stems
+
+CLASS_NAMES = ["cat", "Dog", "a/b"]  # a mixed-case name and one that is not a safe folder name
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_detector_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", CLASS_NAMES)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Two noise photos of different aspect ratios (losslessly saved: the crops can be compared pixel for pixel)."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, (w, h) in {"wide.png": (96, 48), "tall.png": (40, 72)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def run(output: Path, checkpoint: Path, *sources: str | Path, extra: tuple[str, ...] = ()) -> int:
+    argv = ["predict", *map(str, sources), "--checkpoint", str(checkpoint), "--output", str(output)]
+    return main([*argv, "--device", "cpu", "--no-draw", *extra])
+
+
+def detections(output: Path) -> list[dict]:
+    return json.loads((output / "detections.json").read_text())
+
+
+def non_empty(entries: list[dict]) -> list[dict]:
+    """The detections a label file holds: those not clipped flat against the image border (w, h > 0)."""
+    return [e for e in entries if e["bbox"][2] > 0 and e["bbox"][3] > 0]
+
+
+@pytest.fixture(scope="module")
+def full_run(checkpoint, images, tmp_path_factory) -> Path:
+    """One unfiltered run saving everything: the reference the filtered runs are compared with."""
+    output = tmp_path_factory.mktemp("full") / "out"
+    assert run(output, checkpoint, images, extra=("--save-txt", "--save-conf", "--save-crop")) == 0
+    assert {e["category_name"] for e in detections(output)} == set(CLASS_NAMES)  # every class has boxes
+    return output
+
+
+@pytest.mark.parametrize("selection", ["cat,a/b", "0,2", "CAT, 2"])
+def test_classes_by_name_or_index_keep_exactly_those_detections(checkpoint, images, full_run, tmp_path, selection):
+    output = tmp_path / "out"
+    assert run(output, checkpoint, images, extra=("--classes", selection)) == 0
+    expected = [e for e in detections(full_run) if e["category_name"] in ("cat", "a/b")]
+    assert detections(output) == expected and expected
+
+
+def test_unknown_class_is_a_usage_error_before_any_output(checkpoint, images, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert run(output, checkpoint, images, extra=("--classes", "cat,cow,3")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "'cow'" in err and "'3'" in err and "cat, Dog, a/b" in err
+    assert not output.exists()
+
+
+def test_detector_classes_filter_after_postprocessing(checkpoint, images):
+    image = images / "wide.png"
+    every = Detector.from_checkpoint(checkpoint, score_threshold=0.3)(image)[0]
+    dogs = Detector.from_checkpoint(checkpoint, score_threshold=0.3, classes=["dog"])(image)[0]
+    keep = every["labels"] == 1
+    assert keep.any() and set(dogs["label_names"]) == {"Dog"}
+    torch.testing.assert_close(dogs["boxes"], every["boxes"][keep])
+    torch.testing.assert_close(dogs["scores"], every["scores"][keep])
+    with pytest.raises(UnknownClassError, match="class 7 .*cat, Dog, a/b"):
+        Detector.from_checkpoint(checkpoint, classes=[7])
+
+
+def test_resolve_classes_spellings():
+    assert resolve_classes("dog, 0,,DOG", CLASS_NAMES) == [1, 0]
+    assert resolve_classes([np.int64(2), "A/B"], CLASS_NAMES) == [2]
+    assert resolve_classes("1", ["0", "1"]) == [1]
+    for bad in ("-1", "1.0", "", []):
+        with pytest.raises(UnknownClassError):
+            resolve_classes(bad, CLASS_NAMES)
+
+
+def test_save_txt_lines_are_normalised_boxes_with_optional_scores(checkpoint, images, full_run, tmp_path):
+    plain = tmp_path / "plain"
+    assert run(plain, checkpoint, images, extra=("--save-txt",)) == 0  # the same batch as full_run: same boxes
+    entries = non_empty([e for e in detections(full_run) if Path(e["file_name"]).name == "wide.png"])
+    lines = (plain / "labels" / "wide.txt").read_text().splitlines()
+    assert len(lines) == len(entries) > 0
+    # by hand: the first detection's pixel box [x, y, w, h] in a 96 x 48 image
+    x, y, w, h = entries[0]["bbox"]
+    fields = lines[0].split()
+    assert len(fields) == 5 and int(fields[0]) == CLASS_NAMES.index(entries[0]["category_name"])
+    np.testing.assert_allclose([float(v) for v in fields[1:]], [(x + w / 2) / 96, (y + h / 2) / 48, w / 96, h / 48],
+                               atol=1e-4)  # fmt: skip
+    with_conf = (full_run / "labels" / "wide.txt").read_text().splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in with_conf] == lines
+    np.testing.assert_allclose([float(line.split()[5]) for line in with_conf], [e["score"] for e in entries],
+                               atol=1e-4)  # fmt: skip
+
+
+def test_image_without_detections_gets_an_empty_label_file(checkpoint, images, tmp_path):
+    output = tmp_path / "out"
+    assert run(output, checkpoint, images / "tall.png", extra=("--save-txt", "--score-threshold", "1")) == 0
+    assert (output / "labels" / "tall.txt").read_text() == ""
+
+
+def test_label_files_read_back_as_a_yolo_dataset(checkpoint, images, full_run, tmp_path):
+    """Auto-labelling: images/ + predict's labels/ (with scores) + data.yaml -> the same boxes within rounding."""
+    shutil.copytree(images, tmp_path / "images")
+    shutil.copytree(full_run / "labels", tmp_path / "labels")
+    names = ", ".join(f"'{n}'" for n in CLASS_NAMES)
+    (tmp_path / "data.yaml").write_text(f"train: images\nnames: [{names}]\n")
+    data = read_yolo(tmp_path, "train")
+    assert data.class_names == CLASS_NAMES
+    predicted: dict[str, list[dict]] = {}
+    for entry in detections(full_run):
+        predicted.setdefault(Path(entry["file_name"]).name, []).append(entry)
+    assert len(data.records) == 2 and data.fixes["zero_area_boxes"] == 0
+    for record in data.records:
+        entries = non_empty(predicted[Path(record.path).name])
+        expected = [[x, y, x + w, y + h] for x, y, w, h in (e["bbox"] for e in entries)]
+        np.testing.assert_allclose(record.boxes, expected, atol=0.01)
+        assert [CLASS_NAMES[k] for k in record.labels] == [e["category_name"] for e in entries]
+
+
+def test_save_crop_writes_each_clipped_rounded_box(checkpoint, images, full_run):
+    folders = class_folders(CLASS_NAMES)
+    assert folders == ["cat", "Dog", "a_b"]
+    names = ["tall.png", "wide.png"]  # predict's order, in one batch: the same boxes, unrounded
+    results = Detector.from_checkpoint(checkpoint, score_threshold=0.3)([images / n for n in names])
+    expected = set()
+    for name, det in zip(names, results):
+        with Image.open(images / name) as original:
+            width, height = original.size
+        for k, (box, label) in enumerate(zip(det["boxes"].tolist(), det["labels"].tolist())):
+            region = crop_region(box, width, height)
+            path = full_run / "crops" / folders[label] / f"{Path(name).stem}_{k}.jpg"
+            if region is None:
+                assert not path.exists()
+                continue
+            with Image.open(path) as crop:
+                assert crop.size == (region[2] - region[0], region[3] - region[1])
+            expected.add(path)
+    assert expected and set((full_run / "crops").rglob("*.jpg")) == expected
+
+
+def test_crop_region_clips_rounds_and_skips_empty_boxes():
+    assert crop_region([-3.2, 1.4, 10.6, 99.0], 50, 40) == (0, 1, 11, 40)
+    assert crop_region([5.2, 5.0, 5.4, 9.0], 50, 40) is None  # rounds to zero width
+    assert crop_region([60.0, 5.0, 70.0, 9.0], 50, 40) is None  # outside the image
+
+
+def test_same_stem_inputs_get_distinct_label_and_crop_names(tmp_path):
+    out = tmp_path / "out"
+    stems = image_stems([out / "a.jpg", out / "a.png", out / "A_2.jpg", out / "sub" / "a.jpg"], out)
+    assert stems == ["a", "a_2", "A_2_2", "sub/a"]
+    assert class_folders(["..", "x", "X", ""]) == ["class_0", "x", "X_2", "class_3"]
