@@ -98,8 +98,63 @@ BACKBONES: dict[str, BackboneConfig] = {
 }
 
 
+def _plain(value: Any) -> Any:
+    """Tuples (of tuples) as lists: the JSON form a config takes in a checkpoint."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+class NetworkConfig:
+    """What every network config shares (detection's :class:`ModelConfig`, segmentation's ``SegmentationConfig``):
+    the checks of the common choices, the JSON round trip stored in checkpoints, and ``replace``.
+
+    Subclasses are dataclasses with at least ``backbone``, ``fusion``, ``fpn_type``, ``padding``, ``activation``
+    and ``num_classes``; ``KIND`` names them in error messages.
+    """
+
+    KIND = "model"
+
+    def _check_common(self) -> None:
+        for value, allowed, what in (
+            (self.fusion, FUSION_METHODS, "fusion"),  # type: ignore[attr-defined]
+            (self.fpn_type, FPN_TYPES, "fpn_type"),  # type: ignore[attr-defined]
+            (self.padding, PADDING_MODES, "padding"),  # type: ignore[attr-defined]
+            (self.activation, ACTIVATIONS, "activation"),  # type: ignore[attr-defined]
+        ):
+            if value not in allowed:
+                raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+        if self.backbone not in BACKBONES:  # type: ignore[attr-defined]
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {sorted(BACKBONES)}")  # type: ignore[attr-defined]
+
+    @property
+    def backbone_config(self) -> BackboneConfig:
+        return BACKBONES[self.backbone]  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-serialisable description (stored in our checkpoints)."""
+        return {k: _plain(v) for k, v in dataclasses.asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown {cls.KIND} config fields: {sorted(unknown)}")
+        return cls(**cls._from_plain(dict(data)))
+
+    @classmethod
+    def _from_plain(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Undo what JSON did to fields that want tuples (a subclass hook)."""
+        return data
+
+    def replace(self, **overrides: Any) -> Any:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        if unknown:
+            raise TypeError(f"unknown {self.KIND} option(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **overrides)  # type: ignore[type-var]
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(NetworkConfig):
     """Everything that determines an EfficientDet network (and the anchors that go with its outputs)."""
 
     name: str
@@ -128,16 +183,7 @@ class ModelConfig:
     paper_flops: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSION_METHODS:
-            raise ValueError(f"fusion must be one of {FUSION_METHODS}, got {self.fusion!r}")
-        if self.fpn_type not in FPN_TYPES:
-            raise ValueError(f"fpn_type must be one of {FPN_TYPES}, got {self.fpn_type!r}")
-        if self.padding not in PADDING_MODES:
-            raise ValueError(f"padding must be one of {PADDING_MODES}, got {self.padding!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {sorted(BACKBONES)}")
+        self._check_common()
         if not 1 <= self.min_level < self.max_level:
             raise ValueError(f"need 1 <= min_level < max_level, got {self.min_level}, {self.max_level}")
         if self.min_level != 3:
@@ -157,34 +203,11 @@ class ModelConfig:
         """Anchors per location: octave scales x aspect ratios."""
         return self.num_scales * len(self.aspect_ratios)
 
-    @property
-    def backbone_config(self) -> BackboneConfig:
-        return BACKBONES[self.backbone]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain, JSON-serialisable description (stored in our checkpoints)."""
-        data = dataclasses.asdict(self)
-        data["aspect_ratios"] = [list(r) for r in self.aspect_ratios]
-        data["mean"] = list(self.mean)
-        data["std"] = list(self.std)
-        return data
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        data = dict(data)
+    def _from_plain(cls, data: dict[str, Any]) -> dict[str, Any]:
         if "aspect_ratios" in data:
             data["aspect_ratios"] = tuple(tuple(r) for r in data["aspect_ratios"])
-        return cls(**data)
-
-    def replace(self, **overrides: Any) -> ModelConfig:
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"unknown model option(s): {sorted(unknown)}")
-        return dataclasses.replace(self, **overrides)
+        return data
 
 
 def _d(name, backbone, size, ch, reps, head, fusion, anchor, params, flops, max_level=7) -> ModelConfig:

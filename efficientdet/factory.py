@@ -8,17 +8,18 @@ from typing import Any
 
 import torch
 
-from .config import EFFDET_ASPECT_RATIOS, ModelConfig, get_config
-from .hub import backbone_weights_file, detection_weights_file, resolve_weights
+from .config import EFFDET_ASPECT_RATIOS, ModelConfig, get_config, list_models
+from .hub import detection_weights_file, resolve_weights
 from .labels import COCO_NUM_SLOTS, coco_slot_ids, coco_slot_names
 from .nn.detector import EfficientDet
+from .pretrained import load_pretrained_backbone
+from .registry import ModelFamily, family_for, register_family
 from .weights import (
     FORMAT_NAME,
     Checkpoint,
     CheckpointError,
     checkpoint_dict,
     load_weights,
-    read_backbone_weights,
     read_checkpoint,
     save_file_atomic,
 )
@@ -81,11 +82,12 @@ def create_model(
     pretrained: bool | str | os.PathLike = False,
     **overrides: Any,
 ) -> EfficientDet:
-    """Build an EfficientDet by name (see :func:`list_models`).
+    """Build a model by name: the registry (:mod:`efficientdet.registry`) finds the family that builds it.
 
     Args:
         name: e.g. ``"efficientdet-d0"`` or ``"efficientdet-lite0"``; ``"efficientdet-seg-*"`` names build the
-            segmentation variant (:mod:`efficientdet.segmentation`).
+            segmentation variant (:mod:`efficientdet.segmentation`). An unknown name is a ``KeyError`` that lists
+            the known ones (:func:`efficientdet.registry.model_names`).
         num_classes: number of object classes (default 90, COCO; taken from the checkpoint when not given).
         checkpoint: a file in our format or one of effdet's release files (raw state_dict or a dict holding it
             under ``state_dict`` / ``model`` / ``state_dict_ema``), or a URL of one (downloaded into the cache of
@@ -106,10 +108,18 @@ def create_model(
         checkpoint = detection_weights_file(name) if pretrained is True else str(pretrained)
     if checkpoint is not None:
         checkpoint = resolve_weights(checkpoint)
-    if name.lower().startswith("efficientdet-seg-"):  # the segmentation variant (SPEC 9) has its own builder
-        from .segmentation.model import create_segmentation_model
+    return family_for(name).create(name, num_classes, checkpoint, pretrained_backbone, **overrides)
 
-        return create_segmentation_model(name, num_classes, checkpoint, pretrained_backbone, **overrides)  # type: ignore[return-value]
+
+def create_detector(
+    name: str,
+    num_classes: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    pretrained_backbone: bool | str = False,
+    **overrides: Any,
+) -> EfficientDet:
+    """The detection family's builder (what :func:`create_model` calls for a detection name); ``checkpoint`` is
+    a local file."""
     if checkpoint is not None and pretrained_backbone:
         raise ValueError("give either checkpoint= or pretrained_backbone=, not both")
     base = get_config(name)
@@ -144,19 +154,6 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None, **override
     return create_model(name, checkpoint=path, **overrides)
 
 
-def load_pretrained_backbone(model: EfficientDet, path: str | None = None) -> None:
-    """Load ImageNet weights into ``model.backbone`` (the classifier head of the file is dropped).
-
-    ``path``: a file or URL; by default the published weights of the backbone (:func:`hub.backbone_weights_file`).
-    """
-    backbone = model.backbone
-    path = resolve_weights(path) if path else backbone_weights_file(backbone.name)
-    sd = read_backbone_weights(path, [len(stage) for stage in backbone.blocks])
-    sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "classifier."))}
-    load_weights(backbone, sd, source=path)
-    LOG.info("loaded ImageNet backbone weights from %s", path)
-
-
 def save_model(
     model: EfficientDet,
     path: str | os.PathLike,
@@ -177,3 +174,7 @@ def save_model(
 
 def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# the detection family: every row of the variant table (efficientdet.config.MODEL_TABLE)
+register_family(ModelFamily("efficientdet", "detection", list_models, create_detector, ModelConfig))

@@ -9,7 +9,7 @@ import torch
 from conftest import SHARED, require_shared
 
 import efficientdet
-from efficientdet import train as train_mod
+from efficientdet.engine.tasks import detection as train_mod  # the detection task calls detection_loss
 from efficientdet.train import (
     ModelEma,
     TrainConfig,

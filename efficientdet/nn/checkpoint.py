@@ -55,3 +55,20 @@ def checkpointed(module: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
 def checkpointing_active(module: nn.Module) -> bool:
     """Checkpoint only when it saves something: training mode with autograd recording."""
     return bool(getattr(module, "grad_checkpoint", False)) and module.training and torch.is_grad_enabled()
+
+
+class BackboneFpnCheckpointing:
+    """``grad_checkpoint`` for a network with a ``backbone`` and an ``fpn`` (the detector and the segmenter):
+    recompute backbone blocks and BiFPN cells in backward, ~half the peak memory for ~25% more arithmetic."""
+
+    backbone: nn.Module
+    fpn: nn.Module
+
+    @property
+    def grad_checkpoint(self) -> bool:
+        return bool(self.backbone.grad_checkpoint)
+
+    @grad_checkpoint.setter
+    def grad_checkpoint(self, enabled: bool) -> None:
+        self.backbone.grad_checkpoint = bool(enabled)
+        self.fpn.grad_checkpoint = bool(enabled)

@@ -11,12 +11,13 @@ from torch import nn
 
 from ..config import ModelConfig
 from .bifpn import FeatureNetwork
+from .checkpoint import BackboneFpnCheckpointing
 from .efficientnet import EfficientNet
 from .head import PredictionNet, class_prior_bias
-from .layers import variance_scaling_
+from .layers import SeparableConv2d, variance_scaling_
 
 
-class EfficientDet(nn.Module):
+class EfficientDet(BackboneFpnCheckpointing, nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -52,15 +53,22 @@ class EfficientDet(nn.Module):
         self.box_net = PredictionNet(num_outputs=config.num_anchors * 4, **head_args)
         variance_scaling_(self.fpn)  # the backbone and the heads initialise themselves
 
-    @property
-    def grad_checkpoint(self) -> bool:
-        """Recompute backbone blocks and BiFPN cells in backward: ~half the peak memory, ~25% more arithmetic."""
-        return bool(self.backbone.grad_checkpoint)
+    def reset_head(self, num_classes: int) -> None:
+        """Predict ``num_classes`` classes: a fresh last conv of the class net (variance-scaling weights, the
+        focal-loss prior bias), everything else kept; class names and ids are forgotten.
 
-    @grad_checkpoint.setter
-    def grad_checkpoint(self, enabled: bool) -> None:
-        self.backbone.grad_checkpoint = bool(enabled)
-        self.fpn.grad_checkpoint = bool(enabled)
+        The start of fine-tuning on another label set when none of the old classes carries over (to keep the rows
+        of shared classes, :mod:`efficientdet.finetune` maps them instead).
+        """
+        old = self.class_net.predict
+        fresh = SeparableConv2d(
+            self.config.fpn_channels, self.config.num_anchors * num_classes, 3, bias=True, padding=self.config.padding
+        )
+        variance_scaling_(fresh)
+        nn.init.constant_(fresh.pointwise.bias, class_prior_bias())
+        self.class_net.predict = fresh.to(old.pointwise.weight.device)
+        self.config = self.config.replace(num_classes=num_classes)
+        self.class_names, self.category_ids = None, None
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Return ``(class_outputs, box_outputs)``: lists over levels P3..P7 (P8), NCHW.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -63,7 +64,12 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+# Options of `efficientdet train` that only detection has: given with --task segmentation, they are an error.
+DETECTION_ONLY = ("box_loss_weight", "format", "aspect_ratios", "anchor_scale")
+
+
 def _seg_train_config(args: argparse.Namespace) -> Any:
+    from ..engine.recipe import RESUME_CHANGEABLE
     from .train import SegTrainConfig, resume_segmentation_config
 
     given = {k: v for k, v in vars(args).items() if k in SegTrainConfig.__dataclass_fields__ and v is not None}
@@ -74,8 +80,8 @@ def _seg_train_config(args: argparse.Namespace) -> Any:
     if str(given.get("val_split", "")).lower() == "none":
         given["val_split"] = None
     if args.resume:
-        keep = ("epochs", "workers", "device", "output", "max_steps", "tensorboard")
-        return resume_segmentation_config(args.resume, **{k: v for k, v in given.items() if k in keep})
+        changes = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE}
+        return resume_segmentation_config(args.resume, **changes)
     if given.get("model") is None:
         given["model"] = "efficientdet-seg-lite0"
     return SegTrainConfig(**given)
@@ -84,6 +90,7 @@ def _seg_train_config(args: argparse.Namespace) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     """`efficientdet train --task segmentation ...`"""
     from ..data.readers import DatasetError
+    from ..fields import flag_name
     from ..train import TrainingError
     from ..weights import CheckpointError
     from .model import is_segmentation_model
@@ -98,6 +105,11 @@ def run_train(args: argparse.Namespace) -> int:
         print("efficientdet train --task segmentation: give --train-images and --train-masks (and --val-images, "
               "--val-masks), or --data VOC_ROOT", file=sys.stderr)  # fmt: skip
         return 2
+    unsupported = [flag_name(k) for k in DETECTION_ONLY if getattr(args, k, None) is not None]
+    if unsupported:
+        print(f"efficientdet train: {', '.join(unsupported)}: detection only, not supported with --task "
+              "segmentation", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         from .train import train_segmentation
 
@@ -106,6 +118,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"efficientdet train: {e}", file=sys.stderr)
         return 1
     best = result["best_miou"]
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports for the job
+        return 0
     print(f"best mIoU {100 * best:.2f}%; checkpoints: {result['best']} (best), {result['last']} (last)"
           if best >= 0 else f"checkpoints: {result['best']} (best), {result['last']} (last)")  # fmt: skip
     return 0

@@ -11,19 +11,21 @@ Like the detector, the network is a plain ``nn.Module``: normalised float images
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ACTIVATIONS, BACKBONES, FPN_TYPES, FUSION_METHODS, MODEL_TABLE, PADDING_MODES, BackboneConfig
+from ..config import MODEL_TABLE, NetworkConfig
 from ..nn.bifpn import FeatureNetwork
+from ..nn.checkpoint import BackboneFpnCheckpointing
 from ..nn.efficientnet import SEGMENTATION_FEATURE_STAGES, EfficientNet
 from ..nn.layers import SeparableConv2d, activation, batch_norm, variance_scaling_
+from ..pretrained import load_pretrained_backbone
+from ..registry import ModelFamily, register_family
 from ..weights import CheckpointError, load_weights, read_checkpoint
 
 SEG_PREFIX = "efficientdet-seg-"
@@ -45,8 +47,10 @@ def _round8(x: float) -> int:
 
 
 @dataclass
-class SegmentationConfig:
+class SegmentationConfig(NetworkConfig):
     """Everything that determines an EfficientDet segmentation network."""
+
+    KIND: ClassVar[str] = "segmentation model"
 
     name: str
     backbone: str
@@ -72,16 +76,7 @@ class SegmentationConfig:
     paper_flops: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for value, allowed, what in (
-            (self.fusion, FUSION_METHODS, "fusion"),
-            (self.fpn_type, FPN_TYPES, "fpn_type"),
-            (self.padding, PADDING_MODES, "padding"),
-            (self.activation, ACTIVATIONS, "activation"),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {sorted(BACKBONES)}")
+        self._check_common()
         if self.min_level != OUTPUT_LEVEL:
             raise ValueError(f"the segmentation network starts at P{OUTPUT_LEVEL}, got min_level={self.min_level}")
         if self.max_level <= 5:
@@ -94,32 +89,8 @@ class SegmentationConfig:
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
 
     @property
-    def backbone_config(self) -> BackboneConfig:
-        return BACKBONES[self.backbone]
-
-    @property
     def task(self) -> str:
         return "segmentation"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable, stored in checkpoints."""
-        data = dataclasses.asdict(self)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SegmentationConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown segmentation config fields: {sorted(unknown)}")
-        return cls(**data)
-
-    def replace(self, **overrides: Any) -> SegmentationConfig:
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"unknown segmentation model option(s): {sorted(unknown)}")
-        return dataclasses.replace(self, **overrides)
 
 
 def _scaled(detection_name: str) -> SegmentationConfig:
@@ -183,7 +154,7 @@ class SegmentationHead(nn.Module):
         return self.predict(x)
 
 
-class EfficientDetSegmentation(nn.Module):
+class EfficientDetSegmentation(BackboneFpnCheckpointing, nn.Module):
     """Backbone (P2-P5) -> extra levels P6, P7 -> BiFPN cells -> head at P2 -> upsampled logits."""
 
     def __init__(self, config: SegmentationConfig) -> None:
@@ -204,6 +175,18 @@ class EfficientDetSegmentation(nn.Module):
             config.padding,
         )  # fmt: skip
         variance_scaling_(self.fpn)
+
+    def reset_head(self, num_classes: int) -> None:
+        """Predict ``num_classes`` classes: a freshly initialised last conv of the head, everything else kept.
+
+        The start of fine-tuning on another label set; the head's conv tower is class-agnostic and stays.
+        """
+        old = self.head.predict
+        fresh = SeparableConv2d(self.config.head_channels, num_classes, 3, bias=True, padding=self.config.padding)
+        variance_scaling_(fresh)
+        self.head.predict = fresh.to(old.pointwise.weight.device)
+        self.config = self.config.replace(num_classes=num_classes)
+        self.class_names = None
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits at stride 4: ``[B, K, ceil(H / 4), ceil(W / 4)]`` (what a loss at low resolution wants)."""
@@ -271,9 +254,7 @@ def create_segmentation_model(
         load_weights(model, ckpt.state_dict, source=str(checkpoint))
         model.class_names = ckpt.class_names
     elif pretrained_backbone:
-        from ..factory import load_pretrained_backbone
-
-        load_pretrained_backbone(model, None if pretrained_backbone is True else str(pretrained_backbone))  # type: ignore[arg-type]
+        load_pretrained_backbone(model, None if pretrained_backbone is True else str(pretrained_backbone))
     return model
 
 
@@ -293,3 +274,10 @@ def segmentation_stats(config: SegmentationConfig | str, image_size: int | tuple
         "head_channels": cfg.head_channels,
         "paper_flops": cfg.paper_flops,
     }
+
+
+# the segmentation family: the rows of SEGMENTATION_TABLE, scaled from the detection variants
+register_family(
+    ModelFamily("efficientdet-seg", "segmentation", list_segmentation_models, create_segmentation_model,
+                SegmentationConfig)
+)  # fmt: skip

@@ -1,0 +1,146 @@
+"""The training recipe both tasks share: its constants, the learning-rate schedule, and the options of a run.
+
+The paper (Tan, Pang, Le, CVPR 2020, section 5.1) trains with SGD, momentum 0.9, weight decay 4e-5, a learning rate
+warmed up linearly from 0 to 0.16 (batch 128) then annealed by cosine decay, and an exponential moving average of
+the weights with decay 0.9998; the official code (google/automl efficientdet) clips the gradient norm at 10 and
+starts the warm-up at 0.008 for a peak of 0.08 per 64 images. Detection and segmentation use these same numbers:
+each is defined here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..fields import check_fields, increasing_pair, int_at_least, number_in, one_of
+
+BASE_BATCH = 64  # learning rates are quoted per 64 images and scaled linearly with the batch
+# The paper's COCO rate is 0.08 per 64 images (`--lr 0.08*B/64`); `efficientdet train` defaults to 3x that.
+# Fine-tuning a fresh BiFPN and heads on a small dataset for tens of epochs learns too slowly at the COCO rate:
+# on raccoon this gave AP 0.506 against 0.387 (with jitter 0.5-1.5 against 0.1-2.0; benchmarks/raccoon.py).
+DEFAULT_LR_PER_64 = 0.24
+WARMUP_START = 0.1  # official code: warm-up from 0.008 = 0.1 x 0.08
+MOMENTUM = 0.9  # paper, section 5.1
+WEIGHT_DECAY = 4e-5  # paper, section 5.1
+CLIP_NORM = 10.0  # official code: gradient norm clipped at 10
+EMA_DECAY = 0.9998  # paper, section 5.1 (with ModelEma's warm-up so that short runs work)
+MAX_BAD_STEPS = 20  # consecutive non-finite steps before training stops
+TENSORBOARD_DIR = "tensorboard"  # under the output folder
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+# Options that may differ from the saved run on --resume: where and how fast it runs, not what it computes.
+RESUME_CHANGEABLE = (
+    "epochs",
+    "workers",
+    "device",
+    "output",
+    "max_steps",
+    "grad_checkpoint",
+    "sync_bn",
+    "channels_last",
+    "tensorboard",
+)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warm-up from 0.1 x peak, then cosine decay to 0 (per optimiser step)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (WARMUP_START + (1 - WARMUP_START) * step / warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def default_lr(global_batch: int) -> float:
+    """Peak learning rate when ``--lr`` is not given: DEFAULT_LR_PER_64 per 64 images of the *global* batch.
+
+    Under DDP the global batch is ``world_size * batch_size``: 8 GPUs x 8 images train at 8x the rate of one.
+    """
+    return DEFAULT_LR_PER_64 * global_batch / BASE_BATCH
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only: not on BN, biases or fusion weights (official code's filter)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class RecipeConfig:
+    """The options every task's training run has; a task's config adds its own (data, loss) and may change defaults.
+
+    ``TrainConfig`` (detection) and ``SegTrainConfig`` (segmentation) subclass this, so an option of the loop
+    (EMA, AMP, DDP, resume ...) exists once with one meaning for both.
+    """
+
+    model: str = ""
+    data: str | None = None
+    train_split: str = "train"
+    val_split: str | None = "val"
+    epochs: int = field(default=60, metadata=int_at_least(1))
+    batch_size: int = field(default=8, metadata=int_at_least(1))  # per process: global = world_size * batch_size
+    img_size: int | None = field(default=None, metadata=int_at_least(1, optional=True))  # None: the model's own
+    output: str = "runs/train"
+    # None: DEFAULT_LR_PER_64 * global batch / 64 (the paper's COCO rule: 0.08 per 64)
+    lr: float | None = field(default=None, metadata=number_in(0, low_open=True, optional=True))
+    warmup_epochs: float = field(default=1.0, metadata=number_in(0))
+    weight_decay: float = field(default=WEIGHT_DECAY, metadata=number_in(0))
+    scale_range: tuple[float, float] = field(default=(0.5, 1.5), metadata=increasing_pair(0.0))
+    hflip: float = field(default=0.5, metadata=number_in(0, 1))
+    ema_decay: float = field(default=EMA_DECAY, metadata=number_in(0, 1, high_open=True))
+    clip_norm: float = field(default=CLIP_NORM, metadata=number_in(0, low_open=True))
+    pretrained_backbone: bool = True
+    checkpoint: str | None = None  # fine-tune from this file (or URL)
+    resume: str | None = None
+    freeze_backbone: bool = False
+    # With freeze_backbone: the conv weights of the backbone's last N stages train all the same (its BN layers,
+    # statistics and affine, stay frozen everywhere, as torchvision's trainable_backbone_layers with FrozenBN).
+    trainable_stages: int = field(default=0, metadata=int_at_least(0))
+    workers: int = field(default=2, metadata=int_at_least(0))
+    seed: int = 0
+    device: str = "auto"
+    # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16" (CPU too), "fp16" (CUDA)
+    amp: str = field(default="auto", metadata=one_of(AMP_CHOICES))
+    eval_interval: int = field(default=1, metadata=int_at_least(1))
+    # stop after this many optimiser steps in total (tests, smoke runs)
+    max_steps: int | None = field(default=None, metadata=int_at_least(1, optional=True))
+    sync_bn: bool = False  # under torchrun: BN statistics over the global batch (the paper's setting)
+    grad_checkpoint: bool = False  # recompute backbone / BiFPN activations in backward: less memory, slower steps
+    # NHWC tensors: oneDNN runs the forward and the frozen-backbone backward ~1.5x faster on CPU (EfficientNet-Lite0,
+    # 320-448 px, measured on this project's machine); the weights and the checkpoints are the same either way.
+    channels_last: bool = True
+    # TensorBoard logs in OUTPUT/tensorboard (rank 0): losses and lr per step, the metrics.csv row per epoch, and
+    # what the task adds (detection: validation images with the EMA model's detections, PR curves)
+    tensorboard: bool = False
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scale_range = tuple(self.scale_range)  # type: ignore[assignment]  # lists from JSON / old checkpoints
+        check_fields(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scale_range"] = list(self.scale_range)
+        return d
+
+
+__all__ = [
+    "BASE_BATCH",
+    "CLIP_NORM",
+    "DEFAULT_LR_PER_64",
+    "EMA_DECAY",
+    "MAX_BAD_STEPS",
+    "MOMENTUM",
+    "RESUME_CHANGEABLE",
+    "RecipeConfig",
+    "WARMUP_START",
+    "WEIGHT_DECAY",
+    "default_lr",
+    "lr_at",
+    "param_groups",
+]

@@ -1,0 +1,1 @@
+"""The training tasks: each says what its problem adds to :class:`efficientdet.engine.Trainer`."""

@@ -1,0 +1,291 @@
+"""Object detection as a training task: focal + Huber loss on anchors, COCO AP (pycocotools) as the metric.
+
+The loss is the paper's (section 3.3 keeps RetinaNet's focal loss; the official code adds a Huber box loss with
+weight 50); each image's ground truth is assigned to anchors by :class:`efficientdet.labeler.AnchorLabeler`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ...anchors import anchors_for_config
+from ...atomic import atomic_open
+from ...config import ModelConfig, get_config, list_models
+from ...data.dataset import Batch, DetectionDataset, loader_kwargs
+from ...data.images import ImageReadError, load_image
+from ...data.readers import read_dataset
+from ...data.records import DetectionData, ImageRecord
+from ...data_check import data_summary
+from ...distributed import DistEnv, all_reduce_sum
+from ...draw import draw_batch, draw_detections
+from ...eval_plots import write_evaluation_plots
+from ...evaluate import CocoEvaluation, format_metrics
+from ...factory import checkpoint_labels, config_for_checkpoint, load_pretrained_backbone
+from ...fields import increasing_pair, number_in, one_of
+from ...finetune import describe_mapping, shared_classes, transfer_state
+from ...hub import detection_weights_file, resolve_weights
+from ...labeler import AnchorLabeler
+from ...losses import BOX_LOSS_WEIGHT, detection_loss
+from ...nn.detector import EfficientDet
+from ...plot import plot_training_metrics
+from ...postprocess import flatten_outputs
+from ...tensorboard_log import TensorBoardLogger
+from ...validate import evaluate_model, predict_records
+from ...weights import load_weights, read_checkpoint
+from ..recipe import RecipeConfig
+from ..trainer import Task
+from ..utils import TrainingError
+
+LOG = logging.getLogger(__name__)
+
+# Default jitter of `efficientdet train` (the paper's 0.1-2.0 is `--scale-range 0.1 2.0`): milder for small data.
+DEFAULT_TRAIN_SCALE_RANGE = (0.5, 1.5)
+PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
+TENSORBOARD_IMAGES = 4  # validation images drawn with the EMA model's detections at each evaluation
+TENSORBOARD_SCORE_THRESHOLD = 0.3  # as `efficientdet predict` draws: lower scores only clutter the picture
+
+
+@dataclass
+class TrainConfig(RecipeConfig):
+    """Every option of `efficientdet train` (the CLI maps its flags one to one onto these fields)."""
+
+    model: str = field(default="efficientdet-lite0", metadata=one_of(list_models()))
+    format: str | None = None
+    scale_range: tuple[float, float] = field(default=DEFAULT_TRAIN_SCALE_RANGE, metadata=increasing_pair(0.0))
+    # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
+    box_loss_weight: float = field(default=BOX_LOSS_WEIGHT, metadata=number_in(0))
+    # ImageNet backbone weights for a fresh start (packaged for Lite0-2, else downloaded once): a detector trained
+    # from a random backbone on a small dataset is a trap nobody asks for. Unused with checkpoint / pretrained.
+    pretrained_backbone: bool = True
+    pretrained: bool = False  # fine-tune from the model's published COCO weights (efficientdet.hub)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pretrained and self.checkpoint:
+            raise ValueError("give --checkpoint or --pretrained (the published weights), not both")
+
+
+def build_model(cfg: TrainConfig, class_names: list[str], category_ids: list[int] | None = None) -> EfficientDet:
+    """A model for ``class_names``: fresh, from ImageNet backbone weights, or fine-tuned from a checkpoint.
+
+    A checkpoint (``checkpoint``, or ``pretrained``: the published COCO weights) gives everything but the rows of
+    the class head for classes it does not know by name, which start afresh (:mod:`efficientdet.finetune`); the
+    mapping is logged. ``category_ids``: the dataset's ids of the classes (COCO JSON), kept with the model.
+    """
+    num_classes = len(class_names)
+    overrides = dict(cfg.model_overrides)
+    if cfg.img_size:
+        overrides["image_size"] = cfg.img_size
+    start = resolve_weights(cfg.checkpoint) if cfg.checkpoint else None
+    if cfg.pretrained:
+        start = str(detection_weights_file(cfg.model))
+    if start:
+        ckpt = read_checkpoint(start)
+        settings = config_for_checkpoint(get_config(cfg.model), ckpt, start)
+        source_classes = get_config(cfg.model).replace(**settings).num_classes
+        source_names, _ = checkpoint_labels(ckpt, source_classes)
+        settings.update(overrides, num_classes=num_classes)
+        model = EfficientDet(get_config(cfg.model).replace(**settings))
+        if source_names is None and source_classes == num_classes:
+            rows = {i: i for i in range(num_classes)}  # names unknown, same count: the classes in their order
+        else:
+            rows = shared_classes(source_names, class_names)
+        state, kept = transfer_state(ckpt.state_dict, model, rows, source_classes)
+        load_weights(model, state, source=start)
+        LOG.info("fine-tuning from %s: %d classes -> %d: %s", start, source_classes, num_classes,
+                 describe_mapping(kept, source_names, class_names))  # fmt: skip
+    else:
+        model = EfficientDet(get_config(cfg.model, num_classes=num_classes, **overrides))
+        if cfg.pretrained_backbone and not cfg.resume:  # a resumed run loads its own weights over these
+            load_pretrained_backbone(model)
+    model.class_names = list(class_names)
+    model.category_ids = [int(i) for i in category_ids] if category_ids is not None else None
+    return model
+
+
+def _report_fixes(name: str, fixes: dict[str, int]) -> None:
+    done = {k: v for k, v in fixes.items() if v}
+    if done:
+        LOG.warning(
+            "%s split: fixed while reading: %s", name, ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in done.items())
+        )
+
+
+def _save_batch_preview(batch: Batch, path: Path, config: ModelConfig, class_names: list[str]) -> None:
+    """``train_batch0.jpg``: the first batch as the network gets it (augmented), with its target boxes.
+
+    Wrong labels, boxes shifted by a bad format guess or lost by augmentation show at a glance, before hours of
+    training. A file that cannot be written is a warning, never a reason to stop the run.
+    """
+    try:
+        picture = draw_batch(batch.images, batch.targets, config.mean, config.std, class_names)
+        with atomic_open(path, "wb") as f:
+            picture.save(f, format="JPEG", quality=90)
+    except OSError as e:
+        LOG.warning("could not write %s: %s", path, e)
+
+
+def _draw_predictions(model: EfficientDet, records: list[ImageRecord], device: torch.device) -> list[np.ndarray]:
+    """Each readable image of ``records`` with ``model``'s detections drawn (HxWx3 uint8).
+
+    Predicted as validation predicts (``predict_records``: batches in the model's own memory layout; a
+    channels-last model fed NCHW images, as ``inference.Detector`` feeds them, runs several times slower on CPU).
+    """
+    dets, _ = predict_records(model, records, device=device, score_threshold=TENSORBOARD_SCORE_THRESHOLD)
+    drawn = []
+    for record, det in zip(records, dets):
+        try:
+            image = load_image(record.path)
+        except ImageReadError:
+            continue  # validation has already reported it
+        picture = draw_detections(image, det["boxes"], det["labels"], det["scores"], model.class_names)
+        drawn.append(np.asarray(picture))
+    return drawn
+
+
+def _log_pr_curves(tb: TensorBoardLogger, evaluation: CocoEvaluation, epoch: int) -> None:
+    """Each class's validation PR curve at IoU 0.5 (pycocotools' interpolated precision), under ``val/pr/``."""
+    t = evaluation.iou_index(0.5)
+    for k, name in enumerate(evaluation.class_names):
+        tb.pr_curve(f"val/pr/{name}", evaluation.precision[t, :, k], evaluation.recall_thresholds, epoch)
+    tb.flush()
+
+
+def _check_validation_split(cfg: TrainConfig, val_data: Any, speak: bool) -> None:
+    """An empty validation split is a mistake worth stopping for; one without boxes scores AP -1 (undefined)."""
+    if not len(val_data):
+        raise TrainingError(
+            f"{cfg.data}: validation split {cfg.val_split!r} has no images; "
+            "name another with --val-split, or --val-split none to train without evaluation"
+        )
+    if speak and not any(len(r.boxes) for r in val_data.records):
+        LOG.warning(
+            "validation split %r has %d images but no boxes: AP is undefined (-1) at every evaluation",
+            cfg.val_split, len(val_data),
+        )  # fmt: skip
+
+
+class DetectionTask(Task):
+    """Boxes from a COCO JSON / VOC XML / YOLO txt dataset; best.pt is the best COCO AP of the EMA weights."""
+
+    name = "detection"
+    metric = "AP"
+    loss_names = ("loss", "cls_loss", "box_loss")
+    divergence_hint = "Try a lower --lr, check the data for degenerate boxes, or --amp off."
+    reports_skipped_images = True
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, device: torch.device) -> None:
+        super().__init__(cfg, env, device)
+        self.val_data: DetectionData | None = None
+        self.evaluation: Any = None  # the last evaluation (its COCO tables feed the plots)
+        self.preview = Path(cfg.output) / "train_batch0.jpg" if env.is_main and not cfg.resume else None
+
+    def read_data(self) -> None:
+        cfg, env = self.cfg, self.env
+        if cfg.data is None:
+            raise TrainingError("no --data given (run `efficientdet demo` for a synthetic dataset)")
+        train_data = read_dataset(cfg.data, cfg.format, cfg.train_split)
+        if not len(train_data):
+            raise TrainingError(f"{cfg.data}: split {cfg.train_split!r} has no images")
+        if env.is_main:
+            _report_fixes(cfg.train_split, train_data.fixes)
+        val_data = read_dataset(cfg.data, cfg.format, cfg.val_split) if cfg.val_split else None
+        if val_data is not None:
+            _check_validation_split(cfg, val_data, env.is_main)
+            if env.is_main:
+                _report_fixes(cfg.val_split, val_data.fixes)
+            val_data = val_data.with_class_names(train_data.class_names)
+        self.train_data, self.val_data = train_data, val_data
+        self.class_names = train_data.class_names
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.cfg, self.train_data.class_names, self.train_data.category_ids)
+
+    def train_dataset(self, model: nn.Module) -> Dataset:
+        cfg = self.cfg
+        self.model_cfg = model_cfg = model.config
+        size = model_cfg.image_size
+        self.labeler = AnchorLabeler(anchors_for_config(model_cfg, (size, size)).to(self.device))
+        if self.env.is_main:
+            LOG.info(data_summary(self.train_data, cfg.train_split, model_cfg, size))
+        return DetectionDataset(
+            self.train_data.records, size, model_cfg.mean, model_cfg.std, train=True,
+            scale_range=tuple(cfg.scale_range), hflip=cfg.hflip, seed=cfg.seed,
+        )  # fmt: skip
+
+    def loader_kwargs(self, workers: int) -> dict[str, Any]:
+        return loader_kwargs(workers)
+
+    def plot(self, csv_path: Path, png_path: Path) -> None:
+        plot_training_metrics(str(csv_path), str(png_path))
+
+    def prepare(self, batch: Batch) -> Any | None:
+        env, device = self.env, self.device
+        if not len(batch) and not env.distributed:
+            return None
+        if self.preview is not None and len(batch):  # a fresh run's first batch
+            _save_batch_preview(batch, self.preview, self.model_cfg, self.class_names)
+            self.preview = None
+        targets = self.labeler([{k: v.to(device) for k, v in t.items()} for t in batch.targets]) if len(batch) else None
+        if env.distributed:
+            # every rank takes part in every step or none does; the loss normaliser counts all ranks' positives
+            positives = float(targets.num_positives.sum()) if targets is not None else 0.0
+            local = torch.tensor([float(len(batch) > 0), positives], dtype=torch.float64)
+            together = all_reduce_sum(local.to(device))
+            if int(together[0]) < env.world_size:
+                return None  # some rank has no readable image in this step: all skip it
+            targets = replace(targets, num_positives=together[1:].to(torch.float32))
+        return batch, targets
+
+    def loss(self, net: nn.Module, prepared: Any, autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
+        batch, targets = prepared
+        images = batch.images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with autocast():
+            cls_out, box_out = net(images)
+        k = self.model_cfg.num_classes
+        cls_flat, box_flat = flatten_outputs(cls_out, box_out, k)
+        return detection_loss(cls_flat, box_flat, targets, k, box_weight=self.cfg.box_loss_weight)
+
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        cfg = self.cfg
+        self.evaluation = evaluate_model(
+            model, self.val_data, self.model_cfg.image_size, cfg.batch_size, cfg.workers, self.device,
+            distributed=self.env.distributed,
+        )  # fmt: skip
+        return self.evaluation.metrics, dict(self.evaluation.metrics)
+
+    def loss_detail(self, row: dict[str, Any]) -> str:
+        return f" (cls {row['train_cls_loss']:.4f}, box {row['train_box_loss']:.5f})"
+
+    def format_metrics(self, metrics: dict[str, Any]) -> str:
+        return format_metrics(metrics)
+
+    def after_epoch(
+        self, tb: TensorBoardLogger | None, epoch: int, model: nn.Module, evaluated: bool, last: bool
+    ) -> None:
+        """Validation images with the EMA model's detections and the PR curves (TensorBoard); at the end, the
+        evaluation plots: why the final weights score what they score."""
+        if tb is not None and evaluated:
+            records = self.val_data.records[:TENSORBOARD_IMAGES]  # the same images every time: one sees them improve
+            tb.images("val/predictions", _draw_predictions(model, records, self.device), epoch)
+            tb.flush()
+            _log_pr_curves(tb, self.evaluation.coco, epoch)
+        if evaluated and last:
+            write_evaluation_plots(
+                self.evaluation.coco, self.val_data, self.evaluation.detections, Path(self.cfg.output) / PLOTS_DIR
+            )
+
+    def summary(self, best: float) -> dict[str, Any]:
+        return {"best_ap": best}
+
+
+__all__ = ["DetectionTask", "TrainConfig", "build_model"]
