@@ -40,24 +40,43 @@ def generate_anchors(
     ``image_size``. Computed in float64 then cast, so that they match the reference implementations bit for bit.
     """
     sizes = feat_sizes if feat_sizes is not None else feature_sizes(image_size, min_level, max_level)
-    all_boxes = []
-    for level, (fh, fw) in zip(range(min_level, max_level + 1), sizes):
-        stride = 2.0**level
-        ys = torch.arange(fh, dtype=torch.float64) * stride + stride / 2
-        xs = torch.arange(fw, dtype=torch.float64) * stride + stride / 2
-        yc, xc = torch.meshgrid(ys, xs, indexing="ij")
-        yc, xc = yc.reshape(-1, 1), xc.reshape(-1, 1)
-        half_h, half_w = [], []
-        for octave in range(num_scales):
-            base = anchor_scale * stride * 2.0 ** (octave / num_scales)
-            for ax, ay in aspect_ratios:
-                half_w.append(base * ax / 2.0)
-                half_h.append(base * ay / 2.0)
-        hh = torch.tensor(half_h, dtype=torch.float64).view(1, -1)
-        hw = torch.tensor(half_w, dtype=torch.float64).view(1, -1)
-        boxes = torch.stack([yc - hh, xc - hw, yc + hh, xc + hw], dim=-1)  # [cells, anchors, 4]
-        all_boxes.append(boxes.reshape(-1, 4))
+    all_boxes = [
+        level_anchors(fh, fw, level, anchor_scale, num_scales, aspect_ratios)
+        for level, (fh, fw) in zip(range(min_level, max_level + 1), sizes)
+    ]
     return torch.cat(all_boxes).to(torch.float32)
+
+
+def level_anchors(
+    fh: int,
+    fw: int,
+    level: int,
+    anchor_scale: float = 4.0,
+    num_scales: int = 3,
+    aspect_ratios: Sequence[tuple[float, float]] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4)),
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The anchors of one level with an ``fh`` x ``fw`` map, ``[fh * fw * anchors, 4]`` (y1, x1, y2, x2) in ``dtype``.
+
+    ``fh`` and ``fw`` may be symbolic sizes (``torch.export`` with a free input size): an exported graph then
+    builds the anchors of whatever input it is given. Anchor sizes are computed in float64 and cast to ``dtype``.
+    """
+    stride = 2.0**level
+    ys = torch.arange(fh, dtype=dtype, device=device) * stride + stride / 2
+    xs = torch.arange(fw, dtype=dtype, device=device) * stride + stride / 2
+    yc, xc = torch.meshgrid(ys, xs, indexing="ij")
+    yc, xc = yc.reshape(-1, 1), xc.reshape(-1, 1)
+    half_h, half_w = [], []
+    for octave in range(num_scales):
+        base = anchor_scale * stride * 2.0 ** (octave / num_scales)
+        for ax, ay in aspect_ratios:
+            half_w.append(base * ax / 2.0)
+            half_h.append(base * ay / 2.0)
+    hh = torch.tensor(half_h, dtype=torch.float64).to(device=device, dtype=dtype).view(1, -1)
+    hw = torch.tensor(half_w, dtype=torch.float64).to(device=device, dtype=dtype).view(1, -1)
+    boxes = torch.stack([yc - hh, xc - hw, yc + hh, xc + hw], dim=-1)  # [cells, anchors, 4]
+    return boxes.reshape(-1, 4)
 
 
 def anchors_for_config(config: ModelConfig, image_size: tuple[int, int]) -> torch.Tensor:

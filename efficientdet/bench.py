@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import resource
 import sys
@@ -40,7 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-BACKENDS = ("eager", "compile", "onnxruntime")
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+EXPORTED_BACKENDS = ("onnxruntime", "openvino")  # run an exported file (efficientdet.runtimes)
 DTYPES = ("fp32", "bf16")
 DEFAULT_SOURCE_SIZE = (480, 640)  # (H, W) of the synthetic uint8 image fed end to end: a typical COCO photo
 
@@ -79,7 +81,7 @@ def resolve_optimizations(
     CUDA it is off unless asked for: this project had no GPU to measure it on.
     """
     fold = True if fold is None else fold
-    cl = (backend != "onnxruntime" and device_type == "cpu") if channels_last is None else channels_last
+    cl = (backend not in EXPORTED_BACKENDS and device_type == "cpu") if channels_last is None else channels_last
     return fold, cl
 
 
@@ -146,39 +148,23 @@ def reset_peak_rss() -> bool:
     return _proc_status_mb("VmHWM") is not None
 
 
-class OnnxRuntimeNetwork(nn.Module):
-    """A network exported by :func:`efficientdet.export.export_onnx` and run by onnxruntime on the CPU.
+def exported_network(
+    model: nn.Module, backend: str, folder: Path, img_size: int, batch_size: int, threads: int | None
+) -> nn.Module:
+    """``model`` exported (fixed size and batch) into ``folder`` and opened in ``backend`` (onnxruntime: an ONNX
+    file; openvino: an IR, fp32 weights): :class:`efficientdet.runtimes.ExportedNetwork`, raw outputs as one flat
+    level each, the layout post-processing reads. onnxruntime's output buffers are handed over without a copy."""
+    from .export import export_onnx
+    from .runtimes import load_exported
 
-    Same interface as the eager network, so :class:`Detector` and :func:`postprocess` take it unchanged: the
-    file's flat ``class_logits [B, A, C]`` and ``box_codes [B, A, 4]`` come back as one "level" of shape
-    ``[B, A * C, 1, 1]`` / ``[B, A * 4, 1, 1]``, whose channel layout (anchor-major) is exactly that of the
-    per-level maps, so post-processing reads them in the same anchor order. Views of onnxruntime's output
-    buffers: no copy.
-    """
+    name = f"{model.config.name}_{img_size}_b{batch_size}"
+    if backend == "openvino":
+        from .openvino_export import export_openvino
 
-    def __init__(self, model: nn.Module, path: Path, img_size: int, batch_size: int, threads: int | None) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        from .export import export_onnx
-
-        self.config = model.config
-        self.path = Path(export_onnx(model, path, img_size=img_size, batch_size=batch_size))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Idle onnxruntime workers spin-wait by default, stealing the cores that pre- and post-processing (torch)
-        # need right after each run: end to end that cost more than the spinning saves.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        logits, codes = self.session.run(None, {self.input_name: images.detach().cpu().float().contiguous().numpy()})
-        b = logits.shape[0]
-        return [torch.from_numpy(logits).view(b, -1, 1, 1)], [torch.from_numpy(codes).view(b, -1, 1, 1)]
+        path = export_openvino(model, folder / f"{name}.xml", img_size=img_size, batch_size=batch_size)
+    else:
+        path = export_onnx(model, folder / f"{name}.onnx", img_size=img_size, batch_size=batch_size)
+    return load_exported(path, backend, threads)
 
 
 class AutocastNetwork(nn.Module):
@@ -222,7 +208,7 @@ def prepare_network(
 
     Folds BN / switches to channels-last as :func:`resolve_optimizations` says; ``compile`` wraps it in
     ``torch.compile`` (inductor; compiled lazily at the first call, which is why the warm-up is timed);
-    ``onnxruntime`` exports it (fixed input size and batch) to ``workdir`` and opens a CPU session.
+    ``onnxruntime`` / ``openvino`` export it (fixed input size and batch) to ``workdir`` and open it on the CPU.
     """
     from .fuse import fold_batchnorm, fold_same_padding, optimize_for_inference
 
@@ -233,20 +219,18 @@ def prepare_network(
     device = torch.device(device)
     fold, cl = resolve_optimizations(backend, fold, channels_last, device.type)
     model = model.to(device).eval()
-    if backend == "onnxruntime":
+    if backend in EXPORTED_BACKENDS:
         if device.type != "cpu":
-            raise ValueError("the onnxruntime backend runs on the CPU only (use --device cpu)")
+            raise ValueError(f"the {backend} backend runs on the CPU only (use --device cpu)")
         if dtype != "fp32":
-            raise ValueError("the onnxruntime backend runs fp32 only")
+            raise ValueError(f"the {backend} backend runs fp32 only (int8: bench an exported int8 file)")
         size = img_size or model.config.image_size
         if not isinstance(size, int):
-            raise ValueError("the onnxruntime backend needs a square --img-size")
-        if fold:
+            raise ValueError(f"the {backend} backend needs a square --img-size")
+        if fold and backend == "onnxruntime":  # the OpenVINO export folds the batch norms itself
             model = fold_same_padding(fold_batchnorm(model), inplace=True)
         folder = Path(workdir or tempfile.mkdtemp(prefix="efficientdet-bench-"))
-        return OnnxRuntimeNetwork(
-            model, folder / f"{model.config.name}_{size}_b{batch_size}.onnx", size, batch_size, threads
-        )
+        return exported_network(model, backend, folder, size, batch_size, threads)
     if fold:
         model = optimize_for_inference(model, channels_last=cl)
     elif cl:
@@ -280,13 +264,21 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     from .factory import create_model, load_checkpoint
     from .inference import Detector
     from .postprocess import _tv_batched_nms, postprocess
+    from .runtimes import is_exported_file, load_exported, resolve_backend
 
     device = torch.device(cfg.device)
     rss_before = _proc_status_mb("VmRSS") or max_rss_mb()
     peak_reset = False
     with _threads(cfg.threads), tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:
         torch.manual_seed(cfg.seed)
-        if cfg.checkpoint:
+        exported = is_exported_file(cfg.checkpoint)
+        if exported:  # the file is the network: no export, no folding; eager (the default) means "by suffix"
+            backend = resolve_backend(cfg.checkpoint, None if cfg.backend == "eager" else cfg.backend)
+            cfg = dataclasses.replace(cfg, backend=backend)
+            start = time.perf_counter()
+            model = load_exported(cfg.checkpoint, backend, cfg.threads)
+            setup_s = time.perf_counter() - start
+        elif cfg.checkpoint:
             model = load_checkpoint(cfg.checkpoint, cfg.model)
         elif cfg.pretrained:
             model = create_model(cfg.model, pretrained=True)
@@ -294,11 +286,14 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
             model = create_model(cfg.model, num_classes=cfg.num_classes)
         size = cfg.img_size or model.config.image_size
         fold, cl = resolve_optimizations(cfg.backend, cfg.fold, cfg.channels_last, device.type)
-        start = time.perf_counter()
-        net = prepare_network(
-            model, cfg.backend, device, size, cfg.batch_size, cfg.threads, fold, cl, cfg.dtype, workdir
-        )
-        setup_s = time.perf_counter() - start
+        if exported:
+            net = model
+        else:
+            start = time.perf_counter()
+            net = prepare_network(
+                model, cfg.backend, device, size, cfg.batch_size, cfg.threads, fold, cl, cfg.dtype, workdir
+            )
+            setup_s = time.perf_counter() - start
         detector = Detector(net, device=device, image_size=size, score_threshold=0.0, topk=cfg.topk)
         images = synthetic_images(cfg.batch_size, cfg.source_size, cfg.seed)
         num_classes = model.config.num_classes
@@ -344,7 +339,8 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         "threads": cfg.threads or torch.get_num_threads(),
         "dtype": cfg.dtype,
         "fold": fold,
-        "channels_last": cl and cfg.backend != "onnxruntime",
+        "channels_last": cl and cfg.backend not in EXPORTED_BACKENDS,
+        "precision": getattr(net, "precision", cfg.dtype),
         "iterations": cfg.iterations,
         "warmup": cfg.warmup,
         "torch": torch.__version__,
@@ -423,7 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     try:
         result = run_benchmark(cfg)
-    except (ImportError, ValueError, RuntimeError) as e:
+    except (ImportError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"efficientdet bench: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else format_result(result))
@@ -442,7 +438,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="eager",
-        help="eager (default), compile (torch.compile, inductor), onnxruntime (CPU)",
+        help="eager (default), compile (torch.compile, inductor), onnxruntime or openvino (CPU); with an exported "
+        "--checkpoint file (.onnx, .xml; int8 too) the file runs as it is (default runtime by suffix)",
     )
     p.add_argument("--threads", type=int, help="intra-op threads (default: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")

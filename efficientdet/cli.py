@@ -97,18 +97,9 @@ def _train_config(args: argparse.Namespace):
     if anchors:
         given["model_overrides"] = anchors
     if args.resume:
-        can_change = (
-            "epochs",
-            "workers",
-            "device",
-            "output",
-            "max_steps",
-            "grad_checkpoint",
-            "sync_bn",
-            "channels_last",
-            "tensorboard",
-        )
-        changes = {k: v for k, v in given.items() if k in can_change}
+        from .engine.recipe import RESUME_CHANGEABLE
+
+        changes = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE}
         return resume_config(args.resume, **changes)
     return TrainConfig(**given)
 
@@ -162,11 +153,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging()
     try:
         device = resolve_device(args.device)
-        model = load_model_from_options(args.checkpoint, args.model, args.pretrained).to(device)
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained, args.backend).to(device)
         data = read_dataset(args.data, args.format, args.split)
         if model.class_names:
             data = data.with_class_names(model.class_names, model.category_ids)
-    except (CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, TrainingError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"efficientdet eval: {e}", file=sys.stderr)
         return 1
     if model.config.num_classes != len(data.class_names):
@@ -299,6 +290,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .runtimes import add_backend_option
     from .segmentation.cli import add_segmentation_eval_args, add_segmentation_train_args
     from .weights_options import add_weights_options
 
@@ -319,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="COCO metrics of a checkpoint on a dataset split")
     add_weights_options(ev)
     ev.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
+    add_backend_option(ev)  # an exported --checkpoint (.onnx, .xml): efficientdet.runtimes
     ev.add_argument("--data", help="dataset path (segmentation: a VOC root, or use --images/--masks)")
     ev.add_argument("--format", choices=["voc", "coco", "yolo"], help="dataset format (default: detected)")
     ev.add_argument("--split", default="val", help="split to evaluate (default val)")

@@ -14,7 +14,10 @@ computation whatever the format:
   detections equal :func:`efficientdet.postprocess.postprocess`'s, in the same order.
 
 The input size is fixed at export time (the anchors and the TF "SAME" padding depend on it; the network reads
-it from the input, so the graph is exact at that size); the batch is fixed too unless ``dynamic_batch``.
+it from the input, so the graph is exact at that size) unless ``dynamic_size`` (multiples of 128, see
+:mod:`efficientdet.export_graph`); the batch is fixed too unless ``dynamic_batch``. In-graph top-k defaults to
+:data:`EXPORT_TOPK` (3840, TensorRT's limit). ``half`` makes the network float16. ``efficientdet export`` verifies
+each file against eager PyTorch on pictures before it puts it in place (:mod:`efficientdet.export_verify`).
 
 Why these exporters: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based ONNX exporter, the
 default since torch 2.9) and ``torch.export`` for ``.pt2`` capture the model the same way, and both check the input
@@ -38,19 +41,40 @@ import os
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .anchors import anchors_for_config, decode_boxes
+from .export_graph import (
+    MIN_BLOCKS,
+    HalfNetwork,
+    dynamic_example_size,
+    feature_map_anchors,
+    size_free_copy,
+    size_multiple,
+)
+from .export_verify import (
+    FLOAT16,
+    FLOAT32,
+    VERIFY_IMAGES,
+    Tolerance,
+    VerificationError,
+    describe,
+    image_batch,
+    load_verification_images,
+    verify_file,
+    write_verified,
+)
 from .nn.detector import EfficientDet
-from .postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, batched_nms, flatten_outputs
+from .postprocess import MAX_DETECTIONS, NMS_IOU, batched_nms, flatten_outputs
 
-FORMATS = ("onnx", "pt2")
+FORMATS = ("onnx", "pt2", "openvino")  # openvino (and --int8): efficientdet.quantize / openvino_export
 RAW_OUTPUTS = ("class_logits", "box_codes")
 NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 INPUT_NAME = "images"
@@ -58,6 +82,10 @@ DEFAULT_OPSET = 18  # the torch.export-based ONNX exporter's lowest opset
 METADATA_KEY = "efficientdet"  # ONNX metadata_props key / extra file name (".json" added) holding the description
 NMS_OP = "efficientdet::nms_keep_mask"
 _EXCLUDED = -0.5  # (class, box) pairs with a score below this take no part in NMS; the graph writes -1 for them
+# In-graph top-k default: TensorRT's TopK layer accepts k <= 3840 (TensorRT Operators documentation, TopK:
+# "K ... must be less than or equal to 3840"), so a larger k makes TensorRT reject the whole ONNX graph.
+# Eager post-processing (efficientdet.postprocess.TOPK_CANDIDATES) keeps the official 5000.
+EXPORT_TOPK = 3840
 
 
 def _nms_keep_mask_impl(
@@ -147,16 +175,18 @@ class DetectionOutputs(nn.Module):
 
     Same steps and arithmetic as :func:`efficientdet.postprocess.postprocess`; written without data-dependent
     shapes (a score of -1 marks what a boolean index would drop) so that every exporter can capture it.
+    ``image_size=None`` builds a free-size graph: anchors computed from the feature maps' sizes, and the
+    candidates padded to ``topk`` so that top-k's k is a constant whatever the number of anchors.
     """
 
     def __init__(
         self,
         model: EfficientDet,
-        image_size: tuple[int, int],
+        image_size: tuple[int, int] | None,
         score_threshold: float = 0.05,
         iou_threshold: float = NMS_IOU,
         max_det: int = MAX_DETECTIONS,
-        topk: int = TOPK_CANDIDATES,
+        topk: int = EXPORT_TOPK,
     ) -> None:
         super().__init__()
         if _nms_keep_mask is None:  # pragma: no cover - old torch
@@ -164,28 +194,45 @@ class DetectionOutputs(nn.Module):
         if max_det < 1 or topk < 1:
             raise ValueError(f"max_det and topk must be >= 1, got {max_det} and {topk}")
         self.raw = RawOutputs(model)
+        self.config = model.config
         self.num_classes = model.config.num_classes
         device = next(model.parameters()).device
-        self.register_buffer("anchors", anchors_for_config(model.config, image_size).to(device), persistent=False)
+        anchors = None if image_size is None else anchors_for_config(model.config, image_size).to(device)
+        self.register_buffer("anchors", anchors, persistent=False)
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.max_det = int(max_det)
         self.topk = int(topk)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, codes = self.raw(images)
+    def _candidates(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-k (anchor, class) pairs: scores, labels, decoded boxes ``[B, k, 4]``, and whether each is real."""
+        class_outputs, box_outputs = self.raw.model(images)
+        logits, codes = flatten_outputs(class_outputs, box_outputs, self.num_classes)
         batch, num_anchors, num_classes = logits.shape
-        k = min(self.topk, num_anchors * num_classes)
-        top_logits, flat_idx = torch.topk(logits.reshape(batch, -1), k)
-        anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
+        flat = logits.reshape(batch, -1)
+        if self.anchors is not None:
+            anchors = self.anchors
+            k = min(self.topk, num_anchors * num_classes)
+        else:  # free size: pad with -inf so that k = topk always fits; the padding is never a detection
+            anchors = feature_map_anchors(self.config, class_outputs)
+            k = self.topk
+            flat = torch.cat([flat, flat.new_full((batch, k), float("-inf"))], 1)
+        top_logits, flat_idx = torch.topk(flat, k)
+        real = flat_idx < num_anchors * num_classes
+        anchor_idx = torch.where(real, torch.div(flat_idx, num_classes, rounding_mode="floor"), 0)
         labels = flat_idx % num_classes
         scores = torch.sigmoid(top_logits.float())
         top_codes = torch.gather(codes, 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4)).float()
-        boxes = decode_boxes(top_codes, self.anchors[anchor_idx].float())  # [B, k, 4] x1, y1, x2, y2
+        boxes = decode_boxes(top_codes, anchors[anchor_idx].float())  # [B, k, 4] x1, y1, x2, y2
+        return scores, labels, boxes, real
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        scores, labels, boxes, real = self._candidates(images)
+        k, num_classes = scores.shape[1], self.num_classes
 
         # postprocess() drops candidates below the threshold (>=, while NonMaxSuppression's own test is >), and
         # NMS is per class: each candidate takes part in its own class's row only.
-        passing = torch.where(scores >= self.score_threshold, scores, -1.0)
+        passing = torch.where((scores >= self.score_threshold) & real, scores, -1.0)
         class_ids = torch.arange(num_classes, device=labels.device).view(1, -1, 1)
         per_class = torch.where(labels.unsqueeze(1) == class_ids, passing.unsqueeze(1), -1.0)  # [B, C, k]
         keep = _nms_keep_mask(boxes, per_class, self.iou_threshold, self.max_det, _EXCLUDED)  # [B, k]
@@ -222,19 +269,61 @@ def export_module(
     score_threshold: float = 0.05,
     iou_threshold: float = NMS_IOU,
     max_det: int = MAX_DETECTIONS,
-    topk: int = TOPK_CANDIDATES,
+    topk: int = EXPORT_TOPK,
+    *,
+    dynamic_size: bool = False,
+    half: bool = False,
 ) -> tuple[nn.Module, tuple[str, ...], tuple[int, int]]:
-    """The module every exporter captures (eval mode), its output names and the input (H, W).
+    """The module every exporter captures (eval mode), its output names and the input (H, W) to trace it at.
 
+    ``dynamic_size``: SAME pads fixed for sides that are multiples of ``2**max_level`` and anchors built in the
+    graph (:mod:`efficientdet.export_graph`); the size returned is then ``img_size`` rounded up to such a multiple
+    (at least two of them). ``half``: the network in float16 between float32 input and outputs.
     Public so that a caller can run exactly what was exported, eagerly, e.g. to compare against the file.
     """
     size = _image_size(model, img_size)
+    net: Any = model
+    if dynamic_size:
+        size = dynamic_example_size(size, size_multiple(model.config))
+        net = size_free_copy(model)
+    if half:
+        net = HalfNetwork(net)
     if with_nms:
-        module: nn.Module = DetectionOutputs(model, size, score_threshold, iou_threshold, max_det, topk)
+        anchor_size = None if dynamic_size else size
+        module: nn.Module = DetectionOutputs(net, anchor_size, score_threshold, iou_threshold, max_det, topk)
         names = NMS_OUTPUTS
     else:
-        module, names = RawOutputs(model), RAW_OUTPUTS
+        module, names = RawOutputs(net), RAW_OUTPUTS
     return module.eval(), names, size
+
+
+def topk_warning(with_nms: bool, topk: int) -> str | None:
+    """The warning for an in-graph top-k that TensorRT rejects, or None."""
+    if with_nms and topk > EXPORT_TOPK:
+        return (f"--topk {topk} is above {EXPORT_TOPK}, the largest k of TensorRT's TopK layer: "
+                "TensorRT will reject this graph (onnxruntime and OpenVINO run it)")  # fmt: skip
+    return None
+
+
+def _input_dims(
+    model: EfficientDet, size: tuple[int, int], batch_size: int, dynamic_batch: bool, dynamic_size: bool
+) -> tuple[tuple[dict[int, Any], ...] | None, dict[str, Any]]:
+    """``dynamic_shapes`` for the exporters, and the input's description for the metadata."""
+    dims: dict[int, Any] = {}
+    shape: list[Any] = [batch_size, 3, *size]
+    info: dict[str, Any] = {}
+    if dynamic_batch:
+        dims[0], shape[0] = torch.export.Dim("batch", min=1), "batch"
+    if dynamic_size:
+        multiple = size_multiple(model.config)
+        # Derived dims tell torch.export that the sides are multiples: with them every size expression simplifies.
+        dims[2] = multiple * torch.export.Dim("height_blocks", min=MIN_BLOCKS)
+        dims[3] = multiple * torch.export.Dim("width_blocks", min=MIN_BLOCKS)
+        shape[2:] = ["height", "width"]
+        info = {"size_multiple": multiple, "min_size": MIN_BLOCKS * multiple, "traced_size": list(size),
+                "size_note": f"height and width: any multiples of {multiple} (the stride of level "
+                             f"{model.config.max_level}), at least {MIN_BLOCKS * multiple}"}  # fmt: skip
+    return ((dims,) if dims else None), {"shape": shape, **info}
 
 
 def _example_input(model: EfficientDet, batch_size: int, dynamic_batch: bool, size: tuple[int, int]) -> torch.Tensor:
@@ -247,18 +336,21 @@ def _example_input(model: EfficientDet, batch_size: int, dynamic_batch: bool, si
 
 
 def _metadata(
-    model: EfficientDet, fmt: str, names: tuple[str, ...], size: tuple[int, int], batch: int | None, **extra: Any
+    model: EfficientDet, fmt: str, names: tuple[str, ...], dims: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
-    """What a consumer of the file needs besides the graph: pre-processing, sizes, outputs, classes."""
+    """What a consumer of the file needs besides the graph: pre-processing, sizes, outputs, classes.
+
+    ``dims``: ``shape`` (a name where free: "batch", "height", "width") and, for a free size, its constraints.
+    """
     config = model.config
-    shape = ["batch" if batch is None else batch, 3, *size]
     pixels = "RGB, (x - mean) / std of 0-255 values"
     return {
         "model": config.name,
         "format": fmt,
         "input": {
             "name": INPUT_NAME,
-            "shape": shape,
+            **dims,
+            "dtype": "float32",
             "pixels": pixels,
             "mean": list(config.mean),
             "std": list(config.std),
@@ -318,8 +410,32 @@ def _require_onnx_exporter() -> None:
         )
 
 
-def _batch_dim(dynamic_batch: bool) -> tuple[dict[int, Any], ...] | None:
-    return ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+def _prepare(
+    model: EfficientDet,
+    fmt: str,
+    img_size: int | tuple[int, int] | None,
+    batch_size: int,
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    half: bool,
+    with_nms: bool,
+    nms: dict[str, Any],
+    **extra: Any,
+) -> tuple[nn.Module, tuple[str, ...], torch.Tensor, tuple[dict[int, Any], ...] | None, dict[str, Any]]:
+    """What both exporters capture: the module, output names, example input, dynamic shapes and metadata."""
+    message = topk_warning(with_nms, nms["topk"])
+    if message:
+        warnings.warn(message, TopKWarning, stacklevel=3)
+    module, names, size = export_module(model, img_size, with_nms, **nms, dynamic_size=dynamic_size, half=half)
+    example = _example_input(model, batch_size, dynamic_batch, size)
+    dynamic_shapes, dims = _input_dims(model, size, batch_size, dynamic_batch, dynamic_size)
+    precision = {"precision": "fp16" if half else "fp32"}  # of the network; input and outputs are float32
+    meta = _metadata(model, fmt, names, dims, **extra, **precision, **_nms_meta(with_nms, **nms))
+    return module, names, example, dynamic_shapes, meta
+
+
+class TopKWarning(UserWarning):
+    """An export setting that some runtime (TensorRT) rejects."""
 
 
 def export_onnx(
@@ -333,16 +449,24 @@ def export_onnx(
     score_threshold: float = 0.05,
     iou_threshold: float = NMS_IOU,
     max_det: int = MAX_DETECTIONS,
-    topk: int = TOPK_CANDIDATES,
+    topk: int = EXPORT_TOPK,
+    *,
+    dynamic_size: bool = False,
+    half: bool = False,
 ) -> Path:
     """Write ``model`` as ONNX to ``path`` and return it (see the module docstring for inputs and outputs).
 
     Args:
-        img_size: input size, an int or (H, W); default the model's own. Fixed in the graph.
+        img_size: input size, an int or (H, W); default the model's own. Fixed in the graph unless
+            ``dynamic_size``, where it is only the size traced at (rounded up to a multiple of ``2**max_level``).
         batch_size: the batch of the input; with ``dynamic_batch`` any batch runs (the dimension is "batch").
         with_nms: include top-``topk``, decoding and per-class NMS (``iou_threshold``, scores >=
-            ``score_threshold``, ``max_det`` kept) in the graph.
+            ``score_threshold``, ``max_det`` kept) in the graph. A ``topk`` above :data:`EXPORT_TOPK` (TensorRT's
+            limit) warns with :class:`TopKWarning`.
         opset: ONNX opset, >= 18 (the torch.export-based exporter's floor).
+        dynamic_size: free height and width ("height", "width"): multiples of ``2**max_level`` (128), at least
+            two of them (:mod:`efficientdet.export_graph`); other sizes give wrong outputs or an error.
+        half: float16 weights and network arithmetic, for GPU runtimes; input and outputs stay float32.
 
     The file carries a JSON description under the ``efficientdet`` metadata key (mean/std, sizes, classes,
     config): :func:`read_metadata`.
@@ -351,10 +475,12 @@ def export_onnx(
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset {opset}: the torch.export-based ONNX exporter writes opset {DEFAULT_OPSET} or newer")
     path = Path(path)
-    module, names, size = export_module(model, img_size, with_nms, score_threshold, iou_threshold, max_det, topk)
+    nms = dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det, topk=topk)
     table = {torch.ops.efficientdet.nms_keep_mask.default: _onnx_nms_translation()} if with_nms else None
     with _eval_mode(model), _quiet_exporter(), torch.no_grad():
-        example = _example_input(model, batch_size, dynamic_batch, size)
+        module, names, example, dynamic_shapes, meta = _prepare(
+            model, "onnx", img_size, batch_size, dynamic_batch, dynamic_size, half, with_nms, nms, opset=opset
+        )
         program = torch.onnx.export(
             module,
             (example,),
@@ -362,12 +488,10 @@ def export_onnx(
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=list(names),
-            dynamic_shapes=_batch_dim(dynamic_batch),
+            dynamic_shapes=dynamic_shapes,
             custom_translation_table=table,
             verbose=False,
         )
-    nms_meta = _nms_meta(with_nms, score_threshold, iou_threshold, max_det, topk)
-    meta = _metadata(model, "onnx", names, size, None if dynamic_batch else batch_size, opset=opset, **nms_meta)
     program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))  # weights inline; written as external data only past ONNX's 2 GB limit
@@ -391,23 +515,27 @@ def export_torch(
     score_threshold: float = 0.05,
     iou_threshold: float = NMS_IOU,
     max_det: int = MAX_DETECTIONS,
-    topk: int = TOPK_CANDIDATES,
+    topk: int = EXPORT_TOPK,
+    *,
+    dynamic_size: bool = False,
+    half: bool = False,
 ) -> Path:
     """Write ``model`` as a ``torch.export`` program (``torch.export.save``, a ``.pt2`` archive); return the path.
 
     Same inputs, outputs and arguments as :func:`export_onnx`. Load with :func:`load_torch` (or
     ``torch.export.load(path).module()`` after ``import efficientdet.export``, which registers the NMS op that
-    ``with_nms`` files call). The program checks the input shape: the size, and the batch unless ``dynamic_batch``.
+    ``with_nms`` files call). The program checks the input shape: the size (a multiple of 128, at least 256, with
+    ``dynamic_size``), and the batch unless ``dynamic_batch``.
     The description of :func:`read_metadata` is stored in the archive as the extra file ``efficientdet.json``.
     """
     path = Path(path)
-    module, names, size = export_module(model, img_size, with_nms, score_threshold, iou_threshold, max_det, topk)
-    nms_meta = _nms_meta(with_nms, score_threshold, iou_threshold, max_det, topk)
-    meta = _metadata(model, "pt2", names, size, None if dynamic_batch else batch_size, **nms_meta)
+    nms = dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det, topk=topk)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _eval_mode(model), _quiet_exporter(), torch.no_grad():
-        example = _example_input(model, batch_size, dynamic_batch, size)
-        program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim(dynamic_batch))
+        module, _, example, dynamic_shapes, meta = _prepare(
+            model, "pt2", img_size, batch_size, dynamic_batch, dynamic_size, half, with_nms, nms
+        )
+        program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
     torch.export.save(program, str(path), extra_files={METADATA_KEY + ".json": json.dumps(meta)})
     return path
 
@@ -439,13 +567,32 @@ def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> list[torch.Tensor
     return [torch.from_numpy(o) for o in outputs]
 
 
+def run_pt2(path: str | os.PathLike, images: torch.Tensor) -> list[torch.Tensor]:
+    """Run a ``.pt2`` file of :func:`export_torch` on ``images``; the outputs as CPU tensors, in output order."""
+    with torch.no_grad():
+        return [t.cpu() for t in load_torch(path)(images)]
+
+
+RUNNERS: dict[str, Callable[[Path, torch.Tensor], list[torch.Tensor]]] = {"onnx": run_onnx, "pt2": run_pt2}
+
+
+def _verify_sizes(meta: dict[str, Any]) -> list[tuple[int, int]]:
+    """The input sizes to check a file at: its fixed size, or for a free size the traced one and a wider one."""
+    inp = meta["input"]
+    if "traced_size" not in inp:
+        return [(int(inp["shape"][2]), int(inp["shape"][3]))]
+    h, w = inp["traced_size"]
+    return [(h, w), (h, w + inp["size_multiple"])]
+
+
 def verify_export(model: EfficientDet, path: str | os.PathLike, batch_size: int = 1, seed: int = 0) -> dict[str, float]:
     """Run the exported file and the same computation eagerly on random images; max abs difference per output.
 
     Integer outputs (labels, counts) report 0 or the largest difference. Settings are read from the file.
+    :func:`verify_exported` is the check on pictures that ``efficientdet export`` runs.
     """
     meta = read_metadata(path)
-    size = tuple(meta["input"]["shape"][2:])
+    size = _verify_sizes(meta)[0]
     nms = {k: meta[k] for k in ("score_threshold", "iou_threshold", "max_det", "topk")} if meta["with_nms"] else {}
     module, names, _ = export_module(model, size, meta["with_nms"], **nms)
     fixed = meta["input"]["shape"][0]
@@ -455,12 +602,46 @@ def verify_export(model: EfficientDet, path: str | os.PathLike, batch_size: int 
     with _eval_mode(model), torch.no_grad():
         param = next(model.parameters())
         expected = [t.cpu() for t in module(images.to(param.device, param.dtype))]
-        if meta["format"] == "onnx":
-            got = run_onnx(path, images)
-        else:
-            got = [t.cpu() for t in load_torch(path)(images.to(param.device, param.dtype))]
+        got = RUNNERS[meta["format"]](Path(path), images)
     return {name: float((g.double() - e.double()).abs().max()) if e.numel() else 0.0
             for name, g, e in zip(names, got, expected)}  # fmt: skip
+
+
+def verify_exported(
+    model: EfficientDet,
+    path: str | os.PathLike,
+    images: Sequence[np.ndarray] | None = None,
+    runner: Callable[[Path, torch.Tensor], Sequence[torch.Tensor]] | None = None,
+    tolerance: Tolerance | None = None,
+    batch_size: int = 2,
+) -> dict[str, float]:
+    """Check an exported file against eager float32 PyTorch on pictures; the largest differences per output.
+
+    ``images``: RGB uint8 arrays, pre-processed as prediction does (default: synthetic pictures). ``runner``
+    runs the file (default by its format: :data:`RUNNERS`; an int8 or OpenVINO exporter passes its own), and
+    ``tolerance`` defaults by the file's precision. A free-size file is checked at two sizes; a dynamic batch at
+    ``batch_size``. Raises :class:`~efficientdet.export_verify.VerificationError` past the tolerance.
+    """
+    meta = read_metadata(path)
+    images = images if images is not None else load_verification_images(None)
+    runner = runner or RUNNERS[meta["format"]]
+    if tolerance is None:
+        tolerance = FLOAT16 if meta.get("precision") == "fp16" else FLOAT32
+    settings = {k: meta[k] for k in ("score_threshold", "iou_threshold", "max_det", "topk")} if meta["with_nms"] else {}
+    fixed = meta["input"]["shape"][0]
+    batch = fixed if isinstance(fixed, int) else batch_size
+    diffs: dict[str, float] = {}
+    with _eval_mode(model):
+        param = next(model.parameters())
+        for size in _verify_sizes(meta):
+            module, names, _ = export_module(model, size, meta["with_nms"], **settings)  # float32, fixed size
+            batches = [image_batch(images, size, batch, model.config.mean, model.config.std)]
+            step = verify_file(
+                Path(path), runner, lambda x, m=module: m(x.to(param.device, param.dtype)), names, batches,
+                tolerance, settings or None,
+            )  # fmt: skip
+            diffs = {k: max(v, diffs.get(k, 0.0)) for k, v in step.items()}
+    return diffs
 
 
 def _img_size_arg(values: list[int] | None) -> int | tuple[int, int] | None:
@@ -489,25 +670,61 @@ def cmd_export(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, max_det=args.max_det,
         topk=args.topk,
     )  # fmt: skip
+    if args.format == "openvino" or args.int8 or args.calibration:
+        from .quantize import export_deployment  # int8 ONNX and OpenVINO IR: their own modules
+
+        try:
+            path = export_deployment(model, args, common)
+        except (ImportError, ValueError, RuntimeError, OSError) as e:
+            print(f"efficientdet export: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {path} ({args.format}{', int8' if args.int8 else ''}, {model.config.name})")
+        return 0
+    return _export_verified(model, args, common)
+
+
+def _export_verified(model: EfficientDet, args: argparse.Namespace, common: dict[str, Any]) -> int:
+    """Export to a temp file beside ``--output``, verify it on pictures (unless ``--no-verify``), then rename."""
+    warning = topk_warning(args.with_nms, args.topk)
+    if warning:
+        print(f"efficientdet export: warning: {warning}", file=sys.stderr)
+    from .data.images import ImageReadError
+
     try:
-        if args.format == "onnx":
-            path = export_onnx(model, args.output, opset=args.opset, **common)
-        else:
-            path = export_torch(model, args.output, **common)
-    except (ImportError, ValueError, RuntimeError) as e:
+        images = load_verification_images(args.verify_images) if args.verify else None
+    except (ValueError, OSError, ImageReadError) as e:  # each names the folder or file
+        print(f"efficientdet export: {e}", file=sys.stderr)
+        return 1
+    options = dict(common, dynamic_size=args.dynamic_size, half=args.half)
+    diffs: dict[str, float] = {}
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TopKWarning)  # printed above, once
+            if args.format == "onnx":
+                export_onnx(model, tmp, opset=args.opset, **options)
+            else:
+                export_torch(model, tmp, **options)
+
+    def check(tmp: Path) -> None:
+        if images is not None:
+            diffs.update(verify_exported(model, tmp, images, batch_size=2 if args.dynamic_batch else args.batch_size))
+
+    try:
+        path = write_verified(args.output, write, check)
+    except VerificationError as e:
+        print(f"efficientdet export: {args.output}: verification failed, nothing written: {e}", file=sys.stderr)
+        return 1
+    except (ImportError, ValueError, RuntimeError, OSError) as e:
         print(f"efficientdet export: {e}", file=sys.stderr)
         return 1
     meta = read_metadata(path)
     shape = "x".join(map(str, meta["input"]["shape"]))
-    print(f"wrote {path} ({args.format}, {meta['model']}, {INPUT_NAME} {shape} -> {', '.join(meta['outputs'])}; "
-          f"{path.stat().st_size / 1e6:.1f} MB)")  # fmt: skip
-    if args.verify:
-        try:
-            diffs = verify_export(model, path, batch_size=2 if args.dynamic_batch else args.batch_size)
-        except ImportError as e:
-            print(f"efficientdet export: cannot verify: {e}", file=sys.stderr)
-            return 1
-        print("max abs difference to eager PyTorch: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    print(f"wrote {path} ({args.format}, {meta['model']}, {meta['precision']}, {INPUT_NAME} {shape} -> "
+          f"{', '.join(meta['outputs'])}; {path.stat().st_size / 1e6:.1f} MB)")  # fmt: skip
+    if images is not None:
+        print(f"verified on {len(images)} {'' if args.verify_images else 'synthetic '}images against eager "
+              f"PyTorch (float32): {describe(diffs)}")  # fmt: skip
     return 0
 
 
@@ -533,7 +750,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score-threshold", type=float, default=0.05, help="with --with-nms (default 0.05)")
     p.add_argument("--iou-threshold", type=float, default=NMS_IOU, help=f"with --with-nms (default {NMS_IOU})")
     p.add_argument("--max-det", type=int, default=MAX_DETECTIONS, help=f"with --with-nms (default {MAX_DETECTIONS})")
-    p.add_argument("--topk", type=int, default=TOPK_CANDIDATES, help=f"with --with-nms (default {TOPK_CANDIDATES})")
+    p.add_argument("--topk", type=int, default=EXPORT_TOPK,
+                   help=f"in-graph top-k with --with-nms (default {EXPORT_TOPK}, TensorRT's TopK limit; eager "
+                        "post-processing uses 5000)")  # fmt: skip
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--verify", action="store_true", help="run the file and compare with eager PyTorch")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="let height and width vary: multiples of 128 (2^max_level), at least 256")  # fmt: skip
+    p.add_argument("--half", action="store_true",
+                   help="float16 weights and network (GPU runtimes); input and outputs stay float32")  # fmt: skip
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="before writing, run the file on pictures and compare with eager PyTorch; the file is "
+                        "only written if it agrees (default on; --no-verify skips)")  # fmt: skip
+    p.add_argument(
+        "--verify-images",
+        metavar="DIR",
+        help=f"folder of pictures for --verify (the first {VERIFY_IMAGES}; default: synthetic ones)",
+    )
+    from .quantize import add_int8_options
+
+    add_int8_options(p)
     p.set_defaults(func=cmd_export)

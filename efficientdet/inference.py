@@ -7,7 +7,7 @@ mapping back to the original image) live here, around the plain network.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from .factory import load_checkpoint
 from .fuse import optimize_for_inference
 from .nn.detector import EfficientDet
 from .postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
+from .tiling import DEFAULT_TILE_OVERLAP, check_tile, detect_tiled
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -63,8 +64,15 @@ class Detector:
         class_agnostic: bool = False,
         optimize: bool = False,
         classes: str | Sequence[int | str] | None = None,
+        tile: int = 0,
+        tile_overlap: float = DEFAULT_TILE_OVERLAP,
+        batch_size: int = 8,
     ) -> None:
         """``classes`` keeps only those classes (names, case-insensitive, or 0-based indices; a list or ``"a,b"``).
+
+        ``tile`` > 0: sliced inference for large images (small objects), see :mod:`efficientdet.tiling`: tiles of
+        ``tile`` original pixels overlapping by ``tile_overlap`` plus one full-image pass, ``batch_size`` of them
+        per forward pass, merged into one result per image.
 
         The filter runs after NMS and ``max_det``, so the boxes kept are exactly the ones an unfiltered run returns
         for those classes (fewer than ``max_det`` may remain). An unknown class raises ``UnknownClassError`` here,
@@ -72,6 +80,10 @@ class Detector:
         """
         if nms not in NMS_METHODS:
             raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
+        check_tile(tile, tile_overlap)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.tile, self.tile_overlap, self.batch_size = tile, tile_overlap, batch_size
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if optimize:  # a copy with BN and SAME pads folded, channels-last on CPU: faster, same results up to rounding
@@ -121,8 +133,12 @@ class Detector:
         batch: torch.Tensor,
         scales: Sequence[float | tuple[float, float]] | None = None,
         sizes: Sequence[tuple[int, int]] | None = None,
+        filter_classes: bool = True,
     ) -> list[dict[str, Any]]:
-        """Detections for an already normalised ``[B, 3, H, W]`` batch (boxes divided by ``scales`` if given)."""
+        """Detections for an already normalised ``[B, 3, H, W]`` batch (boxes divided by ``scales`` if given).
+
+        ``filter_classes=False`` skips the ``classes`` filter (tiling applies it once, after merging the tiles).
+        """
         batch = batch.to(self.device)
         cls, box = self.model(batch)
         dets = postprocess(
@@ -134,15 +150,20 @@ class Detector:
             boxes = det["boxes"]
             if scales is not None:
                 boxes = to_original_pixels(boxes, scales[i], None if sizes is None else sizes[i])
-            labels, scores = det["labels"], det["scores"]
-            if self.classes is not None:
-                keep = torch.isin(labels, torch.tensor(self.classes, device=labels.device))
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            results.append({
-                "boxes": boxes.cpu(), "scores": scores.cpu(), "labels": labels.cpu(),
-                "label_names": [self.class_names[int(k)] for k in labels],
-            })  # fmt: skip
+            results.append(self.result(boxes, det["scores"], det["labels"], filter_classes))
         return results
+
+    def result(
+        self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, filter_classes: bool = True
+    ) -> dict[str, Any]:
+        """One image's result dict (tensors on the CPU, class names added), after the ``classes`` filter."""
+        if filter_classes and self.classes is not None:
+            keep = torch.isin(labels, torch.tensor(self.classes, device=labels.device))
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        return {
+            "boxes": boxes.cpu(), "scores": scores.cpu(), "labels": labels.cpu(),
+            "label_names": [self.class_names[int(k)] for k in labels],
+        }  # fmt: skip
 
     def __call__(self, images: ImageInput | Sequence[ImageInput] | torch.Tensor) -> list[dict[str, Any]]:
         """One dict per image: ``boxes`` (x1, y1, x2, y2, original pixels), ``scores``, ``labels``, ``label_names``.
@@ -158,5 +179,21 @@ class Detector:
             images = [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
         elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
             images = [images]
+        if self.tile:  # one image at a time, its tiles batched
+            return [detect_tiled(self, _as_rgb_array(image)) for image in images]
         batch, scales, sizes = self.preprocess(images)
         return self.predict_tensor(batch, scales, sizes)
+
+    def stream(
+        self, source: str | int | os.PathLike, batch_size: int = 8, vid_stride: int = 1, max_frames: int | None = None
+    ) -> Iterator[Any]:
+        """Detections frame by frame for a video file, camera (``0``, ``/dev/video0``) or stream URL (needs PyAV).
+
+        Yields ``efficientdet.video.FrameResult`` items (``index``, ``time`` in seconds, ``image`` HxWx3 uint8,
+        ``detections`` as :meth:`__call__` gives for that frame); frames are decoded ahead in a thread and run
+        ``batch_size`` at a time, never the whole video in memory. A damaged file raises ``VideoError`` after its
+        last good frame. See :mod:`efficientdet.video`.
+        """
+        from .video import stream
+
+        return stream(self, source, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames)

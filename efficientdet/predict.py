@@ -40,6 +40,10 @@ the memory of one batch. Very large images are expected here (a user pointing th
 10000x10000 scan wants a result, not a warning), so Pillow's decompression-bomb check is replaced during the run
 by ``max_pixels``: by default the same limit at which Pillow refuses (about 179 million pixels, 13377 x 13377);
 larger files are reported as failures, and ``max_pixels=0`` removes the limit.
+
+Video files (by extension), ``/dev/video*`` cameras and stream URLs among the sources, and every ``video_sources``
+entry (``--source``: also camera indices such as ``0``), are run frame by frame after the images: a drawn video
+and ``detections.jsonl`` per source in ``OUTPUT/<name>/`` (see :mod:`efficientdet.video`).
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ from .draw import draw_detections
 from .evaluate import detections_to_coco
 from .postprocess import MAX_DETECTIONS, NMS_IOU
 from .predict_files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
+from .runtimes import add_backend_option
+from .tiling import DEFAULT_TILE_OVERLAP, overlap_arg, tile_arg
+from .video import VIDEO_EXTENSIONS, check_video_options, is_video_source, predict_videos
 from .weights_options import add_weights_options, load_model_from_options
 
 # Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
@@ -102,6 +109,9 @@ class PredictSummary:
     output: Path | None = None
     detections_path: Path | None = None
     drawn: list[Path] = field(default_factory=list)
+    videos: int = 0  # video sources processed (see efficientdet.video)
+    frames: int = 0  # their frames processed
+    interrupted: bool = False  # Ctrl-C ended a video source (its files are closed and playable)
 
     @property
     def exit_code(self) -> int:
@@ -110,9 +120,11 @@ class PredictSummary:
     def line(self) -> str:
         """The one-line summary the command prints."""
         where = f"; results in {self.output}" if self.output is not None else ""
+        videos = f"{self.frames} frames of {self.videos} video{'s' * (self.videos > 1)}, " if self.videos else ""
+        stopped = " (stopped by Ctrl-C)" if self.interrupted else ""
         return (
-            f"predict: {self.images} images, {self.detections} detections, {len(self.failures)} failed, "
-            f"{self.seconds:.1f} s{where}"
+            f"predict: {self.images} images, {videos}{self.detections} detections, {len(self.failures)} failed, "
+            f"{self.seconds:.1f} s{where}{stopped}"
         )
 
 
@@ -204,7 +216,8 @@ def expand_sources(
             for image in images:
                 add(image, base)
         else:
-            errors.append((source, f"{source}: no such file or folder"))
+            hint = f" (a camera: --source {source})" if source.isdigit() else ""
+            errors.append((source, f"{source}: no such file or folder{hint}"))
     return found, errors
 
 
@@ -319,8 +332,13 @@ def predict(
     save_txt: bool = False,
     save_conf: bool = False,
     save_crop: bool = False,
+    tile: int = 0,
+    tile_overlap: float = DEFAULT_TILE_OVERLAP,
     errors: IO[str] | bool = True,
     progress: bool | None = False,
+    video_sources: Sequence[str | os.PathLike] = (),
+    vid_stride: int = 1,
+    max_frames: int | None = None,
 ) -> PredictSummary:
     """Detect objects in every image that ``sources`` name; write drawn copies and ``detections.json`` to ``output``.
 
@@ -336,11 +354,17 @@ def predict(
         draw: ``False`` writes no drawn images.
         save_txt, save_conf: write ``labels/<name>.txt`` per image (YOLO lines; ``save_conf``: with scores).
         save_crop: write ``crops/<class>/<name>_<k>.jpg`` per detection.
+        tile, tile_overlap: sliced inference for large images with small objects (:mod:`efficientdet.tiling`):
+            tiles of ``tile`` px overlapping by ``tile_overlap`` plus a full-image pass, ``batch_size`` per forward
+            pass; each image is then run on its own. 0: off.
         max_pixels: larger images are reported as failures without being decoded (0: no limit).
         errors: where each failure is reported as it happens: ``True`` stderr, ``False`` nowhere, or a text
             stream; the summary lists them all either way.
         progress: report progress on stderr: a bar on a terminal, else (a log file) a plain line every 30 s;
             ``None`` is the same as ``True``.
+        video_sources: video files, cameras (``0``, ``/dev/video0``) or stream URLs, whatever their names (video
+            files, ``/dev/video*`` and URLs in ``sources`` are found by name); needs PyAV.
+        vid_stride, max_frames: videos: process every ``vid_stride``-th frame, at most ``max_frames`` per source.
 
     Raises ``ValueError`` for invalid options (``UnknownClassError``, a subclass, for an unknown class) and
     ``CheckpointError`` / ``FileNotFoundError`` for a bad model file, before any image is read or any file written.
@@ -357,10 +381,15 @@ def predict(
         raise ValueError(f"output {out} is a file, not a folder")
     if isinstance(sources, (str, os.PathLike)):  # one source, not a sequence of characters
         sources = [sources]
+    videos = [*(s for s in sources if is_video_source(s)), *video_sources]
+    sources = [s for s in sources if not is_video_source(s)]
+    if videos:
+        check_video_options(vid_stride, max_frames)
     detector = Detector(
         _load_model(checkpoint, model_name), device=_resolve_device(device), image_size=image_size,
         score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det, class_names=class_names,
-        nms=nms, class_agnostic=class_agnostic, classes=classes,
+        nms=nms, class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap,
+        batch_size=batch_size,
     )  # fmt: skip
     images, source_errors = expand_sources(sources, recursive, exclude=out)
     summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
@@ -379,13 +408,16 @@ def predict(
     destinations = output_names(images, out)
     stems = image_stems(destinations, out) if save_txt or save_crop else []
     folders = class_folders(detector.class_names) if save_crop else []
-    keep_pixels = draw or save_crop  # the decoded image is held until drawn / cropped
+    keep_pixels = draw or save_crop or tile  # the decoded image is held until tiled, drawn or cropped
     results: list[dict] = []
-    batch: list[tuple[int, np.ndarray | None, torch.Tensor, float, tuple[int, int]]] = []
+    batch: list[tuple[int, np.ndarray | None, torch.Tensor | None, float, tuple[int, int]]] = []
 
     def run_batch() -> None:
-        tensors = torch.cat([item[2] for item in batch])
-        dets = detector.predict_tensor(tensors, [item[3] for item in batch], [item[4] for item in batch])
+        if tile:  # one image, cut into tiles and run batch_size tiles at a time by the Detector
+            dets = detector([item[1] for item in batch])
+        else:
+            tensors = torch.cat([item[2] for item in batch])
+            dets = detector.predict_tensor(tensors, [item[3] for item in batch], [item[4] for item in batch])
         for det in dets:
             index, array, _, _, size = batch.pop(0)  # the batch lets go of each image as soon as it is done
             img = images[index]
@@ -432,17 +464,30 @@ def predict(
                 fail(str(img.path), f"{img.path}: cannot read image (out of memory)")
                 bar.update(1)
                 continue
-            tensor, scales, sizes = detector.preprocess([array])
+            if tile:  # pre-processed tile by tile when its batch runs
+                tensor, scales, sizes = None, [1.0], [array.shape[:2]]
+            else:
+                tensor, scales, sizes = detector.preprocess([array])
             pixels += array.shape[0] * array.shape[1]
             batch.append((index, array if keep_pixels else None, tensor, scales[0], sizes[0]))
             del array  # held by the batch only (to be drawn on), so it is freed once drawn
-            if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET:
+            if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET or tile:
                 run_batch()
                 pixels = 0
         if batch:
             run_batch()
-    with atomic_open(summary.detections_path, "w") as f:
-        json.dump(results, f)
+    if images or not videos:
+        with atomic_open(summary.detections_path, "w") as f:
+            json.dump(results, f)
+    else:
+        summary.detections_path = None
+    if videos:
+        run = predict_videos(
+            detector, videos, out, fail, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames,
+            draw=draw, save_txt=save_txt, save_conf=save_conf, progress=progress is not False,
+        )  # fmt: skip
+        summary.videos, summary.frames, summary.interrupted = run.videos, run.frames, run.interrupted
+        summary.detections += run.detections
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -455,20 +500,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.task == "segmentation":
         return _cmd_predict_segmentation(args)
+    if not args.sources and not args.source:
+        print("efficientdet predict: give at least one SOURCE or --source", file=sys.stderr)
+        return 2
     try:
-        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained, args.backend)
         summary = predict(
-            args.sources, model, args.output, model_name=args.model,
+            args.sources, model, args.output, model_name=args.model, video_sources=args.source or (),
+            vid_stride=args.vid_stride, max_frames=args.max_frames,
             score_threshold=args.score_threshold, iou_threshold=args.iou, nms=args.nms,
             class_agnostic=args.class_agnostic, max_det=args.max_det, batch_size=args.batch_size,
             device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
             max_pixels=args.max_pixels, classes=args.classes, save_txt=args.save_txt,
-            save_conf=args.save_conf, save_crop=args.save_crop, progress=None,
+            save_conf=args.save_conf, save_crop=args.save_crop, progress=None, tile=args.tile,
+            tile_overlap=args.tile_overlap,
         )  # fmt: skip
     except UnknownClassError as e:  # a usage error, like argparse's own (exit 2), found before anything is written
         print(f"efficientdet predict: --classes: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, TrainingError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except (CheckpointError, TrainingError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"efficientdet predict: {e}", file=sys.stderr)
         return 1
     print(summary.line())
@@ -507,11 +557,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="detect objects in images, folders and globs: drawn images + detections.json",
         description="Detect objects in images; write each image with its boxes drawn, and detections.json "
-        "(COCO results, with file and class names). Unreadable files are reported and skipped (exit code 1).",
+        "(COCO results, with file and class names). Unreadable files are reported and skipped (exit code 1). "
+        "Videos, cameras and streams: a drawn video and detections.jsonl each, in OUTPUT/<name>/.",
     )  # fmt: skip
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="image files, folders, or quoted glob patterns ('photos/**/*.jpg')")  # fmt: skip
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="image files, folders, quoted glob patterns ('photos/**/*.jpg'), video files "
+                   f"({', '.join(VIDEO_EXTENSIONS)}), /dev/videoN, rtsp:// or http(s):// streams")  # fmt: skip
+    p.add_argument("--source", action="append", metavar="VIDEO",
+                   help="video source whatever its name: camera index (0), device, URL, file (repeatable)")  # fmt: skip
     add_weights_options(p)
+    add_backend_option(p)  # an exported --checkpoint (.onnx, .xml): efficientdet.runtimes
     p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
     p.add_argument("--score-threshold", type=fraction, default=DEFAULT_SCORE_THRESHOLD,
@@ -534,8 +589,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--save-conf", action="store_true", help="add the score to each label line (implies --save-txt)")
     p.add_argument("--save-crop", action="store_true", help="save each detection as crops/<class>/<image>_<k>.jpg")
     p.add_argument("--no-draw", dest="draw", action="store_false", help="do not write the drawn images")
+    p.add_argument("--tile", type=tile_arg, default=0, metavar="SIZE",
+                   help="sliced inference for small objects in large images: tiles of SIZE px (>= 32) plus a "
+                   "full-image pass, merged; costs (tiles + 1) forward passes per image (default 0: off)")  # fmt: skip
+    p.add_argument("--tile-overlap", type=overlap_arg, default=DEFAULT_TILE_OVERLAP, metavar="F",
+                   help="overlap of neighbouring tiles: a fraction of SIZE in [0, 1) "
+                   f"(default {DEFAULT_TILE_OVERLAP})")  # fmt: skip
     p.add_argument("--max-pixels", type=non_negative_int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip larger images (default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; 0: none)")  # fmt: skip
+    p.add_argument("--vid-stride", type=positive_int, default=1, help="videos: process every Nth frame (default 1)")
+    p.add_argument("--max-frames", type=positive_int, help="videos: stop each source after N processed frames")
     p.add_argument("--task", choices=["detection", "segmentation"], default="detection",
                    help="segmentation: write <stem>_overlay.png and <stem>_mask.png (class ids) per image")  # fmt: skip
     p.set_defaults(func=cmd_predict)

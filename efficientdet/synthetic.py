@@ -60,6 +60,15 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def synthetic_images(count: int, size: tuple[int, int] = (320, 256), seed: int = 0) -> list[np.ndarray]:
+    """``count`` pictures of this dataset's kind as ``[H, W, 3]`` uint8 arrays (``size`` is W, H), no files.
+
+    For checks that need photo-like inputs (an export's verification) where no images were given.
+    """
+    rng = np.random.default_rng(seed)
+    return [np.asarray(_image(rng, size, 3)[0]) for _ in range(count)]
+
+
 def make_synthetic_dataset(root: str | os.PathLike, n_train: int = 120, n_val: int = 30, seed: int = 0) -> Path:
     """Write the dataset under ``root`` (deterministic for a seed) and return ``root``."""
     root = Path(root)

@@ -27,9 +27,21 @@ def add_weights_options(p: argparse.ArgumentParser, required: bool = True, check
     )
 
 
-def load_model_from_options(checkpoint: str | None, model: str | None, pretrained: bool = False) -> Any:
-    """The model that ``--checkpoint`` / ``--model`` / ``--pretrained`` name (a CheckpointError says what is amiss)."""
+def load_model_from_options(
+    checkpoint: str | None, model: str | None, pretrained: bool = False, backend: str | None = None
+) -> Any:
+    """The model that ``--checkpoint`` / ``--model`` / ``--pretrained`` name (a CheckpointError says what is amiss).
+
+    An exported file (``.onnx``, OpenVINO ``.xml``) as ``--checkpoint`` comes back as a network that runs in
+    ``backend`` (:func:`efficientdet.runtimes.load_exported`; default by suffix), with the same interface.
+    """
     from .factory import create_model, load_checkpoint
+    from .runtimes import is_exported_file, load_exported
+
+    if is_exported_file(checkpoint):
+        return load_exported(checkpoint, backend)
+    if backend is not None:
+        raise CheckpointError(f"--backend {backend} runs an exported file (.onnx, .xml), not {checkpoint}")
 
     if pretrained:
         if not model:

@@ -17,19 +17,33 @@ import efficientdet
 from efficientdet.anchors import anchors_for_config
 from efficientdet.cli import main
 from efficientdet.export import (
+    EXPORT_TOPK,
     NMS_OUTPUTS,
     RAW_OUTPUTS,
     DetectionOutputs,
+    TopKWarning,
     export_onnx,
     export_torch,
     load_torch,
     read_metadata,
     run_onnx,
+    verify_exported,
 )
 from efficientdet.postprocess import flatten_outputs, postprocess
 
 CLASS_NAMES = ["cat", "dog", "bird"]
 NMS_SETTINGS = dict(score_threshold=0.02, iou_threshold=0.5, max_det=100, topk=5000)
+
+
+def _topk_sizes(proto) -> list[int]:
+    """The k of every TopK node of an ONNX graph (a constant: an initializer or a Constant node's value)."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return [int(values[node.input[1]].reshape(-1)[0]) for node in proto.graph.node if node.op_type == "TopK"]
 
 
 def _needs_onnx() -> None:
@@ -93,8 +107,21 @@ def cli_onnx_with_nms(lite0, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli_onnx")
     ckpt, out = folder / "lite0.pt", folder / "lite0_nms.onnx"
     efficientdet.save_model(lite0, ckpt, class_names=CLASS_NAMES)
-    args = ["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out), "--img-size", "128",
-            "--dynamic-batch", "--with-nms", "--score-threshold", "0.02", "--verify"]  # fmt: skip
+    args = [
+        "export",
+        "--checkpoint",
+        str(ckpt),
+        "--format",
+        "onnx",
+        "--output",
+        str(out),
+        "--img-size",
+        "128",
+        "--dynamic-batch",
+        "--with-nms",
+        "--score-threshold",
+        "0.02",
+    ]  # fmt: skip (verified by default)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         rc = main(args)
@@ -134,7 +161,7 @@ def test_cli_onnx_with_nms_equals_postprocess(lite0, cli_onnx_with_nms):
     assert rc == 0
     images = _images(2, 128, 128)
     outputs = run_onnx(path, images)
-    expected = _eager_detections(lite0, images, **NMS_SETTINGS)
+    expected = _eager_detections(lite0, images, **dict(NMS_SETTINGS, topk=EXPORT_TOPK))  # the export's default
     _assert_same_detections(outputs, expected)
     _assert_nms_suppressed(lite0, images, expected)
     assert any(len(d["scores"]) < 100 for d in expected)  # the padding rows are exercised too
@@ -149,17 +176,23 @@ def test_cli_onnx_reports_and_describes_the_file(cli_onnx_with_nms):
     rc, stdout, path = cli_onnx_with_nms
     assert rc == 0
     assert f"wrote {path}" in stdout and "images batchx3x128x128" in stdout
-    assert "max abs difference to eager PyTorch: boxes" in stdout
+    assert "verified on 2 synthetic images against eager PyTorch (float32): scores (matched)" in stdout
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # the verification's temp file
     proto = onnx.load(str(path))
     assert [o.name for o in proto.graph.output] == list(NMS_OUTPUTS)
     assert any(node.op_type == "NonMaxSuppression" for node in proto.graph.node)
+    ks = _topk_sizes(proto)  # top-k over anchor x class (9207 here, more than the limit), then max_det
+    assert max(ks) == EXPORT_TOPK == 3840 and sorted(ks) == [100, 3840]
     meta = read_metadata(path)
     assert meta["class_names"] == CLASS_NAMES and meta["with_nms"] and meta["score_threshold"] == 0.02
     assert meta["max_det"] == 100 and meta["input"]["mean"] == [127.0, 127.0, 127.0]
 
 
 def test_pt2_with_nms_equals_postprocess(lite0, tmp_path):
-    path = export_torch(lite0, tmp_path / "lite0.pt2", img_size=128, dynamic_batch=True, with_nms=True, **NMS_SETTINGS)
+    with pytest.warns(TopKWarning, match="TensorRT will reject"):  # topk 5000 > 3840
+        path = export_torch(
+            lite0, tmp_path / "lite0.pt2", img_size=128, dynamic_batch=True, with_nms=True, **NMS_SETTINGS
+        )
     program = load_torch(path)
     images = _images(3, 128, 128, seed=2)
     expected = _eager_detections(lite0, images, **NMS_SETTINGS)
@@ -267,3 +300,120 @@ def test_api_errors(lite0, tmp_path):
     _needs_onnx()
     with pytest.raises(ValueError, match="opset 16"):
         export_onnx(lite0, tmp_path / "x.onnx", opset=16)
+
+
+def _write_pictures(folder, count: int = 2):
+    """A few photo-like pictures (PNG) for --verify-images."""
+    from PIL import Image
+
+    from efficientdet.synthetic import synthetic_images
+
+    folder.mkdir()
+    for i, array in enumerate(synthetic_images(count, size=(300, 220), seed=5)):
+        Image.fromarray(array).save(folder / f"p{i}.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_cli_onnx_dynamic_size_with_nms_and_topk_5000(lite0, tmp_path):
+    """--dynamic-size: one file runs at several multiples of 128 and equals eager postprocess() at each; the NMS
+    graph builds its anchors in the graph. --topk 5000 is honoured (k 5000 in the graph) with a TensorRT warning;
+    the verification ran on the given pictures."""
+    _needs_onnx()
+    import onnx
+
+    ckpt, out = tmp_path / "lite0.pt", tmp_path / "dyn.onnx"
+    efficientdet.save_model(lite0, ckpt, class_names=CLASS_NAMES)
+    pictures = _write_pictures(tmp_path / "pictures")
+    args = ["export", "--checkpoint", str(ckpt), "--output", str(out), "--img-size", "128", "--dynamic-size",
+            "--with-nms", "--score-threshold", "0.02", "--topk", "5000", "--verify-images", str(pictures)]  # fmt: skip
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        assert main(args) == 0
+    assert "--topk 5000 is above 3840" in stderr.getvalue() and "TensorRT will reject" in stderr.getvalue()
+    assert "images 1x3xheightxwidth" in stdout.getvalue() and "verified on 2 images" in stdout.getvalue()
+    proto = onnx.load(str(out))
+    assert max(_topk_sizes(proto)) == 5000
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[2].dim_param and dims[3].dim_param
+    meta = read_metadata(out)
+    assert meta["input"]["shape"] == [1, 3, "height", "width"] and meta["input"]["size_multiple"] == 128
+    assert meta["topk"] == 5000 and "multiples of 128" in meta["input"]["size_note"]
+    for h, w in ((256, 256), (256, 384)):
+        images = _images(1, h, w, seed=h + w)
+        expected = _eager_detections(lite0, images, **NMS_SETTINGS)
+        _assert_same_detections(run_onnx(out, images), expected)
+
+
+def test_dynamic_size_module_equals_postprocess(lite0):
+    """No export: the free-size graph (anchors from the feature maps, candidates padded to k) in eager mode, at
+    two sizes, also with k larger than anchors x classes."""
+    from efficientdet.export import export_module
+
+    for topk, size in ((5000, (256, 384)), (60000, (256, 256))):  # 256x256: 12276 anchors x 3 classes < 60000
+        settings = dict(score_threshold=0.0 if topk > 5000 else 0.02, iou_threshold=0.5, max_det=100, topk=topk)
+        module, _, traced = export_module(lite0, 128, True, **settings, dynamic_size=True)
+        assert traced == (256, 256) and module.anchors is None
+        images = _images(2, *size, seed=4)
+        with torch.no_grad():
+            _assert_same_detections(module(images), _eager_detections(lite0, images, **settings))
+
+
+@pytest.mark.slow
+def test_onnx_half_has_fp16_weights_and_stays_close(lite0, tmp_path):
+    """--half: float16 initializers, float32 input; onnxruntime's CPU provider runs it, close to eager float32."""
+    _needs_onnx()
+    import onnx
+    from onnx import TensorProto
+
+    path = export_onnx(lite0, tmp_path / "half.onnx", img_size=128, half=True)
+    proto = onnx.load(str(path))
+    weights = [t for t in proto.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    big = [t for t in weights if len(t.dims) == 4]  # conv kernels
+    assert big and all(t.data_type == TensorProto.FLOAT16 for t in big)
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert read_metadata(path)["precision"] == "fp16"
+    images = _images(1, 128, 128, seed=6)
+    got = run_onnx(path, images)
+    assert got[0].dtype == torch.float32
+    for g, e in zip(got, _eager_raw(lite0, images)):
+        err = float((g - e).abs().max()) / max(1.0, float(e.abs().max()))
+        assert 0 < err < 5e-2  # not float32 (0 would mean no fp16 arithmetic), but close
+    assert verify_exported(lite0, path)["class_logits"] < 5e-2
+
+
+def test_cli_verification_failure_leaves_no_file(lite0, tmp_path, monkeypatch, capsys):
+    """A file that disagrees with eager PyTorch is not written: one error line with the difference, exit 1."""
+    import efficientdet.export as export
+
+    ckpt, out = tmp_path / "lite0.pt", tmp_path / "out" / "lite0.pt2"
+    efficientdet.save_model(lite0, ckpt)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["export", "--checkpoint", str(ckpt), "--format", "pt2", "--output", str(out), "--img-size", "128"]
+    assert main([*base, "--verify-images", str(empty)]) == 1
+    assert f"--verify-images {empty}: no images" in capsys.readouterr().err
+    broken = lambda path, images: [t + 0.1 for t in export.run_pt2(path, images)]  # noqa: E731
+    monkeypatch.setitem(export.RUNNERS, "pt2", broken)
+    assert main(base) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out}: verification failed, nothing written: differs from eager" in err[0]
+    assert "class_logits above the tolerance" in err[0]
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_compare_detections_matches_boxes():
+    """Detections are matched by class and IoU: a swapped order passes, a moved box or a lost one does not."""
+    from efficientdet.export_verify import compare_detections
+
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 0, 0]]])
+    scores = torch.tensor([[0.9, 0.8, 0.0]])
+    labels = torch.tensor([[0, 1, -1]])
+    num = torch.tensor([2])
+    reference = (boxes, scores, labels, num)
+    swapped = (boxes[:, [1, 0, 2]], torch.tensor([[0.8, 0.9, 0.0]]), labels[:, [1, 0, 2]], num)
+    assert compare_detections(swapped, reference, 0.05, 100) == {"scores": 0.0, "boxes": 0.0}
+    moved = (boxes + torch.tensor([1.0, 0, 1, 0]), scores, labels, num)
+    assert compare_detections(moved, reference, 0.05, 100)["boxes"] == pytest.approx(1 - 90 / 110)
+    lost = (boxes, scores, labels, torch.tensor([1]))
+    assert compare_detections(lost, reference, 0.05, 100)["scores"] == pytest.approx(0.8 - 0.05)

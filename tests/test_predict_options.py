@@ -15,6 +15,7 @@ from PIL import Image
 from efficientdet.class_filter import UnknownClassError, resolve_classes
 from efficientdet.cli import main
 from efficientdet.data.readers import read_yolo
+from efficientdet.factory import load_checkpoint
 from efficientdet.inference import Detector
 from efficientdet.predict_files import class_folders, crop_region, image_stems
 
@@ -138,6 +139,13 @@ def test_label_files_read_back_as_a_yolo_dataset(checkpoint, images, full_run, t
         expected = [[x, y, x + w, y + h] for x, y, w, h in (e["bbox"] for e in entries)]
         np.testing.assert_allclose(record.boxes, expected, atol=0.01)
         assert [CLASS_NAMES[k] for k in record.labels] == [e["category_name"] for e in entries]
+    # ... and `efficientdet train --format yolo` trains on it as it is (the score column ignored)
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tmp_path), "--format", "yolo", "--model", "efficientdet-lite0", "--img-size", "128",
+            "--epochs", "1", "--batch-size", "2", "--max-steps", "1", "--val-split", "none", "--amp", "off",
+            "--no-pretrained-backbone", "--workers", "0", "--output", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert load_checkpoint(out / "last.pt").class_names == CLASS_NAMES
 
 
 def test_save_crop_writes_each_clipped_rounded_box(checkpoint, images, full_run):

@@ -1,0 +1,202 @@
+"""fp32 vs int8, onnxruntime vs OpenVINO: AP on raccoon test and network latency at batch 1, one process.
+
+For each model (Lite0 from ``--checkpoint``, a raccoon-trained file; D0 from ``--d0-checkpoint``, ``--d0-pretrained``
+or random weights) the script writes four files into ``--workdir``:
+
+- ``onnxruntime fp32``: :func:`efficientdet.export.export_onnx`;
+- ``onnxruntime int8``: :func:`efficientdet.quantize.export_onnx_int8` (QDQ, calibrated on ``--calibration-images``
+  images of the ``train`` split: never on test);
+- ``openvino fp32`` / ``openvino int8``: :func:`efficientdet.openvino_export.export_openvino` (NNCF for int8, the
+  same calibration images);
+
+and evaluates each, with the eager PyTorch model (BN and SAME pads folded, channels-last: what
+``Detector(optimize=True)`` runs) as the reference row, through the project's own evaluation
+(:func:`efficientdet.validate.evaluate_model`, pycocotools) on the ``test`` split: the runtime files run as the
+network inside the usual pre- and post-processing (:func:`efficientdet.runtimes.load_exported`). AP needs a model
+whose classes are the data's (a raccoon-trained checkpoint); for other weights (random or COCO D0) the AP columns
+are left empty and the ``IoU vs fp32`` column (mean IoU of each fp32 detection scoring >= 0.3 with its best
+same-class match, over the test images) tells how closely int8 follows fp32.
+
+Latency: the network alone (normalised ``[1, 3, S, S]`` input to raw outputs, numpy hand-over included) with
+``--threads`` threads; one call of each contestant per round, the order rotating, each timed call preceded by an
+untimed one, ``--rounds`` rounds; medians. Example (this project's 2-core CPU, idle):
+
+    python benchmarks/quantize.py --checkpoint runs/raccoon_lite0/best.pt --threads 2 --json quantize.json
+
+``--limit N`` evaluates on the first N test images only (a smoke run, not a result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from efficientdet.data.readers import read_dataset
+from efficientdet.export import export_onnx
+from efficientdet.factory import create_model, load_checkpoint
+from efficientdet.fuse import optimize_for_inference
+from efficientdet.inference import Detector
+from efficientdet.labeler import box_iou
+from efficientdet.openvino_export import export_openvino
+from efficientdet.quantize import export_onnx_int8
+from efficientdet.runtimes import load_exported
+from efficientdet.validate import evaluate_model
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "raccoon"
+IOU_SCORE = 0.3  # fp32 detections at least this confident are the ones int8 must reproduce
+
+
+def build_models(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module]]:
+    models = []
+    if "lite0" in args.models:
+        if not args.checkpoint:
+            raise SystemExit("quantize.py: Lite0 needs --checkpoint (a raccoon-trained efficientdet-lite0 file)")
+        models.append(("lite0", load_checkpoint(args.checkpoint)))
+    if "d0" in args.models:
+        if args.d0_checkpoint:
+            d0 = load_checkpoint(args.d0_checkpoint)
+        elif args.d0_pretrained:
+            d0 = create_model("efficientdet-d0", pretrained=True)
+        else:
+            torch.manual_seed(0)
+            d0 = create_model("efficientdet-d0", num_classes=1)
+            d0.class_names = ["raccoon"]
+        models.append(("d0", d0))
+    return models
+
+
+def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, folder: Path) -> dict[str, Path]:
+    """The four files of one model; the seconds each export took are printed."""
+    calib = dict(calibration=args.data, calibration_split="train", calibration_images=args.calibration_images)
+    jobs = {
+        "onnxruntime fp32": lambda p: export_onnx(model, p),
+        "onnxruntime int8": lambda p: export_onnx_int8(model, p, **calib),
+        "openvino fp32": lambda p: export_openvino(model, p),
+        "openvino int8": lambda p: export_openvino(model, p, int8=True, **calib),
+    }
+    files = {}
+    for label, job in jobs.items():
+        suffix = ".xml" if label.startswith("openvino") else ".onnx"
+        start = time.perf_counter()
+        files[label] = Path(job(folder / f"{name}_{label.replace(' ', '_')}{suffix}"))
+        print(f"{name}: exported {label} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return files
+
+
+def mean_matched_iou(reference: list[dict], candidate: list[dict]) -> float | None:
+    ious = []
+    for ref, got in zip(reference, candidate):
+        wh = (ref["boxes"][:, 2:] - ref["boxes"][:, :2]).clamp(min=0)
+        confident = (ref["scores"] >= IOU_SCORE) & (wh.prod(1) > 0)  # boxes clipped flat have no IoU
+        for i in np.flatnonzero(confident.numpy()):
+            same = got["labels"] == ref["labels"][i]
+            ious.append(float(box_iou(ref["boxes"][i : i + 1], got["boxes"][same]).max()) if same.any() else 0.0)
+    return float(np.mean(ious)) if ious else None
+
+
+def accuracy(nets: dict[str, torch.nn.Module], data: Any, paths: list[str]) -> dict[str, dict[str, Any]]:
+    """AP (where the classes allow) and mean matched IoU vs the eager fp32 reference, per contestant."""
+    # the same settings for all, the reference's confident boxes picked afterwards: eager against itself gives 1
+    reference = Detector(nets["eager fp32"], score_threshold=0.05)(paths)
+    out = {}
+    for label, net in nets.items():
+        row: dict[str, Any] = {"AP": None, "AP50": None}
+        names = getattr(net, "class_names", None)
+        if names and set(data.class_names) <= set(names):
+            metrics = evaluate_model(net, data, batch_size=1, workers=0).metrics
+            row.update(AP=metrics["AP"], AP50=metrics["AP50"])
+        row["iou_vs_fp32"] = mean_matched_iou(reference, Detector(net, score_threshold=0.05)(paths))
+        out[label] = row
+    return out
+
+
+def latency(nets: dict[str, torch.nn.Module], batch: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Median ms of the network per contestant, interleaved rounds with a rotating order (see module docstring)."""
+    labels = list(nets)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    with torch.inference_mode():
+        for label in labels:  # warm-up: first calls allocate and compile kernels
+            for _ in range(3):
+                nets[label](batch)
+        for r in range(rounds):
+            for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+                nets[label](batch)
+                start = time.perf_counter()
+                nets[label](batch)
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) * 1e3 for label, t in times.items()}
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    torch.set_num_threads(args.threads)
+    test = read_dataset(args.data, None, "test")
+    if args.limit:
+        test.records = test.records[: args.limit]
+    paths = [r.path for r in test.records]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="efficientdet-quantize-") as tmp:
+        folder = Path(args.workdir or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, model in build_models(args):
+            model.eval()
+            files = export_all(name, model, args, folder)
+            # eager as Detector(optimize=True) runs it: BN and SAME pads folded, channels-last
+            nets: dict[str, torch.nn.Module] = {"eager fp32": optimize_for_inference(model)}
+            for label, path in files.items():
+                nets[label] = load_exported(path, label.split()[0], args.threads)
+            scores = accuracy(nets, test, paths)
+            size = model.config.image_size
+            batch, _, _ = Detector(model).preprocess(paths[:1])
+            ms = latency(nets, batch, args.rounds)
+            for label in nets:
+                rows.append({"model": name, "img_size": size, "contestant": label, **scores[label],
+                             "network_ms": ms[label], "threads": args.threads,
+                             "test_images": len(paths), "calibration_images": args.calibration_images})  # fmt: skip
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["| model | contestant | AP | AP50 | IoU vs fp32 | network ms |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} {r['img_size']} | {r['contestant']} | {num(r['AP'], '.4f')} | "
+                     f"{num(r['AP50'], '.4f')} | {num(r['iou_vs_fp32'], '.3f')} | {r['network_ms']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="raccoon-trained efficientdet-lite0 checkpoint")
+    p.add_argument("--d0-checkpoint", help="efficientdet-d0 weights (default: random, one class)")
+    p.add_argument("--d0-pretrained", action="store_true", help="published COCO D0 weights (no raccoon AP)")
+    p.add_argument("--models", default="lite0,d0", help="comma-separated: lite0, d0 (default both)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help=f"VOC raccoon (default {DEFAULT_DATA})")
+    p.add_argument("--calibration-images", type=int, default=100, help="train images to calibrate on (default 100)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test images only (smoke run)")
+    p.add_argument("--workdir", help="keep the exported files here (default: a temporary folder)")
+    p.add_argument("--json", help="write the rows here")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    rows = run(args)
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

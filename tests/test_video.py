@@ -1,0 +1,304 @@
+"""Video sources: ``efficientdet predict`` on video files and ``Detector.stream`` (PyAV, synthetic clips)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_detector_checkpoint
+
+from efficientdet.cli import main
+from efficientdet.inference import Detector
+from efficientdet.video import (
+    JSONL_FILE,
+    VideoDependencyError,
+    VideoError,
+    VideoSource,
+    VideoWriter,
+    is_video_source,
+    jsonl_record,
+    output_folders,
+    parse_source,
+    require_av,
+)
+
+av = pytest.importorskip("av")
+
+CLASS_NAMES = ["cat", "dog"]
+FRAMES, WIDTH, HEIGHT, RATE = 12, 96, 64, 25
+OPTIONS = ("--max-det", "20")  # fewer boxes to draw: faster, and the comparisons still see every class
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: the tiny model gains nothing from two, and on a busy 2-core machine two are 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_detector_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", CLASS_NAMES)
+
+
+def write_clip(
+    path: Path, frames: int = FRAMES, size: tuple[int, int] = (WIDTH, HEIGHT), intra: bool = False, **options: str
+) -> Path:
+    """A clip of two shapes moving over a grey background (H.264, or MPEG-4 where x264 is missing).
+
+    ``intra``: every frame a key frame (and textured), so the frames share the file's bytes about evenly and a
+    file cut at 60% keeps about half of them; ``options``: the container's (muxer options).
+    """
+    width, height = size
+    texture = np.random.default_rng(0).integers(0, 256, (32, 30, 3), dtype=np.uint8)
+    with av.open(str(path), "w", options=options) as container:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        stream = container.add_stream(codec, rate=RATE, options={"g": "1"} if intra else {})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            image = np.full((height, width, 3), 90, np.uint8)
+            x, y = (4 + 5 * i) % (width - 30), 8 + i % (height - 40)  # wrapping around in longer clips
+            image[y : y + 32, x : x + 30] = texture // 4 + (180, 0, 0)
+            x, y = (60 - 3 * i) % (width - 20), 30 + i % (height - 30)
+            image[y : y + 20, x : x + 20] = (30, 200, 250)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def decode(path: Path) -> tuple[list[np.ndarray], Fraction, tuple[int, int]]:
+    """Every frame as RGB, the frame rate and (width, height) of a video, read back with PyAV."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        return frames, stream.average_rate, (stream.width, stream.height)
+
+
+def predict(output: Path, checkpoint: Path, *sources: str | Path, extra: tuple[str, ...] = ()) -> int:
+    argv = ["predict", *map(str, sources), "--checkpoint", str(checkpoint), "--output", str(output), *OPTIONS]
+    return main([*argv, "--device", "cpu", *extra])
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / JSONL_FILE).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("videos") / "clip.mkv")
+
+
+@pytest.fixture(scope="module")
+def full_run(clip, checkpoint, tmp_path_factory) -> Path:
+    """Every frame, batches of 5 (the last one short), drawn: the reference the other runs are compared with."""
+    output = tmp_path_factory.mktemp("full") / "out"
+    assert predict(output, checkpoint, clip, extra=("--batch-size", "5", "--save-txt")) == 0
+    return output / "clip"
+
+
+def detector(checkpoint: Path) -> Detector:
+    """A detector with ``efficientdet predict``'s defaults and the options above."""
+    return Detector.from_checkpoint(checkpoint, score_threshold=0.3, max_det=20)
+
+
+def test_predict_writes_a_video_of_the_same_size_rate_and_frame_count(clip, full_run):
+    source, source_rate, source_size = decode(clip)
+    drawn, rate, size = decode(full_run / "clip.mp4")
+    assert (len(drawn), rate, size) == (len(source), source_rate, source_size) == (FRAMES, RATE, (WIDTH, HEIGHT))
+    # boxes are drawn: the frames differ from the source beyond the encoder's rounding
+    assert np.abs(drawn[0].astype(int) - source[0]).mean() > 3
+
+
+def test_jsonl_matches_image_mode_frame_by_frame(clip, checkpoint, full_run):
+    frames, _, _ = decode(clip)
+    lines = records(full_run)
+    assert [line["frame"] for line in lines] == list(range(FRAMES))
+    assert [line["time"] for line in lines] == pytest.approx([i / RATE for i in range(FRAMES)])
+    for line, expected in zip(lines, detector(checkpoint)(frames)):
+        assert line["labels"] == expected["labels"].tolist() and line["labels"]
+        assert line["names"] == expected["label_names"]
+        assert line["scores"] == pytest.approx(expected["scores"].tolist(), abs=1e-5)
+        np.testing.assert_allclose(line["boxes"], expected["boxes"].numpy(), atol=0.02)
+    # the shapes move, so the detections do too
+    assert lines[0]["boxes"] != lines[-1]["boxes"]
+
+
+def test_save_txt_writes_a_label_file_per_frame(full_run):
+    files = sorted((full_run / "labels").iterdir())
+    assert [f.name for f in files] == [f"clip_{i:06d}.txt" for i in range(FRAMES)]
+    for path, line in zip(files, records(full_run)):
+        non_empty = [b for b in line["boxes"] if b[2] > b[0] and b[3] > b[1]]
+        assert len(path.read_text().splitlines()) == len(non_empty)
+
+
+def test_vid_stride_and_max_frames(clip, checkpoint, full_run, tmp_path):
+    assert predict(tmp_path, checkpoint, clip, extra=("--vid-stride", "3", "--max-frames", "3")) == 0
+    strided = records(tmp_path / "clip")
+    assert [line["frame"] for line in strided] == [0, 3, 6]
+    assert strided == [records(full_run)[i] for i in (0, 3, 6)]
+    frames, rate, size = decode(tmp_path / "clip" / "clip.mp4")
+    assert (len(frames), rate, size) == (3, Fraction(RATE, 3), (WIDTH, HEIGHT))  # plays at the source's speed
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("cut.mkv", {}),  # Matroska: the demuxer ends quietly; the header's duration gives the damage away
+        ("cut.mp4", {"movflags": "+faststart"}),  # index first: FFmpeg reports the missing data
+    ],
+)
+def test_truncated_video_keeps_the_frames_before_the_damage(checkpoint, tmp_path, capsys, name, options):
+    whole = write_clip(tmp_path / f"whole{Path(name).suffix}", intra=True, **options)
+    cut = tmp_path / name
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    output = tmp_path / "out"
+    assert predict(output, checkpoint, cut) == 1
+    err = capsys.readouterr().err
+    assert "warning" in err and str(cut) in err
+    lines = records(output / "cut")
+    kept = len(lines)
+    assert 0 < kept < FRAMES
+    assert [line["frame"] for line in lines] == list(range(kept))
+    frames, rate, _ = decode(output / "cut" / "cut.mp4")  # closed properly: it plays
+    assert (len(frames), rate) == (kept, RATE)
+    seen = []  # Python: the same frames, then the error
+    with pytest.raises(VideoError, match=re.escape(str(cut))):
+        for result in detector(checkpoint).stream(cut):
+            seen.append(result.index)
+    assert seen == list(range(kept))
+
+
+def test_stream_yields_what_predict_writes(clip, checkpoint, full_run):
+    frames, _, _ = decode(clip)
+    results = list(detector(checkpoint).stream(clip, batch_size=5))
+    assert [jsonl_record(r) for r in results] == records(full_run)
+    for result, frame in zip(results, frames):
+        np.testing.assert_array_equal(result.image, frame)
+    few = list(detector(checkpoint).stream(clip, batch_size=2, vid_stride=4, max_frames=2))
+    assert [(r.index, r.time) for r in few] == [(0, 0.0), (4, pytest.approx(4 / RATE))]
+
+
+def test_ctrl_c_ends_with_closed_playable_outputs(clip, checkpoint, tmp_path, monkeypatch, capsys):
+    calls = []
+    original = Detector.predict_tensor
+
+    def interrupted_on_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "predict_tensor", interrupted_on_second_batch)
+    assert predict(tmp_path, checkpoint, clip, clip, extra=("--batch-size", "4")) == 0
+    assert "stopped by Ctrl-C" in capsys.readouterr().out
+    assert len(records(tmp_path / "clip")) == 4
+    assert len(decode(tmp_path / "clip" / "clip.mp4")[0]) == 4
+    assert not (tmp_path / "clip_2").exists()  # the second source is not started
+
+
+def test_unreadable_and_missing_videos_are_named_and_leave_no_output(clip, checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    output = tmp_path / "out"
+    extra = ("--max-frames", "1", "--no-draw")
+    assert predict(output, checkpoint, bad, tmp_path / "missing.mkv", clip, extra=extra) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert any(str(bad) in line and "cannot open video" in line for line in err)
+    assert any("missing.mkv: no such file" in line for line in err)
+    assert sorted(p.name for p in output.iterdir()) == ["clip"]  # the good source still ran
+    assert sorted(p.name for p in (output / "clip").iterdir()) == [JSONL_FILE]  # --no-draw: no video
+
+
+def test_sources_are_needed_and_a_camera_index_goes_through_source(checkpoint, tmp_path, capsys, monkeypatch):
+    assert main(["predict", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")]) == 2
+    assert "--source" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # no file named "0" here
+    assert predict(tmp_path / "out", checkpoint, "0") == 1
+    assert "0: no such file or folder (a camera: --source 0)" in capsys.readouterr().err
+
+
+def test_missing_pyav_is_one_clear_error_before_any_output(clip, checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "av", None)  # "import av" now raises ImportError
+    with pytest.raises(VideoDependencyError, match=r'pip install "efficientdet\[video\]"'):
+        require_av()
+    assert predict(tmp_path / "out", checkpoint, clip) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "efficientdet[video]" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_source_parsing():
+    assert parse_source("0", platform="linux") == VideoSource("0", "camera", "/dev/video0", "v4l2")
+    assert parse_source(0, platform="linux") == parse_source("0", platform="linux")  # Detector.stream(0)
+    assert parse_source("/dev/video2", platform="linux").name == "camera2"
+    assert parse_source("1", platform="darwin").format == "avfoundation"
+    with pytest.raises(VideoError, match="^0: camera"):
+        parse_source("0", platform="win32")
+    rtsp = parse_source("rtsp://cam.local:554/live/ch1")
+    assert (rtsp.kind, rtsp.live, rtsp.name) == ("stream", True, "cam.local_live_ch1")
+    assert parse_source("HTTPS://example.org/a.m3u8").kind == "stream"
+    clip = parse_source("videos/Clip.MOV")
+    assert (clip.kind, clip.live, clip.name) == ("file", False, "Clip")
+    # positional sources: videos by extension, devices and URLs; a bare number stays an image path
+    assert [is_video_source(s) for s in ("a.webm", "b.AVI", "/dev/video1", "rtsp://h/x", "0", "a.jpg", "mp4")] == [
+        True, True, True, True, False, False, False,
+    ]  # fmt: skip
+    folders = output_folders([parse_source("a/x.mp4"), parse_source("b/x.mkv"), parse_source("X.avi")], Path("o"))
+    assert folders == [Path("o/x"), Path("o/x_2"), Path("o/X_3")]
+
+
+def test_writer_keeps_odd_sizes(tmp_path):
+    path = tmp_path / "odd.mp4"
+    writer = VideoWriter(path, 33, 21, Fraction(10))
+    for i in range(3):
+        writer.write(np.full((21, 33, 3), 60 * i, np.uint8))
+    assert not path.exists()  # under a temporary name until closed
+    writer.close()
+    frames, rate, size = decode(path)
+    assert (len(frames), rate, size) == (3, 10, (33, 21))
+    assert abs(int(frames[2].mean()) - 120) <= 3
+    VideoWriter(tmp_path / "empty.mp4", 32, 32, Fraction(10)).close()  # no frame: no file (it would not play)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.mp4"]
+
+
+def test_stream_decodes_ahead_and_stops_when_the_caller_does(clip, checkpoint):
+    """Frames are decoded ahead in a thread; stopping early stops it (the generator closes the reader)."""
+
+    def decoding() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"decode {clip}"]
+
+    stream = detector(checkpoint).stream(clip, batch_size=2)
+    first = next(stream)
+    assert first.index == 0 and first.image.shape == (HEIGHT, WIDTH, 3)
+    assert isinstance(first.detections["boxes"], torch.Tensor)
+    assert decoding()  # still running ahead: 10 frames left, a queue of 4
+    stream.close()
+    assert not decoding()
+
+
+def test_live_sources_batch_what_has_arrived(clip, checkpoint, full_run):
+    """The live path (cameras, streams: batches of whatever is decoded, times from the first frame) on a local file.
+
+    A real camera or RTSP server is not available here; FFmpeg opens the file as it would a stream URL.
+    """
+    live = VideoSource(str(clip), "stream", str(clip))
+    results = list(detector(checkpoint).stream(live, batch_size=4))
+    expected = records(full_run)
+    assert [r.index for r in results] == list(range(FRAMES))
+    assert [r.time for r in results] == pytest.approx([line["time"] for line in expected])
+    for result, line in zip(results, expected):
+        got = jsonl_record(result)
+        assert got["labels"] == line["labels"]
+        np.testing.assert_allclose(got["boxes"], line["boxes"], atol=0.02)
