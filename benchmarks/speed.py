@@ -47,13 +47,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import efficientdet
 from efficientdet import postprocess as post_module
-from efficientdet.bench import BACKENDS, prepare_network, summarize, synthetic_images
+from efficientdet.bench import BACKENDS, exported_network, prepare_network, summarize, synthetic_images
 from efficientdet.inference import Detector
 
 INT8_CONTESTANTS = ("onnxruntime int8", "openvino int8")
@@ -61,24 +62,6 @@ CONTESTANTS = ("plain",) + BACKENDS + INT8_CONTESTANTS
 # eager <= 0.75x and post-processing <= 5 ms: the first speed targets; best <= 0.20x with int8 / OpenVINO allowed;
 # the int8 network of Lite0 at 320 px within 8 ms (checked when that is the model and size measured).
 TARGETS = {"eager": 0.75, "best": 0.20, "postprocess_ms": 5.0, "lite0_320_int8_network_ms": 8.0}
-
-
-def int8_network(
-    model: torch.nn.Module, contestant: str, folder: str, size: int, batch_size: int, threads: int, calibration: list
-) -> torch.nn.Module:
-    """``model`` quantised to int8 for ``contestant``'s runtime (calibrated on ``calibration``) and opened there."""
-    from efficientdet.openvino_export import export_openvino
-    from efficientdet.quantize import export_onnx_int8
-    from efficientdet.runtimes import load_exported
-
-    backend = contestant.split()[0]
-    name = f"{model.config.name}_{size}_b{batch_size}_int8"
-    if backend == "openvino":
-        path = export_openvino(model, f"{folder}/{name}.xml", int8=True, calibration=calibration, img_size=size,
-                               batch_size=batch_size)  # fmt: skip
-    else:
-        path = export_onnx_int8(model, f"{folder}/{name}.onnx", calibration, img_size=size, batch_size=batch_size)
-    return load_exported(path, backend, threads)
 
 
 def load_effdet(name: str, size: int) -> torch.nn.Module | None:
@@ -222,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 plain_detector.preprocess([image])[0].numpy()
                 for image in synthetic_images(args.calibration_images, (480, 640), seed=1)
             ]
-            net = int8_network(model, backend, workdir, size, batch_size, args.threads, calibration)
+            net = exported_network(model, backend.split()[0], Path(workdir), size, batch_size, args.threads,
+                                   calibration)  # fmt: skip
         else:
             net = prepare_network(model, backend, "cpu", size, batch_size, args.threads, workdir=workdir)
         prepared = time.perf_counter() - start

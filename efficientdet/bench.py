@@ -32,7 +32,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,19 +149,32 @@ def reset_peak_rss() -> bool:
 
 
 def exported_network(
-    model: nn.Module, backend: str, folder: Path, img_size: int, batch_size: int, threads: int | None
+    model: nn.Module,
+    backend: str,
+    folder: Path,
+    img_size: int,
+    batch_size: int,
+    threads: int | None,
+    calibration: Sequence[np.ndarray] | None = None,
 ) -> nn.Module:
     """``model`` exported (fixed size and batch) into ``folder`` and opened in ``backend`` (onnxruntime: an ONNX
     file; openvino: an IR, fp32 weights): :class:`efficientdet.runtimes.ExportedNetwork`, raw outputs as one flat
-    level each, the layout post-processing reads. onnxruntime's output buffers are handed over without a copy."""
+    level each, the layout post-processing reads. onnxruntime's output buffers are handed over without a copy.
+    With ``calibration`` (pre-processed ``[batch_size, 3, S, S]`` arrays) the file is post-training int8
+    (onnxruntime's QDQ quantiser / NNCF)."""
     from .export import export_onnx
     from .runtimes import load_exported
 
-    name = f"{model.config.name}_{img_size}_b{batch_size}"
+    name = f"{model.config.name}_{img_size}_b{batch_size}" + ("_int8" if calibration is not None else "")
     if backend == "openvino":
         from .openvino_export import export_openvino
 
-        path = export_openvino(model, folder / f"{name}.xml", img_size=img_size, batch_size=batch_size)
+        path = export_openvino(model, folder / f"{name}.xml", int8=calibration is not None, calibration=calibration,
+                               img_size=img_size, batch_size=batch_size)  # fmt: skip
+    elif calibration is not None:
+        from .quantize import export_onnx_int8
+
+        path = export_onnx_int8(model, folder / f"{name}.onnx", calibration, img_size=img_size, batch_size=batch_size)
     else:
         path = export_onnx(model, folder / f"{name}.onnx", img_size=img_size, batch_size=batch_size)
     return load_exported(path, backend, threads)

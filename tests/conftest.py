@@ -46,6 +46,16 @@ def tiny_detector_checkpoint(path: Path, class_names: list[str]) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of many tiny tensors: thread hand-offs cost more than the work (on a busy
+    2-core machine two threads were 5-10x slower); the previous count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

@@ -35,12 +35,8 @@ LOGIT = 4.0
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Hundreds of tiny tensors: thread hand-offs cost more than the work (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Hundreds of tiny tensors: the whole module runs on one torch thread (see ``conftest.one_torch_thread``)."""
 
 
 class SquareNet(nn.Module):

@@ -37,12 +37,8 @@ OPTIONS = ("--max-det", "20")  # fewer boxes to draw: faster, and the comparison
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny model gains nothing from two, and on a busy 2-core machine two are 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """The whole module runs on one torch thread (see ``conftest.one_torch_thread``)."""
 
 
 @pytest.fixture(scope="module")
