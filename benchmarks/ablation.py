@@ -3,7 +3,7 @@
 For each of top-down FPN, FPN+PANet, and BiFPN with plain-sum / fast-normalised / softmax fusion this prints
 parameters and FLOPs (whole model and feature network alone, with their ratio to FPN+PANet as the paper reports
 them), forward latency (whole model and feature network alone, batch 1, this machine), and the AP on raccoon after
-the same short training run with the same seed (`efficientdet.train.train` with a ``model_overrides`` of
+the same short training run with the same seed (`efficientdet.engine.train.train` with a ``model_overrides`` of
 ``fpn_type`` / ``fusion``).
 
     python benchmarks/ablation.py --skip-train                   # params / FLOPs / latency only: seconds
@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from efficientdet.config import get_config
-from efficientdet.flops import count_multiply_adds
-from efficientdet.nn.detector import EfficientDet
+from efficientdet.models.config import get_config
+from efficientdet.models.detector import EfficientDet
+from efficientdet.models.flops import count_multiply_adds
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 
@@ -105,7 +105,7 @@ def latencies(model: str, names: list[str], size: int, runs: int, num_classes: i
 
 def train_ap(model: str, name: str, args: argparse.Namespace) -> dict[str, float]:
     """AP on raccoon `test` after ``args.epochs`` epochs on `train` (ImageNet backbone, same seed for all)."""
-    from efficientdet.train import TrainConfig, train
+    from efficientdet.engine.train import TrainConfig, train
 
     cfg = TrainConfig(
         model=model, data=args.data, format="voc", train_split="train", val_split="test", epochs=args.epochs,

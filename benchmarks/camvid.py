@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from efficientdet.segmentation.data import CAMVID_CLASSES
-from efficientdet.segmentation.train import SegTrainConfig, train_segmentation
+from efficientdet.data.segmentation import CAMVID_CLASSES
+from efficientdet.engine.train_segmentation import SegTrainConfig, train_segmentation
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
 CAMVID_VOID = 11

@@ -46,11 +46,11 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from efficientdet import create_model
-    from efficientdet.anchors import anchors_for_config
-    from efficientdet.labeler import AnchorLabeler
-    from efficientdet.losses import detection_loss
-    from efficientdet.postprocess import flatten_outputs
-    from efficientdet.train import CLIP_NORM, MOMENTUM, param_groups
+    from efficientdet.engine.train import CLIP_NORM, MOMENTUM, param_groups
+    from efficientdet.ops.anchors import anchors_for_config
+    from efficientdet.ops.labeler import AnchorLabeler
+    from efficientdet.ops.losses import detection_loss
+    from efficientdet.ops.postprocess import flatten_outputs
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,17 +4,17 @@ For each model (Lite0 from ``--checkpoint``, a raccoon-trained file; D0 from ``-
 or random weights) the script writes four files into ``--workdir``:
 
 - ``onnxruntime fp32``: :func:`efficientdet.export.export_onnx`;
-- ``onnxruntime int8``: :func:`efficientdet.quantize.export_onnx_int8` (QDQ, calibrated on ``--calibration-images``
-  images of the ``train`` split: never on test);
-- ``openvino fp32`` / ``openvino int8``: :func:`efficientdet.openvino_export.export_openvino` (NNCF for int8, the
+- ``onnxruntime int8``: :func:`efficientdet.export.quantize.export_onnx_int8` (QDQ, calibrated on
+  ``--calibration-images`` images of the ``train`` split: never on test);
+- ``openvino fp32`` / ``openvino int8``: :func:`efficientdet.export.openvino.export_openvino` (NNCF for int8, the
   same calibration images);
 
 and evaluates each, with the eager PyTorch model (BN and SAME pads folded, channels-last: what
 ``Detector(optimize=True)`` runs) as the reference row, through the project's own evaluation
-(:func:`efficientdet.validate.evaluate_model`, pycocotools) on the ``test`` split: the runtime files run as the
-network inside the usual pre- and post-processing (:func:`efficientdet.runtimes.load_exported`). AP needs a model
-whose classes are the data's (a raccoon-trained checkpoint); for other weights (random or COCO D0) the AP columns
-are left empty and the ``IoU vs fp32`` column (mean IoU of each fp32 detection scoring >= 0.3 with its best
+(:func:`efficientdet.evaluation.validate.evaluate_model`, pycocotools) on the ``test`` split: the runtime files run as
+the network inside the usual pre- and post-processing (:func:`efficientdet.export.runtimes.load_exported`). AP needs
+a model whose classes are the data's (a raccoon-trained checkpoint); for other weights (random or COCO D0) the AP
+columns are left empty and the ``IoU vs fp32`` column (mean IoU of each fp32 detection scoring >= 0.3 with its best
 same-class match, over the test images) tells how closely int8 follows fp32.
 
 Latency: the network alone (normalised ``[1, 3, S, S]`` input to raw outputs, numpy hand-over included) with
@@ -41,15 +41,15 @@ import numpy as np
 import torch
 
 from efficientdet.data.readers import read_dataset
+from efficientdet.evaluation.validate import evaluate_model
 from efficientdet.export import export_onnx
-from efficientdet.factory import create_model, load_checkpoint
-from efficientdet.fuse import optimize_for_inference
+from efficientdet.export.openvino import export_openvino
+from efficientdet.export.quantize import export_onnx_int8
+from efficientdet.export.runtimes import load_exported
 from efficientdet.inference import Detector
-from efficientdet.labeler import box_iou
-from efficientdet.openvino_export import export_openvino
-from efficientdet.quantize import export_onnx_int8
-from efficientdet.runtimes import load_exported
-from efficientdet.validate import evaluate_model
+from efficientdet.models.factory import create_model, load_checkpoint
+from efficientdet.models.fuse import optimize_for_inference
+from efficientdet.ops.labeler import box_iou
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "raccoon"

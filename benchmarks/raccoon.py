@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from efficientdet.data.readers import read_dataset
-from efficientdet.factory import load_checkpoint
-from efficientdet.train import TrainConfig, train
-from efficientdet.validate import validate
+from efficientdet.engine.train import TrainConfig, train
+from efficientdet.evaluation.validate import validate
+from efficientdet.models.factory import load_checkpoint
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 # The best recipe measured on raccoon (README, run N): the frozen backbone trains ~1.6x faster per image and

@@ -8,7 +8,7 @@ rotating from round to round), so that load from other processes and thermal dri
   image. ``plain`` is the eager network as built (no BN folding, NCHW); ``eager`` folds BN and SAME padding and
   runs channels-last; ``compile`` adds ``torch.compile`` (inductor, weights frozen; compilation is warm-up and
   reported); ``onnxruntime`` runs the file of :func:`efficientdet.export.export_onnx`; ``openvino`` the OpenVINO IR
-  of :func:`efficientdet.openvino_export.export_openvino`; ``onnxruntime int8`` / ``openvino int8`` the
+  of :func:`efficientdet.export.openvino.export_openvino`; ``onnxruntime int8`` / ``openvino int8`` the
   post-training int8 files (onnxruntime's QDQ quantiser / NNCF), calibrated here on ``--calibration-images``
   random images: speed does not depend on the calibration, accuracy does (``benchmarks/quantize.py`` measures
   it on real data).
@@ -54,8 +54,8 @@ import torch
 
 import efficientdet
 from efficientdet import postprocess as post_module
-from efficientdet.bench import BACKENDS, exported_network, prepare_network, summarize, synthetic_images
 from efficientdet.inference import Detector
+from efficientdet.tools.bench import BACKENDS, exported_network, prepare_network, summarize, synthetic_images
 
 INT8_CONTESTANTS = ("onnxruntime int8", "openvino int8")
 CONTESTANTS = ("plain",) + BACKENDS + INT8_CONTESTANTS

@@ -1,10 +1,11 @@
 """EfficientDet (Tan, Pang, Le, CVPR 2020) in plain PyTorch: the D0-D7x and Lite0-4 family."""
 
-from .anchors import anchors_for_config, generate_anchors
-from .config import ModelConfig, get_config, list_models
-from .factory import create_model, load_checkpoint, load_pretrained_backbone, save_model
-from .nn.detector import EfficientDet
-from .weights import CheckpointError
+from . import compat  # noqa: F401  (first: installs the finder that keeps old module paths importable)
+from .models.config import ModelConfig, get_config, list_models
+from .models.detector import EfficientDet
+from .models.factory import create_model, load_checkpoint, load_pretrained_backbone, save_model
+from .models.weights import CheckpointError
+from .ops.anchors import anchors_for_config, generate_anchors
 
 __version__ = "0.1.0"
 

@@ -35,7 +35,7 @@ def tiny_detector_checkpoint(path: Path, class_names: list[str]) -> Path:
     At initialisation every score is close to the 0.01 prior; scaling the class logits' weights and raising their
     bias gives boxes to draw, filter and suppress.
     """
-    from efficientdet.factory import create_model, save_model
+    from efficientdet.models.factory import create_model, save_model
 
     torch.manual_seed(0)
     model = create_model("efficientdet-lite0", num_classes=len(class_names), image_size=128)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from efficientdet.config import BACKBONES
-from efficientdet.nn.efficientnet import EfficientNet, MBConv, round_channels, stage_specs
-from efficientdet.nn.layers import Conv2d, DropPath, MaxPoolDown, same_padding
+from efficientdet.layers.blocks import Conv2d, DropPath, MaxPoolDown, same_padding
+from efficientdet.models.config import BACKBONES
+from efficientdet.models.efficientnet import EfficientNet, MBConv, round_channels, stage_specs
 
 
 def test_b0_stage_table():

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import efficientdet
-from efficientdet.bench import (
+from efficientdet.cli import main
+from efficientdet.inference import Detector
+from efficientdet.tools.bench import (
     BenchConfig,
     format_result,
     percentile,
@@ -20,8 +22,6 @@ from efficientdet.bench import (
     summarize,
     synthetic_images,
 )
-from efficientdet.cli import main
-from efficientdet.inference import Detector
 
 STAT_KEYS = {"median_ms", "p90_ms", "mean_ms", "min_ms", "throughput_ips"}
 TOP_KEYS = {"model", "img_size", "batch_size", "backend", "device", "threads", "dtype", "fold", "channels_last"}
@@ -132,7 +132,7 @@ def test_onnxruntime_benchmark_result(
     onnx_network: tuple[torch.nn.Module, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The full benchmark on the onnxruntime backend (its export reused from the fixture to keep this fast)."""
-    import efficientdet.bench as bench
+    import efficientdet.tools.bench as bench
 
     _, net = onnx_network
     monkeypatch.setattr(bench, "prepare_network", lambda *args, **kwargs: net)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from efficientdet.config import FUSION_EPS
-from efficientdet.nn.bifpn import FeatureNetwork, FusionNode, NodeSpec, bifpn_graph, fpn_graph, panet_graph
+from efficientdet.models.bifpn import FeatureNetwork, FusionNode, NodeSpec, bifpn_graph, fpn_graph, panet_graph
+from efficientdet.models.config import FUSION_EPS
 
 # SPEC section 4, P3-P7: (level, inputs) of nodes 5..12.
 SPEC_BIFPN_P3_P7 = [

@@ -8,7 +8,7 @@ from conftest import PARITY_DIR
 
 import efficientdet
 from efficientdet import CheckpointError
-from efficientdet.weights import read_checkpoint
+from efficientdet.models.weights import read_checkpoint
 
 
 def test_own_format_round_trip(tmp_path):

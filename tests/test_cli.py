@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from efficientdet.cli import main
-from efficientdet.config import EFFDET_PARAMS, list_models
+from efficientdet.models.config import EFFDET_PARAMS, list_models
 
 
 def test_info_json_lists_every_model(capsys):

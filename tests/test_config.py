@@ -1,7 +1,7 @@
 import pytest
 
 import efficientdet
-from efficientdet.config import EFFDET_ASPECT_RATIOS, OFFICIAL_ASPECT_RATIOS, ModelConfig, get_config
+from efficientdet.models.config import EFFDET_ASPECT_RATIOS, OFFICIAL_ASPECT_RATIOS, ModelConfig, get_config
 
 EXPECTED_NAMES = (
     [f"efficientdet-d{i}" for i in range(8)]

@@ -15,11 +15,14 @@ import torch
 from conftest import SHARED, require_shared
 from PIL import Image
 
-from efficientdet.anchors import anchors_for_config
 from efficientdet.cli import anchor_overrides, build_parser, main
-from efficientdet.config import OFFICIAL_ASPECT_RATIOS, aspect_pairs, aspect_ratio_values, get_config
 from efficientdet.data.readers import read_dataset
-from efficientdet.data_check import (
+from efficientdet.engine.train import TrainConfig, build_model, resume_config
+from efficientdet.models.config import OFFICIAL_ASPECT_RATIOS, aspect_pairs, aspect_ratio_values, get_config
+from efficientdet.models.factory import load_checkpoint
+from efficientdet.ops.anchors import anchors_for_config
+from efficientdet.ops.labeler import MATCH_IOU, box_iou
+from efficientdet.tools.data_check import (
     RECOMMEND_MARGIN,
     best_anchor_iou,
     check_dataset,
@@ -30,9 +33,6 @@ from efficientdet.data_check import (
     format_report,
     propose_anchors,
 )
-from efficientdet.factory import load_checkpoint
-from efficientdet.labeler import MATCH_IOU, box_iou
-from efficientdet.train import TrainConfig, build_model, resume_config
 
 LITE0 = get_config("efficientdet-lite0")
 

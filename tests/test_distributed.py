@@ -49,7 +49,7 @@ def test_global_batch_sampler_is_the_single_process_loader_order():
     """World size 1 gives exactly the batches DataLoader(shuffle=True, generator) always gave (so old runs resume)."""
     from torch.utils.data import DataLoader
 
-    from efficientdet.distributed import GlobalBatchSampler
+    from efficientdet.utils.distributed import GlobalBatchSampler
 
     for n, b in ((10, 4), (3, 4), (8, 8)):
         for epoch in (0, 3):
@@ -60,7 +60,7 @@ def test_global_batch_sampler_is_the_single_process_loader_order():
 
 
 def test_ranks_split_each_global_batch():
-    from efficientdet.distributed import GlobalBatchSampler
+    from efficientdet.utils.distributed import GlobalBatchSampler
 
     for n, b, world in ((13, 2, 2), (20, 3, 4), (3, 4, 2)):
         single = list(GlobalBatchSampler(n, b * world, 0, 1, seed=1, epoch=2))
@@ -74,7 +74,7 @@ def test_ranks_split_each_global_batch():
 def test_every_batch_norm_converts_to_sync_bn():
     """torch's converter and ours both reach every BN, including each level's BN of the (shared-conv) heads."""
     import efficientdet
-    from efficientdet.distributed import SyncBatchNorm2d, convert_sync_batchnorm
+    from efficientdet.utils.distributed import SyncBatchNorm2d, convert_sync_batchnorm
 
     model = efficientdet.create_model("efficientdet-d0", num_classes=2)
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
@@ -93,7 +93,7 @@ def test_every_batch_norm_converts_to_sync_bn():
 
 
 def test_sync_bn_without_a_process_group_is_batch_norm():
-    from efficientdet.distributed import SyncBatchNorm2d
+    from efficientdet.utils.distributed import SyncBatchNorm2d
 
     bn = torch.nn.BatchNorm2d(4, momentum=0.1)
     sync = SyncBatchNorm2d(4, momentum=0.1)
@@ -104,8 +104,8 @@ def test_sync_bn_without_a_process_group_is_batch_norm():
 
 
 def test_torchrun_environment_and_learning_rate_rule(monkeypatch):
-    from efficientdet.distributed import env_from_torchrun
-    from efficientdet.train import DEFAULT_LR_PER_64, default_lr
+    from efficientdet.engine.train import DEFAULT_LR_PER_64, default_lr
+    from efficientdet.utils.distributed import env_from_torchrun
 
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
@@ -136,8 +136,8 @@ def _collectives_worker(data: str) -> None:
 
     import efficientdet
     from efficientdet.data.readers import read_dataset
-    from efficientdet.distributed import SyncBatchNorm2d
-    from efficientdet.validate import validate
+    from efficientdet.evaluation.validate import validate
+    from efficientdet.utils.distributed import SyncBatchNorm2d
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -180,7 +180,7 @@ def _collectives_worker(data: str) -> None:
 
 def _train_worker(config_json: str) -> None:
     """Train with the given TrainConfig fields (``resume`` given: continue that run, with ``changes``)."""
-    from efficientdet.train import TrainConfig, resume_config, train
+    from efficientdet.engine.train import TrainConfig, resume_config, train
 
     fields = json.loads(config_json)
     if fields.get("resume"):
@@ -201,9 +201,9 @@ def test_two_processes_train_like_one_process_with_twice_the_batch_and_resume_ex
     """
     from test_train import history, raccoon_subset
 
-    import efficientdet.train as train_mod
-    from efficientdet.train import TrainConfig, build_model, train
-    from efficientdet.weights import read_file
+    import efficientdet.engine.train as train_mod
+    from efficientdet.engine.train import TrainConfig, build_model, train
+    from efficientdet.models.weights import read_file
 
     data = raccoon_subset(tmp_path, n_train=8, n_val=2)
     # a random backbone (as measured; no ImageNet download in tests)

@@ -10,8 +10,8 @@ import torch
 from PIL import Image, ImageFont
 
 from efficientdet import draw as draw_module
-from efficientdet.draw import class_color, draw_detections
-from efficientdet.plot import (
+from efficientdet.viz.draw import class_color, draw_detections
+from efficientdet.viz.plot import (
     new_figure,
     plot_segmentation_metrics,
     plot_training_metrics,

@@ -17,13 +17,13 @@ from PIL import Image
 
 import efficientdet
 from efficientdet.cli import main
-from efficientdet.distributed import DistEnv, SyncBatchNorm2d
 from efficientdet.engine import Trainer
 from efficientdet.engine.tasks.segmentation import SegmentationTask, SegTrainConfig
-from efficientdet.nn.checkpoint import checkpointing_active
-from efficientdet.registry import UnknownModelError, family_for, model_names
-from efficientdet.segmentation.train import resume_segmentation_config, train_segmentation
-from efficientdet.weights import read_file
+from efficientdet.engine.train_segmentation import resume_segmentation_config, train_segmentation
+from efficientdet.layers.checkpoint import checkpointing_active
+from efficientdet.models.registry import UnknownModelError, family_for, model_names
+from efficientdet.models.weights import read_file
+from efficientdet.utils.distributed import DistEnv, SyncBatchNorm2d
 
 CPU = torch.device("cpu")
 
@@ -113,7 +113,7 @@ def test_box_loss_weight_with_segmentation_is_an_error(tmp_path, capsys):
 
 def test_cli_passes_the_loop_options_to_segmentation(tmp_path):
     from efficientdet.cli import build_parser
-    from efficientdet.segmentation.cli import _seg_train_config
+    from efficientdet.cli.segmentation import _seg_train_config
 
     args = build_parser().parse_args(
         ["train", "--task", "segmentation", "--train-images", "i", "--train-masks", "m", "--num-classes", "3",
@@ -160,8 +160,8 @@ def test_old_segmentation_last_pt_resumes_exactly(tmp_path):
 
 
 def test_old_detection_last_pt_resumes(tmp_path):
-    from efficientdet.synthetic import make_synthetic_dataset
-    from efficientdet.train import TrainConfig, resume_config, train
+    from efficientdet.data.synthetic import make_synthetic_dataset
+    from efficientdet.engine.train import TrainConfig, resume_config, train
 
     data = make_synthetic_dataset(tmp_path / "shapes", n_train=4, n_val=2)
     cfg = TrainConfig(data=str(data), img_size=64, batch_size=2, workers=0, epochs=1, val_split=None,
@@ -171,7 +171,7 @@ def test_old_detection_last_pt_resumes(tmp_path):
     _to_old_layout(last, "best_ap")
     result = train(resume_config(str(last), epochs=2))
     assert result["epochs_done"] == 2 and result["steps"] == 4 and result["best_ap"] == result["best_metric"]
-    with pytest.raises(efficientdet.weights.CheckpointError, match="detection training checkpoint"):
+    with pytest.raises(efficientdet.models.weights.CheckpointError, match="detection training checkpoint"):
         resume_segmentation_config(str(last))
 
 
@@ -249,13 +249,13 @@ def _imports(path):
 
 
 def test_the_two_model_families_do_not_import_each_other():
-    factory = _imports(REPO / "efficientdet" / "factory.py")
-    seg = _imports(REPO / "efficientdet" / "segmentation" / "model.py")
-    registry = _imports(REPO / "efficientdet" / "registry.py")
+    factory = _imports(REPO / "efficientdet" / "models" / "factory.py")
+    seg = _imports(REPO / "efficientdet" / "models" / "segmenter.py")
+    registry = _imports(REPO / "efficientdet" / "models" / "registry.py")
     assert not any("segmentation" in m for m in factory), factory
     assert not any(m.endswith("factory") for m in seg), seg
     assert not any(m.startswith(".") for m in registry), registry  # below both families
-    code = ("import efficientdet.segmentation.model as s, efficientdet.factory as f; "
+    code = ("import efficientdet.models.segmenter as s, efficientdet.models.factory as f; "
             "m = f.create_model('efficientdet-seg-lite0', num_classes=2); print(type(m).__name__)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "EfficientDetSegmentation", out.stderr

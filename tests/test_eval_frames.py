@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet.anchors import anchors_for_config
-from efficientdet.config import get_config
 from efficientdet.data.dataset import DetectionDataset
 from efficientdet.data.frames import orient_boxes, resolve_frame
 from efficientdet.data.readers import read_dataset
 from efficientdet.data.transforms import eval_transform
-from efficientdet.labeler import AnchorLabeler
-from efficientdet.postprocess import to_original_pixels
-from efficientdet.validate import evaluate_model, validate
+from efficientdet.evaluation.validate import evaluate_model, validate
+from efficientdet.models.config import get_config
+from efficientdet.ops.anchors import anchors_for_config
+from efficientdet.ops.labeler import AnchorLabeler
+from efficientdet.ops.postprocess import to_original_pixels
 
 SIZE = 64  # model input: tiny, so the anchors and the network outputs are small
 

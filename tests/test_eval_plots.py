@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet.confusion import confusion_matrix
 from efficientdet.data.records import DetectionData, ImageRecord
-from efficientdet.eval_plots import SCORE_GRID, f1_by_threshold, write_evaluation_plots
-from efficientdet.evaluate import evaluate_split
+from efficientdet.evaluation.coco import evaluate_split
+from efficientdet.evaluation.confusion import confusion_matrix
+from efficientdet.evaluation.plots import SCORE_GRID, f1_by_threshold, write_evaluation_plots
 
 
 def record(image_id: int, boxes: list, labels: list, crowd: list | None = None) -> ImageRecord:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from efficientdet.data.records import DetectionData, ImageRecord
-from efficientdet.evaluate import (
+from efficientdet.evaluation.coco import (
     METRIC_KEYS,
     coco_evaluation,
     coco_ground_truth,

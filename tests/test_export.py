@@ -14,7 +14,6 @@ import torch
 from conftest import PARITY_DIR, require_shared
 
 import efficientdet
-from efficientdet.anchors import anchors_for_config
 from efficientdet.cli import main
 from efficientdet.export import (
     EXPORT_TOPK,
@@ -29,7 +28,8 @@ from efficientdet.export import (
     run_onnx,
     verify_exported,
 )
-from efficientdet.postprocess import flatten_outputs, postprocess
+from efficientdet.ops.anchors import anchors_for_config
+from efficientdet.ops.postprocess import flatten_outputs, postprocess
 
 CLASS_NAMES = ["cat", "dog", "bird"]
 NMS_SETTINGS = dict(score_threshold=0.02, iou_threshold=0.5, max_det=100, topk=5000)
@@ -306,7 +306,7 @@ def _write_pictures(folder, count: int = 2):
     """A few photo-like pictures (PNG) for --verify-images."""
     from PIL import Image
 
-    from efficientdet.synthetic import synthetic_images
+    from efficientdet.data.synthetic import synthetic_images
 
     folder.mkdir()
     for i, array in enumerate(synthetic_images(count, size=(300, 220), seed=5)):
@@ -404,7 +404,7 @@ def test_cli_verification_failure_leaves_no_file(lite0, tmp_path, monkeypatch, c
 
 def test_compare_detections_matches_boxes():
     """Detections are matched by class and IoU: a swapped order passes, a moved box or a lost one does not."""
-    from efficientdet.export_verify import compare_detections
+    from efficientdet.export.verify import compare_detections
 
     boxes = torch.tensor([[[0.0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 0, 0]]])
     scores = torch.tensor([[0.9, 0.8, 0.0]])

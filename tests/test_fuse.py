@@ -1,4 +1,4 @@
-"""Inference rewrites (efficientdet.fuse): same outputs up to float rounding, BNs and SAME pads gone."""
+"""Inference rewrites (efficientdet.models.fuse): same outputs up to float rounding, BNs and SAME pads gone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 import efficientdet
-from efficientdet.fuse import (
+from efficientdet.inference import Detector
+from efficientdet.layers.blocks import MaxPoolDown
+from efficientdet.models.fuse import (
     FoldedPredictionNet,
     SamePadDepthwiseConv2d,
     SamePadMaxPool,
@@ -16,8 +18,6 @@ from efficientdet.fuse import (
     fold_same_padding,
     optimize_for_inference,
 )
-from efficientdet.inference import Detector
-from efficientdet.nn.layers import MaxPoolDown
 
 
 def randomise_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:

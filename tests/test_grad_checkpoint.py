@@ -8,7 +8,7 @@ import copy
 import torch
 
 import efficientdet
-import efficientdet.nn.checkpoint as ckpt_mod
+import efficientdet.layers.checkpoint as ckpt_mod
 
 
 def _step(model: torch.nn.Module, images: torch.Tensor, checkpoint: bool) -> tuple[torch.Tensor, dict, dict]:
@@ -91,8 +91,8 @@ def test_train_flag_gives_the_same_run(tmp_path):
     from test_train import history, raccoon_subset, tiny_config
 
     from efficientdet.cli import _train_config, build_parser
-    from efficientdet.train import train
-    from efficientdet.weights import read_file
+    from efficientdet.engine.train import train
+    from efficientdet.models.weights import read_file
 
     args = build_parser().parse_args(["train", "--data", "x", "--grad-checkpoint", "--sync-bn"])
     cfg = _train_config(args)

@@ -29,9 +29,9 @@ from PIL import Image
 import efficientdet
 from efficientdet import hub
 from efficientdet.cli import main
-from efficientdet.labels import coco_slot_names
-from efficientdet.train import TrainConfig, build_model
-from efficientdet.weights import CheckpointError, read_backbone_weights
+from efficientdet.data.labels import coco_slot_names
+from efficientdet.engine.train import TrainConfig, build_model
+from efficientdet.models.weights import CheckpointError, read_backbone_weights
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -363,7 +363,7 @@ def test_without_the_backbone_weights_training_stops_and_says_how_to_get_them(ca
 
 
 def test_predict_with_the_published_weights_by_name(cache, server, tmp_path, monkeypatch, capsys):
-    import efficientdet.predict as predict_mod
+    import efficientdet.inference.predict as predict_mod
 
     photo = tmp_path / "photo.jpg"
     gradient = np.linspace(0, 255, 160 * 120 * 3).reshape(120, 160, 3).astype(np.uint8)
@@ -403,7 +403,7 @@ def test_eval_of_the_90_slot_weights_on_a_coco_json_with_id_gaps(cache, server, 
     assert detections and all(1 <= d["category_id"] <= 90 for d in detections)
     # the same detections from Python: category id = slot + 1 for every one of them
     from efficientdet.data.readers import read_dataset
-    from efficientdet.validate import predict_records
+    from efficientdet.evaluation.validate import predict_records
 
     model = efficientdet.create_model("efficientdet-d0", pretrained=True)
     records = read_dataset(str(data), "coco", "val").records

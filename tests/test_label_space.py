@@ -13,11 +13,11 @@ from PIL import Image
 
 import efficientdet
 from efficientdet.cli import main
+from efficientdet.data.labels import COCO_UNUSED_IDS, coco_slot_ids, coco_slot_names, match_class_names
 from efficientdet.data.records import DetectionData, ImageRecord
-from efficientdet.finetune import describe_mapping
-from efficientdet.labels import COCO_UNUSED_IDS, coco_slot_ids, coco_slot_names, match_class_names
-from efficientdet.train import TrainConfig, build_model, train
-from efficientdet.weights import checkpoint_dict, read_checkpoint
+from efficientdet.engine.train import TrainConfig, build_model, train
+from efficientdet.models.finetune import describe_mapping
+from efficientdet.models.weights import checkpoint_dict, read_checkpoint
 
 IDS = [1, 2, 3, 5, 90]  # COCO's ids have gaps
 

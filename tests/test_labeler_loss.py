@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from efficientdet.anchors import decode_boxes
-from efficientdet.labeler import IGNORE, NEGATIVE, AnchorLabeler, Targets, box_iou
-from efficientdet.losses import detection_loss, focal_loss, huber_loss
+from efficientdet.ops.anchors import decode_boxes
+from efficientdet.ops.labeler import IGNORE, NEGATIVE, AnchorLabeler, Targets, box_iou
+from efficientdet.ops.losses import detection_loss, focal_loss, huber_loss
 
 # three anchors (y1, x1, y2, x2): A0 at the origin, A1 shifted right by 5, A2 far away
 ANCHORS = torch.tensor([[0.0, 0, 10, 10], [0, 5, 10, 15], [50, 50, 60, 60]])

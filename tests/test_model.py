@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import efficientdet
-from efficientdet.anchors import anchors_for_config, decode_boxes, encode_boxes, feature_sizes, generate_anchors
-from efficientdet.config import EFFDET_ASPECT_RATIOS
-from efficientdet.nn.head import class_prior_bias
+from efficientdet.models.config import EFFDET_ASPECT_RATIOS
+from efficientdet.models.head import class_prior_bias
+from efficientdet.ops.anchors import anchors_for_config, decode_boxes, encode_boxes, feature_sizes, generate_anchors
 
 
 @pytest.fixture(scope="module")

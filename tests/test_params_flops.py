@@ -2,8 +2,8 @@
 
 import pytest
 
-from efficientdet.config import EFFDET_PARAMS, MODEL_TABLE
-from efficientdet.flops import model_stats
+from efficientdet.models.config import EFFDET_PARAMS, MODEL_TABLE
+from efficientdet.models.flops import model_stats
 
 # SPEC section 1 gives Lite1-Lite4 parameters rounded to 0.1M only; their exact reference is effdet's count.
 ROUNDED_ONLY = {"efficientdet-lite1", "efficientdet-lite2", "efficientdet-lite3", "efficientdet-lite3x",
@@ -39,7 +39,7 @@ def test_flops_scale_with_input_area():
 
 def test_feature_network_costs_order_fpn_panet_bifpn_at_equal_repeats():
     """At equal width and repeats, PANet adds a bottom-up path to FPN and BiFPN adds cross edges to PANet."""
-    from efficientdet.config import get_config
+    from efficientdet.models.config import get_config
 
     cost = {
         t: model_stats(get_config("efficientdet-d0", fpn_type=t, fusion="sum"), 256) for t in ("fpn", "panet", "bifpn")

@@ -5,9 +5,9 @@ import torch
 from conftest import PARITY_CASES, PARITY_DIR
 
 import efficientdet
-from efficientdet.anchors import anchors_for_config
-from efficientdet.config import EFFDET_ASPECT_RATIOS
-from efficientdet.postprocess import postprocess
+from efficientdet.models.config import EFFDET_ASPECT_RATIOS
+from efficientdet.ops.anchors import anchors_for_config
+from efficientdet.ops.postprocess import postprocess
 
 OUTPUT_TOL = 1e-4
 BOX_TOL = 1e-3

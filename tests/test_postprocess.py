@@ -150,7 +150,7 @@ def test_postprocess_decodes_the_top_candidates():
 
 def test_postprocess_nms_options_on_a_real_model():
     from efficientdet import create_model
-    from efficientdet.anchors import anchors_for_config
+    from efficientdet.ops.anchors import anchors_for_config
 
     torch.manual_seed(0)
     model = create_model("efficientdet-lite0", num_classes=4).eval()

@@ -16,16 +16,16 @@ from PIL import Image
 
 from efficientdet.cli import main
 from efficientdet.data.images import image_size, load_image
-from efficientdet.factory import load_checkpoint
 from efficientdet.inference import Detector
-from efficientdet.postprocess import box_iou_one_to_many
-from efficientdet.predict import (
+from efficientdet.inference.predict import (
     DEFAULT_MAX_PIXELS,
     SourceImage,
     expand_sources,
     output_names,
     predict,
 )
+from efficientdet.models.factory import load_checkpoint
+from efficientdet.ops.postprocess import box_iou_one_to_many
 
 RACCOON = SHARED / "datasets" / "raccoon" / "JPEGImages"
 CLASS_NAMES = ["cat", "dog", "bird"]

@@ -12,12 +12,12 @@ import torch
 from conftest import tiny_detector_checkpoint
 from PIL import Image
 
-from efficientdet.class_filter import UnknownClassError, resolve_classes
 from efficientdet.cli import main
 from efficientdet.data.readers import read_yolo
-from efficientdet.factory import load_checkpoint
 from efficientdet.inference import Detector
-from efficientdet.predict_files import class_folders, crop_region, image_stems
+from efficientdet.inference.class_filter import UnknownClassError, resolve_classes
+from efficientdet.inference.files import class_folders, crop_region, image_stems
+from efficientdet.models.factory import load_checkpoint
 
 CLASS_NAMES = ["cat", "Dog", "a/b"]  # a mixed-case name and one that is not a safe folder name
 

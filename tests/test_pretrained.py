@@ -9,8 +9,8 @@ from conftest import PARITY_DIR
 from PIL import Image
 
 import efficientdet
-from efficientdet.nn.efficientnet import EfficientNet
-from efficientdet.weights import CheckpointError, lite_weights_file, load_weights, read_backbone_weights
+from efficientdet.models.efficientnet import EfficientNet
+from efficientdet.models.weights import CheckpointError, lite_weights_file, load_weights, read_backbone_weights
 
 skimage_data = pytest.importorskip("skimage.data")
 

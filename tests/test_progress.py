@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from tqdm import tqdm
 
 from efficientdet import progress as progress_mod
-from efficientdet.progress import LogProgress, progress_bar
+from efficientdet.utils.progress import LogProgress, progress_bar
 
 
 class FakeTerminal(io.StringIO):

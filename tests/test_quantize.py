@@ -16,9 +16,9 @@ pytest.importorskip("onnxscript")
 import efficientdet  # noqa: E402
 from efficientdet.cli import main  # noqa: E402
 from efficientdet.export import RawOutputs, export_onnx  # noqa: E402
+from efficientdet.export.runtimes import load_exported, read_exported_metadata  # noqa: E402
 from efficientdet.inference import Detector  # noqa: E402
-from efficientdet.labeler import box_iou  # noqa: E402
-from efficientdet.runtimes import load_exported, read_exported_metadata  # noqa: E402
+from efficientdet.ops.labeler import box_iou  # noqa: E402
 
 LITE0 = "tf_efficientdet_lite0_128.pt"
 RACCOON = SHARED / "datasets" / "raccoon"
@@ -46,8 +46,8 @@ def lite0(parity_data):
 def calibrated(lite0, tmp_path_factory):
     """int8 files of the parity Lite0, calibrated on the fixture's own two inputs."""
     pytest.importorskip("openvino")
-    from efficientdet.openvino_export import export_openvino
-    from efficientdet.quantize import export_onnx_int8
+    from efficientdet.export.openvino import export_openvino
+    from efficientdet.export.quantize import export_onnx_int8
 
     model, x = lite0
     batches = [x[i : i + 1].numpy() for i in range(len(x))]
@@ -61,7 +61,7 @@ def calibrated(lite0, tmp_path_factory):
 def test_fp32_files_run_as_the_network(lite0, tmp_path):
     """ONNX in onnxruntime and OpenVINO, and the OpenVINO IR: the eager detections, box for box."""
     pytest.importorskip("openvino")
-    from efficientdet.openvino_export import export_openvino
+    from efficientdet.export.openvino import export_openvino
 
     model, x = lite0
     onnx_path = export_onnx(model, tmp_path / "lite0.onnx")

@@ -19,16 +19,7 @@ from PIL import Image
 import efficientdet
 from efficientdet.cli import main
 from efficientdet.data.readers import DatasetError
-from efficientdet.nn.bifpn import bifpn_graph, panet_graph, prune_graph
-from efficientdet.segmentation import (
-    ConfusionMatrix,
-    EfficientDetSegmentation,
-    get_segmentation_config,
-    list_segmentation_models,
-    predict_segmentation,
-    segmentation_stats,
-)
-from efficientdet.segmentation.data import (
+from efficientdet.data.segmentation import (
     CAMVID_CLASSES,
     IGNORE,
     check_masks,
@@ -41,9 +32,18 @@ from efficientdet.segmentation.data import (
     to_targets,
     train_transform,
 )
-from efficientdet.segmentation.metrics import json_safe, metrics_from_confusion
-from efficientdet.segmentation.predict import class_palette
-from efficientdet.segmentation.train import resolve_class_weights, segmentation_loss
+from efficientdet.engine.train_segmentation import resolve_class_weights, segmentation_loss
+from efficientdet.evaluation.segmentation_metrics import json_safe, metrics_from_confusion
+from efficientdet.inference.segmentation import class_palette
+from efficientdet.models.bifpn import bifpn_graph, panet_graph, prune_graph
+from efficientdet.segmentation import (
+    ConfusionMatrix,
+    EfficientDetSegmentation,
+    get_segmentation_config,
+    list_segmentation_models,
+    predict_segmentation,
+    segmentation_stats,
+)
 
 CAMVID = SHARED / "datasets" / "camvid"
 
@@ -380,7 +380,7 @@ def test_eval_cli_writes_the_json_schema(trained_run, tmp_path, capsys):
 
 
 def test_resume_continues_the_run(trained_run, tmp_path):
-    from efficientdet.segmentation.train import resume_segmentation_config, train_segmentation
+    from efficientdet.engine.train_segmentation import resume_segmentation_config, train_segmentation
 
     _, out = trained_run
     cfg = resume_segmentation_config(str(out / "last.pt"), epochs=9, output=str(tmp_path / "resumed"))
@@ -389,8 +389,8 @@ def test_resume_continues_the_run(trained_run, tmp_path):
 
 
 def test_freeze_backbone_leaves_backbone_weights_and_statistics_alone(tmp_path):
-    from efficientdet.segmentation.train import SegTrainConfig, train_segmentation
-    from efficientdet.weights import read_file
+    from efficientdet.engine.train_segmentation import SegTrainConfig, train_segmentation
+    from efficientdet.models.weights import read_file
 
     root = _camvid_subset(tmp_path)
     cfg = SegTrainConfig(

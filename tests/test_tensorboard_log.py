@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from efficientdet.synthetic import make_synthetic_dataset  # noqa: E402
-from efficientdet.tensorboard_log import INSTALL_HINT, TensorBoardLogger  # noqa: E402
-from efficientdet.train import TrainConfig, train  # noqa: E402
+from efficientdet.data.synthetic import make_synthetic_dataset  # noqa: E402
+from efficientdet.engine.tensorboard_log import INSTALL_HINT, TensorBoardLogger  # noqa: E402
+from efficientdet.engine.train import TrainConfig, train  # noqa: E402
 
 ALL = {"scalars": 0, "images": 0, "tensors": 0, "histograms": 0, "compressedHistograms": 0, "audio": 0}
 

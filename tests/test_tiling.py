@@ -20,13 +20,13 @@ import torch
 from conftest import tiny_detector_checkpoint
 from torch import nn
 
-from efficientdet.anchors import anchors_for_config, encode_boxes, feature_sizes
 from efficientdet.cli import main
-from efficientdet.config import get_config
 from efficientdet.inference import Detector
-from efficientdet.postprocess import batched_nms
-from efficientdet.predict import predict
-from efficientdet.tiling import merge_detections, tile_grid
+from efficientdet.inference.predict import predict
+from efficientdet.inference.tiling import merge_detections, tile_grid
+from efficientdet.models.config import get_config
+from efficientdet.ops.anchors import anchors_for_config, encode_boxes, feature_sizes
+from efficientdet.ops.postprocess import batched_nms
 
 INPUT = 128
 MIN_SIDE = 12  # input px: smaller squares are invisible to SquareNet

@@ -10,7 +10,7 @@ from conftest import SHARED, require_shared
 
 import efficientdet
 from efficientdet.engine.tasks import detection as train_mod  # the detection task calls detection_loss
-from efficientdet.train import (
+from efficientdet.engine.train import (
     ModelEma,
     TrainConfig,
     TrainingError,
@@ -20,7 +20,7 @@ from efficientdet.train import (
     resume_config,
     train,
 )
-from efficientdet.weights import read_file
+from efficientdet.models.weights import read_file
 
 
 def raccoon_subset(tmp_path, n_train=8, n_val=4, name="raccoon"):

@@ -7,7 +7,7 @@ import pytest
 from test_train import history, raccoon_subset
 
 from efficientdet.cli import main
-from efficientdet.evaluate import METRIC_KEYS
+from efficientdet.evaluation.coco import METRIC_KEYS
 
 
 def test_train_then_eval_from_the_command_line(tmp_path, capsys):
@@ -143,7 +143,7 @@ def test_eval_refuses_a_model_with_other_classes(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    from efficientdet.demo import run_demo
+    from efficientdet.tools.demo import run_demo
 
     result = run_demo(str(tmp_path / "demo"), epochs=1, workers=0)
     files = set(os.listdir(tmp_path / "demo"))
@@ -195,7 +195,7 @@ def test_evaluation_is_the_same_with_loader_workers(tmp_path):
 
     import efficientdet
     from efficientdet.data.readers import read_dataset
-    from efficientdet.validate import predict_records
+    from efficientdet.evaluation.validate import predict_records
 
     data = read_dataset(raccoon_subset(tmp_path, n_train=1, n_val=5), split="val")
     model = efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=128)

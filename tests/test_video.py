@@ -16,7 +16,7 @@ from conftest import tiny_detector_checkpoint
 
 from efficientdet.cli import main
 from efficientdet.inference import Detector
-from efficientdet.video import (
+from efficientdet.inference.video import (
     JSONL_FILE,
     VideoDependencyError,
     VideoError,

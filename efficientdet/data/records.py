@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..labels import match_class_names
+from .labels import match_class_names
 
 
 @dataclass

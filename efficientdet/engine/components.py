@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from ..atomic import atomic_open
-from ..factory import save_model
+from ..models.factory import save_model
+from ..utils.atomic import atomic_open
 from .recipe import MAX_BAD_STEPS
 from .utils import TrainingError
 

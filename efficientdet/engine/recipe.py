@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..fields import check_fields, increasing_pair, int_at_least, number_in, one_of
+from ..utils.fields import check_fields, increasing_pair, int_at_least, number_in, one_of
 
 BASE_BATCH = 64  # learning rates are quoted per 64 images and scaled linearly with the batch
 # The paper's COCO rate is 0.08 per 64 images (`--lr 0.08*B/64`); `efficientdet train` defaults to 3x that.

@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from ..distributed import (
+from ..models.weights import CheckpointError, read_file
+from ..utils.distributed import (
     DistEnv,
     GlobalBatchSampler,
     all_gather_objects,
@@ -33,11 +34,10 @@ from ..distributed import (
     convert_sync_batchnorm,
     distributed_session,
 )
-from ..progress import progress_bar
-from ..tensorboard_log import TensorBoardLogger
-from ..weights import CheckpointError, read_file
+from ..utils.progress import progress_bar
 from .components import Checkpointer, MetricsLog, NonFiniteGuard
 from .recipe import MOMENTUM, TENSORBOARD_DIR, RecipeConfig, default_lr, lr_at, param_groups
+from .tensorboard_log import TensorBoardLogger
 from .utils import (
     ModelEma,
     TrainingError,

@@ -1,7 +1,8 @@
 """The paper's semantic segmentation variant (section 6, SPEC 9): model, data, metrics, training, prediction."""
 
-from .metrics import ConfusionMatrix, metrics_from_confusion
-from .model import (
+from ..evaluation.segmentation_metrics import ConfusionMatrix, metrics_from_confusion
+from ..inference.segmentation import predict_segmentation
+from ..models.segmenter import (
     EfficientDetSegmentation,
     SegmentationConfig,
     create_segmentation_model,
@@ -10,7 +11,6 @@ from .model import (
     list_segmentation_models,
     segmentation_stats,
 )
-from .predict import predict_segmentation
 
 __all__ = [
     "ConfusionMatrix",

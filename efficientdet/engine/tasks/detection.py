@@ -17,31 +17,31 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...anchors import anchors_for_config
-from ...atomic import atomic_open
-from ...config import ModelConfig, get_config, list_models
 from ...data.dataset import Batch, DetectionDataset, loader_kwargs
 from ...data.images import ImageReadError, load_image
 from ...data.readers import read_dataset
 from ...data.records import DetectionData, ImageRecord
-from ...data_check import data_summary
-from ...distributed import DistEnv, all_reduce_sum
-from ...draw import draw_batch, draw_detections
-from ...eval_plots import write_evaluation_plots
-from ...evaluate import CocoEvaluation, format_metrics
-from ...factory import checkpoint_labels, config_for_checkpoint, load_pretrained_backbone
-from ...fields import increasing_pair, number_in, one_of
-from ...finetune import describe_mapping, shared_classes, transfer_state
-from ...hub import detection_weights_file, resolve_weights
-from ...labeler import AnchorLabeler
-from ...losses import BOX_LOSS_WEIGHT, detection_loss
-from ...nn.detector import EfficientDet
-from ...plot import plot_training_metrics
-from ...postprocess import flatten_outputs
-from ...tensorboard_log import TensorBoardLogger
-from ...validate import evaluate_model, predict_records
-from ...weights import load_weights, read_checkpoint
+from ...evaluation.coco import CocoEvaluation, format_metrics
+from ...evaluation.plots import write_evaluation_plots
+from ...evaluation.validate import evaluate_model, predict_records
+from ...models.config import ModelConfig, get_config, list_models
+from ...models.detector import EfficientDet
+from ...models.factory import checkpoint_labels, config_for_checkpoint, load_pretrained_backbone
+from ...models.finetune import describe_mapping, shared_classes, transfer_state
+from ...models.hub import detection_weights_file, resolve_weights
+from ...models.weights import load_weights, read_checkpoint
+from ...ops.anchors import anchors_for_config
+from ...ops.labeler import AnchorLabeler
+from ...ops.losses import BOX_LOSS_WEIGHT, detection_loss
+from ...ops.postprocess import flatten_outputs
+from ...tools.data_check import data_summary
+from ...utils.atomic import atomic_open
+from ...utils.distributed import DistEnv, all_reduce_sum
+from ...utils.fields import increasing_pair, number_in, one_of
+from ...viz.draw import draw_batch, draw_detections
+from ...viz.plot import plot_training_metrics
 from ..recipe import RecipeConfig
+from ..tensorboard_log import TensorBoardLogger
 from ..trainer import Task
 from ..utils import TrainingError
 

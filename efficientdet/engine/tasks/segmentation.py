@@ -21,10 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ...distributed import DistEnv, all_reduce_sum
-from ...fields import increasing_pair, int_at_least
-from ...plot import plot_segmentation_metrics
-from ...segmentation.data import (
+from ...data.segmentation import (
     DEFAULT_SCALE_RANGE,
     IGNORE,
     SegmentationData,
@@ -34,15 +31,18 @@ from ...segmentation.data import (
     mask_statistics,
     read_segmentation_split,
 )
-from ...segmentation.evaluate import DEFAULT_IGNORE_INDEX, evaluate_segmentation
-from ...segmentation.metrics import format_metrics
-from ...segmentation.model import (
+from ...evaluation.segmentation import DEFAULT_IGNORE_INDEX, evaluate_segmentation
+from ...evaluation.segmentation_metrics import format_metrics
+from ...models.segmenter import (
     EfficientDetSegmentation,
     SegmentationConfig,
     create_segmentation_model,
     get_segmentation_config,
 )
-from ...weights import CheckpointError, load_weights, read_checkpoint
+from ...models.weights import CheckpointError, load_weights, read_checkpoint
+from ...utils.distributed import DistEnv, all_reduce_sum
+from ...utils.fields import increasing_pair, int_at_least
+from ...viz.plot import plot_segmentation_metrics
 from ..recipe import RecipeConfig
 from ..trainer import Task
 from ..utils import TrainingError

@@ -1,0 +1,1 @@
+"""Scoring: COCO metrics (pycocotools), per-class tables, PR curves and confusion matrices, segmentation mIoU."""

@@ -1,0 +1,337 @@
+"""COCO-protocol box metrics (AP, AP50, AP75, APs, APm, APl) computed by pycocotools.
+
+The numbers are pycocotools' own so they can be compared with published results; this module only converts our
+records and detections to COCO's JSON shapes, silences pycocotools' printing, and covers the inputs it cannot
+take (an empty result list). Categories without ground truth keep pycocotools' ``-1`` meaning "undefined".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ..data.records import DetectionData, ImageRecord
+from ..utils.atomic import atomic_open
+
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _category_ids(num_classes: int, category_ids: Sequence[int] | None) -> list[int]:
+    """COCO category id per class index: the dataset's own ids when known, else ``label + 1`` (COCO ids start at 1).
+
+    A negative id marks a class the split's annotation file does not define (``DetectionData.with_class_names``
+    writes -1 there); such classes get unused ids above the largest known one so categories stay distinct. They
+    have no ground truth in the split, so pycocotools leaves them out of the averages.
+    """
+    if category_ids is None:
+        return list(range(1, num_classes + 1))
+    ids = [int(c) for c in category_ids]
+    if len(ids) != num_classes:
+        raise ValueError(f"category_ids has {len(ids)} entries but there are {num_classes} classes")
+    known = [c for c in ids if c >= 0]
+    if len(set(known)) != len(known):
+        raise ValueError(f"category_ids must be unique, got {ids}")
+    spare = iter(range(max(known, default=0) + 1, max(known, default=0) + 1 + num_classes))
+    return [c if c >= 0 else next(spare) for c in ids]
+
+
+def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """COCO stores boxes as (x, y, width, height); ours are (x1, y1, x2, y2)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """Accept torch tensors (any device, with or without grad) as well as arrays and lists."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _record_annotations(record: ImageRecord, cat_ids: list[int], first_id: int) -> list[dict]:
+    """One image's ground truth as COCO annotations; ids are consecutive from ``first_id``."""
+    xywh = _xyxy_to_xywh(record.boxes)
+    labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
+    crowd = np.asarray(record.iscrowd, dtype=bool).reshape(-1)
+    if len(crowd) == 0:  # a reader that leaves iscrowd empty means "nothing is crowd"
+        crowd = np.zeros(len(labels), dtype=bool)
+    if not len(xywh) == len(labels) == len(crowd):
+        raise ValueError(f"image {record.image_id}: boxes, labels and iscrowd differ in length")
+    areas = xywh[:, 2] * xywh[:, 3]
+    if record.areas is not None:
+        if len(record.areas) != len(labels):
+            raise ValueError(f"image {record.image_id}: {len(record.areas)} areas for {len(labels)} boxes")
+        areas = np.asarray(record.areas, dtype=np.float64)
+    annotations = []
+    for i, (box, label, is_crowd, area) in enumerate(zip(xywh, labels, crowd, areas)):
+        x, y, w, h = (float(v) for v in box)
+        annotations.append(
+            {
+                "id": first_id + i,
+                "image_id": int(record.image_id),
+                "category_id": cat_ids[int(label)],
+                "bbox": [x, y, w, h],
+                "area": float(area),
+                "iscrowd": int(is_crowd),
+            }
+        )
+    return annotations
+
+
+def coco_ground_truth(
+    records: Sequence[ImageRecord], class_names: Sequence[str], category_ids: Sequence[int] | None = None
+) -> dict:
+    """A COCO-format ground-truth dict for ``records``, ready for ``COCO().dataset``.
+
+    Annotation ids start at 1 because COCOeval uses id 0 to mean "unmatched". ``area``, which decides the
+    small/medium/large split, is the annotation's own where the dataset has one (COCO: the mask's area, as the
+    official evaluation uses), else the box area.
+    """
+    cat_ids = _category_ids(len(class_names), category_ids)
+    image_ids = [int(r.image_id) for r in records]
+    if len(set(image_ids)) != len(image_ids):
+        raise ValueError("image ids must be unique across records")
+    images = [
+        {"id": int(r.image_id), "width": int(r.width), "height": int(r.height), "file_name": os.path.basename(r.path)}
+        for r in records
+    ]
+    annotations: list[dict] = []
+    for record in records:
+        annotations += _record_annotations(record, cat_ids, first_id=len(annotations) + 1)
+    categories = [{"id": cid, "name": str(name)} for cid, name in zip(cat_ids, class_names)]
+    return {"info": {}, "images": images, "annotations": annotations, "categories": categories}
+
+
+def detections_to_coco(
+    image_ids: Sequence[int], detections: Sequence[dict], category_ids: Sequence[int] | None = None
+) -> list[dict]:
+    """COCO result entries for per-image detections (``boxes`` x1y1x2y2, ``scores``, 0-based ``labels``).
+
+    Boxes are rounded to 0.01 px to keep result files small (far below any IoU that matters); scores keep full
+    precision because rounding them would create ties that reorder the precision/recall curve.
+    """
+    if len(image_ids) != len(detections):
+        raise ValueError(f"{len(image_ids)} image ids but {len(detections)} detection entries")
+    if category_ids is not None:
+        category_ids = _category_ids(len(category_ids), category_ids)
+    results: list[dict] = []
+    for image_id, det in zip(image_ids, detections):
+        labels = _to_numpy(det["labels"]).astype(np.int64).reshape(-1)
+        xywh = _xyxy_to_xywh(_to_numpy(det["boxes"]))
+        scores = _to_numpy(det["scores"]).astype(np.float64).reshape(-1)
+        if not len(xywh) == len(scores) == len(labels):
+            raise ValueError(f"image {image_id}: boxes, scores and labels differ in length")
+        for box, score, category in zip(xywh, scores, _label_categories(labels, category_ids)):
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": category,
+                    "bbox": [round(float(v), 2) for v in box],
+                    "score": float(score),
+                }
+            )
+    return results
+
+
+def _label_categories(labels: np.ndarray, category_ids: Sequence[int] | None) -> list[int]:
+    """Map 0-based labels to COCO category ids (``label + 1`` when the dataset has no ids of its own)."""
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"negative label {labels.min()}")
+    if category_ids is None:
+        return [int(label) + 1 for label in labels]
+    if len(labels) and labels.max() >= len(category_ids):
+        raise ValueError(f"label {labels.max()} has no entry in category_ids (length {len(category_ids)})")
+    return [int(category_ids[label]) for label in labels]
+
+
+def _empty_results(coco_gt: COCO) -> COCO:
+    """A result set with no detections; ``COCO.loadRes`` cannot build one (it indexes the first result)."""
+    res = COCO()
+    res.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
+    res.createIndex()
+    return res
+
+
+# COCOeval's accumulated arrays are indexed [iou threshold, recall point, category, area range, max detections];
+# area range 0 is "all" and the last max-detections entry is 100, the setting of the headline AP
+_AREA_ALL = 0
+_MAX_DETS_100 = -1
+
+
+@dataclass
+class CocoEvaluation:
+    """pycocotools' verdict on one split: the headline metrics, a per-class table and the accumulated arrays.
+
+    Everything per class is read from ``COCOeval.eval`` after ``accumulate()`` (the same arrays ``summarize()``
+    averages), so the per-class numbers are pycocotools' own and the headline AP is their mean over defined classes.
+    ``precision`` and ``scores`` are ``[iou threshold, recall point, class]`` in ``class_names`` order at area "all"
+    and 100 detections per image: the precision reached at each recall point and the score threshold that reaches
+    it; -1 marks points that are undefined (no ground truth) or not reached.
+    """
+
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]]
+    class_names: list[str]
+    precision: np.ndarray
+    scores: np.ndarray
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+
+    def iou_index(self, iou: float) -> int:
+        """Position of the IoU threshold ``iou`` (0.5, 0.55, ..., 0.95) in the arrays."""
+        hits = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
+        if not len(hits):
+            raise ValueError(f"IoU {iou} is not one of the evaluated thresholds {self.iou_thresholds.tolist()}")
+        return int(hits[0])
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    """pycocotools' average: over the entries that are not -1, or -1 when there are none."""
+    defined = values[values > -1]
+    return float(np.mean(defined)) if defined.size else -1.0
+
+
+def _per_class_table(
+    evaluator: COCOeval, gt: dict, results: list[dict], class_names: Sequence[str], cat_ids: list[int]
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Per-class AP, AP50, AP75, AR@100 and box counts, plus the precision/score arrays in class order."""
+    params = evaluator.params
+    column = {cid: i for i, cid in enumerate(params.catIds)}
+    order = [column[cid] for cid in cat_ids]
+    precision = evaluator.eval["precision"][:, :, order, _AREA_ALL, _MAX_DETS_100]
+    scores = evaluator.eval["scores"][:, :, order, _AREA_ALL, _MAX_DETS_100]
+    recall = evaluator.eval["recall"][:, order, _AREA_ALL, _MAX_DETS_100]
+    t50 = int(np.flatnonzero(np.isclose(params.iouThrs, 0.5))[0])
+    t75 = int(np.flatnonzero(np.isclose(params.iouThrs, 0.75))[0])
+    gt_boxes = Counter(a["category_id"] for a in gt["annotations"] if not a.get("iscrowd", 0))
+    detections = Counter(r["category_id"] for r in results)
+    table = []
+    for k, (name, cid) in enumerate(zip(class_names, cat_ids)):
+        table.append(
+            {
+                "class": str(name),
+                "category_id": int(cid),
+                "AP": _mean_defined(precision[:, :, k]),
+                "AP50": _mean_defined(precision[t50, :, k]),
+                "AP75": _mean_defined(precision[t75, :, k]),
+                "AR100": _mean_defined(recall[:, k]),
+                "gt_boxes": int(gt_boxes.get(cid, 0)),
+                "detections": int(detections.get(cid, 0)),
+            }
+        )
+    return table, precision, scores
+
+
+def coco_evaluation(gt: dict, results: list[dict]) -> CocoEvaluation:
+    """Run pycocotools on ``results`` against ``gt``: headline metrics, per-class table and arrays.
+
+    pycocotools reports ``-1.0`` for a metric that is undefined because no ground truth falls in it (e.g. APs on a
+    dataset without small objects); it is kept as ``-1.0`` so the numbers match pycocotools and published tables.
+    With no results at all every defined metric is ``0.0``: the empty result set still goes through COCOeval so the
+    ``-1.0`` cases stay the same as for any other result list. Printing is captured, not shown.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        # COCOeval adds an "ignore" key to GT annotations and loadRes adds id/area/segmentation to results:
+        # both get copies so the caller's dicts stay as they were (e.g. for writing them out afterwards)
+        coco_gt.dataset = {**gt, "annotations": [dict(a) for a in gt["annotations"]]}
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes([dict(r) for r in results]) if results else _empty_results(coco_gt)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = {key: float(evaluator.stats[i]) for i, key in enumerate(METRIC_KEYS)}
+    names = [c["name"] for c in gt["categories"]]
+    cat_ids = [int(c["id"]) for c in gt["categories"]]
+    table, precision, scores = _per_class_table(evaluator, gt, results, names, cat_ids)
+    return CocoEvaluation(
+        metrics, table, names, precision, scores, np.asarray(evaluator.params.iouThrs),
+        np.asarray(evaluator.params.recThrs),
+    )  # fmt: skip
+
+
+def coco_metrics(gt: dict, results: list[dict]) -> dict[str, float]:
+    """The six headline COCO box metrics (``METRIC_KEYS``, from ``COCOeval.stats[0:6]``) of ``results`` on ``gt``."""
+    return coco_evaluation(gt, results).metrics
+
+
+def _write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
+    """Write JSON atomically so readers never see half a file."""
+    with atomic_open(path, "w") as f:
+        json.dump(payload, f)
+
+
+def evaluate_split(
+    data: DetectionData,
+    detections: Sequence[dict],
+    json_path: str | os.PathLike | None = None,
+    detections_path: str | os.PathLike | None = None,
+    unreadable_images: int = 0,
+) -> CocoEvaluation:
+    """pycocotools on ``detections`` (one dict per record, in record order, annotation pixels) for ``data``.
+
+    ``detections_path`` receives the COCO result list (what the COCO evaluation server takes); ``json_path``
+    receives the metrics, the per-class table, the count of images that could not be read (their boxes count as
+    missed) and ``"detections"``: the path of that list, or null. The result list is written first, so a metrics
+    file never points at a missing file. Category ids come from ``data.category_ids`` when the reader provides
+    them, so results line up with the original annotation file.
+    """
+    if len(detections) != len(data.records):
+        raise ValueError(f"{len(detections)} detection entries for {len(data.records)} images")
+    category_ids = getattr(data, "category_ids", None)
+    gt = coco_ground_truth(data.records, data.class_names, category_ids)
+    results = detections_to_coco([r.image_id for r in data.records], detections, category_ids)
+    evaluation = coco_evaluation(gt, results)
+    if detections_path is not None:
+        _write_json_atomic(detections_path, results)
+    if json_path is not None:
+        saved_path = None if detections_path is None else str(detections_path)
+        payload = {
+            **evaluation.metrics,
+            "per_class": evaluation.per_class,
+            "images": len(data.records),
+            "unreadable_images": int(unreadable_images),
+            "detections": saved_path,
+        }
+        _write_json_atomic(json_path, payload)
+    return evaluation
+
+
+def evaluate_detections(
+    data: DetectionData,
+    detections: Sequence[dict],
+    json_path: str | os.PathLike | None = None,
+    detections_path: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """The headline metrics of :func:`evaluate_split` (same files written)."""
+    return evaluate_split(data, detections, json_path, detections_path).metrics
+
+
+def format_per_class(evaluation: CocoEvaluation) -> str:
+    """A fixed-width table, one row per class: AP, AP50, AP75, AR@100, ground-truth boxes, detections.
+
+    Undefined entries (a class without ground truth in the split) show as ``-``.
+    """
+    width = max([5, *(len(row["class"]) for row in evaluation.per_class)])
+    header = f"{'class':<{width}s}  {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'AR100':>6s} {'boxes':>7s} {'dets':>7s}"
+    lines = [header]
+    for row in evaluation.per_class:
+        cells = " ".join(f"{row[k]:6.3f}" if row[k] > -1 else f"{'-':>6s}" for k in ("AP", "AP50", "AP75", "AR100"))
+        lines.append(f"{row['class']:<{width}s}  {cells} {row['gt_boxes']:7d} {row['detections']:7d}")
+    return "\n".join(lines)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One log line in ``METRIC_KEYS`` order, e.g. ``AP 0.612 | AP50 0.921 | ... | APl 0.650``."""
+    return " | ".join(f"{key} {float(metrics[key]):.3f}" for key in METRIC_KEYS if key in metrics)

@@ -1,0 +1,226 @@
+"""Exported files run as the network: ``images -> (class outputs, box outputs)`` in onnxruntime or OpenVINO.
+
+:class:`ExportedNetwork` gives an exported raw-output file (``efficientdet export`` without ``--with-nms``: ONNX,
+int8 ONNX, or an OpenVINO IR ``.xml``) the interface of :class:`~efficientdet.nn.detector.EfficientDet` that
+:class:`~efficientdet.inference.Detector` and :func:`~efficientdet.validate.evaluate_model` rely on: a ``config``
+(with ``image_size`` set to the file's input size), ``class_names`` / ``category_ids`` from the file's metadata,
+and ``forward`` returning one flat level per output (``[B, A*C, 1, 1]`` and ``[B, A*4, 1, 1]``). The flat layout is
+anchor-major, exactly the per-level maps flattened in anchor order, so the usual post-processing reads it as is.
+Pre- and post-processing therefore stay the project's own (torch); only the network runs in the runtime.
+
+The runtime is chosen by ``backend``, by default from the suffix (``.onnx``: onnxruntime, ``.xml``: OpenVINO);
+OpenVINO also reads ``.onnx`` files directly. Files with a fixed batch take any batch: it is run in chunks of the
+file's batch, the last one padded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.config import ModelConfig
+from .exporter import METADATA_KEY, RAW_OUTPUTS
+
+RUNTIME_BACKENDS = ("onnxruntime", "openvino")
+EXPORTED_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
+OPENVINO_HINT = 'pip install "efficientdet[openvino]"'
+ONNXRUNTIME_HINT = 'pip install "efficientdet[export]"'
+
+
+def is_exported_file(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` names an exported network (by suffix) rather than a checkpoint."""
+    return path is not None and Path(str(path)).suffix.lower() in EXPORTED_SUFFIXES
+
+
+def require_openvino() -> Any:
+    """The ``openvino`` module, or an ImportError saying how to install it."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise ImportError(f"OpenVINO is not installed: {OPENVINO_HINT}") from e
+    return openvino
+
+
+def require_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or an ImportError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(f"onnxruntime is not installed: {ONNXRUNTIME_HINT}") from e
+    return onnxruntime
+
+
+def read_exported_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The description written by ``efficientdet export`` into an ONNX file (metadata_props) or an OpenVINO IR
+    (``rt_info``): model config, input shape, mean/std, outputs, class names."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() == ".xml":
+        ov = require_openvino()
+        model = ov.Core().read_model(str(path))
+        if not model.has_rt_info(METADATA_KEY):
+            raise ValueError(f"{path}: not written by efficientdet export (no {METADATA_KEY!r} rt_info)")
+        return json.loads(model.get_rt_info(METADATA_KEY).astype(str))
+    try:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except ImportError as e:
+        raise ImportError(f"reading an ONNX file needs onnx: {ONNXRUNTIME_HINT}") from e
+    except Exception as e:  # onnx raises DecodeError & co. for a file that is not ONNX
+        raise ValueError(f"{path}: not an ONNX file ({e})") from e
+    if METADATA_KEY not in props:
+        raise ValueError(f"{path}: not written by efficientdet export (no {METADATA_KEY!r} metadata)")
+    return json.loads(props[METADATA_KEY])
+
+
+class ExportedNetwork(nn.Module):
+    """Base of the runtime wrappers: metadata, batching to the file's batch, torch <-> numpy hand-over.
+
+    Subclasses implement :meth:`run` (one numpy batch of the file's batch size in, the two raw outputs out).
+    """
+
+    backend = ""
+
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
+        super().__init__()
+        if metadata.get("with_nms"):
+            raise ValueError(
+                f"{path}: this file has NMS inside (exported with --with-nms); predict, eval and bench run "
+                "raw-output files (export without --with-nms) and do the post-processing themselves"
+            )
+        if list(metadata.get("outputs", [])) != list(RAW_OUTPUTS):
+            raise ValueError(f"{path}: expected the outputs {', '.join(RAW_OUTPUTS)}, got {metadata.get('outputs')}")
+        self.path = Path(path)
+        self.metadata = metadata
+        batch, _, height, width = metadata["input"]["shape"]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+        self.input_size = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+        config = ModelConfig.from_dict(metadata["config"])
+        if self.input_size is not None and height == width:
+            config = config.replace(image_size=height)  # Detector and evaluation size their inputs by this
+        self.config = config
+        self.class_names = metadata.get("class_names")
+        self.category_ids = metadata.get("category_ids")
+        self.precision = metadata.get("precision", "fp32")
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if self.input_size is not None and tuple(images.shape[-2:]) != self.input_size:
+            h, w = self.input_size
+            raise ValueError(
+                f"{self.path} takes {h}x{w} inputs, got {images.shape[-2]}x{images.shape[-1]} (use the file's size: "
+                "leave --img-size out, or export again at the size wanted)"
+            )
+        array = images.detach().cpu().float().contiguous().numpy()
+        step = self.fixed_batch or len(array)
+        logits, codes = [], []
+        for start in range(0, len(array), step):
+            chunk = array[start : start + step]
+            n = len(chunk)
+            if n < step:  # a fixed-batch file: pad the last chunk with zeros, drop what they give
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+            cls, box = self.run(chunk)
+            logits.append(cls[:n])
+            codes.append(box[:n])
+        b = len(array)
+        cls_np = logits[0] if len(logits) == 1 else np.concatenate(logits)  # one run: the runtime's buffer, no copy
+        box_np = codes[0] if len(codes) == 1 else np.concatenate(codes)
+        cls_out = torch.from_numpy(cls_np).view(b, -1, 1, 1).to(images.device)
+        box_out = torch.from_numpy(box_np).view(b, -1, 1, 1).to(images.device)
+        return [cls_out], [box_out]
+
+
+class OnnxRuntimeNetwork(ExportedNetwork):
+    """An exported ONNX file in an onnxruntime CPU session (int8 QDQ files run the integer kernels)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None) -> None:
+        super().__init__(path, metadata)
+        ort = require_onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle onnxruntime workers spin-wait by default, stealing the cores that pre- and post-processing (torch)
+        # need right after each run: end to end that costs more than the spinning saves.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, codes = self.session.run(None, {self.input_name: images})
+        return logits, codes
+
+
+class OpenVinoNetwork(ExportedNetwork):
+    """An OpenVINO IR (or ONNX file) compiled for the CPU plugin with the latency hint (one request at a time)."""
+
+    backend = "openvino"
+
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None) -> None:
+        super().__init__(path, metadata)
+        ov = require_openvino()
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.outputs = [self.compiled.output(name) for name in RAW_OUTPUTS]
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = self.request.infer({0: images})
+        # copies: the request reuses its output buffers at the next call
+        return result[self.outputs[0]].copy(), result[self.outputs[1]].copy()
+
+
+_WRAPPERS: dict[str, Callable[..., ExportedNetwork]] = {
+    "onnxruntime": OnnxRuntimeNetwork,
+    "openvino": OpenVinoNetwork,
+}
+
+
+def resolve_backend(path: str | os.PathLike, backend: str | None) -> str:
+    """``backend``, or the one the suffix implies; an error for a pair that cannot run."""
+    suffix = Path(str(path)).suffix.lower()
+    if suffix not in EXPORTED_SUFFIXES:
+        raise ValueError(f"{path}: not an exported network (expected one of {', '.join(EXPORTED_SUFFIXES)})")
+    if backend is None:
+        return EXPORTED_SUFFIXES[suffix]
+    if backend not in RUNTIME_BACKENDS:
+        raise ValueError(f"--backend {backend}: exported files run on {' or '.join(RUNTIME_BACKENDS)}")
+    if suffix == ".xml" and backend != "openvino":
+        raise ValueError(f"{path}: an OpenVINO IR runs on --backend openvino only")
+    return backend
+
+
+def load_exported(path: str | os.PathLike, backend: str | None = None, threads: int | None = None) -> ExportedNetwork:
+    """An exported raw-output file as a network module (see the module docstring); ``backend`` default by suffix.
+
+    >>> det = Detector(load_exported("lite0_int8.onnx"))   # the usual pre- and post-processing around it
+    """
+    backend = resolve_backend(path, backend)
+    metadata = read_exported_metadata(path)
+    return _WRAPPERS[backend](path, metadata, threads)
+
+
+def add_backend_option(p: Any, choices: Sequence[str] = RUNTIME_BACKENDS) -> None:
+    """``--backend`` for commands that take an exported file as ``--checkpoint`` (predict, eval)."""
+    p.add_argument(
+        "--backend",
+        choices=list(choices),
+        help="runtime of an exported --checkpoint file (model.onnx, model.xml): onnxruntime or openvino "
+        "(default: by suffix, .onnx onnxruntime, .xml openvino)",
+    )

@@ -1,0 +1,199 @@
+"""``Detector``: images in (paths, PIL images, arrays or tensors), detections in original pixels out.
+
+Pre-processing (resize the longer side, pad bottom/right, normalise) and post-processing (top-k, decode, NMS,
+mapping back to the original image) live here, around the plain network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.images import load_image
+from ..data.transforms import eval_transform
+from ..models.detector import EfficientDet
+from ..models.factory import load_checkpoint
+from ..models.fuse import optimize_for_inference
+from ..ops.anchors import anchors_for_config
+from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
+from .class_filter import resolve_classes
+from .tiling import DEFAULT_TILE_OVERLAP, check_tile, detect_tiled
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+def _as_rgb_array(image: ImageInput) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"expected an HxWx3 (or HxWx4) array, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image array, got {image.dtype}")
+        return image[:, :, :3]
+    raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+class Detector:
+    """A model plus its pre- and post-processing.
+
+    >>> det = Detector.from_checkpoint("runs/train/best.pt")
+    >>> det("photo.jpg")[0]["boxes"]     # [K, 4] x1, y1, x2, y2 in the photo's pixels
+    """
+
+    def __init__(
+        self,
+        model: EfficientDet,
+        device: str | torch.device = "cpu",
+        image_size: int | None = None,
+        score_threshold: float = 0.05,
+        iou_threshold: float = NMS_IOU,
+        max_det: int = MAX_DETECTIONS,
+        topk: int = TOPK_CANDIDATES,
+        class_names: Sequence[str] | None = None,
+        nms: str = "hard",
+        class_agnostic: bool = False,
+        optimize: bool = False,
+        classes: str | Sequence[int | str] | None = None,
+        tile: int = 0,
+        tile_overlap: float = DEFAULT_TILE_OVERLAP,
+        batch_size: int = 8,
+    ) -> None:
+        """``classes`` keeps only those classes (names, case-insensitive, or 0-based indices; a list or ``"a,b"``).
+
+        ``tile`` > 0: sliced inference for large images (small objects), see :mod:`efficientdet.tiling`: tiles of
+        ``tile`` original pixels overlapping by ``tile_overlap`` plus one full-image pass, ``batch_size`` of them
+        per forward pass, merged into one result per image.
+
+        The filter runs after NMS and ``max_det``, so the boxes kept are exactly the ones an unfiltered run returns
+        for those classes (fewer than ``max_det`` may remain). An unknown class raises ``UnknownClassError`` here,
+        before any image is processed.
+        """
+        if nms not in NMS_METHODS:
+            raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
+        check_tile(tile, tile_overlap)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.tile, self.tile_overlap, self.batch_size = tile, tile_overlap, batch_size
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if optimize:  # a copy with BN and SAME pads folded, channels-last on CPU: faster, same results up to rounding
+            self.model = optimize_for_inference(self.model, channels_last=self.device.type == "cpu")
+        self.config = model.config
+        self.image_size = image_size or self.config.image_size
+        self.score_threshold = score_threshold
+        self.iou_threshold = iou_threshold
+        self.max_det = max_det
+        self.topk = topk
+        self.nms = nms  # "hard" (greedy at iou_threshold) or "soft" (Gaussian, sigma 0.5)
+        self.class_agnostic = class_agnostic
+        names = class_names if class_names is not None else getattr(model, "class_names", None)
+        self.class_names = list(names) if names else [str(i) for i in range(self.config.num_classes)]
+        ids = getattr(model, "category_ids", None)  # the training data's category ids (COCO JSON), where known
+        self.category_ids: list[int] | None = list(ids) if ids else None
+        self.classes: list[int] | None = None if classes is None else resolve_classes(classes, self.class_names)
+        self._anchors: dict[tuple[int, int], torch.Tensor] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> Detector:
+        """Load our checkpoint format (effdet files need ``model=NAME``, passed on to ``load_checkpoint``)."""
+        model = load_checkpoint(path, kwargs.pop("model", None))
+        return cls(model, device=device, **kwargs)
+
+    def anchors(self, size: tuple[int, int]) -> torch.Tensor:
+        if size not in self._anchors:
+            self._anchors[size] = anchors_for_config(self.config, size).to(self.device)
+        return self._anchors[size]
+
+    def preprocess(
+        self, images: Sequence[ImageInput]
+    ) -> tuple[torch.Tensor, list[tuple[float, float]], list[tuple[int, int]]]:
+        """Batch tensor, per-image (x, y) scale (input px per original px, exact) and original (H, W)."""
+        tensors, scales, sizes = [], [], []
+        for image in images:
+            array = _as_rgb_array(image)
+            out = eval_transform(array, self.image_size, self.config.mean, self.config.std)
+            tensors.append(out.image)
+            scales.append(out.scale_xy)
+            sizes.append(array.shape[:2])
+        return torch.stack(tensors).to(self.device), scales, sizes
+
+    @torch.no_grad()
+    def predict_tensor(
+        self,
+        batch: torch.Tensor,
+        scales: Sequence[float | tuple[float, float]] | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        filter_classes: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Detections for an already normalised ``[B, 3, H, W]`` batch (boxes divided by ``scales`` if given).
+
+        ``filter_classes=False`` skips the ``classes`` filter (tiling applies it once, after merging the tiles).
+        """
+        batch = batch.to(self.device)
+        cls, box = self.model(batch)
+        dets = postprocess(
+            cls, box, self.anchors(tuple(batch.shape[-2:])), self.config.num_classes, self.topk,
+            self.iou_threshold, self.max_det, self.score_threshold, nms=self.nms, class_agnostic=self.class_agnostic,
+        )  # fmt: skip
+        results = []
+        for i, det in enumerate(dets):
+            boxes = det["boxes"]
+            if scales is not None:
+                boxes = to_original_pixels(boxes, scales[i], None if sizes is None else sizes[i])
+            results.append(self.result(boxes, det["scores"], det["labels"], filter_classes))
+        return results
+
+    def result(
+        self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, filter_classes: bool = True
+    ) -> dict[str, Any]:
+        """One image's result dict (tensors on the CPU, class names added), after the ``classes`` filter."""
+        if filter_classes and self.classes is not None:
+            keep = torch.isin(labels, torch.tensor(self.classes, device=labels.device))
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        return {
+            "boxes": boxes.cpu(), "scores": scores.cpu(), "labels": labels.cpu(),
+            "label_names": [self.class_names[int(k)] for k in labels],
+        }  # fmt: skip
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput] | torch.Tensor) -> list[dict[str, Any]]:
+        """One dict per image: ``boxes`` (x1, y1, x2, y2, original pixels), ``scores``, ``labels``, ``label_names``.
+
+        Accepts a file path, PIL image or HxWx3 uint8 array, a list of those, or a float RGB tensor ``[B, 3, H, W]``
+        (or ``[3, H, W]``) with values in [0, 1] as torchvision's detectors take; each image is resized and
+        normalised here, and boxes come back in the pixels of the image as given.
+        """
+        if isinstance(images, torch.Tensor):
+            batch = images if images.ndim == 4 else images[None]
+            if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
+                raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
+            images = [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
+        elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        if self.tile:  # one image at a time, its tiles batched
+            return [detect_tiled(self, _as_rgb_array(image)) for image in images]
+        batch, scales, sizes = self.preprocess(images)
+        return self.predict_tensor(batch, scales, sizes)
+
+    def stream(
+        self, source: str | int | os.PathLike, batch_size: int = 8, vid_stride: int = 1, max_frames: int | None = None
+    ) -> Iterator[Any]:
+        """Detections frame by frame for a video file, camera (``0``, ``/dev/video0``) or stream URL (needs PyAV).
+
+        Yields ``efficientdet.video.FrameResult`` items (``index``, ``time`` in seconds, ``image`` HxWx3 uint8,
+        ``detections`` as :meth:`__call__` gives for that frame); frames are decoded ahead in a thread and run
+        ``batch_size`` at a time, never the whole video in memory. A damaged file raises ``VideoError`` after its
+        last good frame. See :mod:`efficientdet.video`.
+        """
+        from .video import stream
+
+        return stream(self, source, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames)

@@ -1,0 +1,605 @@
+"""``efficientdet predict``: run a checkpoint over image files, folders and globs; draw the boxes; save the results.
+
+Output folder contents:
+
+- one drawn copy of every readable input (boxes, class names and scores; RGB, same format as the input where
+  Pillow can write it, else PNG), named by its path relative to the folder or glob base it was found under, so
+  ``photos/2023/a.jpg`` found under ``photos/`` becomes ``OUT/2023/a.jpg``. Names that would collide (two ``a.jpg``
+  from different folders, or a case-only difference) or that would land on an input file (``--output`` pointing
+  at the input folder) get ``_2``, ``_3``, ... before the extension: an input is never overwritten.
+- ``detections.json``: a COCO *results* list (what ``COCO.loadRes`` and the evaluation server take), one entry
+  per detection, plus the two names a human needs::
+
+      {"image_id": 3, "file_name": "photos/2023/a.jpg", "category_id": 1, "category_name": "raccoon",
+       "bbox": [x, y, width, height], "score": 0.87}
+
+  ``image_id`` is the 1-based position of the file in the expanded, de-duplicated input list, so ids do not shift
+  when another file fails to load. ``category_id`` is the training dataset's own id of the class when the model
+  knows it (a model trained on a COCO JSON; effdet's 90-class COCO weights: the COCO category id, slot + 1), else
+  the 0-based class index + 1, the same convention as ``efficientdet eval`` for data without ids of its own.
+  ``file_name`` is the input path as found (POSIX separators). Boxes are in original-image pixels, rounded to
+  0.01 px. Images without detections have no entries.
+
+Optional files, named after the drawn image (``2023/a.jpg`` -> ``2023/a``; inputs differing only by extension
+get ``_2``, ... here too):
+
+- ``labels/2023/a.txt`` (``save_txt``): YOLO label lines ``class cx cy w h`` normalised to 0..1 by the image's width
+  and height, plus the score with ``save_conf``; an image without detections gets an empty file (boxes
+  clipped flat against the border are left out). With the images
+  in an ``images/`` folder beside ``labels/`` and a ``data.yaml`` naming the model's classes, this is a dataset
+  that ``efficientdet train --format yolo`` reads (the score column is ignored there).
+- ``crops/<class>/2023/a_<k>.jpg`` (``save_crop``): the k-th detection of the image (0-based, as listed) cut from
+  the original, rounded to whole pixels and clipped to the image; class names are made file-system safe.
+
+Unreadable files are reported on stderr by name and skipped; the run goes on and ``PredictSummary.failures``
+(and the exit code of the command) says whether anything failed.
+
+Memory: images are decoded one at a time and only the current batch is held (``batch_size`` images, fewer when
+they are large: a batch is closed once it holds ``BATCH_PIXEL_BUDGET`` pixels), so a folder of any size runs in
+the memory of one batch. Very large images are expected here (a user pointing the tool at their own
+10000x10000 scan wants a result, not a warning), so Pillow's decompression-bomb check is replaced during the run
+by ``max_pixels``: by default the same limit at which Pillow refuses (about 179 million pixels, 13377 x 13377);
+larger files are reported as failures, and ``max_pixels=0`` removes the limit.
+
+Video files (by extension), ``/dev/video*`` cameras and stream URLs among the sources, and every ``video_sources``
+entry (``--source``: also camera indices such as ``0``), are run frame by frame after the images: a drawn video
+and ``detections.jsonl`` per source in ``OUTPUT/<name>/`` (see :mod:`efficientdet.video`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..cli.argtypes import fraction, non_negative_int, positive_int
+from ..cli.weights_options import add_weights_options, load_model_from_options
+from ..data.images import ImageReadError, image_size, load_image
+from ..evaluation.coco import detections_to_coco
+from ..export.runtimes import add_backend_option
+from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
+from ..utils.atomic import atomic_open
+from ..viz.draw import draw_detections
+from .files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
+from .tiling import DEFAULT_TILE_OVERLAP, overlap_arg, tile_arg
+from .video import VIDEO_EXTENSIONS, check_video_options, is_video_source, predict_videos
+
+# Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+DEFAULT_OUTPUT = "runs/predict"
+DEFAULT_SCORE_THRESHOLD = 0.3  # drawn images are for looking at: 0.05 (the Detector's default) clutters them
+DEFAULT_BATCH_SIZE = 8
+# Pillow's DecompressionBombError limit (2 x Image.MAX_IMAGE_PIXELS); 10000 x 10000 is below it.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+# A batch is closed early once its decoded images hold this many pixels (3 bytes each): one 10000 x 10000 image
+# runs alone instead of in a batch of eight 300 MB arrays.
+BATCH_PIXEL_BUDGET = 32_000_000
+DETECTIONS_FILE = "detections.json"
+JPEG_QUALITY = 95  # re-encoding a photo with Pillow's default 75 visibly degrades it
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One input file and its output name (relative to the output folder, before collisions are resolved)."""
+
+    path: Path
+    name: str
+
+
+@dataclass
+class PredictSummary:
+    """What a run did; ``exit_code`` is 1 when any source or file failed, else 0."""
+
+    images: int = 0  # images read and processed
+    detections: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source or file, message naming it)
+    seconds: float = 0.0
+    output: Path | None = None
+    detections_path: Path | None = None
+    drawn: list[Path] = field(default_factory=list)
+    videos: int = 0  # video sources processed (see efficientdet.video)
+    frames: int = 0  # their frames processed
+    interrupted: bool = False  # Ctrl-C ended a video source (its files are closed and playable)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+    def line(self) -> str:
+        """The one-line summary the command prints."""
+        where = f"; results in {self.output}" if self.output is not None else ""
+        videos = f"{self.frames} frames of {self.videos} video{'s' * (self.videos > 1)}, " if self.videos else ""
+        stopped = " (stopped by Ctrl-C)" if self.interrupted else ""
+        return (
+            f"predict: {self.images} images, {videos}{self.detections} detections, {len(self.failures)} failed, "
+            f"{self.seconds:.1f} s{where}{stopped}"
+        )
+
+
+def _has_magic(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a pattern before its first wildcard: output names are taken relative to it."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if _has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
+    """Image files of a folder, sorted; an ``exclude`` folder strictly inside it (the output) is skipped."""
+    skip = exclude if exclude is not None and exclude.resolve() != folder.resolve() else None
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in entries if _is_image_file(p) and not (skip is not None and _is_within(p, skip)))
+
+
+def expand_sources(
+    sources: Sequence[str | os.PathLike], recursive: bool = False, exclude: str | os.PathLike | None = None
+) -> tuple[list[SourceImage], list[tuple[str, str]]]:
+    """Files, folders and glob patterns -> the image files to process, plus one error per source that found none.
+
+    Folders give their image files (sorted; subfolders with ``recursive``), globs (``*``, ``?``, ``[...]``, and
+    ``**`` across folders) their matching image files and the image files of matching folders; a path that exists
+    is taken as it is. A file reached twice (two sources, or through a symlink) is processed once.
+    """
+    exclude_path = Path(exclude) if exclude is not None else None
+    found: list[SourceImage] = []
+    errors: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def add(path: Path, root: Path) -> None:
+        key = os.path.realpath(path)
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            name = os.path.relpath(path, root).replace(os.sep, "/")
+        except ValueError:  # another drive (Windows)
+            name = path.name
+        if name.startswith("../") or os.path.isabs(name):  # "a/*/../b.jpg": keep outputs inside the folder
+            name = path.name
+        found.append(SourceImage(path, name))
+
+    for source in map(str, sources):
+        path = Path(source)
+        if path.is_dir():
+            images = _folder_images(path, recursive, exclude_path)
+            if not images:
+                has_subfolders = not recursive and any(p.is_dir() for p in path.iterdir())
+                hint = " (--recursive searches its subfolders)" if has_subfolders else ""
+                errors.append((source, f"{source}: no images in this folder{hint}"))
+            for image in images:
+                add(image, path)
+        elif path.exists():
+            add(path, path.parent)
+        elif _has_magic(source):
+            base = _glob_base(source)
+            matches = sorted(Path(m) for m in glob.glob(source, recursive=True))
+            images = []
+            for match in matches:
+                if match.is_dir():
+                    images += _folder_images(match, recursive, exclude_path)
+                elif _is_image_file(match):
+                    images.append(match)
+            if not images:
+                what = "no image files" if matches else "nothing"
+                errors.append((source, f"{source}: matches {what}"))
+            for image in images:
+                add(image, base)
+        else:
+            hint = f" (a camera: --source {source})" if source.isdigit() else ""
+            errors.append((source, f"{source}: no such file or folder{hint}"))
+    return found, errors
+
+
+def _writable_name(name: str) -> str:
+    """``name`` if Pillow can write its extension, else ``name + ".png"`` (e.g. a JPEG saved as ``photo.dat``)."""
+    fmt = Image.registered_extensions().get(Path(name).suffix.lower())
+    return name if fmt is not None and fmt in Image.SAVE else name + ".png"
+
+
+def output_names(images: Sequence[SourceImage], output: str | os.PathLike) -> list[Path]:
+    """A distinct output path per image that is never one of the inputs (``_2``, ``_3``, ... added on collision).
+
+    Names are compared case-insensitively, so the outputs are distinct on case-insensitive file systems too.
+    """
+    out = Path(output)
+    inputs = {os.path.normcase(os.path.realpath(img.path)) for img in images}
+    taken = {DETECTIONS_FILE}
+
+    def clashes(candidate: Path) -> bool:
+        return candidate.as_posix().casefold() in taken or os.path.normcase(os.path.realpath(out / candidate)) in inputs
+
+    paths = []
+    for img in images:
+        name = Path(_writable_name(img.name))
+        candidate, n = name, 1
+        while clashes(candidate):
+            n += 1
+            candidate = name.with_name(f"{name.stem}_{n}{name.suffix}")
+        taken.add(candidate.as_posix().casefold())
+        paths.append(out / candidate)
+    return paths
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's global bomb check off for the run (``read_image`` applies ``max_pixels``), restored afterwards."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """``load_image`` after a header-only size check against ``max_pixels`` (0: no limit).
+
+    Checking the header first means an oversized file is refused before hundreds of megabytes are decoded.
+    """
+    if max_pixels:
+        width, height = image_size(path)
+        if width * height > max_pixels:
+            raise ImageReadError(
+                f"{path}: cannot read image ({width}x{height} = {width * height:,} pixels is over the limit of "
+                f"{max_pixels:,}; raise it with --max-pixels, 0 for none)"
+            )
+    return load_image(path)
+
+
+def _save_drawn(image: Image.Image, path: Path) -> None:
+    """Write atomically in the format the extension names (a killed run never leaves half an image)."""
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    options: dict[str, Any] = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+    with atomic_open(path, "wb") as f:
+        image.save(f, format=fmt, **options)
+
+
+def _load_model(checkpoint: Any, model_name: str | None) -> Any:
+    from ..models.factory import load_checkpoint
+
+    if isinstance(checkpoint, torch.nn.Module):
+        return checkpoint
+    return load_checkpoint(checkpoint, model_name)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    from ..engine.train import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(str(device))
+
+
+def _check_options(score_threshold: float, iou_threshold: float, max_det: int, batch_size: int, nms: str) -> None:
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"IoU threshold must be in [0, 1], got {iou_threshold}")
+    if max_det < 1 or batch_size < 1:
+        raise ValueError(f"max_det and batch_size must be at least 1, got {max_det} and {batch_size}")
+    if nms not in ("hard", "soft"):
+        raise ValueError(f"nms must be 'hard' or 'soft', got {nms!r}")
+
+
+def predict(
+    sources: Sequence[str | os.PathLike],
+    checkpoint: str | os.PathLike | torch.nn.Module,
+    output: str | os.PathLike = DEFAULT_OUTPUT,
+    *,
+    model_name: str | None = None,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = NMS_IOU,
+    nms: str = "hard",
+    class_agnostic: bool = False,
+    max_det: int = MAX_DETECTIONS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "auto",
+    image_size: int | None = None,
+    recursive: bool = False,
+    draw: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    class_names: Sequence[str] | None = None,
+    classes: str | Sequence[int | str] | None = None,
+    save_txt: bool = False,
+    save_conf: bool = False,
+    save_crop: bool = False,
+    tile: int = 0,
+    tile_overlap: float = DEFAULT_TILE_OVERLAP,
+    errors: IO[str] | bool = True,
+    progress: bool | None = False,
+    video_sources: Sequence[str | os.PathLike] = (),
+    vid_stride: int = 1,
+    max_frames: int | None = None,
+) -> PredictSummary:
+    """Detect objects in every image that ``sources`` name; write drawn copies and ``detections.json`` to ``output``.
+
+    Args:
+        sources: image files, folders (their image files; subfolders with ``recursive``) and glob patterns.
+        checkpoint: a model file (ours; effdet's with ``model_name``) or an already built model.
+        output: folder for the drawn images and ``detections.json`` (created; see the module docstring for names).
+        score_threshold, iou_threshold, nms, class_agnostic, max_det, image_size, class_names: passed to
+            :class:`~efficientdet.inference.Detector` (``nms="soft"``: Gaussian soft-NMS, sigma 0.5).
+        batch_size: images per forward pass (fewer when they are large, see ``BATCH_PIXEL_BUDGET``).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, ...
+        classes: keep only these classes: names (case-insensitive) or 0-based indices, a list or ``"cat,2"``.
+        draw: ``False`` writes no drawn images.
+        save_txt, save_conf: write ``labels/<name>.txt`` per image (YOLO lines; ``save_conf``: with scores).
+        save_crop: write ``crops/<class>/<name>_<k>.jpg`` per detection.
+        tile, tile_overlap: sliced inference for large images with small objects (:mod:`efficientdet.tiling`):
+            tiles of ``tile`` px overlapping by ``tile_overlap`` plus a full-image pass, ``batch_size`` per forward
+            pass; each image is then run on its own. 0: off.
+        max_pixels: larger images are reported as failures without being decoded (0: no limit).
+        errors: where each failure is reported as it happens: ``True`` stderr, ``False`` nowhere, or a text
+            stream; the summary lists them all either way.
+        progress: report progress on stderr: a bar on a terminal, else (a log file) a plain line every 30 s;
+            ``None`` is the same as ``True``.
+        video_sources: video files, cameras (``0``, ``/dev/video0``) or stream URLs, whatever their names (video
+            files, ``/dev/video*`` and URLs in ``sources`` are found by name); needs PyAV.
+        vid_stride, max_frames: videos: process every ``vid_stride``-th frame, at most ``max_frames`` per source.
+
+    Raises ``ValueError`` for invalid options (``UnknownClassError``, a subclass, for an unknown class) and
+    ``CheckpointError`` / ``FileNotFoundError`` for a bad model file, before any image is read or any file written.
+    Unreadable images are not exceptions: they are in ``PredictSummary.failures``.
+    """
+    from ..utils.progress import progress_bar
+    from .detector import Detector
+
+    start = time.perf_counter()
+    _check_options(score_threshold, iou_threshold, max_det, batch_size, nms)
+    save_txt = save_txt or save_conf  # a score column needs a label file to go in
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file, not a folder")
+    if isinstance(sources, (str, os.PathLike)):  # one source, not a sequence of characters
+        sources = [sources]
+    videos = [*(s for s in sources if is_video_source(s)), *video_sources]
+    sources = [s for s in sources if not is_video_source(s)]
+    if videos:
+        check_video_options(vid_stride, max_frames)
+    detector = Detector(
+        _load_model(checkpoint, model_name), device=_resolve_device(device), image_size=image_size,
+        score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det, class_names=class_names,
+        nms=nms, class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap,
+        batch_size=batch_size,
+    )  # fmt: skip
+    images, source_errors = expand_sources(sources, recursive, exclude=out)
+    summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
+    bar = progress_bar(total=len(images), enabled=progress is not False, unit="img")
+
+    stream = sys.stderr if errors is True else errors or None  # resolved now: sys.stderr may have been replaced
+
+    def fail(name: str, message: str) -> None:
+        summary.failures.append((name, message))
+        if stream is not None:
+            bar.write(message, file=stream)  # beside a terminal bar, without breaking it
+
+    for source, message in source_errors:
+        fail(source, message)
+    out.mkdir(parents=True, exist_ok=True)
+    destinations = output_names(images, out)
+    stems = image_stems(destinations, out) if save_txt or save_crop else []
+    folders = class_folders(detector.class_names) if save_crop else []
+    keep_pixels = draw or save_crop or tile  # the decoded image is held until tiled, drawn or cropped
+    results: list[dict] = []
+    batch: list[tuple[int, np.ndarray | None, torch.Tensor | None, float, tuple[int, int]]] = []
+
+    def run_batch() -> None:
+        if tile:  # one image, cut into tiles and run batch_size tiles at a time by the Detector
+            dets = detector([item[1] for item in batch])
+        else:
+            tensors = torch.cat([item[2] for item in batch])
+            dets = detector.predict_tensor(tensors, [item[3] for item in batch], [item[4] for item in batch])
+        for det in dets:
+            index, array, _, _, size = batch.pop(0)  # the batch lets go of each image as soon as it is done
+            img = images[index]
+            entries = detections_to_coco([index + 1], [det], detector.category_ids)
+            for entry, name in zip(entries, det["label_names"]):
+                results.append({
+                    "image_id": entry["image_id"], "file_name": img.path.as_posix(),
+                    "category_id": entry["category_id"], "category_name": name,
+                    "bbox": entry["bbox"], "score": entry["score"],
+                })  # fmt: skip
+            summary.images += 1
+            summary.detections += len(entries)
+            try:
+                if save_txt:
+                    scores = det["scores"] if save_conf else None
+                    lines = yolo_lines(det["boxes"], det["labels"], scores, size)
+                    write_label_file(label_path(out, stems[index]), lines)
+                if save_crop:
+                    save_crops(array, det["boxes"], det["labels"], folders, out, stems[index])
+            except (OSError, ValueError) as exc:
+                fail(str(img.path), f"{img.path}: cannot write its label file or crops: {exc}")
+            if draw:
+                canvas = Image.fromarray(array)
+                del array  # one full-size copy fewer while drawing a huge image
+                try:
+                    drawn = draw_detections(canvas, det["boxes"], det["labels"], det["scores"], detector.class_names)
+                    del canvas
+                    _save_drawn(drawn, destinations[index])
+                    summary.drawn.append(destinations[index])
+                except (OSError, ValueError) as exc:
+                    fail(str(img.path), f"{img.path}: cannot write {destinations[index]}: {exc}")
+            bar.update(1)
+
+    with _pixel_limit(max_pixels), bar:
+        pixels = 0
+        for index, img in enumerate(images):
+            try:
+                array = read_image(img.path, max_pixels)
+            except ImageReadError as exc:
+                fail(str(img.path), str(exc))
+                bar.update(1)
+                continue
+            except MemoryError:
+                fail(str(img.path), f"{img.path}: cannot read image (out of memory)")
+                bar.update(1)
+                continue
+            if tile:  # pre-processed tile by tile when its batch runs
+                tensor, scales, sizes = None, [1.0], [array.shape[:2]]
+            else:
+                tensor, scales, sizes = detector.preprocess([array])
+            pixels += array.shape[0] * array.shape[1]
+            batch.append((index, array if keep_pixels else None, tensor, scales[0], sizes[0]))
+            del array  # held by the batch only (to be drawn on), so it is freed once drawn
+            if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET or tile:
+                run_batch()
+                pixels = 0
+        if batch:
+            run_batch()
+    if images or not videos:
+        with atomic_open(summary.detections_path, "w") as f:
+            json.dump(results, f)
+    else:
+        summary.detections_path = None
+    if videos:
+        run = predict_videos(
+            detector, videos, out, fail, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames,
+            draw=draw, save_txt=save_txt, save_conf=save_conf, progress=progress is not False,
+        )  # fmt: skip
+        summary.videos, summary.frames, summary.interrupted = run.videos, run.frames, run.interrupted
+        summary.detections += run.detections
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """The ``predict`` command: 0 when every image was processed, 1 when any source or file failed."""
+    from ..engine.train import TrainingError
+    from ..models.weights import CheckpointError
+    from .class_filter import UnknownClassError
+
+    if args.task == "segmentation":
+        return _cmd_predict_segmentation(args)
+    if not args.sources and not args.source:
+        print("efficientdet predict: give at least one SOURCE or --source", file=sys.stderr)
+        return 2
+    try:
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained, args.backend)
+        summary = predict(
+            args.sources, model, args.output, model_name=args.model, video_sources=args.source or (),
+            vid_stride=args.vid_stride, max_frames=args.max_frames,
+            score_threshold=args.score_threshold, iou_threshold=args.iou, nms=args.nms,
+            class_agnostic=args.class_agnostic, max_det=args.max_det, batch_size=args.batch_size,
+            device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
+            max_pixels=args.max_pixels, classes=args.classes, save_txt=args.save_txt,
+            save_conf=args.save_conf, save_crop=args.save_crop, progress=None, tile=args.tile,
+            tile_overlap=args.tile_overlap,
+        )  # fmt: skip
+    except UnknownClassError as e:  # a usage error, like argparse's own (exit 2), found before anything is written
+        print(f"efficientdet predict: --classes: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, TrainingError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+        print(f"efficientdet predict: {e}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return summary.exit_code
+
+
+def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
+    """``predict --task segmentation``: colour overlays and id masks, one image at a time, failures named."""
+    from ..models.weights import CheckpointError
+    from .segmentation import predict_segmentation
+
+    start = time.perf_counter()
+    try:
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"efficientdet predict: {e}", file=sys.stderr)
+        return 1
+    images, failures = expand_sources(args.sources, args.recursive, exclude=args.output)
+    for source, message in failures:
+        print(f"{source}: {message}", file=sys.stderr)
+    done = 0
+    for image in images:
+        try:
+            predict_segmentation(model, [image.path], args.output, img_size=args.img_size, device=args.device)
+            done += 1
+        except (ImageReadError, OSError) as e:
+            failures.append((str(image.path), str(e)))
+            print(f"{image.path}: {e}", file=sys.stderr)
+    print(f"predict: {done} images segmented, {len(failures)} failed, {time.perf_counter() - start:.1f} s; "
+          f"overlays and masks in {args.output}")  # fmt: skip
+    return 1 if failures else 0
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``predict`` on the ``efficientdet`` command's subparsers."""
+    p = sub.add_parser(
+        "predict", help="detect objects in images, folders and globs: drawn images + detections.json",
+        description="Detect objects in images; write each image with its boxes drawn, and detections.json "
+        "(COCO results, with file and class names). Unreadable files are reported and skipped (exit code 1). "
+        "Videos, cameras and streams: a drawn video and detections.jsonl each, in OUTPUT/<name>/.",
+    )  # fmt: skip
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="image files, folders, quoted glob patterns ('photos/**/*.jpg'), video files "
+                   f"({', '.join(VIDEO_EXTENSIONS)}), /dev/videoN, rtsp:// or http(s):// streams")  # fmt: skip
+    p.add_argument("--source", action="append", metavar="VIDEO",
+                   help="video source whatever its name: camera index (0), device, URL, file (repeatable)")  # fmt: skip
+    add_weights_options(p)
+    add_backend_option(p)  # an exported --checkpoint (.onnx, .xml): efficientdet.runtimes
+    p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
+    p.add_argument("--score-threshold", type=fraction, default=DEFAULT_SCORE_THRESHOLD,
+                   help=f"keep detections scoring at least this (default {DEFAULT_SCORE_THRESHOLD})")  # fmt: skip
+    p.add_argument("--nms", choices=["hard", "soft"], default="hard",
+                   help="hard: greedy NMS at --iou (default); soft: Gaussian soft-NMS, sigma 0.5")  # fmt: skip
+    p.add_argument("--iou", type=fraction, default=NMS_IOU, help=f"hard-NMS IoU threshold (default {NMS_IOU})")
+    p.add_argument("--class-agnostic", action="store_true", help="boxes of different classes suppress each other")
+    p.add_argument("--max-det", type=positive_int, default=MAX_DETECTIONS,
+                   help=f"detections kept per image (default {MAX_DETECTIONS})")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; large images go alone)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--img-size", type=positive_int, help="input size (default: the model's own)")
+    p.add_argument("--recursive", action="store_true", help="also take images from subfolders of folder sources")
+    p.add_argument("--classes", metavar="LIST",
+                   help="keep only these classes: names or 0-based indices, comma-separated (person,car)")  # fmt: skip
+    p.add_argument("--save-txt", action="store_true",
+                   help="write YOLO label files labels/<image>.txt (class cx cy w h, 0..1); auto-labels")  # fmt: skip
+    p.add_argument("--save-conf", action="store_true", help="add the score to each label line (implies --save-txt)")
+    p.add_argument("--save-crop", action="store_true", help="save each detection as crops/<class>/<image>_<k>.jpg")
+    p.add_argument("--no-draw", dest="draw", action="store_false", help="do not write the drawn images")
+    p.add_argument("--tile", type=tile_arg, default=0, metavar="SIZE",
+                   help="sliced inference for small objects in large images: tiles of SIZE px (>= 32) plus a "
+                   "full-image pass, merged; costs (tiles + 1) forward passes per image (default 0: off)")  # fmt: skip
+    p.add_argument("--tile-overlap", type=overlap_arg, default=DEFAULT_TILE_OVERLAP, metavar="F",
+                   help="overlap of neighbouring tiles: a fraction of SIZE in [0, 1) "
+                   f"(default {DEFAULT_TILE_OVERLAP})")  # fmt: skip
+    p.add_argument("--max-pixels", type=non_negative_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"skip larger images (default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; 0: none)")  # fmt: skip
+    p.add_argument("--vid-stride", type=positive_int, default=1, help="videos: process every Nth frame (default 1)")
+    p.add_argument("--max-frames", type=positive_int, help="videos: stop each source after N processed frames")
+    p.add_argument("--task", choices=["detection", "segmentation"], default="detection",
+                   help="segmentation: write <stem>_overlay.png and <stem>_mask.png (class ids) per image")  # fmt: skip
+    p.set_defaults(func=cmd_predict)
+    return p

@@ -1,0 +1,1 @@
+"""Pictures: boxes drawn on images, training-metric plots."""
