@@ -1,4 +1,4 @@
-"""Feature-network ablation (paper section 5.2, tables 4 and 5; SPEC 4): one backbone and head, five feature networks.
+"""Feature-network ablation (paper, sections 6.2-6.3, Tables 5 and 6): one backbone and head, five feature networks.
 
 For each of top-down FPN, FPN+PANet, and BiFPN with plain-sum / fast-normalised / softmax fusion this prints
 parameters and FLOPs (whole model and feature network alone, with their ratio to FPN+PANet as the paper reports
@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[str, str, int]] = {
 }
 DEFAULT_VARIANTS = ("fpn", "fpn-2x", "panet", "bifpn-sum", "bifpn-fast", "bifpn-softmax")
 BASELINE = "panet"  # the paper's tables state ratios against repeated FPN+PANet (1.0x)
-# SPEC 4 (paper table 4, B3 backbone, COCO val): AP, params and FLOPs ratios to FPN+PANet where the SPEC gives them.
+# Paper, Table 5 (B3 backbone, COCO val): AP, params and FLOPs ratios to FPN+PANet; softmax fusion: Table 6.
 PAPER = {
     "fpn": "42.3 AP (repeated FPN)",
     "fpn-2x": "42.3 AP (repeated FPN)",

@@ -4,16 +4,16 @@ import torch
 from efficientdet.models.bifpn import FeatureNetwork, FusionNode, NodeSpec, bifpn_graph, fpn_graph, panet_graph
 from efficientdet.models.config import FUSION_EPS
 
-# SPEC section 4, P3-P7: (level, inputs) of nodes 5..12.
-SPEC_BIFPN_P3_P7 = [
+# P3-P7: (level, inputs) of nodes 5..12, as in the official code's tf2/fpn_configs.py, bifpn_config.
+BIFPN_P3_P7 = [
     (6, (3, 4)), (5, (2, 5)), (4, (1, 6)), (3, (0, 7)),
     (4, (1, 7, 8)), (5, (2, 6, 9)), (6, (3, 5, 10)), (7, (4, 11)),
 ]  # fmt: skip
 
 
-def test_bifpn_graph_is_the_spec_table():
+def test_bifpn_graph_is_the_official_table():
     g = bifpn_graph(3, 7)
-    assert [(n.level, n.inputs) for n in g.nodes] == SPEC_BIFPN_P3_P7
+    assert [(n.level, n.inputs) for n in g.nodes] == BIFPN_P3_P7
     assert g.outputs == [8, 9, 10, 11, 12]
 
 
@@ -28,7 +28,7 @@ def test_bifpn_graph_for_d7x_levels_p3_p8():
 
 def test_fpn_and_panet_graphs():
     fpn = fpn_graph(3, 7)
-    assert [(n.level, n.inputs) for n in fpn.nodes] == SPEC_BIFPN_P3_P7[:4]
+    assert [(n.level, n.inputs) for n in fpn.nodes] == BIFPN_P3_P7[:4]
     assert fpn.outputs == [8, 7, 6, 5, 4]  # P7 passes through untouched
     pan = panet_graph(3, 7)
     assert [(n.level, n.inputs) for n in pan.nodes][4:] == [(4, (7, 8)), (5, (6, 9)), (6, (5, 10)), (7, (4, 11))]

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from efficientdet.cli import main
 from efficientdet.models.config import EFFDET_PARAMS, list_models
 
@@ -35,3 +37,68 @@ def test_console_entry_point_runs_as_module():
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert json.loads(out.stdout)[0]["params"] == 3_243_470
+
+
+# ---------------------------------------------------------------------------------- options from the configs
+
+
+def _help(capsys, *argv):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare on single spaces
+
+
+def test_help_shows_each_tasks_own_defaults(capsys):
+    """The help is generated from the task's config: segmentation shows its 50 epochs and its output folder."""
+    from efficientdet.engine.tasks.detection import TrainConfig
+    from efficientdet.engine.tasks.segmentation import SegTrainConfig
+
+    detection = _help(capsys, "train")
+    segmentation = _help(capsys, "train", "--task", "segmentation")
+    assert f"--epochs EPOCHS epochs (default: {TrainConfig.epochs})" in detection
+    assert f"--epochs EPOCHS epochs (default: {SegTrainConfig.epochs})" in segmentation
+    assert TrainConfig.epochs != SegTrainConfig.epochs
+    assert "(default: runs/segment)" in segmentation and "(default: runs/train)" in detection
+    assert "--box-loss-weight" in detection and "--box-loss-weight" not in segmentation
+    assert "--crop-size" in segmentation and "--crop-size" not in detection
+    assert "--masks" in _help(capsys, "eval", "--task", "segmentation") and "--masks" not in _help(capsys, "eval")
+
+
+def test_every_config_field_is_a_flag_with_help():
+    """A field added to a training config is on the command line at once, with a help text."""
+    import argparse
+
+    from efficientdet.cli.options import add_config_options, cli_fields
+    from efficientdet.engine.tasks.detection import TrainConfig
+    from efficientdet.engine.tasks.segmentation import SegTrainConfig
+    from efficientdet.utils.fields import field_metadata, flag_name
+
+    for config in (TrainConfig, SegTrainConfig):
+        parser = argparse.ArgumentParser()
+        add_config_options(parser, config)
+        usage = parser.format_usage()
+        for f in cli_fields(config):
+            assert f"[{flag_name(f.name)}" in usage, f.name
+            assert field_metadata(config, f.name).get("help"), f"{config.__name__}.{f.name} has no help text"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "task"),
+    [
+        (["train", "--task", "segmentation", "--box-loss-weight", "10"], "--box-loss-weight", "detection"),
+        (["train", "--task", "segmentation", "--aspect-ratios", "1", "2"], "--aspect-ratios", "detection"),
+        (["train", "--crop-size", "64", "--data", "x"], "--crop-size", "segmentation"),
+        (["eval", "--checkpoint", "x.pt", "--masks", "m"], "--masks", "segmentation"),
+        (["eval", "--task", "segmentation", "--checkpoint", "x.pt", "--nms", "soft"], "--nms", "detection"),
+    ],
+)
+def test_a_flag_of_the_other_task_is_an_error(capsys, argv, flag, task):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"efficientdet {argv[0]}: {flag}: {task} only"), err
+
+
+def test_an_unknown_flag_is_still_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", "x", "--no-such-flag"])
+    assert info.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err

@@ -18,11 +18,7 @@ from PIL import Image
 from efficientdet.cli import anchor_overrides, build_parser, main
 from efficientdet.data.readers import read_dataset
 from efficientdet.engine.train import TrainConfig, build_model, resume_config
-from efficientdet.models.config import OFFICIAL_ASPECT_RATIOS, aspect_pairs, aspect_ratio_values, get_config
-from efficientdet.models.factory import load_checkpoint
-from efficientdet.ops.anchors import anchors_for_config
-from efficientdet.ops.labeler import MATCH_IOU, box_iou
-from efficientdet.tools.data_check import (
+from efficientdet.evaluation.data_check import (
     RECOMMEND_MARGIN,
     best_anchor_iou,
     check_dataset,
@@ -33,6 +29,10 @@ from efficientdet.tools.data_check import (
     format_report,
     propose_anchors,
 )
+from efficientdet.models.config import OFFICIAL_ASPECT_RATIOS, aspect_pairs, aspect_ratio_values, get_config
+from efficientdet.models.factory import load_checkpoint
+from efficientdet.ops.anchors import anchors_for_config
+from efficientdet.ops.labeler import MATCH_IOU, box_iou
 
 LITE0 = get_config("efficientdet-lite0")
 

@@ -112,14 +112,13 @@ def test_box_loss_weight_with_segmentation_is_an_error(tmp_path, capsys):
 
 
 def test_cli_passes_the_loop_options_to_segmentation(tmp_path):
-    from efficientdet.cli import build_parser
-    from efficientdet.cli.segmentation import _seg_train_config
+    from efficientdet.cli import build_parser, train_config
 
-    args = build_parser().parse_args(
+    args = build_parser("segmentation").parse_args(
         ["train", "--task", "segmentation", "--train-images", "i", "--train-masks", "m", "--num-classes", "3",
          "--sync-bn", "--grad-checkpoint", "--freeze-backbone", "--trainable-stages", "2", "--no-channels-last"]
     )  # fmt: skip
-    cfg = _seg_train_config(args)
+    cfg = train_config(args)
     assert cfg.sync_bn and cfg.grad_checkpoint and cfg.freeze_backbone and cfg.trainable_stages == 2
     assert not cfg.channels_last
 

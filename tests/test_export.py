@@ -218,6 +218,28 @@ def test_detection_module_eager_equals_postprocess_in_edge_cases(lite0):
     assert num.tolist() == [0, 0] and (labels == -1).all() and not scores.any() and not boxes.any()
 
 
+def test_verification_reference_is_the_detector(lite0):
+    """No export: export checks compare a file with what a ``Detector`` predicts (its pre-processing, network and
+    post-processing), not with a copy of it. On pictures, the Detector's detections in the graph's fixed-size layout
+    are the static-shape graph's, and its raw outputs are the network's."""
+    from efficientdet.export.verify import detector_reference, image_batch, load_verification_images
+    from efficientdet.inference import Detector
+
+    detector = Detector(lite0, image_size=(96, 160), **NMS_SETTINGS)
+    batch = image_batch(detector, load_verification_images(None), 3)  # 2 pictures, cycled
+    assert tuple(batch.shape) == (3, 3, 96, 160) and torch.equal(batch[0], batch[2])
+    boxes, scores, labels, num = detector_reference(detector, with_nms=True)(batch)
+    expected = [dict(boxes=b[:n], scores=s[:n], labels=k[:n]) for b, s, k, n in zip(boxes, scores, labels, num)]
+    with torch.no_grad():
+        graph = DetectionOutputs(lite0, (96, 160), **NMS_SETTINGS).eval()(batch)
+    _assert_same_detections(graph, expected, box_tol=1e-6)
+    for i, n in enumerate(num.tolist()):  # the graph's padding too
+        assert (labels[i, n:] == -1).all() and not scores[i, n:].any() and not boxes[i, n:].any()
+    raw = detector_reference(detector, with_nms=False)(batch)
+    for got, want in zip(raw, _eager_raw(lite0, batch), strict=True):
+        assert torch.equal(got, want)
+
+
 def test_nms_op_has_onnx_semantics(tmp_path):
     """The eager op (plain torch) against onnxruntime's NonMaxSuppression on crowded boxes, several classes,
     a per-class cap, tied scores and a score threshold."""
@@ -384,7 +406,7 @@ def test_onnx_half_has_fp16_weights_and_stays_close(lite0, tmp_path):
 
 def test_cli_verification_failure_leaves_no_file(lite0, tmp_path, monkeypatch, capsys):
     """A file that disagrees with eager PyTorch is not written: one error line with the difference, exit 1."""
-    import efficientdet.export as export
+    import efficientdet.export.exporter as export  # where RUNNERS lives (the package does not re-export it)
 
     ckpt, out = tmp_path / "lite0.pt", tmp_path / "out" / "lite0.pt2"
     efficientdet.save_model(lite0, ckpt)

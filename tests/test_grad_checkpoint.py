@@ -90,12 +90,12 @@ def test_checkpointing_is_off_outside_training():
 def test_train_flag_gives_the_same_run(tmp_path):
     from test_train import history, raccoon_subset, tiny_config
 
-    from efficientdet.cli import _train_config, build_parser
+    from efficientdet.cli import build_parser, train_config
     from efficientdet.engine.train import train
     from efficientdet.models.weights import read_file
 
     args = build_parser().parse_args(["train", "--data", "x", "--grad-checkpoint", "--sync-bn"])
-    cfg = _train_config(args)
+    cfg = train_config(args)
     assert cfg.grad_checkpoint and cfg.sync_bn
     data = raccoon_subset(tmp_path, n_train=2, n_val=1)
     kw = dict(batch_size=2, img_size=64, max_steps=1, scale_range=(0.5, 1.5), hflip=0.5)

@@ -1,9 +1,12 @@
 """The Detector: any image input in, detections in the original image's pixels out."""
 
+import ast
+import re
+
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY_DIR
+from conftest import PARITY_DIR, REPO, SHARED, require_shared
 from PIL import Image
 
 import efficientdet
@@ -51,3 +54,120 @@ def test_list_input_and_bad_input(detector):
         detector(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         detector(torch.zeros(2, 1, 8, 8))
+
+
+# ----------------------------------------------------------------------------------- one prediction path (issue 18)
+
+RACCOON = SHARED / "datasets" / "raccoon"
+PACKAGE = REPO / "efficientdet"
+
+
+@pytest.mark.parametrize("nms", ["hard", "soft"])
+def test_evaluation_detections_are_the_detectors(detector, nms):
+    """Evaluation scores what users get: ``predict_records`` (the detections ``evaluate_model`` scores) equals a
+    ``Detector`` with the evaluation's settings called on the same image files. Any drift between the two paths
+    (resize, top-k, thresholds, NMS, mapping back to the image) fails this."""
+    from efficientdet.data.readers import read_dataset
+    from efficientdet.evaluation.validate import EVAL_SCORE_THRESHOLD, predict_records
+
+    records = read_dataset(require_shared(RACCOON), "voc", "test").records[:4]
+    for rec in records:  # annotations in the file's own pixels, so both sides are in image pixels
+        with Image.open(rec.path) as im:
+            assert im.size == (rec.width, rec.height)
+    model = detector.model  # the parity Lite0: random weights with well-spread scores, 90 classes
+    dets, skipped = predict_records(model, records, image_size=128, batch_size=2, nms=nms)
+    reference = Detector(model, image_size=128, score_threshold=EVAL_SCORE_THRESHOLD, nms=nms)
+    expected = reference([r.path for r in records[:2]]) + reference([r.path for r in records[2:]])
+    assert skipped == 0 and not model.training
+    for got, want in zip(dets, expected, strict=True):
+        assert len(got["scores"]) == len(want["scores"]) == 100
+        assert torch.equal(got["labels"], want["labels"])
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["boxes"], want["boxes"], rtol=0, atol=1e-3)
+    # a Detector given to evaluation is used as it is
+    again, _ = predict_records(reference, records, batch_size=2)
+    for got, want in zip(again, dets):
+        assert torch.equal(got["boxes"], want["boxes"]) and torch.equal(got["scores"], want["scores"])
+
+
+def test_predict_records_restores_training_mode():
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=2, image_size=64).train()
+    from efficientdet.data.records import ImageRecord
+    from efficientdet.evaluation.validate import predict_records
+
+    dets, skipped = predict_records(model, [ImageRecord("missing.jpg", 1, 10, 10)], batch_size=1)
+    assert model.training and skipped == 1 and len(dets[0]["scores"]) == 0
+
+
+def test_channels_last_is_detected_in_one_place():
+    """The Detector feeds a channels-last model channels-last batches (what evaluation did on its own before)."""
+    from efficientdet.models.fuse import uses_channels_last
+
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=2, image_size=64).eval()
+    assert not uses_channels_last(model) and not uses_channels_last(torch.nn.Identity())
+    image = np.zeros((40, 64, 3), np.uint8)
+    fast = Detector(model, optimize=True)
+    assert uses_channels_last(fast.model) and fast.channels_last
+    assert fast.preprocess([image])[0].is_contiguous(memory_format=torch.channels_last)
+    plain = Detector(model).preprocess([image])[0]
+    assert plain.is_contiguous() and not plain.is_contiguous(memory_format=torch.channels_last)
+
+
+def _postprocess_uses(tree: ast.AST) -> list[int]:
+    """Lines that import ``ops.postprocess.postprocess`` by name or call a ``.postprocess(...)`` attribute."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "postprocess":
+            if any(alias.name == "postprocess" for alias in node.names):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "postprocess":
+            lines.append(node.lineno)
+    return lines
+
+
+def _model_calls(tree: ast.AST) -> list[int]:
+    """Lines that run a network: a call of a parameter annotated as a model (``EfficientDet``,
+    ``EfficientDetSegmentation``, ``nn.Module``), also through ``model.eval()(x)``, or of ``.forward``,
+    ``.forward_features`` or ``.model``."""
+    lines = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
+        typed = {a.arg: ast.unparse(a.annotation) for a in args if a.annotation is not None}
+        models = {name for name, annotation in typed.items() if re.search(r"EfficientDet|Module", annotation)}
+        for node in ast.walk(fn):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            while isinstance(func, ast.Call) and isinstance(func.func, ast.Attribute):  # model.eval()(x)
+                func = func.func.value
+            network = isinstance(func, ast.Attribute) and func.attr in ("forward", "forward_features", "model")
+            if network or (isinstance(func, ast.Name) and func.id in models):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_predictors_run_models_and_post_processing():
+    """``Detector`` and ``Segmenter`` are the only code that runs a model on images and post-processes its outputs;
+    evaluation, ``bench``, export verification and the prediction front-ends call them. (The export graph
+    wrappers hold their own static-shape copy of the post-processing: that is what gets exported.)"""
+    postprocess_allowed = {"inference/detector.py", "ops/postprocess.py", "export/exporter.py", "export/graph.py"}
+    predictors = {"inference/detector.py", "inference/segmenter.py"}
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if rel not in postprocess_allowed and _postprocess_uses(tree):
+            offenders.append(f"{rel}:{_postprocess_uses(tree)} post-processes")
+        front_end = rel.startswith(("evaluation/", "tools/", "inference/")) or rel == "export/verify.py"
+        if front_end and rel not in predictors and _model_calls(tree):
+            offenders.append(f"{rel}:{_model_calls(tree)} runs a model")
+    assert not offenders, offenders
+    # the check sees the old code's shape: a model parameter called directly, and a by-name import
+    old = ast.parse(
+        "from ..ops.postprocess import postprocess\n"
+        "def f(model: EfficientDetSegmentation, x):\n"
+        "    return model.eval()(x)\n"
+    )
+    assert _postprocess_uses(old) == [1] and _model_calls(old) == [3]

@@ -1,11 +1,12 @@
-"""The family is the paper's: parameter counts and FLOPs (multiply-adds) against SPEC section 1 and effdet."""
+"""The family is the paper's: parameter counts and FLOPs (multiply-adds) against the published figures and effdet."""
 
 import pytest
 
 from efficientdet.models.config import EFFDET_PARAMS, MODEL_TABLE
 from efficientdet.models.flops import model_stats
 
-# SPEC section 1 gives Lite1-Lite4 parameters rounded to 0.1M only; their exact reference is effdet's count.
+# The official README (google/automl efficientdet) gives Lite1-Lite4 parameters rounded to 0.1M only; their exact
+# reference is effdet's count.
 ROUNDED_ONLY = {"efficientdet-lite1", "efficientdet-lite2", "efficientdet-lite3", "efficientdet-lite3x",
                 "efficientdet-lite4"}  # fmt: skip
 
@@ -21,7 +22,7 @@ def test_parameter_count(stats, name):
     assert params == EFFDET_PARAMS[name]
     spec = MODEL_TABLE[name].paper_params
     if name in ROUNDED_ONLY:
-        assert round(params / 1e5) == round(spec / 1e5)  # same figure at the SPEC's 0.1M precision
+        assert round(params / 1e5) == round(spec / 1e5)  # same figure at the README's 0.1M precision
     else:
         assert abs(params - spec) / spec <= 0.005
 

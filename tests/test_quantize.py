@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -16,6 +17,7 @@ pytest.importorskip("onnxscript")
 import efficientdet  # noqa: E402
 from efficientdet.cli import main  # noqa: E402
 from efficientdet.export import RawOutputs, export_onnx  # noqa: E402
+from efficientdet.export.openvino_core import openvino_core  # noqa: E402
 from efficientdet.export.runtimes import load_exported, read_exported_metadata  # noqa: E402
 from efficientdet.inference import Detector  # noqa: E402
 from efficientdet.ops.labeler import box_iou  # noqa: E402
@@ -93,7 +95,7 @@ def test_int8_files_are_quantised_and_follow_fp32(lite0, calibrated):
     onnx8, ov8 = calibrated
     ops = [n.op_type for n in onnx.load(str(onnx8)).graph.node]
     assert ops.count("QuantizeLinear") > 100 and ops.count("DequantizeLinear") > 100
-    ov_types = {op.get_type_name() for op in __import__("openvino").Core().read_model(str(ov8)).get_ops()}
+    ov_types = {op.get_type_name() for op in openvino_core().read_model(str(ov8)).get_ops()}
     assert "FakeQuantize" in ov_types or "FakeConvert" in ov_types
     with torch.no_grad():
         ref_cls, ref_box = RawOutputs(model)(x)
@@ -183,3 +185,40 @@ def test_missing_openvino_says_how_to_install(tiny_files, tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert 'pip install "efficientdet[openvino]"' in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+# OpenVINO's CPU plugin swaps the thread's alternate signal stack and, freed out of order, leaves it dangling: the next
+# Python signal handler (SIGCHLD of an exiting DataLoader worker) then killed the test suite with SIGSEGV.
+SIGNAL_AFTER_OPENVINO = """
+import gc, os, signal, sys
+signal.signal(signal.SIGUSR1, lambda *args: None)
+if sys.argv[1] == "networks":  # the project's runtime wrapper, two of them freed first-in-first-out
+    from efficientdet.export.runtimes import OpenVinoNetwork, read_exported_metadata
+    meta = read_exported_metadata(sys.argv[2])
+    a, b = OpenVinoNetwork(sys.argv[2], meta), OpenVinoNetwork(sys.argv[2], meta)
+    del a; gc.collect(); del b; gc.collect()
+else:  # what NNCF does inside its quantize(): Cores of its own, freed in any order
+    import openvino as ov
+    from efficientdet.export.openvino_core import preserved_signal_stack
+    with preserved_signal_stack():
+        a = ov.Core().compile_model(sys.argv[2], "CPU")
+        b = ov.Core().compile_model(sys.argv[2], "CPU")
+        del a
+    del b
+    gc.collect()
+os.kill(os.getpid(), signal.SIGUSR1)  # runs the handler on the thread's alternate stack
+print("alive")
+"""
+
+
+@pytest.mark.parametrize("case", ["networks", "cores_in_the_guard"])
+def test_signals_still_work_after_openvino_plugins_are_freed(tmp_path, case):
+    """Without one shared Core (networks) or the guard around NNCF (cores), these died with SIGSEGV (-11)."""
+    pytest.importorskip("openvino")
+    from efficientdet.export.openvino import export_openvino
+
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64).eval()
+    xml = export_openvino(model, tmp_path / "tiny.xml")
+    out = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_OPENVINO, case, str(xml)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "alive", (out.returncode, out.stderr[-1000:])

@@ -1,4 +1,6 @@
-"""The segmentation variant (SPEC 9): model shapes and sizes, mask reading and its errors, metrics, training, CLI."""
+"""The segmentation variant (paper, section 5.2): model shapes and sizes, mask reading and its errors, metrics,
+training, CLI.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import REPO, SHARED, require_shared
 from PIL import Image
 
@@ -39,6 +42,7 @@ from efficientdet.models.bifpn import bifpn_graph, panet_graph, prune_graph
 from efficientdet.segmentation import (
     ConfusionMatrix,
     EfficientDetSegmentation,
+    Segmenter,
     get_segmentation_config,
     list_segmentation_models,
     predict_segmentation,
@@ -451,6 +455,76 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["train", "--task", "segmentation"]) == 2
     assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2  # detection still needs --data
     assert "--data" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- Segmenter
+
+
+def _direct_masks(model, images, img_size):
+    """The masks prediction and evaluation computed before the Segmenter, written out here: the network on the
+    image resized (longer side ``img_size``, no padding), logits upsampled bilinearly to the image, arg-max."""
+    from efficientdet.data.segmentation import eval_resize
+    from efficientdet.data.transforms import normalise
+
+    masks = []
+    with torch.no_grad():
+        for image in images:
+            x = normalise(eval_resize(image, img_size), model.config.mean, model.config.std)[None]
+            logits = model.eval()(x)
+            logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+            masks.append(logits[0].argmax(0))
+    return masks
+
+
+def test_segmenter_masks_are_the_models_at_every_entry_point(trained_run, tmp_path):
+    """``Segmenter`` (paths, arrays, a checkpoint), ``segment_image`` and ``predict_segmentation``'s PNGs all give
+    the masks of a plain forward + upsampling + arg-max."""
+    from efficientdet.data.images import load_image
+    from efficientdet.inference.segmentation import segment_image
+
+    root, out = trained_run
+    model = efficientdet.load_checkpoint(out / "best.pt")
+    paths = sorted((root / "val").iterdir())
+    images = [load_image(p) for p in paths]
+    expected = _direct_masks(model, images, 64)
+    assert all(len(torch.unique(m)) > 1 for m in expected)  # trained: several classes per picture
+    results = Segmenter(model, image_size=64)(paths, return_logits=True)
+    for result, want, image in zip(results, expected, images, strict=True):
+        assert result["mask"].dtype == torch.int64 and tuple(result["mask"].shape) == image.shape[:2]
+        assert torch.equal(result["mask"], want)
+        assert tuple(result["logits"].shape) == (11, *image.shape[:2])
+        assert torch.equal(result["logits"].argmax(0), want)
+    assert torch.equal(Segmenter.from_checkpoint(out / "best.pt", image_size=64)(images[0])[0]["mask"], expected[0])
+    assert np.array_equal(segment_image(model, images[1], 64), expected[1].numpy())
+    written = predict_segmentation(model, paths, tmp_path / "pred", img_size=64)
+    for r, want in zip(written, expected, strict=True):
+        assert np.array_equal(np.asarray(Image.open(r["mask"])), want.numpy())
+
+
+def test_segmentation_evaluation_counts_the_segmenters_masks(trained_run):
+    """``evaluate_segmentation`` scores exactly those masks (a batch of one: no padding) against the mask files."""
+    from efficientdet.data.images import load_image
+    from efficientdet.evaluation.segmentation import evaluate_segmentation
+
+    root, out = trained_run
+    model = efficientdet.load_checkpoint(out / "best.pt").train()
+    data = pair_by_stem(root / "val", root / "valannot")
+    metrics = evaluate_segmentation(model, data, 11, 11, img_size=64, batch_size=1)
+    assert model.training  # restored
+    confusion = ConfusionMatrix(11)
+    for pair, mask in zip(data.pairs, _direct_masks(model, [load_image(p.image) for p in data.pairs], 64)):
+        confusion.update(mask, torch.from_numpy(to_targets(load_mask(pair.mask), 11, 11)))
+    expected = confusion.compute()
+    assert metrics["mIoU"] == expected["mIoU"] and metrics["pixel_acc"] == expected["pixel_acc"]
+    np.testing.assert_array_equal(np.asarray(metrics["per_class_iou"]), np.asarray(expected["per_class_iou"]))
+
+
+def test_segmenter_refuses_a_detection_checkpoint(tmp_path):
+    from conftest import tiny_detector_checkpoint
+
+    path = tiny_detector_checkpoint(tmp_path / "det.pt", ["a", "b"])
+    with pytest.raises(TypeError, match="segmentation model"):
+        Segmenter.from_checkpoint(path)
 
 
 # ----------------------------------------------------------------------------------------------------- ablation

@@ -1,5 +1,6 @@
-"""The ``efficientdet`` command: one parser, one module per subcommand's options."""
+"""The ``efficientdet`` command: one module per subcommand; ``train`` and ``eval`` options come from the configs."""
 
 from .main import build_parser, main
+from .train import anchor_overrides, train_config
 
-__all__ = ["build_parser", "main"]
+__all__ = ["anchor_overrides", "build_parser", "main", "train_config"]

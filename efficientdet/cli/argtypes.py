@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..inference.tiling import overlap_problem, tile_problem
+
 
 def fraction(text: str) -> float:
     """A number in [0, 1] (score and IoU thresholds)."""
@@ -26,4 +28,20 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def tile_arg(text: str) -> int:
+    """argparse ``type=`` of ``--tile``: a tile side in pixels, 0 for off."""
+    value = int(text)
+    if problem := tile_problem(value):
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def overlap_arg(text: str) -> float:
+    """argparse ``type=`` of ``--tile-overlap``: a fraction of the tile side in [0, 1)."""
+    value = float(text)
+    if problem := overlap_problem(value):
+        raise argparse.ArgumentTypeError(problem)
     return value

@@ -7,8 +7,10 @@ published COCO weights of ``--model`` (downloaded once into the cache of :mod:`e
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
+from ..export.runtimes import RUNTIME_BACKENDS
 from ..models.config import list_models
 from ..models.weights import CheckpointError
 
@@ -50,3 +52,13 @@ def load_model_from_options(
     if checkpoint is None:
         raise CheckpointError("give --checkpoint FILE, or --pretrained with --model NAME")
     return load_checkpoint(checkpoint, model)
+
+
+def add_backend_option(p: Any, choices: Sequence[str] = RUNTIME_BACKENDS) -> None:
+    """``--backend`` for commands that take an exported file as ``--checkpoint`` (predict, eval)."""
+    p.add_argument(
+        "--backend",
+        choices=list(choices),
+        help="runtime of an exported --checkpoint file (model.onnx, model.xml): onnxruntime or openvino "
+        "(default: by suffix, .onnx onnxruntime, .xml openvino)",
+    )

@@ -1,4 +1,5 @@
-"""Augmentation and resizing (SPEC 7 and 8), on uint8 RGB arrays and x1y1x2y2 pixel boxes.
+"""Augmentation and resizing (paper, section 5.1 and appendix; official code: dataloader.py, InputProcessor),
+on uint8 RGB arrays and x1y1x2y2 pixel boxes.
 
 Training: horizontal flip, scale jitter (resize so the image fits in ``factor * size`` with ``factor`` drawn from
 ``scale_range``), random crop to ``size``, pad bottom/right. Evaluation: resize the longer side to ``size``, pad.
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_SCALE_RANGE = (0.1, 2.0)  # SPEC 7: random factor in [0.1, 2.0] of the target size
+DEFAULT_SCALE_RANGE = (0.1, 2.0)  # paper, section 5.1 and appendix: scale jittering [0.1, 2.0]
 
 
 @dataclass
@@ -67,7 +68,8 @@ def eval_transform(
     labels: np.ndarray | None = None,
     iscrowd: np.ndarray | None = None,
 ) -> Resized:
-    """Resize so the image fits in ``size`` keeping its aspect ratio, then pad bottom/right (SPEC 8)."""
+    """Resize so the image fits in ``size`` keeping its aspect ratio, then pad bottom/right (official dataloader.py:
+    InputProcessor.set_scale_factors_to_output_size, resize_and_crop_image)."""
     out_h, out_w = _size_hw(size)
     h, w = image.shape[:2]
     scale = min(out_h / h, out_w / w)

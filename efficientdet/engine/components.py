@@ -102,7 +102,7 @@ class Checkpointer:
         self.best_path = folder / "best.pt"
         self.class_names = class_names
         self.extra = dict(extra or {})  # top-level keys of both files (segmentation: task, ignore_index)
-        self.best = -1.0
+        self.best = -math.inf  # any finite metric, even a negative one, makes the first best.pt
 
     def offer(self, value: float) -> bool:
         """Whether ``value`` beats the best so far (it becomes the best); NaN never does."""

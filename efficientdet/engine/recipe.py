@@ -16,7 +16,15 @@ from typing import Any
 
 from torch import nn
 
-from ..utils.fields import check_fields, increasing_pair, int_at_least, number_in, one_of
+from ..utils.fields import (
+    check_fields,
+    increasing_pair,
+    int_at_least,
+    number_in,
+    one_of,
+    option,
+    resume_changeable,
+)
 
 BASE_BATCH = 64  # learning rates are quoted per 64 images and scaled linearly with the batch
 # The paper's COCO rate is 0.08 per 64 images (`--lr 0.08*B/64`); `efficientdet train` defaults to 3x that.
@@ -31,18 +39,6 @@ EMA_DECAY = 0.9998  # paper, section 5.1 (with ModelEma's warm-up so that short 
 MAX_BAD_STEPS = 20  # consecutive non-finite steps before training stops
 TENSORBOARD_DIR = "tensorboard"  # under the output folder
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
-# Options that may differ from the saved run on --resume: where and how fast it runs, not what it computes.
-RESUME_CHANGEABLE = (
-    "epochs",
-    "workers",
-    "device",
-    "output",
-    "max_steps",
-    "grad_checkpoint",
-    "sync_bn",
-    "channels_last",
-    "tensorboard",
-)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -70,54 +66,137 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def optional_text(text: str) -> str | None:
+    """Command-line text for an optional name: ``none`` (any case) means None."""
+    return None if text.lower() == "none" else text
+
+
 @dataclass
 class RecipeConfig:
     """The options every task's training run has; a task's config adds its own (data, loss) and may change defaults.
 
     ``TrainConfig`` (detection) and ``SegTrainConfig`` (segmentation) subclass this, so an option of the loop
-    (EMA, AMP, DDP, resume ...) exists once with one meaning for both.
+    (EMA, AMP, DDP, resume ...) exists once with one meaning for both. Each field's metadata (:func:`option`) is
+    also its command-line flag: help text, check, and whether it may change on ``--resume``.
     """
 
-    model: str = ""
-    data: str | None = None
-    train_split: str = "train"
-    val_split: str | None = "val"
-    epochs: int = field(default=60, metadata=int_at_least(1))
-    batch_size: int = field(default=8, metadata=int_at_least(1))  # per process: global = world_size * batch_size
-    img_size: int | None = field(default=None, metadata=int_at_least(1, optional=True))  # None: the model's own
-    output: str = "runs/train"
+    model: str = field(default="", metadata=option("model name"))
+    data: str | None = field(default=None, metadata=option("dataset folder or file"))
+    train_split: str = field(default="train", metadata=option("split to train on"))
+    val_split: str | None = field(
+        default="val",
+        metadata=option("split evaluated after each epoch ('none': no evaluation)", parse=optional_text),
+    )
+    epochs: int = field(default=60, metadata=option("epochs", int_at_least(1), resume=True))
+    batch_size: int = field(  # per process: global = world_size * batch_size
+        default=8,
+        metadata=option("images per step per process; the default lr scales with the global batch", int_at_least(1)),
+    )
+    img_size: int | None = field(
+        default=None,
+        metadata=option("input size", int_at_least(1, optional=True), default_text="the model's own"),
+    )
+    output: str = field(
+        default="runs/train",
+        metadata=option("folder for last.pt, best.pt, metrics.csv, metrics.png", resume=True),
+    )
     # None: DEFAULT_LR_PER_64 * global batch / 64 (the paper's COCO rule: 0.08 per 64)
-    lr: float | None = field(default=None, metadata=number_in(0, low_open=True, optional=True))
-    warmup_epochs: float = field(default=1.0, metadata=number_in(0))
-    weight_decay: float = field(default=WEIGHT_DECAY, metadata=number_in(0))
-    scale_range: tuple[float, float] = field(default=(0.5, 1.5), metadata=increasing_pair(0.0))
-    hflip: float = field(default=0.5, metadata=number_in(0, 1))
-    ema_decay: float = field(default=EMA_DECAY, metadata=number_in(0, 1, high_open=True))
-    clip_norm: float = field(default=CLIP_NORM, metadata=number_in(0, low_open=True))
-    pretrained_backbone: bool = True
-    checkpoint: str | None = None  # fine-tune from this file (or URL)
-    resume: str | None = None
-    freeze_backbone: bool = False
+    lr: float | None = field(
+        default=None,
+        metadata=option(
+            "peak learning rate",
+            number_in(0, low_open=True, optional=True),
+            default_text=f"{DEFAULT_LR_PER_64:g} x global batch / {BASE_BATCH}; the paper's COCO rate is 0.08 x "
+            f"batch / {BASE_BATCH}",
+        ),
+    )
+    warmup_epochs: float = field(default=1.0, metadata=option("linear warm-up length in epochs", number_in(0)))
+    weight_decay: float = field(
+        default=WEIGHT_DECAY, metadata=option("L2 weight decay of conv and linear weights", number_in(0))
+    )
+    scale_range: tuple[float, float] = field(
+        default=(0.5, 1.5),
+        metadata=option(
+            "scale-jitter factor range (the paper's COCO setting: 0.1 2.0)",
+            increasing_pair(0.0),
+            metavar=("MIN", "MAX"),
+        ),
+    )
+    hflip: float = field(default=0.5, metadata=option("probability of a horizontal flip", number_in(0, 1)))
+    ema_decay: float = field(
+        default=EMA_DECAY,
+        metadata=option("decay of the weights' moving average", number_in(0, 1, high_open=True)),
+    )
+    clip_norm: float = field(default=CLIP_NORM, metadata=option("gradient norm clip", number_in(0, low_open=True)))
+    pretrained_backbone: bool = field(
+        default=True,
+        metadata=option("ImageNet backbone weights for a fresh start (packaged for Lite0-2, else downloaded once)"),
+    )
+    checkpoint: str | None = field(
+        default=None,
+        metadata=option(
+            "start from these weights, a file or URL (classes it knows by name keep their head rows, "
+            "the others start afresh)"
+        ),
+    )
+    resume: str | None = field(
+        default=None, metadata=option("continue the run saved in this last.pt exactly where it stopped")
+    )
+    freeze_backbone: bool = field(default=False, metadata=option("train only the feature network and heads"))
     # With freeze_backbone: the conv weights of the backbone's last N stages train all the same (its BN layers,
     # statistics and affine, stay frozen everywhere, as torchvision's trainable_backbone_layers with FrozenBN).
-    trainable_stages: int = field(default=0, metadata=int_at_least(0))
-    workers: int = field(default=2, metadata=int_at_least(0))
-    seed: int = 0
-    device: str = "auto"
-    # "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16" (CPU too), "fp16" (CUDA)
-    amp: str = field(default="auto", metadata=one_of(AMP_CHOICES))
-    eval_interval: int = field(default=1, metadata=int_at_least(1))
-    # stop after this many optimiser steps in total (tests, smoke runs)
-    max_steps: int | None = field(default=None, metadata=int_at_least(1, optional=True))
-    sync_bn: bool = False  # under torchrun: BN statistics over the global batch (the paper's setting)
-    grad_checkpoint: bool = False  # recompute backbone / BiFPN activations in backward: less memory, slower steps
+    trainable_stages: int = field(
+        default=0,
+        metadata=option(
+            "with --freeze-backbone: the convs of the backbone's last N of 7 stages train too, its BN "
+            "layers stay frozen",
+            int_at_least(0),
+            metavar="N",
+        ),
+    )
+    workers: int = field(default=2, metadata=option("data-loading processes", int_at_least(0), resume=True))
+    seed: int = field(default=0, metadata=option("random seed"))
+    device: str = field(default="auto", metadata=option("auto, cpu, cuda, cuda:1 ...", resume=True))
+    amp: str = field(
+        default="auto",
+        metadata=option(
+            "mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16 (CPU too), fp16 (CUDA)",
+            one_of(AMP_CHOICES),
+        ),
+    )
+    eval_interval: int = field(default=1, metadata=option("evaluate every N epochs", int_at_least(1), metavar="N"))
+    max_steps: int | None = field(
+        default=None,
+        metadata=option(
+            "stop after N optimiser steps in total (smoke tests; a run cut mid-epoch resumes at the next epoch)",
+            int_at_least(1, optional=True),
+            resume=True,
+            metavar="N",
+            default_text="no limit",
+        ),
+    )
+    sync_bn: bool = field(
+        default=False,
+        metadata=option("under torchrun: BN statistics over the global batch (the paper's setting)", resume=True),
+    )
+    grad_checkpoint: bool = field(
+        default=False,
+        metadata=option("recompute backbone/BiFPN activations in backward: less memory, slower steps", resume=True),
+    )
     # NHWC tensors: oneDNN runs the forward and the frozen-backbone backward ~1.5x faster on CPU (EfficientNet-Lite0,
     # 320-448 px, measured on this project's machine); the weights and the checkpoints are the same either way.
-    channels_last: bool = True
+    channels_last: bool = field(default=True, metadata=option("NHWC tensors in training (faster on CPU)", resume=True))
     # TensorBoard logs in OUTPUT/tensorboard (rank 0): losses and lr per step, the metrics.csv row per epoch, and
     # what the task adds (detection: validation images with the EMA model's detections, PR curves)
-    tensorboard: bool = False
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    tensorboard: bool = field(
+        default=False,
+        metadata=option(
+            "write TensorBoard logs to OUTPUT/tensorboard: losses and lr per step, metrics per epoch, "
+            "what the task draws",
+            resume=True,
+        ),
+    )
+    model_overrides: dict[str, Any] = field(default_factory=dict, metadata=option("model config changes", cli=False))
 
     def __post_init__(self) -> None:
         self.scale_range = tuple(self.scale_range)  # type: ignore[assignment]  # lists from JSON / old checkpoints
@@ -127,6 +206,10 @@ class RecipeConfig:
         d = dataclasses.asdict(self)
         d["scale_range"] = list(self.scale_range)
         return d
+
+
+# Options that may differ from the saved run on --resume: where and how fast it runs, not what it computes.
+RESUME_CHANGEABLE = resume_changeable(RecipeConfig)
 
 
 __all__ = [

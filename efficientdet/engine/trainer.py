@@ -283,6 +283,9 @@ class Trainer:
         lr = self._lr(self.step)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        # the forward pass moves BN's running statistics before anyone knows whether the step is kept: a skipped
+        # step must not leave NaN statistics behind (they would poison every later evaluation and the EMA)
+        statistics = [b.detach().clone() for b in self.model.buffers()]
         losses = task.loss(self.net, prepared, self.autocast)
         optimizer.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(losses["loss"]))
@@ -304,6 +307,9 @@ class Trainer:
             parts, step_images = list(stats[1:-1]), int(stats[-1])
         if not finite:
             optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), statistics):
+                    buffer.copy_(saved)
             if scaler.is_enabled() and backward_done:
                 scaler.update()  # fp16 overflow: the scaler lowers its scale and the step is skipped
             self.guard.bad_step(epoch)

@@ -1,4 +1,4 @@
-"""Helpers every training and evaluation path uses: device and AMP choice, RNG state, the EMA, frozen backbones.
+"""Helpers of the training loop: RNG state, the EMA, frozen backbones (device and AMP choice: ``utils.device``).
 
 They lived in ``efficientdet.train`` (which still re-exports them); here they sit below both tasks, so neither
 task's module imports the other's private names.
@@ -13,34 +13,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.device import DeviceError, amp_mode, resolve_device
 from .recipe import EMA_DECAY
+
+__all__ = [
+    "DeviceError",
+    "ModelEma",
+    "TrainingError",
+    "amp_mode",
+    "freeze_backbone",
+    "resolve_device",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+    "set_train_mode",
+]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, no data, an option this task does not support)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when there is one, else the CPU; a CUDA device on a machine without CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-def amp_mode(amp: str, device: torch.device) -> tuple[bool, torch.dtype]:
-    """Whether to autocast, and to which dtype. fp16 needs CUDA (and a gradient scaler); bf16 runs anywhere."""
-    if amp not in ("auto", "off", "bf16", "fp16"):
-        raise TrainingError(f"--amp must be auto, off, bf16 or fp16, got {amp!r}")
-    if amp == "auto":
-        if device.type != "cuda":
-            return False, torch.float32
-        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "fp16" and device.type != "cuda":
-        raise TrainingError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
-    return amp != "off", {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[amp]
 
 
 def seed_everything(seed: int) -> None:

@@ -20,47 +20,16 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..data.coco_format import category_ids_for, detections_to_coco, xyxy_to_xywh  # noqa: F401  (re-exported)
 from ..data.records import DetectionData, ImageRecord
 from ..utils.atomic import atomic_open
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def _category_ids(num_classes: int, category_ids: Sequence[int] | None) -> list[int]:
-    """COCO category id per class index: the dataset's own ids when known, else ``label + 1`` (COCO ids start at 1).
-
-    A negative id marks a class the split's annotation file does not define (``DetectionData.with_class_names``
-    writes -1 there); such classes get unused ids above the largest known one so categories stay distinct. They
-    have no ground truth in the split, so pycocotools leaves them out of the averages.
-    """
-    if category_ids is None:
-        return list(range(1, num_classes + 1))
-    ids = [int(c) for c in category_ids]
-    if len(ids) != num_classes:
-        raise ValueError(f"category_ids has {len(ids)} entries but there are {num_classes} classes")
-    known = [c for c in ids if c >= 0]
-    if len(set(known)) != len(known):
-        raise ValueError(f"category_ids must be unique, got {ids}")
-    spare = iter(range(max(known, default=0) + 1, max(known, default=0) + 1 + num_classes))
-    return [c if c >= 0 else next(spare) for c in ids]
-
-
-def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
-    """COCO stores boxes as (x, y, width, height); ours are (x1, y1, x2, y2)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """Accept torch tensors (any device, with or without grad) as well as arrays and lists."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _record_annotations(record: ImageRecord, cat_ids: list[int], first_id: int) -> list[dict]:
     """One image's ground truth as COCO annotations; ids are consecutive from ``first_id``."""
-    xywh = _xyxy_to_xywh(record.boxes)
+    xywh = xyxy_to_xywh(record.boxes)
     labels = np.asarray(record.labels, dtype=np.int64).reshape(-1)
     crowd = np.asarray(record.iscrowd, dtype=bool).reshape(-1)
     if len(crowd) == 0:  # a reader that leaves iscrowd empty means "nothing is crowd"
@@ -97,7 +66,7 @@ def coco_ground_truth(
     small/medium/large split, is the annotation's own where the dataset has one (COCO: the mask's area, as the
     official evaluation uses), else the box area.
     """
-    cat_ids = _category_ids(len(class_names), category_ids)
+    cat_ids = category_ids_for(len(class_names), category_ids)
     image_ids = [int(r.image_id) for r in records]
     if len(set(image_ids)) != len(image_ids):
         raise ValueError("image ids must be unique across records")
@@ -110,48 +79,6 @@ def coco_ground_truth(
         annotations += _record_annotations(record, cat_ids, first_id=len(annotations) + 1)
     categories = [{"id": cid, "name": str(name)} for cid, name in zip(cat_ids, class_names)]
     return {"info": {}, "images": images, "annotations": annotations, "categories": categories}
-
-
-def detections_to_coco(
-    image_ids: Sequence[int], detections: Sequence[dict], category_ids: Sequence[int] | None = None
-) -> list[dict]:
-    """COCO result entries for per-image detections (``boxes`` x1y1x2y2, ``scores``, 0-based ``labels``).
-
-    Boxes are rounded to 0.01 px to keep result files small (far below any IoU that matters); scores keep full
-    precision because rounding them would create ties that reorder the precision/recall curve.
-    """
-    if len(image_ids) != len(detections):
-        raise ValueError(f"{len(image_ids)} image ids but {len(detections)} detection entries")
-    if category_ids is not None:
-        category_ids = _category_ids(len(category_ids), category_ids)
-    results: list[dict] = []
-    for image_id, det in zip(image_ids, detections):
-        labels = _to_numpy(det["labels"]).astype(np.int64).reshape(-1)
-        xywh = _xyxy_to_xywh(_to_numpy(det["boxes"]))
-        scores = _to_numpy(det["scores"]).astype(np.float64).reshape(-1)
-        if not len(xywh) == len(scores) == len(labels):
-            raise ValueError(f"image {image_id}: boxes, scores and labels differ in length")
-        for box, score, category in zip(xywh, scores, _label_categories(labels, category_ids)):
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": category,
-                    "bbox": [round(float(v), 2) for v in box],
-                    "score": float(score),
-                }
-            )
-    return results
-
-
-def _label_categories(labels: np.ndarray, category_ids: Sequence[int] | None) -> list[int]:
-    """Map 0-based labels to COCO category ids (``label + 1`` when the dataset has no ids of its own)."""
-    if len(labels) and labels.min() < 0:
-        raise ValueError(f"negative label {labels.min()}")
-    if category_ids is None:
-        return [int(label) + 1 for label in labels]
-    if len(labels) and labels.max() >= len(category_ids):
-        raise ValueError(f"label {labels.max()} has no entry in category_ids (length {len(category_ids)})")
-    return [int(category_ids[label]) for label in labels]
 
 
 def _empty_results(coco_gt: COCO) -> COCO:

@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..data.segmentation import SegmentationData, SegmentationDataset, loader_kwargs
-from ..engine.utils import amp_mode
+from ..inference.segmenter import Segmenter
 from ..models.segmenter import EfficientDetSegmentation
+from ..utils.device import amp_mode
 from .segmentation_metrics import ConfusionMatrix
 
 DEFAULT_IGNORE_INDEX = 255  # VOC's convention and the most common one; CamVid (SegNet) uses 11
@@ -35,6 +35,9 @@ def evaluate_segmentation(
 
     Each image is resized so its longer side is ``img_size`` (default: the model's), the logits are upsampled
     back to the original mask size and compared there, so the score does not depend on the input scale chosen.
+    The masks are a :class:`~efficientdet.inference.Segmenter`'s (:meth:`Segmenter.predict_tensor`), the ones
+    ``efficientdet predict`` writes; this function only reads the data and counts. The model's training mode is
+    restored afterwards.
     """
     device = torch.device(device)
     k = num_classes if num_classes is not None else model.config.num_classes
@@ -46,21 +49,16 @@ def evaluate_segmentation(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kwargs(workers))
     use_amp, amp_dtype = amp_mode(amp, device)
     confusion = ConfusionMatrix(k)
-    was_training = model.training
-    model.eval()
-    for batch in loader:
-        images = batch.images.to(device)
-        if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            logits = model(images)
-        targets = batch.targets.to(device)
-        for i, ((h, w), (th, tw)) in enumerate(zip(batch.sizes, batch.target_sizes)):
-            one = logits[i : i + 1, :, :h, :w].float()
-            if (h, w) != (th, tw):
-                one = F.interpolate(one, size=(th, tw), mode="bilinear", align_corners=False)
-            confusion.update(one[0].argmax(0), targets[i, :th, :tw])
-    model.train(was_training)
+    was_training = model.training  # the Segmenter puts the model in eval mode
+    segmenter = Segmenter(model, device=device, image_size=size, amp_dtype=amp_dtype if use_amp else None)
+    try:
+        for batch in loader:
+            masks = segmenter.predict_tensor(batch.images, batch.sizes, batch.target_sizes)
+            targets = batch.targets.to(device)
+            for i, (mask, (th, tw)) in enumerate(zip(masks, batch.target_sizes)):
+                confusion.update(mask, targets[i, :th, :tw])
+    finally:
+        model.train(was_training)
     return confusion.compute()
 
 

@@ -14,18 +14,39 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import DetectionDataset, loader_kwargs
 from ..data.records import DetectionData, ImageRecord
+from ..inference.detector import Detector
 from ..models.detector import EfficientDet
-from ..ops.anchors import anchors_for_config
-from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES, postprocess, to_original_pixels
+from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES
 from ..utils.distributed import all_gather_objects, broadcast_object, current_env
 from .coco import CocoEvaluation, evaluate_split
 
 EVAL_SCORE_THRESHOLD = 0.001  # the official evaluation keeps detections down to this score
 
 
+def evaluation_detector(
+    model: EfficientDet,
+    image_size: int | None = None,
+    device: str | torch.device = "cpu",
+    score_threshold: float = EVAL_SCORE_THRESHOLD,
+    iou_threshold: float = NMS_IOU,
+    max_det: int = MAX_DETECTIONS,
+    nms: str = "hard",
+) -> Detector:
+    """The :class:`Detector` that evaluation predicts with: ``model`` as it is (no folding, its own memory layout)
+    with the official evaluation's settings (top 5000 candidates, score threshold 0.001, per-class NMS).
+
+    Evaluation builds one rather than running the network itself so that the scores it reports are those of
+    the predictions users get from ``Detector`` and ``efficientdet predict`` with the same settings.
+    """
+    return Detector(
+        model, device=device, image_size=image_size, score_threshold=score_threshold, iou_threshold=iou_threshold,
+        max_det=max_det, topk=TOPK_CANDIDATES, nms=nms,
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def predict_records(
-    model: EfficientDet,
+    model: EfficientDet | Detector,
     records: list[ImageRecord],
     image_size: int | None = None,
     batch_size: int = 8,
@@ -38,41 +59,40 @@ def predict_records(
 ) -> tuple[list[dict[str, torch.Tensor]], int]:
     """Detections per record in the pixels of its annotation (aligned with ``records``; unreadable images get none).
 
-    The annotation's pixels are the image file's unless the annotation states another size or was drawn on the
-    EXIF-unturned picture (:mod:`efficientdet.data.frames`): detections are scored against the boxes as written.
+    The network and the post-processing are a :class:`Detector`'s (:meth:`Detector.predict_tensor`): ``model``
+    wrapped by :func:`evaluation_detector` with these arguments, or a ``Detector`` given as ``model``, whose own
+    image size, device and thresholds are used then (the other arguments are ignored). What stays here is reading
+    the records (a data loader, ``workers`` processes) and the last step: the annotation's pixels are the image
+    file's unless the annotation states another size or was drawn on the EXIF-unturned picture
+    (:mod:`efficientdet.data.frames`), so that detections are scored against the boxes as written.
 
-    Returns the detections and the number of images that could not be read.
+    Returns the detections and the number of images that could not be read. The model's training mode is
+    restored afterwards.
     """
-    cfg = model.config
-    size = image_size or cfg.image_size
-    dataset = DetectionDataset(records, size, cfg.mean, cfg.std, train=False)
+    if isinstance(model, Detector):
+        detector, was_training = model, model.model.training
+    else:
+        was_training = model.training  # the Detector puts the model in eval mode
+        detector = evaluation_detector(model, image_size, device, score_threshold, iou_threshold, max_det, nms)
+    cfg = detector.config
+    dataset = DetectionDataset(records, detector.image_size, cfg.mean, cfg.std, train=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kwargs(workers))
-    anchors = anchors_for_config(cfg, (size, size)).to(device)
-    was_training = model.training
-    model.eval()
-    channels_last = any(
-        p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-        for p in model.parameters()
-    )
     by_index: dict[int, dict[str, torch.Tensor]] = {}
     skipped = 0
-    for batch in loader:
-        skipped += batch.skipped
-        if not len(batch):
-            continue
-        images = batch.images.to(device)
-        if channels_last:  # the model's own layout: no conversion inside every conv
-            images = images.contiguous(memory_format=torch.channels_last)
-        cls, box = model(images)
-        dets = postprocess(
-            cls, box, anchors, cfg.num_classes, TOPK_CANDIDATES, iou_threshold, max_det, score_threshold, nms=nms
-        )
-        for index, scale, frame, det in zip(batch.indices, batch.scales, batch.frames, dets):
-            # input pixels -> the decoded image's pixels (exact per-axis ratios) -> the annotation's pixels
-            on_image = to_original_pixels(det["boxes"].cpu().float(), scale, (frame.image_height, frame.image_width))
-            boxes = torch.from_numpy(frame.to_annotation(on_image.numpy()))
-            by_index[index] = {"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
-    model.train(was_training)
+    try:
+        for batch in loader:
+            skipped += batch.skipped
+            if not len(batch):
+                continue
+            # input pixels -> the decoded image's pixels (exact per-axis ratios, clipped to the image)
+            sizes = [(frame.image_height, frame.image_width) for frame in batch.frames]
+            dets = detector.predict_tensor(batch.images, batch.scales, sizes)
+            for index, frame, det in zip(batch.indices, batch.frames, dets):
+                # -> the annotation's pixels
+                boxes = torch.from_numpy(frame.to_annotation(det["boxes"].float().numpy()))
+                by_index[index] = {"boxes": boxes, "scores": det["scores"], "labels": det["labels"]}
+    finally:
+        detector.model.train(was_training)
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
     return [by_index.get(i, empty) for i in range(len(records))], skipped
 

@@ -33,12 +33,10 @@ mode and in ``.pt2`` programs (load those with ``efficientdet.export`` imported,
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
-import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference.detector import Detector
 from ..models.detector import EfficientDet
 from ..ops.anchors import anchors_for_config, decode_boxes
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, batched_nms, flatten_outputs
@@ -64,14 +63,11 @@ from .graph import (
 from .verify import (
     FLOAT16,
     FLOAT32,
-    VERIFY_IMAGES,
     Tolerance,
-    VerificationError,
-    describe,
+    detector_reference,
     image_batch,
     load_verification_images,
     verify_file,
-    write_verified,
 )
 
 FORMATS = ("onnx", "pt2", "openvino")  # openvino (and --int8): efficientdet.quantize / openvino_export
@@ -585,23 +581,31 @@ def _verify_sizes(meta: dict[str, Any]) -> list[tuple[int, int]]:
     return [(h, w), (h, w + inp["size_multiple"])]
 
 
+def _reference_detector(model: EfficientDet, meta: dict[str, Any], size: tuple[int, int]) -> Detector:
+    """The :class:`Detector` an exported file is checked against: the eager model at the fixed input ``size``,
+    with the file's post-processing settings (top-k, thresholds, ``max_det``; per-class hard NMS, the only NMS a
+    graph holds). Eager prediction and the file then differ by the export alone."""
+    settings = {k: meta[k] for k in ("score_threshold", "iou_threshold", "max_det", "topk")} if meta["with_nms"] else {}
+    return Detector(model, device=next(model.parameters()).device, image_size=size, **settings)
+
+
 def verify_export(model: EfficientDet, path: str | os.PathLike, batch_size: int = 1, seed: int = 0) -> dict[str, float]:
     """Run the exported file and the same computation eagerly on random images; max abs difference per output.
 
-    Integer outputs (labels, counts) report 0 or the largest difference. Settings are read from the file.
+    The eager side is a :class:`Detector` with the file's settings (:func:`_reference_detector`). Integer
+    outputs (labels, counts) report 0 or the largest difference. Settings are read from the file.
     :func:`verify_exported` is the check on pictures that ``efficientdet export`` runs.
     """
     meta = read_metadata(path)
     size = _verify_sizes(meta)[0]
-    nms = {k: meta[k] for k in ("score_threshold", "iou_threshold", "max_det", "topk")} if meta["with_nms"] else {}
-    module, names, _ = export_module(model, size, meta["with_nms"], **nms)
+    names = NMS_OUTPUTS if meta["with_nms"] else RAW_OUTPUTS
     fixed = meta["input"]["shape"][0]
     batch = fixed if isinstance(fixed, int) else batch_size
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, *size, generator=generator)
     with _eval_mode(model), torch.no_grad():
-        param = next(model.parameters())
-        expected = [t.cpu() for t in module(images.to(param.device, param.dtype))]
+        reference = detector_reference(_reference_detector(model, meta, size), meta["with_nms"])
+        expected = [t.cpu() for t in reference(images)]
         got = RUNNERS[meta["format"]](Path(path), images)
     return {name: float((g.double() - e.double()).abs().max()) if e.numel() else 0.0
             for name, g, e in zip(names, got, expected)}  # fmt: skip
@@ -617,7 +621,9 @@ def verify_exported(
 ) -> dict[str, float]:
     """Check an exported file against eager float32 PyTorch on pictures; the largest differences per output.
 
-    ``images``: RGB uint8 arrays, pre-processed as prediction does (default: synthetic pictures). ``runner``
+    The eager side is a :class:`Detector` with the file's settings (:func:`_reference_detector`): its network
+    outputs for a raw-output file, its detections for a file with NMS, so the file must predict what prediction
+    does. ``images``: RGB uint8 arrays, pre-processed by that Detector (default: synthetic pictures). ``runner``
     runs the file (default by its format: :data:`RUNNERS`; an int8 or OpenVINO exporter passes its own), and
     ``tolerance`` defaults by the file's precision. A free-size file is checked at two sizes; a dynamic batch at
     ``batch_size``. Raises :class:`~efficientdet.export_verify.VerificationError` past the tolerance.
@@ -630,143 +636,15 @@ def verify_exported(
     settings = {k: meta[k] for k in ("score_threshold", "iou_threshold", "max_det", "topk")} if meta["with_nms"] else {}
     fixed = meta["input"]["shape"][0]
     batch = fixed if isinstance(fixed, int) else batch_size
+    names = NMS_OUTPUTS if meta["with_nms"] else RAW_OUTPUTS
     diffs: dict[str, float] = {}
     with _eval_mode(model):
-        param = next(model.parameters())
         for size in _verify_sizes(meta):
-            module, names, _ = export_module(model, size, meta["with_nms"], **settings)  # float32, fixed size
-            batches = [image_batch(images, size, batch, model.config.mean, model.config.std)]
+            detector = _reference_detector(model, meta, size)  # float32, this fixed size
+            batches = [image_batch(detector, images, batch)]
             step = verify_file(
-                Path(path), runner, lambda x, m=module: m(x.to(param.device, param.dtype)), names, batches,
-                tolerance, settings or None,
+                Path(path), runner, detector_reference(detector, meta["with_nms"]), names, batches, tolerance,
+                settings or None,
             )  # fmt: skip
             diffs = {k: max(v, diffs.get(k, 0.0)) for k, v in step.items()}
     return diffs
-
-
-def _img_size_arg(values: list[int] | None) -> int | tuple[int, int] | None:
-    if values is None:
-        return None
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise ValueError(f"--img-size takes S or H W, got {len(values)} values")
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """``efficientdet export``: load a checkpoint, write the file, optionally check it against eager PyTorch."""
-    from ..cli.weights_options import load_model_from_options
-    from ..models.weights import CheckpointError
-
-    try:
-        img_size = _img_size_arg(args.img_size)
-        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"efficientdet export: {e}", file=sys.stderr)
-        return 1
-    common = dict(
-        img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, with_nms=args.with_nms,
-        score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, max_det=args.max_det,
-        topk=args.topk,
-    )  # fmt: skip
-    if args.format == "openvino" or args.int8 or args.calibration:
-        from .quantize import export_deployment  # int8 ONNX and OpenVINO IR: their own modules
-
-        try:
-            path = export_deployment(model, args, common)
-        except (ImportError, ValueError, RuntimeError, OSError) as e:
-            print(f"efficientdet export: {e}", file=sys.stderr)
-            return 1
-        print(f"wrote {path} ({args.format}{', int8' if args.int8 else ''}, {model.config.name})")
-        return 0
-    return _export_verified(model, args, common)
-
-
-def _export_verified(model: EfficientDet, args: argparse.Namespace, common: dict[str, Any]) -> int:
-    """Export to a temp file beside ``--output``, verify it on pictures (unless ``--no-verify``), then rename."""
-    warning = topk_warning(args.with_nms, args.topk)
-    if warning:
-        print(f"efficientdet export: warning: {warning}", file=sys.stderr)
-    from ..data.images import ImageReadError
-
-    try:
-        images = load_verification_images(args.verify_images) if args.verify else None
-    except (ValueError, OSError, ImageReadError) as e:  # each names the folder or file
-        print(f"efficientdet export: {e}", file=sys.stderr)
-        return 1
-    options = dict(common, dynamic_size=args.dynamic_size, half=args.half)
-    diffs: dict[str, float] = {}
-
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", TopKWarning)  # printed above, once
-            if args.format == "onnx":
-                export_onnx(model, tmp, opset=args.opset, **options)
-            else:
-                export_torch(model, tmp, **options)
-
-    def check(tmp: Path) -> None:
-        if images is not None:
-            diffs.update(verify_exported(model, tmp, images, batch_size=2 if args.dynamic_batch else args.batch_size))
-
-    try:
-        path = write_verified(args.output, write, check)
-    except VerificationError as e:
-        print(f"efficientdet export: {args.output}: verification failed, nothing written: {e}", file=sys.stderr)
-        return 1
-    except (ImportError, ValueError, RuntimeError, OSError) as e:
-        print(f"efficientdet export: {e}", file=sys.stderr)
-        return 1
-    meta = read_metadata(path)
-    shape = "x".join(map(str, meta["input"]["shape"]))
-    print(f"wrote {path} ({args.format}, {meta['model']}, {meta['precision']}, {INPUT_NAME} {shape} -> "
-          f"{', '.join(meta['outputs'])}; {path.stat().st_size / 1e6:.1f} MB)")  # fmt: skip
-    if images is not None:
-        print(f"verified on {len(images)} {'' if args.verify_images else 'synthetic '}images against eager "
-              f"PyTorch (float32): {describe(diffs)}")  # fmt: skip
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``efficientdet export`` on the CLI's subcommands."""
-    from ..cli.weights_options import add_weights_options
-
-    p = sub.add_parser(
-        "export",
-        help="write a checkpoint as ONNX or a torch.export program (.pt2)",
-        description="Input: images [B, 3, H, W], normalised RGB floats. Outputs: class_logits [B, A, C] and "
-        "box_codes [B, A, 4] (anchors: efficientdet.anchors_for_config), or with --with-nms boxes [B, max_det, 4] "
-        "(x1, y1, x2, y2 input pixels), scores, labels (-1 = padding) and num_detections.",
-    )
-    add_weights_options(p)
-    p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
-    p.add_argument("--output", required=True, help="file to write (e.g. model.onnx, model.pt2)")
-    p.add_argument("--img-size", type=int, nargs="+", metavar="S", help="input size S or H W (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of the input (default 1)")
-    p.add_argument("--dynamic-batch", action="store_true", help="let the batch dimension vary")
-    p.add_argument("--with-nms", action="store_true", help="include top-k, box decoding and per-class NMS")
-    p.add_argument("--score-threshold", type=float, default=0.05, help="with --with-nms (default 0.05)")
-    p.add_argument("--iou-threshold", type=float, default=NMS_IOU, help=f"with --with-nms (default {NMS_IOU})")
-    p.add_argument("--max-det", type=int, default=MAX_DETECTIONS, help=f"with --with-nms (default {MAX_DETECTIONS})")
-    p.add_argument("--topk", type=int, default=EXPORT_TOPK,
-                   help=f"in-graph top-k with --with-nms (default {EXPORT_TOPK}, TensorRT's TopK limit; eager "
-                        "post-processing uses 5000)")  # fmt: skip
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--dynamic-size", action="store_true",
-                   help="let height and width vary: multiples of 128 (2^max_level), at least 256")  # fmt: skip
-    p.add_argument("--half", action="store_true",
-                   help="float16 weights and network (GPU runtimes); input and outputs stay float32")  # fmt: skip
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="before writing, run the file on pictures and compare with eager PyTorch; the file is "
-                        "only written if it agrees (default on; --no-verify skips)")  # fmt: skip
-    p.add_argument(
-        "--verify-images",
-        metavar="DIR",
-        help=f"folder of pictures for --verify (the first {VERIFY_IMAGES}; default: synthetic ones)",
-    )
-    from .quantize import add_int8_options
-
-    add_int8_options(p)
-    p.set_defaults(func=cmd_export)

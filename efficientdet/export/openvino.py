@@ -32,8 +32,8 @@ import numpy as np
 
 from ..models.detector import EfficientDet
 from .exporter import METADATA_KEY, export_onnx
+from .openvino_core import OPENVINO_HINT, preserved_signal_stack, require_openvino
 from .quantize import DEFAULT_CALIBRATION_IMAGES, folded_copy, resolve_calibration
-from .runtimes import OPENVINO_HINT, require_openvino
 
 
 def require_nncf() -> Any:
@@ -100,13 +100,14 @@ def export_openvino(
         meta["format"] = "openvino"
         if nncf is not None and batches is not None:
             ignored = nncf.IgnoredScope(names=postprocess_ops(ov_model), validate=False)
-            ov_model = nncf.quantize(
-                ov_model,
-                nncf.Dataset(batches),
-                preset=nncf.QuantizationPreset.MIXED,
-                subset_size=len(batches),
-                ignored_scope=ignored,
-            )
+            with preserved_signal_stack():  # NNCF compiles with Cores of its own (see openvino_core)
+                ov_model = nncf.quantize(
+                    ov_model,
+                    nncf.Dataset(batches),
+                    preset=nncf.QuantizationPreset.MIXED,
+                    subset_size=len(batches),
+                    ignored_scope=ignored,
+                )
             meta.update(precision="int8", quantization={
                 "tool": "nncf.quantize", "preset": "mixed", "weights": "int8 symmetric, per output channel",
                 "activations": "int8 asymmetric, per tensor",

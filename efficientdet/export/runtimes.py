@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +27,16 @@ from torch import nn
 
 from ..models.config import ModelConfig
 from .exporter import METADATA_KEY, RAW_OUTPUTS
+from .openvino_core import OPENVINO_HINT, openvino_core, require_openvino  # noqa: F401  (re-exported)
 
 RUNTIME_BACKENDS = ("onnxruntime", "openvino")
 EXPORTED_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
-OPENVINO_HINT = 'pip install "efficientdet[openvino]"'
 ONNXRUNTIME_HINT = 'pip install "efficientdet[export]"'
 
 
 def is_exported_file(path: str | os.PathLike | None) -> bool:
     """Whether ``path`` names an exported network (by suffix) rather than a checkpoint."""
     return path is not None and Path(str(path)).suffix.lower() in EXPORTED_SUFFIXES
-
-
-def require_openvino() -> Any:
-    """The ``openvino`` module, or an ImportError saying how to install it."""
-    try:
-        import openvino
-    except ImportError as e:
-        raise ImportError(f"OpenVINO is not installed: {OPENVINO_HINT}") from e
-    return openvino
 
 
 def require_onnxruntime() -> Any:
@@ -64,8 +55,7 @@ def read_exported_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix.lower() == ".xml":
-        ov = require_openvino()
-        model = ov.Core().read_model(str(path))
+        model = openvino_core().read_model(str(path))
         if not model.has_rt_info(METADATA_KEY):
             raise ValueError(f"{path}: not written by efficientdet export (no {METADATA_KEY!r} rt_info)")
         return json.loads(model.get_rt_info(METADATA_KEY).astype(str))
@@ -172,11 +162,11 @@ class OpenVinoNetwork(ExportedNetwork):
 
     def __init__(self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None) -> None:
         super().__init__(path, metadata)
-        ov = require_openvino()
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        # the process's one Core: plugins of Cores freed out of order break signal handling (openvino_core)
+        self.compiled = openvino_core().compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(name) for name in RAW_OUTPUTS]
 
@@ -214,13 +204,3 @@ def load_exported(path: str | os.PathLike, backend: str | None = None, threads: 
     backend = resolve_backend(path, backend)
     metadata = read_exported_metadata(path)
     return _WRAPPERS[backend](path, metadata, threads)
-
-
-def add_backend_option(p: Any, choices: Sequence[str] = RUNTIME_BACKENDS) -> None:
-    """``--backend`` for commands that take an exported file as ``--checkpoint`` (predict, eval)."""
-    p.add_argument(
-        "--backend",
-        choices=list(choices),
-        help="runtime of an exported --checkpoint file (model.onnx, model.xml): onnxruntime or openvino "
-        "(default: by suffix, .onnx onnxruntime, .xml openvino)",
-    )

@@ -3,8 +3,10 @@
 ``efficientdet export`` writes to a temp file beside the output, runs it on a few images (a folder the user names,
 or synthetic pictures of :mod:`efficientdet.synthetic` when none is given: shapes on textured noise, so that the
 network's activations look like a photo's rather than like random normal noise), compares the outputs with the
-same computation run eagerly in float32, and only then renames it into place. A format is one *runner*: a callable
-``(path, images) -> outputs`` (:func:`efficientdet.export.run_onnx`, a ``.pt2`` loader, an OpenVINO compiler...).
+same computation run eagerly in float32 by :class:`~efficientdet.inference.Detector` (its pre-processing, its
+network call, its post-processing: :func:`detector_reference`), and only then renames it into place. A format
+is one *runner*: a callable ``(path, images) -> outputs`` (:func:`efficientdet.export.run_onnx`, a ``.pt2``
+loader, an OpenVINO compiler...).
 
 Raw outputs are compared element by element. Detections (graphs with NMS) are compared after matching each box to
 the other side's best box of the same class, because a rounding difference may swap two nearly equal scores or
@@ -26,8 +28,8 @@ import torch
 from ..data.images import load_image
 from ..data.readers import IMAGE_EXTENSIONS
 from ..data.synthetic import synthetic_images
-from ..data.transforms import eval_transform
-from ..ops.postprocess import box_iou_one_to_many
+from ..inference.detector import Detector
+from ..ops.postprocess import box_iou_one_to_many, flatten_outputs
 
 Runner = Callable[[Path, torch.Tensor], Sequence[torch.Tensor]]
 VERIFY_IMAGES = 2  # images per check: a wrong graph shows on any picture, and each image costs an inference
@@ -73,12 +75,42 @@ def load_verification_images(folder: str | os.PathLike | None, count: int = VERI
     return [load_image(p) for p in paths[:count]]
 
 
-def image_batch(
-    images: Sequence[np.ndarray], size: tuple[int, int], batch: int, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """``[batch, 3, H, W]``: the images pre-processed as prediction does (resize, pad, normalise), cycled."""
-    tensors = [eval_transform(image, size, tuple(mean), tuple(std)).image for image in images]
-    return torch.stack([tensors[i % len(tensors)] for i in range(batch)])
+def image_batch(detector: Detector, images: Sequence[np.ndarray], batch: int) -> torch.Tensor:
+    """``[batch, 3, H, W]`` on the CPU (where the runtimes take it): the images cycled and pre-processed by
+    ``detector`` (resize, pad, normalise), exactly as prediction pre-processes them."""
+    tensor, _, _ = detector.preprocess([images[i % len(images)] for i in range(batch)])
+    return tensor.cpu().contiguous()
+
+
+def fixed_size_detections(detections: Sequence[dict[str, torch.Tensor]], max_det: int) -> list[torch.Tensor]:
+    """Per-image detections (a :class:`Detector`'s, input pixels) in the layout of a graph with NMS:
+    ``boxes [B, max_det, 4]``, ``scores [B, max_det]``, ``labels [B, max_det]`` (int64, -1 past the count) and
+    ``num_detections [B]``, padding 0."""
+    b = len(detections)
+    boxes, scores = torch.zeros(b, max_det, 4), torch.zeros(b, max_det)
+    labels, num = torch.full((b, max_det), -1, dtype=torch.int64), torch.zeros(b, dtype=torch.int64)
+    for i, det in enumerate(detections):
+        n = min(len(det["scores"]), max_det)
+        boxes[i, :n], scores[i, :n], labels[i, :n], num[i] = det["boxes"][:n], det["scores"][:n], det["labels"][:n], n
+    return [boxes, scores, labels, num]
+
+
+def detector_reference(detector: Detector, with_nms: bool) -> Callable[[torch.Tensor], Sequence[torch.Tensor]]:
+    """The eager outputs an exported file must reproduce, from the :class:`Detector` users predict with.
+
+    Raw-output files: the network's outputs flattened as the file writes them (``class_logits``, ``box_codes``);
+    files with NMS: the Detector's detections (its top-k, decoding and NMS, boxes in input pixels) in the file's
+    fixed-size layout. So a file passes only if it predicts what ``Detector`` / ``efficientdet predict`` would,
+    not merely what the export wrapper computes eagerly.
+    """
+
+    def reference(batch: torch.Tensor) -> list[torch.Tensor]:
+        if with_nms:
+            return fixed_size_detections(detector.predict_tensor(batch), detector.max_det)
+        class_outputs, box_outputs = detector.network(batch)
+        return [t.cpu() for t in flatten_outputs(class_outputs, box_outputs, detector.config.num_classes)]
+
+    return reference
 
 
 def _match(

@@ -1,5 +1,7 @@
-"""Prediction: the :class:`Detector`, the sources it reads (files, folders, video, cameras, streams), tiling."""
+"""Prediction: the :class:`Detector` and :class:`Segmenter` (the only code that runs a model on images; evaluation,
+``bench`` and export checks call them), the sources they read (files, folders, video, cameras, streams), tiling."""
 
 from .detector import Detector
+from .segmenter import Segmenter
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "Segmenter"]

@@ -18,7 +18,7 @@ from ..data.images import load_image
 from ..data.transforms import eval_transform
 from ..models.detector import EfficientDet
 from ..models.factory import load_checkpoint
-from ..models.fuse import optimize_for_inference
+from ..models.fuse import optimize_for_inference, uses_channels_last
 from ..ops.anchors import anchors_for_config
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
 from .class_filter import resolve_classes
@@ -43,6 +43,22 @@ def _as_rgb_array(image: ImageInput) -> np.ndarray:
     raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
+def as_image_list(images: ImageInput | Sequence[ImageInput] | torch.Tensor) -> list[ImageInput]:
+    """What the predictors' ``__call__`` accept, as a list of single images.
+
+    A float RGB tensor ``[B, 3, H, W]`` (or ``[3, H, W]``) with values in [0, 1], as torchvision's models take,
+    becomes uint8 HxWx3 arrays, so that it goes through the same resize and normalisation as a file would.
+    """
+    if isinstance(images, torch.Tensor):
+        batch = images if images.ndim == 4 else images[None]
+        if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
+            raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
+        return [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        return [images]
+    return list(images)
+
+
 class Detector:
     """A model plus its pre- and post-processing.
 
@@ -54,7 +70,7 @@ class Detector:
         self,
         model: EfficientDet,
         device: str | torch.device = "cpu",
-        image_size: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
         score_threshold: float = 0.05,
         iou_threshold: float = NMS_IOU,
         max_det: int = MAX_DETECTIONS,
@@ -68,7 +84,10 @@ class Detector:
         tile_overlap: float = DEFAULT_TILE_OVERLAP,
         batch_size: int = 8,
     ) -> None:
-        """``classes`` keeps only those classes (names, case-insensitive, or 0-based indices; a list or ``"a,b"``).
+        """``image_size``: the square input side (default: the model's), or an (H, W) input, as an exported file
+        of that fixed size takes (export verification builds such a detector).
+
+        ``classes`` keeps only those classes (names, case-insensitive, or 0-based indices; a list or ``"a,b"``).
 
         ``tile`` > 0: sliced inference for large images (small objects), see :mod:`efficientdet.tiling`: tiles of
         ``tile`` original pixels overlapping by ``tile_overlap`` plus one full-image pass, ``batch_size`` of them
@@ -88,6 +107,8 @@ class Detector:
         self.model = model.to(self.device).eval()
         if optimize:  # a copy with BN and SAME pads folded, channels-last on CPU: faster, same results up to rounding
             self.model = optimize_for_inference(self.model, channels_last=self.device.type == "cpu")
+        # inputs are handed over in the model's own memory layout (no conversion inside the first conv)
+        self.channels_last = uses_channels_last(self.model)
         self.config = model.config
         self.image_size = image_size or self.config.image_size
         self.score_threshold = score_threshold
@@ -117,7 +138,8 @@ class Detector:
     def preprocess(
         self, images: Sequence[ImageInput]
     ) -> tuple[torch.Tensor, list[tuple[float, float]], list[tuple[int, int]]]:
-        """Batch tensor, per-image (x, y) scale (input px per original px, exact) and original (H, W)."""
+        """Batch tensor (on the device, in the model's memory layout), per-image (x, y) scale (input px per
+        original px, exact) and original (H, W): what :meth:`predict_tensor` takes."""
         tensors, scales, sizes = [], [], []
         for image in images:
             array = _as_rgb_array(image)
@@ -125,7 +147,40 @@ class Detector:
             tensors.append(out.image)
             scales.append(out.scale_xy)
             sizes.append(array.shape[:2])
-        return torch.stack(tensors).to(self.device), scales, sizes
+        return self.model_input(torch.stack(tensors)), scales, sizes
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` on the device and in the model's memory layout (channels-last for a channels-last model).
+
+        Every batch the model sees goes through here, whoever pre-processed it (this class, evaluation's data
+        loader, a benchmark), so that all of them run the network on the same input layout and get the same
+        numbers. A no-op for a batch already there.
+        """
+        batch = batch.to(self.device)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    @torch.no_grad()
+    def network(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The network's raw per-level outputs (class logits, box codes) for a pre-processed batch, run as
+        :meth:`predict_tensor` runs it (:meth:`model_input` first); what export verification compares raw-output
+        files with."""
+        return self.model(self.model_input(batch))
+
+    def detections(
+        self, class_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor], input_size: tuple[int, int]
+    ) -> list[dict[str, torch.Tensor]]:
+        """The network's raw outputs for inputs of ``input_size`` (H, W) -> per image ``boxes`` (input pixels),
+        ``scores``, ``labels``, on the device: top-k, decoding and NMS with this detector's settings.
+
+        The only call of the post-processing on the prediction side, so that prediction, evaluation, benchmarks
+        and export checks cannot drift apart; :mod:`efficientdet.tools.bench` times it alone.
+        """
+        return postprocess(
+            class_outputs, box_outputs, self.anchors(input_size), self.config.num_classes, self.topk,
+            self.iou_threshold, self.max_det, self.score_threshold, nms=self.nms, class_agnostic=self.class_agnostic,
+        )  # fmt: skip
 
     @torch.no_grad()
     def predict_tensor(
@@ -135,16 +190,18 @@ class Detector:
         sizes: Sequence[tuple[int, int]] | None = None,
         filter_classes: bool = True,
     ) -> list[dict[str, Any]]:
-        """Detections for an already normalised ``[B, 3, H, W]`` batch (boxes divided by ``scales`` if given).
+        """Detections for an already pre-processed batch: the one path from network input to detections.
+
+        ``batch`` is ``[B, 3, H, W]``, resized, padded and normalised (:meth:`preprocess`, or a data loader's
+        :func:`~efficientdet.data.transforms.eval_transform`); per image, ``scales`` is its resize (input px per
+        original px: one factor or the exact (x, y) ratios) and ``sizes`` its original (H, W). Boxes come back in
+        original pixels, clipped to the image (input pixels without ``scales``; clipped at 0 only without
+        ``sizes``). :meth:`__call__`, tiling, video, evaluation and ``bench`` all end here.
 
         ``filter_classes=False`` skips the ``classes`` filter (tiling applies it once, after merging the tiles).
         """
-        batch = batch.to(self.device)
-        cls, box = self.model(batch)
-        dets = postprocess(
-            cls, box, self.anchors(tuple(batch.shape[-2:])), self.config.num_classes, self.topk,
-            self.iou_threshold, self.max_det, self.score_threshold, nms=self.nms, class_agnostic=self.class_agnostic,
-        )  # fmt: skip
+        cls, box = self.network(batch)
+        dets = self.detections(cls, box, tuple(batch.shape[-2:]))
         results = []
         for i, det in enumerate(dets):
             boxes = det["boxes"]
@@ -172,13 +229,7 @@ class Detector:
         (or ``[3, H, W]``) with values in [0, 1] as torchvision's detectors take; each image is resized and
         normalised here, and boxes come back in the pixels of the image as given.
         """
-        if isinstance(images, torch.Tensor):
-            batch = images if images.ndim == 4 else images[None]
-            if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
-                raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
-            images = [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
-        elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
-            images = [images]
+        images = as_image_list(images)
         if self.tile:  # one image at a time, its tiles batched
             return [detect_tiled(self, _as_rgb_array(image)) for image in images]
         batch, scales, sizes = self.preprocess(images)

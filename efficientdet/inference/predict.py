@@ -48,7 +48,6 @@ and ``detections.jsonl`` per source in ``OUTPUT/<name>/`` (see :mod:`efficientde
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import json
@@ -64,17 +63,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cli.argtypes import fraction, non_negative_int, positive_int
-from ..cli.weights_options import add_weights_options, load_model_from_options
+from ..data.coco_format import detections_to_coco
 from ..data.images import ImageReadError, image_size, load_image
-from ..evaluation.coco import detections_to_coco
-from ..export.runtimes import add_backend_option
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
 from ..utils.atomic import atomic_open
 from ..viz.draw import draw_detections
 from .files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
-from .tiling import DEFAULT_TILE_OVERLAP, overlap_arg, tile_arg
-from .video import VIDEO_EXTENSIONS, check_video_options, is_video_source, predict_videos
+from .tiling import DEFAULT_TILE_OVERLAP
+from .video import check_video_options, is_video_source, predict_videos
 
 # Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -294,7 +290,7 @@ def _load_model(checkpoint: Any, model_name: str | None) -> Any:
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    from ..engine.train import resolve_device
+    from ..utils.device import resolve_device
 
     return device if isinstance(device, torch.device) else resolve_device(str(device))
 
@@ -490,116 +486,3 @@ def predict(
         summary.detections += run.detections
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    """The ``predict`` command: 0 when every image was processed, 1 when any source or file failed."""
-    from ..engine.train import TrainingError
-    from ..models.weights import CheckpointError
-    from .class_filter import UnknownClassError
-
-    if args.task == "segmentation":
-        return _cmd_predict_segmentation(args)
-    if not args.sources and not args.source:
-        print("efficientdet predict: give at least one SOURCE or --source", file=sys.stderr)
-        return 2
-    try:
-        model = load_model_from_options(args.checkpoint, args.model, args.pretrained, args.backend)
-        summary = predict(
-            args.sources, model, args.output, model_name=args.model, video_sources=args.source or (),
-            vid_stride=args.vid_stride, max_frames=args.max_frames,
-            score_threshold=args.score_threshold, iou_threshold=args.iou, nms=args.nms,
-            class_agnostic=args.class_agnostic, max_det=args.max_det, batch_size=args.batch_size,
-            device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
-            max_pixels=args.max_pixels, classes=args.classes, save_txt=args.save_txt,
-            save_conf=args.save_conf, save_crop=args.save_crop, progress=None, tile=args.tile,
-            tile_overlap=args.tile_overlap,
-        )  # fmt: skip
-    except UnknownClassError as e:  # a usage error, like argparse's own (exit 2), found before anything is written
-        print(f"efficientdet predict: --classes: {e}", file=sys.stderr)
-        return 2
-    except (CheckpointError, TrainingError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
-        print(f"efficientdet predict: {e}", file=sys.stderr)
-        return 1
-    print(summary.line())
-    return summary.exit_code
-
-
-def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
-    """``predict --task segmentation``: colour overlays and id masks, one image at a time, failures named."""
-    from ..models.weights import CheckpointError
-    from .segmentation import predict_segmentation
-
-    start = time.perf_counter()
-    try:
-        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"efficientdet predict: {e}", file=sys.stderr)
-        return 1
-    images, failures = expand_sources(args.sources, args.recursive, exclude=args.output)
-    for source, message in failures:
-        print(f"{source}: {message}", file=sys.stderr)
-    done = 0
-    for image in images:
-        try:
-            predict_segmentation(model, [image.path], args.output, img_size=args.img_size, device=args.device)
-            done += 1
-        except (ImageReadError, OSError) as e:
-            failures.append((str(image.path), str(e)))
-            print(f"{image.path}: {e}", file=sys.stderr)
-    print(f"predict: {done} images segmented, {len(failures)} failed, {time.perf_counter() - start:.1f} s; "
-          f"overlays and masks in {args.output}")  # fmt: skip
-    return 1 if failures else 0
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register ``predict`` on the ``efficientdet`` command's subparsers."""
-    p = sub.add_parser(
-        "predict", help="detect objects in images, folders and globs: drawn images + detections.json",
-        description="Detect objects in images; write each image with its boxes drawn, and detections.json "
-        "(COCO results, with file and class names). Unreadable files are reported and skipped (exit code 1). "
-        "Videos, cameras and streams: a drawn video and detections.jsonl each, in OUTPUT/<name>/.",
-    )  # fmt: skip
-    p.add_argument("sources", nargs="*", metavar="SOURCE",
-                   help="image files, folders, quoted glob patterns ('photos/**/*.jpg'), video files "
-                   f"({', '.join(VIDEO_EXTENSIONS)}), /dev/videoN, rtsp:// or http(s):// streams")  # fmt: skip
-    p.add_argument("--source", action="append", metavar="VIDEO",
-                   help="video source whatever its name: camera index (0), device, URL, file (repeatable)")  # fmt: skip
-    add_weights_options(p)
-    add_backend_option(p)  # an exported --checkpoint (.onnx, .xml): efficientdet.runtimes
-    p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
-    p.add_argument("--score-threshold", type=fraction, default=DEFAULT_SCORE_THRESHOLD,
-                   help=f"keep detections scoring at least this (default {DEFAULT_SCORE_THRESHOLD})")  # fmt: skip
-    p.add_argument("--nms", choices=["hard", "soft"], default="hard",
-                   help="hard: greedy NMS at --iou (default); soft: Gaussian soft-NMS, sigma 0.5")  # fmt: skip
-    p.add_argument("--iou", type=fraction, default=NMS_IOU, help=f"hard-NMS IoU threshold (default {NMS_IOU})")
-    p.add_argument("--class-agnostic", action="store_true", help="boxes of different classes suppress each other")
-    p.add_argument("--max-det", type=positive_int, default=MAX_DETECTIONS,
-                   help=f"detections kept per image (default {MAX_DETECTIONS})")  # fmt: skip
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                   help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; large images go alone)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--img-size", type=positive_int, help="input size (default: the model's own)")
-    p.add_argument("--recursive", action="store_true", help="also take images from subfolders of folder sources")
-    p.add_argument("--classes", metavar="LIST",
-                   help="keep only these classes: names or 0-based indices, comma-separated (person,car)")  # fmt: skip
-    p.add_argument("--save-txt", action="store_true",
-                   help="write YOLO label files labels/<image>.txt (class cx cy w h, 0..1); auto-labels")  # fmt: skip
-    p.add_argument("--save-conf", action="store_true", help="add the score to each label line (implies --save-txt)")
-    p.add_argument("--save-crop", action="store_true", help="save each detection as crops/<class>/<image>_<k>.jpg")
-    p.add_argument("--no-draw", dest="draw", action="store_false", help="do not write the drawn images")
-    p.add_argument("--tile", type=tile_arg, default=0, metavar="SIZE",
-                   help="sliced inference for small objects in large images: tiles of SIZE px (>= 32) plus a "
-                   "full-image pass, merged; costs (tiles + 1) forward passes per image (default 0: off)")  # fmt: skip
-    p.add_argument("--tile-overlap", type=overlap_arg, default=DEFAULT_TILE_OVERLAP, metavar="F",
-                   help="overlap of neighbouring tiles: a fraction of SIZE in [0, 1) "
-                   f"(default {DEFAULT_TILE_OVERLAP})")  # fmt: skip
-    p.add_argument("--max-pixels", type=non_negative_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"skip larger images (default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; 0: none)")  # fmt: skip
-    p.add_argument("--vid-stride", type=positive_int, default=1, help="videos: process every Nth frame (default 1)")
-    p.add_argument("--max-frames", type=positive_int, help="videos: stop each source after N processed frames")
-    p.add_argument("--task", choices=["detection", "segmentation"], default="detection",
-                   help="segmentation: write <stem>_overlay.png and <stem>_mask.png (class ids) per image")  # fmt: skip
-    p.set_defaults(func=cmd_predict)
-    return p

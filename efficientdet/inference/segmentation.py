@@ -14,15 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..data.images import load_image
 from ..data.readers import IMAGE_EXTENSIONS
-from ..data.segmentation import eval_resize
-from ..data.transforms import normalise
 from ..models.segmenter import EfficientDetSegmentation
 from ..utils.atomic import atomic_open
+from .segmenter import Segmenter
 
 
 def class_palette(num_colors: int = 256) -> np.ndarray:
@@ -80,21 +78,19 @@ def _collect_images(sources: Sequence[str | os.PathLike] | str | os.PathLike) ->
     return paths
 
 
-@torch.no_grad()
 def segment_image(
-    model: EfficientDetSegmentation,
+    model: EfficientDetSegmentation | Segmenter,
     image: np.ndarray,
     img_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """Class ids ``[H, W]`` (int64) for one uint8 RGB image, at the image's own resolution."""
-    cfg = model.config
-    resized = eval_resize(image, img_size or cfg.image_size)
-    x = normalise(resized, cfg.mean, cfg.std)[None].to(device)
-    logits = model.eval()(x)
-    if logits.shape[-2:] != image.shape[:2]:
-        logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
-    return logits[0].argmax(0).cpu().numpy()
+    """Class ids ``[H, W]`` (int64) for one uint8 RGB image, at the image's own resolution.
+
+    A :class:`Segmenter` does the work (given as ``model``, its own size and device are used), so that these are
+    the masks evaluation scores.
+    """
+    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device=device, image_size=img_size)
+    return segmenter(image)[0]["mask"].numpy()
 
 
 def predict_segmentation(
@@ -122,7 +118,7 @@ def predict_segmentation(
         raise TypeError(f"expected a segmentation model, got {type(model).__name__}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device).eval()
+    segmenter = Segmenter(model, device=device, image_size=img_size)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     palette = class_palette()
@@ -131,7 +127,7 @@ def predict_segmentation(
     paths = _collect_images(images)
     for path, stem in zip(paths, _distinct_stems(paths)):
         image = load_image(path)
-        ids = segment_image(model, image, img_size, device)
+        ids = segment_image(segmenter, image)
         overlay_path = out / f"{stem}_overlay.png"
         _save_png(Image.fromarray(overlay(image, ids, alpha, palette)), overlay_path)
         mask_path = None

@@ -31,7 +31,6 @@ as plain inference.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -55,35 +54,19 @@ PAIR_CHUNK = 512  # rows of the pairwise intersection matrices at a time: 512 x 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in full-image pixels, x1/y1 exclusive
 
 
-def _tile_problem(tile: int) -> str | None:
+def tile_problem(tile: int) -> str | None:
     return None if tile == 0 or tile >= MIN_TILE else f"must be 0 (off) or at least {MIN_TILE} pixels, got {tile}"
 
 
-def _overlap_problem(overlap: float) -> str | None:
+def overlap_problem(overlap: float) -> str | None:
     return None if 0.0 <= overlap < 1.0 else f"must be in [0, 1), got {overlap:g}"
 
 
 def check_tile(tile: int, overlap: float) -> None:
     """Raise ``ValueError`` naming the option when ``tile`` (0: off) or ``overlap`` is out of range."""
-    for name, problem in (("tile", _tile_problem(tile)), ("tile overlap", _overlap_problem(overlap))):
+    for name, problem in (("tile", tile_problem(tile)), ("tile overlap", overlap_problem(overlap))):
         if problem:
             raise ValueError(f"{name} {problem}")
-
-
-def tile_arg(text: str) -> int:
-    """argparse ``type=`` of ``--tile``: a tile side in pixels, 0 for off."""
-    value = int(text)
-    if problem := _tile_problem(value):
-        raise argparse.ArgumentTypeError(problem)
-    return value
-
-
-def overlap_arg(text: str) -> float:
-    """argparse ``type=`` of ``--tile-overlap``: a fraction of the tile side in [0, 1)."""
-    value = float(text)
-    if problem := _overlap_problem(value):
-        raise argparse.ArgumentTypeError(problem)
-    return value
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:

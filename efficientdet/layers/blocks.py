@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.config import BN_EPS, BN_MOMENTUM
+# Batch norm settings of the official code: TF decay 0.99 -> PyTorch momentum 0.01, eps 1e-3 (paper, section 5.1).
+BN_MOMENTUM = 0.01
+BN_EPS = 1e-3
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -22,7 +24,7 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
-    """Batch norm with the official momentum/eps (SPEC 2)."""
+    """Batch norm with the official momentum/eps (paper, section 5.1: decay 0.99, epsilon 1e-3)."""
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 

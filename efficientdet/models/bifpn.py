@@ -1,8 +1,9 @@
 """Feature networks: BiFPN and the paper's ablation alternatives, all from one node/graph mechanism.
 
 A topology is data: a list of nodes, each ``(level, input ids)``. Ids 0..L-1 are the cell's input levels
-(min_level..max_level), new nodes take the next ids in order (SPEC 4). Every node resamples its inputs to its
-own level, fuses them (fast-normalized, softmax or plain sum) and applies act -> separable conv -> BN.
+(min_level..max_level), new nodes take the next ids in order (as the official code's tf2/fpn_configs.py,
+bifpn_config, numbers them). Every node resamples its inputs to its own level, fuses them (fast-normalized,
+softmax or plain sum: paper, section 3.3) and applies act -> separable conv -> BN.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ class _GraphBuilder:
 
 
 def bifpn_graph(min_level: int = 3, max_level: int = 7) -> Graph:
-    """Top-down, then bottom-up with a skip from the original input at each level (SPEC 4)."""
+    """Top-down, then bottom-up with a skip from the original input at each level (paper, section 3.2).
+
+    The paper's Figure 2(d); node order and ids as in the official code's tf2/fpn_configs.py, bifpn_config.
+    """
     b = _GraphBuilder(min_level, max_level)
     b.top_down()
     for lvl in range(min_level + 1, max_level + 1):
@@ -144,7 +148,8 @@ class FusionNode(nn.Module):
         for lvl in input_levels:
             if abs(lvl - spec.level) > 1:
                 raise ValueError(f"node at P{spec.level} takes P{lvl}: only adjacent levels can be fused")
-        # One projection per input that needs one, keyed by input id (SPEC 3: one per use).
+        # One projection per input that needs one, keyed by input id: one per use, as effdet's
+        # fnode.{i}.combine.resample.{input_offset} (official code: a ResampleFeatureMap per FNode input).
         self.proj = nn.ModuleDict(
             {
                 str(i): ConvBN(c, channels, 1, padding=padding, bias=redundant_bias)
@@ -227,7 +232,10 @@ class FpnCell(nn.Module):
 
 
 class ExtraLevel(nn.Module):
-    """A coarser level made from the last one: optional 1x1 conv+BN projection, then 3x3/2 max-pool (SPEC 3)."""
+    """A coarser level made from the last one: optional 1x1 conv+BN projection, then 3x3/2 max-pool.
+
+    As the official code's ResampleFeatureMap (tf2/efficientdet_keras.py) makes P6 from P5 and P7 from P6.
+    """
 
     def __init__(self, in_channels: int, channels: int, padding: str, redundant_bias: bool) -> None:
         super().__init__()

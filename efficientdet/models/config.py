@@ -1,7 +1,8 @@
 """The variant table: every EfficientDet model is one row of data, not a class.
 
-Numbers come from the paper (Tan, Pang, Le, CVPR 2020, table 1) and the official TF code; see
-``shared/docs/SPEC.md`` sections 1-6. A new model size is a new row in ``MODEL_TABLE``.
+Numbers come from the paper (Tan, Pang, Le, CVPR 2020: Table 1, sections 3-5.1) and the official TF code
+(google/automl efficientdet: hparams_config.py, efficientdet_model_param_dict and efficientdet_lite_param_dict).
+A new model size is a new row in ``MODEL_TABLE``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# Batch norm settings of the official code: TF decay 0.99 -> PyTorch momentum 0.01, eps 1e-3 (SPEC 2).
-BN_MOMENTUM = 0.01
-BN_EPS = 1e-3
-# Fast-normalized fusion epsilon (SPEC 4).
+from ..layers.blocks import BN_EPS, BN_MOMENTUM  # noqa: F401  (part of the model settings' public names)
+
+# Fast-normalized fusion epsilon (paper, section 3.3).
 FUSION_EPS = 1e-4
-# Prior probability used to initialise the class-net bias: -log((1 - 0.01) / 0.01) (SPEC 5).
+# Prior probability used to initialise the class-net bias: -log((1 - 0.01) / 0.01) (official code:
+# efficientdet_arch.py, class_net; the RetinaNet prior).
 CLASS_PRIOR_PROB = 0.01
 
-# Anchor aspect ratios as (w, h) multipliers (SPEC 6).
+# Anchor aspect ratios as (w, h) multipliers: the paper's w/h {1/2, 1, 2} (section 5.1) as the official code's
+# anchors.py turns them into pairs, and effdet's default pairs (effdet/config/model_config.py).
 OFFICIAL_ASPECT_RATIOS: tuple[tuple[float, float], ...] = (
     (1.0, 1.0),
     (math.sqrt(2.0), 1.0 / math.sqrt(2.0)),
@@ -163,7 +165,7 @@ class ModelConfig(NetworkConfig):
     fpn_channels: int
     fpn_repeats: int
     head_repeats: int
-    fusion: str = "fast"  # "fast" (fast-normalized), "softmax" or "sum" (SPEC 4)
+    fusion: str = "fast"  # "fast" (fast-normalized), "softmax" or "sum" (paper, section 3.3)
     fpn_type: str = "bifpn"  # "bifpn", or the paper's ablation alternatives "fpn" / "panet"
     min_level: int = 3
     max_level: int = 7
@@ -173,13 +175,13 @@ class ModelConfig(NetworkConfig):
     aspect_ratios: tuple[tuple[float, float], ...] = OFFICIAL_ASPECT_RATIOS
     activation: str = "silu"
     # "same" + redundant_bias reproduces the TF-trained official weights; "symmetric" and no bias is the
-    # flavour of PyTorch-trained weights (SPEC 10).
+    # flavour of PyTorch-trained weights (effdet's pad_type / redundant_bias, config/model_config.py).
     padding: str = "same"
     redundant_bias: bool = True
     drop_path_rate: float | None = None  # None: the backbone's default
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    paper_params: int | None = field(default=None, compare=False)  # SPEC 1, for `efficientdet info`
+    paper_params: int | None = field(default=None, compare=False)  # published count, see MODEL_TABLE
     paper_flops: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -226,8 +228,11 @@ def _lite(name, backbone, size, ch, reps, head, anchor, params) -> ModelConfig:
     )  # fmt: skip
 
 
-# SPEC 1. Parameter counts: the exact effdet figures where the SPEC gives them, else the paper's.
-# FLOPs: the paper's multiply-adds at the model's own input size.
+# Architecture: paper, Table 1 (D0-D7x) and official hparams_config.py (Lite). Parameter counts: effdet's exact
+# counts for D0, D1, D7x and Lite0, effdet's counts to the nearest thousand for D2-D7 (EFFDET_PARAMS has them
+# exact), and for Lite1-Lite4 the 0.1M figures of the official README's lite-model table (google/automl
+# efficientdet/README.md). FLOPs: multiply-adds at the model's own input size, as the official README's
+# checkpoint table gives them (paper, Table 2 has them rounded, and 135B for D5).
 MODEL_TABLE: dict[str, ModelConfig] = {
     c.name: c
     for c in [
@@ -251,7 +256,7 @@ MODEL_TABLE: dict[str, ModelConfig] = {
 
 
 # Exact parameter counts of the same models in the effdet package (tf_efficientdet_*, 90 classes), measured with
-# effdet 0.4.1 / timm 1.0.31. The SPEC/paper figures above are rounded (Lite to 0.1M); these are exact.
+# effdet 0.4.1 / timm 1.0.31. The published figures above are rounded (Lite to 0.1M); these are exact.
 EFFDET_PARAMS: dict[str, int] = {
     "efficientdet-d0": 3_880_067,
     "efficientdet-d1": 6_625_898,

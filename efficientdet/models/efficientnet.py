@@ -1,4 +1,7 @@
-"""EfficientNet B0-B7 and EfficientNet-Lite0-4 in plain torch (SPEC 2).
+"""EfficientNet B0-B7 (Tan & Le, ICML 2019) and EfficientNet-Lite0-4 in plain torch.
+
+EfficientNet-Lite (ReLU6, no squeeze-excite, fixed stem and head) is described in the README of
+tensorflow/tpu models/official/efficientnet/lite/.
 
 One base architecture (the B0 stage table) is scaled by width/depth multipliers. In detection mode the
 network returns the features at strides 8, 16 and 32 (ends of stages 2, 4 and 6); with ``num_classes`` it is

@@ -238,6 +238,19 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace
     return model
 
 
+def uses_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s conv weights are channels-last (NHWC), so that its inputs should be too.
+
+    The one test of the layout, for the predictors that feed a model (``Detector``, ``Segmenter``): a 4-D weight
+    that is channels-last contiguous but not NCHW contiguous (a 1x1 or single-channel weight is both, and says
+    nothing). A module without parameters (an exported file run in a runtime) is not channels-last.
+    """
+    return any(
+        p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in model.parameters()
+    )
+
+
 @torch.no_grad()
 def _keep_nchw_outputs(net: FoldedPredictionNet) -> None:
     """Make the head's last 1x1 conv read and write NCHW, so the network's outputs are plain contiguous NCHW.

@@ -1,4 +1,6 @@
-"""Class and box prediction nets (SPEC 5): conv weights shared across levels, a separate BN per level."""
+"""Class and box prediction nets (paper, section 4.1): conv weights shared across levels, a separate BN per level
+(official code: tf2/efficientdet_keras.py, ClassNet / BoxNet).
+"""
 
 from __future__ import annotations
 

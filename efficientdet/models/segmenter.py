@@ -1,4 +1,4 @@
-"""EfficientDet for semantic segmentation (paper section 6, SPEC 9): backbone -> BiFPN over P2-P7 -> per-pixel head.
+"""EfficientDet for semantic segmentation (paper, section 5.2): backbone -> BiFPN over P2-P7 -> per-pixel head.
 
 The paper's model is EfficientDet-D4-sized: a B4 backbone, a BiFPN of 128 channels over P2-P7 (P2, stride 4, added
 for spatial detail) and a classification head of 256 channels applied at P2, its output upsampled to the input;
@@ -29,17 +29,18 @@ from .registry import ModelFamily, register_family
 from .weights import CheckpointError, load_weights, read_checkpoint
 
 SEG_PREFIX = "efficientdet-seg-"
-OUTPUT_LEVEL = 2  # SPEC 9: the head runs at P2 (stride 4)
+OUTPUT_LEVEL = 2  # paper, section 5.2: the head runs at P2 (stride 4)
 OUTPUT_STRIDE = 2**OUTPUT_LEVEL
-# SPEC 9: the paper's D4 segmentation model has a 128-channel BiFPN and a 256-channel head, where detection D4 has
+# Paper, section 5.2: the D4 segmentation model has a 128-channel BiFPN and a 256-channel head, where detection D4 has
 # 224 channels for both. Every other size keeps these ratios to its detection variant's width (rounded to a
 # multiple of 8), e.g. D0 / Lite0: 64 -> BiFPN 40, head 72.
 SEG_FPN_RATIO = 128 / 224
 SEG_HEAD_RATIO = 256 / 224
-# SPEC 9: BiFPN and head are each repeated 3 times (D4). Detection never goes below 3 either, so every size uses 3.
+# Paper, section 5.2: BiFPN and head are each repeated 3 times (D4). Detection never goes below 3 either, so every
+# size uses 3.
 SEG_REPEATS = 3
 DEFAULT_NUM_CLASSES = 21  # Pascal VOC 2012: 20 classes + background, the paper's benchmark
-PAPER_SEG_D4_FLOPS = 17.9e9  # SPEC 9, Pascal VOC (512 px input)
+PAPER_SEG_D4_FLOPS = 17.9e9  # Pascal VOC, 512 px input; published as 18B (paper, Table 3)
 
 
 def _round8(x: float) -> int:
@@ -132,7 +133,7 @@ class SegmentationHead(nn.Module):
     """``repeats`` x (separable 3x3 conv -> BN -> act) at the head width, then a separable conv to class logits.
 
     The detector's class net with one level and one "anchor": the first conv widens the BiFPN output to the head
-    width (SPEC 9: 128 -> 256 for D4).
+    width (paper, section 5.2: 128 -> 256 for D4).
     """
 
     def __init__(

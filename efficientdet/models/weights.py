@@ -194,7 +194,7 @@ EFFDET_MIN_LEVEL = 3
 
 
 def convert_effdet(sd: Mapping[str, torch.Tensor], source: str = "") -> dict[str, torch.Tensor]:
-    """effdet's EfficientDet keys (SPEC 10) -> ours."""
+    """effdet's EfficientDet state-dict keys (effdet/efficientdet.py: fpn.cell.*, class_net.*, box_net.*) -> ours."""
     backbone = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     out = {f"backbone.{k}": v for k, v in convert_timm_backbone(backbone, source).items()}
     unknown = []

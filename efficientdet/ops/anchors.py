@@ -1,4 +1,4 @@
-"""Anchor grid and box coder (SPEC 6).
+"""Anchor grid and box coder (official code: tf2/anchors.py Anchors, object_detection/faster_rcnn_box_coder.py).
 
 Anchors follow the feature maps actually produced for an input: level l has ceil(size / 2^l) cells, centres at
 stride/2 + k*stride with stride 2^l. Order: level, y, x, then (octave scale, aspect ratio) — the order of the

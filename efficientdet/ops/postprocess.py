@@ -1,4 +1,5 @@
-"""From raw network outputs to detections: top-k over anchor x class, box decoding, NMS (SPEC 8).
+"""From raw network outputs to detections: top-k over anchor x class, box decoding, NMS (paper, section 5.1;
+official code: tf2/postprocess.py).
 
 Plain torch, and numpy for the greedy NMS loops (the few thousand candidate boxes are copied to the CPU whatever
 the device); torchvision's NMS kernel is used for hard NMS when it is importable (same results). Two things
@@ -26,10 +27,10 @@ try:  # optional accelerator, never required
 except Exception:  # noqa: BLE001 - any import problem just means "not available"
     _tv_batched_nms = None
 
-TOPK_CANDIDATES = 5000  # SPEC 8: top 5000 (anchor, class) scores
-MAX_DETECTIONS = 100  # SPEC 8: 100 detections kept per image
+TOPK_CANDIDATES = 5000  # top (anchor, class) scores: effdet's max_detection_points; early official anchors.py
+MAX_DETECTIONS = 100  # per image: official code's hparams_config.py nms_configs['max_output_size']
 NMS_IOU = 0.5  # effdet's default hard-NMS threshold
-SOFT_NMS_SIGMA = 0.5  # SPEC 8: Gaussian soft-NMS of the official evaluation
+SOFT_NMS_SIGMA = 0.5  # paper, section 5.1 (soft-NMS for eval); official tf2/postprocess.py nms(), 'gaussian'
 SOFT_NMS_SCORE_FLOOR = 0.001  # boxes decayed below this are dropped
 NMS_METHODS = ("hard", "soft")
 

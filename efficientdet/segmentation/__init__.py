@@ -1,7 +1,8 @@
-"""The paper's semantic segmentation variant (section 6, SPEC 9): model, data, metrics, training, prediction."""
+"""The paper's semantic segmentation variant (paper, section 5.2): model, data, metrics, training, prediction."""
 
 from ..evaluation.segmentation_metrics import ConfusionMatrix, metrics_from_confusion
 from ..inference.segmentation import predict_segmentation
+from ..inference.segmenter import Segmenter
 from ..models.segmenter import (
     EfficientDetSegmentation,
     SegmentationConfig,
@@ -16,6 +17,7 @@ __all__ = [
     "ConfusionMatrix",
     "EfficientDetSegmentation",
     "SegmentationConfig",
+    "Segmenter",
     "create_segmentation_model",
     "get_segmentation_config",
     "is_segmentation_model",

@@ -2,14 +2,16 @@
 
 What is timed, each after a warm-up (whose length, including any compilation, is reported):
 
-- **network**: the raw network on a normalised ``[B, 3, S, S]`` batch (for onnxruntime including the tensor <->
-  numpy hand-over, which a user pays too);
+- **network**: the raw network on a normalised ``[B, 3, S, S]`` batch as the Detector hands it over (on the
+  device, channels-last for a channels-last network; for onnxruntime including the tensor <-> numpy hand-over,
+  which a user pays too);
 - **end to end**: :class:`efficientdet.inference.Detector` on ``B`` uint8 HxWx3 arrays (640x480 by default): resize,
   pad and normalise, the network, then top-k 5000 / decode / per-class NMS / mapping back to the image's pixels.
   Image decoding is left out (it depends on the file format, not on us);
-- **pre-processing** and **post-processing** alone, the latter on the network's real outputs with the score
-  threshold at 0 so that all 5000 candidates reach NMS (the worst case, and what effdet's ``DetBenchPredict``
-  does; with random weights every score is near the 0.01 class prior and a 0.05 threshold would leave none).
+- **pre-processing** and **post-processing** alone (the Detector's own steps, ``preprocess`` and
+  ``detections``, not copies of them), the latter on the network's real outputs with the score threshold at 0
+  so that all 5000 candidates reach NMS (the worst case, and what effdet's ``DetBenchPredict`` does; with random
+  weights every score is near the 0.01 class prior and a 0.05 threshold would leave none).
 
 Latencies are per call (one batch): median and 90th percentile over ``iterations`` calls; throughput is images
 per second at the median. Peak memory covers the timed calls only (not model building, export or compilation):
@@ -23,11 +25,9 @@ code, onnxruntime's arena). Where the restart is impossible it falls back to the
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
-import json
 import resource
 import sys
 import tempfile
@@ -277,7 +277,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     from ..export.runtimes import is_exported_file, load_exported, resolve_backend
     from ..inference.detector import Detector
     from ..models.factory import create_model, load_checkpoint
-    from ..ops.postprocess import _tv_batched_nms, postprocess
+    from ..ops.postprocess import _tv_batched_nms
 
     device = torch.device(cfg.device)
     rss_before = _proc_status_mb("VmRSS") or max_rss_mb()
@@ -330,10 +330,11 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
             end_to_end = time_calls(lambda: detector(images), cfg.iterations, device)
             pre = time_calls(lambda: detector.preprocess(images), cfg.iterations, device)
             cls, box = net(batch)
-            anchors = detector.anchors(tuple(batch.shape[-2:]))
+            input_size = tuple(batch.shape[-2:])
+            anchors = detector.anchors(input_size)
 
-            def post() -> Any:
-                return postprocess(cls, box, anchors, num_classes, cfg.topk, score_threshold=0.0)
+            def post() -> Any:  # the Detector's own post-processing step, on the network's real outputs
+                return detector.detections(cls, box, input_size)
 
             post_times = time_calls(post, cfg.iterations, device)
         candidates = min(cfg.topk, int(anchors.shape[0]) * num_classes)
@@ -405,81 +406,3 @@ def format_result(r: dict[str, Any]) -> str:
             f"+{r['peak_memory_delta_mb']:.0f} MiB over the process before the model)"
         )
     return "\n".join(lines)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Entry point of ``efficientdet bench``."""
-    from ..models.config import list_models
-
-    if args.model.lower() not in list_models():
-        print(f"efficientdet bench: unknown model {args.model}; known: {', '.join(list_models())}", file=sys.stderr)
-        return 2
-    cfg = BenchConfig(
-        model=args.model.lower(),
-        img_size=args.img_size,
-        batch_size=args.batch_size,
-        backend=args.backend,
-        threads=args.threads,
-        device=args.device,
-        iterations=args.iterations,
-        warmup=args.warmup,
-        dtype=args.dtype,
-        fold=args.fold,
-        channels_last=args.channels_last,
-        num_classes=args.num_classes,
-        checkpoint=args.checkpoint,
-        pretrained=args.pretrained,
-    )
-    try:
-        result = run_benchmark(cfg)
-    except (ImportError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"efficientdet bench: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``efficientdet bench`` on the CLI's subparsers."""
-    from ..cli.weights_options import add_weights_options
-
-    p = sub.add_parser("bench", help="latency, throughput and peak memory: network alone and end to end")
-    p.add_argument("--model", default="efficientdet-d0", help="model name (default efficientdet-d0)")
-    p.add_argument("--img-size", type=int, help="square input size (default: the model's own)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="eager",
-        help="eager (default), compile (torch.compile, inductor), onnxruntime or openvino (CPU); with an exported "
-        "--checkpoint file (.onnx, .xml; int8 too) the file runs as it is (default runtime by suffix)",
-    )
-    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's default)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
-    p.add_argument("--iterations", type=int, default=20, help="timed calls per measurement (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3; compilation happens here)")
-    p.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="fp32",
-        help="fp32 (default) or bf16 autocast (opt-in: results change beyond float rounding)",
-    )
-    p.add_argument(
-        "--fold",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="fold batch norms into the convs and TF-SAME pads into conv/pool padding (default: on)",
-    )
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="NHWC memory layout (default: on for eager and compile on CPU)",
-    )
-    p.add_argument("--num-classes", type=int, default=90, help="class count of the random-weight model (default 90)")
-    add_weights_options(
-        p, required=False, checkpoint_help="time these weights instead of random ones (speed does not depend on them)"
-    )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_bench)
-    return p

@@ -4,6 +4,10 @@ A config field states what values it accepts next to its default (``field(defaul
 :func:`check_fields` enforces every such declaration, so a bad value fails at once, before any data is read or any
 file is written, with one message naming the option (as its command-line flag) and what it must be. The command
 line and the Python API go through the same check: there is no per-flag validation to forget.
+
+A field also carries what the command line needs to offer it (:func:`option`): its help text, whether it may change
+when a run is resumed, and how to read it from text. ``efficientdet.cli`` builds each command's flags from these,
+so a default is written once, where the field is, and the help cannot advertise another.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def number_in(
     return {"check": check}
 
 
-def one_of(choices: Collection[str], optional: bool = False) -> dict[str, Check]:
+def one_of(choices: Collection[str], optional: bool = False) -> dict[str, Any]:
     """Metadata: one of ``choices`` (compared case-insensitively)."""
 
     def check(value: Any) -> str | None:
@@ -79,7 +83,7 @@ def one_of(choices: Collection[str], optional: bool = False) -> dict[str, Check]
         ok = isinstance(value, str) and value.lower() in {c.lower() for c in choices}
         return None if ok else f"one of {', '.join(choices)}"
 
-    return {"check": check}
+    return {"check": check, "choices": tuple(choices)}
 
 
 def increasing_pair(low: float = 0.0) -> dict[str, Check]:
@@ -103,3 +107,42 @@ def check_fields(config: Any) -> None:
         wanted = check(value)
         if wanted is not None:
             raise OptionError(f"{flag_name(f.name)} must be {wanted}, got {value!r}")
+
+
+def option(
+    help: str,
+    constraint: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    default_text: str | None = None,
+    cli: bool = True,
+) -> dict[str, Any]:
+    """Metadata of a config field that is also a command-line option.
+
+    ``help``: what the option does; the flag's help adds "(default: ...)" from the field's *own* default, so a
+    task that overrides a default shows its own. ``default_text`` words a default that is not a literal (None
+    meaning "the model's own"). ``constraint``: a check from this module. ``resume``: the option may differ from
+    the saved run on ``--resume`` (where and how fast it runs, not what it computes). ``parse``: text -> value
+    when the field's type does not say it (e.g. ``none`` -> None). ``cli=False``: Python API only.
+    """
+    meta: dict[str, Any] = dict(constraint or {})
+    meta.update(help=help, resume=resume, metavar=metavar, parse=parse, default_text=default_text, cli=cli)
+    return meta
+
+
+def field_metadata(config_class: type, name: str) -> dict[str, Any]:
+    """The metadata of field ``name``, merged over the class hierarchy: a subclass that only changes a default (or
+    a check) keeps the help text its base class wrote."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(config_class.__mro__):
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None:
+            merged.update(f.metadata)
+    return merged
+
+
+def resume_changeable(config_class: type) -> tuple[str, ...]:
+    """Fields of ``config_class`` that may differ from the saved run on ``--resume``."""
+    return tuple(f.name for f in dataclasses.fields(config_class) if field_metadata(config_class, f.name).get("resume"))

@@ -22,6 +22,7 @@ from ...data.images import ImageReadError, load_image
 from ...data.readers import read_dataset
 from ...data.records import DetectionData, ImageRecord
 from ...evaluation.coco import CocoEvaluation, format_metrics
+from ...evaluation.data_check import data_summary
 from ...evaluation.plots import write_evaluation_plots
 from ...evaluation.validate import evaluate_model, predict_records
 from ...models.config import ModelConfig, get_config, list_models
@@ -34,10 +35,9 @@ from ...ops.anchors import anchors_for_config
 from ...ops.labeler import AnchorLabeler
 from ...ops.losses import BOX_LOSS_WEIGHT, detection_loss
 from ...ops.postprocess import flatten_outputs
-from ...tools.data_check import data_summary
 from ...utils.atomic import atomic_open
 from ...utils.distributed import DistEnv, all_reduce_sum
-from ...utils.fields import increasing_pair, number_in, one_of
+from ...utils.fields import increasing_pair, number_in, one_of, option
 from ...viz.draw import draw_batch, draw_detections
 from ...viz.plot import plot_training_metrics
 from ..recipe import RecipeConfig
@@ -49,6 +49,7 @@ LOG = logging.getLogger(__name__)
 
 # Default jitter of `efficientdet train` (the paper's 0.1-2.0 is `--scale-range 0.1 2.0`): milder for small data.
 DEFAULT_TRAIN_SCALE_RANGE = (0.5, 1.5)
+DATASET_FORMATS = ("voc", "coco", "yolo")
 PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
 TENSORBOARD_IMAGES = 4  # validation images drawn with the EMA model's detections at each evaluation
 TENSORBOARD_SCORE_THRESHOLD = 0.3  # as `efficientdet predict` draws: lower scores only clutter the picture
@@ -59,14 +60,24 @@ class TrainConfig(RecipeConfig):
     """Every option of `efficientdet train` (the CLI maps its flags one to one onto these fields)."""
 
     model: str = field(default="efficientdet-lite0", metadata=one_of(list_models()))
-    format: str | None = None
+    data: str | None = field(
+        default=None, metadata=option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
+    )
+    format: str | None = field(
+        default=None, metadata=option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
+    )
     scale_range: tuple[float, float] = field(default=DEFAULT_TRAIN_SCALE_RANGE, metadata=increasing_pair(0.0))
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
-    box_loss_weight: float = field(default=BOX_LOSS_WEIGHT, metadata=number_in(0))
+    box_loss_weight: float = field(
+        default=BOX_LOSS_WEIGHT,
+        metadata=option("weight of the box loss against the class loss (higher: tighter boxes)", number_in(0)),
+    )
     # ImageNet backbone weights for a fresh start (packaged for Lite0-2, else downloaded once): a detector trained
     # from a random backbone on a small dataset is a trap nobody asks for. Unused with checkpoint / pretrained.
     pretrained_backbone: bool = True
-    pretrained: bool = False  # fine-tune from the model's published COCO weights (efficientdet.hub)
+    pretrained: bool = field(
+        default=False, metadata=option("start from the published COCO weights of --model (downloaded once)")
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,4 +1,4 @@
-"""Semantic segmentation as a training task: per-pixel cross-entropy, mIoU as the metric (paper section 6).
+"""Semantic segmentation as a training task: per-pixel cross-entropy, mIoU as the metric (paper section 5.2).
 
 What differs from detection is only here: the loss (cross-entropy over valid pixels, the ignore index and the
 augmentation padding excluded, optionally class-weighted), the augmentation (flip + scale jitter + crop applied to
@@ -41,7 +41,7 @@ from ...models.segmenter import (
 )
 from ...models.weights import CheckpointError, load_weights, read_checkpoint
 from ...utils.distributed import DistEnv, all_reduce_sum
-from ...utils.fields import increasing_pair, int_at_least
+from ...utils.fields import increasing_pair, int_at_least, option
 from ...viz.plot import plot_segmentation_metrics
 from ..recipe import RecipeConfig
 from ..trainer import Task
@@ -50,30 +50,67 @@ from ..utils import TrainingError
 LOG = logging.getLogger(__name__)
 
 
+def optional_int(text: str) -> int | None:
+    """``--ignore-index`` text: an integer, or ``none``."""
+    return None if text.lower() == "none" else int(text)
+
+
 @dataclass
 class SegTrainConfig(RecipeConfig):
     """Every option of `efficientdet train --task segmentation`."""
 
     model: str = "efficientdet-seg-lite0"
-    num_classes: int | None = None  # required unless resuming or the data's class names say it
-    ignore_index: int | None = DEFAULT_IGNORE_INDEX  # None: every id is a class
-    train_images: str | None = None
-    train_masks: str | None = None
-    val_images: str | None = None
-    val_masks: str | None = None
-    # data: a VOC root (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)
-    class_names: list[str] | None = None
+    data: str | None = field(
+        default=None,
+        metadata=option(
+            "a VOC root (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/); or give "
+            "--train-images/--train-masks"
+        ),
+    )
+    num_classes: int | None = field(  # required unless resuming or the data's class names say it
+        default=None,
+        metadata=option(
+            "number of classes (ids 0..K-1 in the masks)",
+            int_at_least(1, optional=True),
+            default_text="from the data's class names",
+        ),
+    )
+    ignore_index: int | None = field(
+        default=DEFAULT_IGNORE_INDEX,
+        metadata=option(
+            "mask value excluded from loss and metrics ('none': every id is a class; CamVid: 11)", parse=optional_int
+        ),
+    )
+    train_images: str | None = field(default=None, metadata=option("folder of training images (paired by stem)"))
+    train_masks: str | None = field(default=None, metadata=option("folder of training label PNGs (class id/pixel)"))
+    val_images: str | None = field(default=None, metadata=option("folder of validation images"))
+    val_masks: str | None = field(default=None, metadata=option("folder of validation label PNGs"))
+    class_names: list[str] | None = field(default=None, metadata=option("class names", cli=False))
     epochs: int = field(default=50, metadata=int_at_least(1))
     # img_size: longer side at evaluation / scale 1 (default: the model's own)
-    crop_size: int | None = field(default=None, metadata=int_at_least(1, optional=True))  # default: img_size
+    crop_size: int | None = field(
+        default=None,
+        metadata=option("training crop", int_at_least(1, optional=True), default_text="--img-size"),
+    )
     output: str = "runs/segment"
     scale_range: tuple[float, float] = field(default=DEFAULT_SCALE_RANGE, metadata=increasing_pair(0.0))
     # Per-class loss weights: None (plain cross-entropy), "median-freq" (SegNet's median frequency balancing,
     # computed from the training masks) or one weight per class. Rare, thin classes (poles, signs) otherwise
     # contribute almost nothing to the loss and to what the model learns, and they weigh as much as roads in mIoU.
-    class_weights: str | list[float] | None = None
+    class_weights: str | list[float] | None = field(
+        default=None,
+        metadata=option(
+            "loss weight per class: 'median-freq' (SegNet's median frequency balancing, from the "
+            "training masks), 'none' or K comma-separated numbers",
+            metavar="SPEC",
+            default_text="none",
+        ),
+    )
     pretrained_backbone: bool = False
-    eval_batch_size: int | None = field(default=None, metadata=int_at_least(1, optional=True))  # default: batch_size
+    eval_batch_size: int | None = field(
+        default=None,
+        metadata=option("images per evaluation batch", int_at_least(1, optional=True), default_text="--batch-size"),
+    )
 
 
 # --------------------------------------------------------------------------------------------- loss

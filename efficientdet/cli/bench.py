@@ -1,0 +1,87 @@
+"""``efficientdet bench``: latency and memory of a model, its pre- and post-processing, on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..tools.bench import BACKENDS, DTYPES, BenchConfig, format_result, run_benchmark
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Entry point of ``efficientdet bench``."""
+    from ..models.config import list_models
+
+    if args.model.lower() not in list_models():
+        print(f"efficientdet bench: unknown model {args.model}; known: {', '.join(list_models())}", file=sys.stderr)
+        return 2
+    cfg = BenchConfig(
+        model=args.model.lower(),
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        threads=args.threads,
+        device=args.device,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        fold=args.fold,
+        channels_last=args.channels_last,
+        num_classes=args.num_classes,
+        checkpoint=args.checkpoint,
+        pretrained=args.pretrained,
+    )
+    try:
+        result = run_benchmark(cfg)
+    except (ImportError, ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"efficientdet bench: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``efficientdet bench`` on the CLI's subparsers."""
+    from .weights_options import add_weights_options
+
+    p = sub.add_parser("bench", help="latency, throughput and peak memory: network alone and end to end")
+    p.add_argument("--model", default="efficientdet-d0", help="model name (default efficientdet-d0)")
+    p.add_argument("--img-size", type=int, help="square input size (default: the model's own)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="eager",
+        help="eager (default), compile (torch.compile, inductor), onnxruntime or openvino (CPU); with an exported "
+        "--checkpoint file (.onnx, .xml; int8 too) the file runs as it is (default runtime by suffix)",
+    )
+    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+    p.add_argument("--iterations", type=int, default=20, help="timed calls per measurement (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3; compilation happens here)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="fp32 (default) or bf16 autocast (opt-in: results change beyond float rounding)",
+    )
+    p.add_argument(
+        "--fold",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fold batch norms into the convs and TF-SAME pads into conv/pool padding (default: on)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory layout (default: on for eager and compile on CPU)",
+    )
+    p.add_argument("--num-classes", type=int, default=90, help="class count of the random-weight model (default 90)")
+    add_weights_options(
+        p, required=False, checkpoint_help="time these weights instead of random ones (speed does not depend on them)"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_bench)
+    return p

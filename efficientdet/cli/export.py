@@ -1,0 +1,190 @@
+"""``efficientdet export``: ONNX, torch.export, OpenVINO and int8 files, verified before they are written."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..export.exporter import (
+    DEFAULT_OPSET,
+    EXPORT_TOPK,
+    FORMATS,
+    INPUT_NAME,
+    TopKWarning,
+    export_onnx,
+    export_torch,
+    read_metadata,
+    topk_warning,
+    verify_exported,
+)
+from ..export.quantize import DEFAULT_CALIBRATION_IMAGES, CalibrationError, export_onnx_int8
+from ..export.verify import VERIFY_IMAGES, VerificationError, describe, load_verification_images, write_verified
+from ..models.detector import EfficientDet
+from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``efficientdet export``: load a checkpoint, write the file, optionally check it against eager PyTorch."""
+    from ..models.weights import CheckpointError
+    from .weights_options import load_model_from_options
+
+    try:
+        img_size = img_size_values(args.img_size)
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"efficientdet export: {e}", file=sys.stderr)
+        return 1
+    common = dict(
+        img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, with_nms=args.with_nms,
+        score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, max_det=args.max_det,
+        topk=args.topk,
+    )  # fmt: skip
+    if args.format == "openvino" or args.int8 or args.calibration:
+        try:
+            path = export_deployment(model, args, common)
+        except (ImportError, ValueError, RuntimeError, OSError) as e:
+            print(f"efficientdet export: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {path} ({args.format}{', int8' if args.int8 else ''}, {model.config.name})")
+        return 0
+    return export_verified(model, args, common)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``efficientdet export`` on the CLI's subcommands."""
+    from .weights_options import add_weights_options
+
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as ONNX or a torch.export program (.pt2)",
+        description="Input: images [B, 3, H, W], normalised RGB floats. Outputs: class_logits [B, A, C] and "
+        "box_codes [B, A, 4] (anchors: efficientdet.anchors_for_config), or with --with-nms boxes [B, max_det, 4] "
+        "(x1, y1, x2, y2 input pixels), scores, labels (-1 = padding) and num_detections.",
+    )
+    add_weights_options(p)
+    p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
+    p.add_argument("--output", required=True, help="file to write (e.g. model.onnx, model.pt2)")
+    p.add_argument("--img-size", type=int, nargs="+", metavar="S", help="input size S or H W (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch of the input (default 1)")
+    p.add_argument("--dynamic-batch", action="store_true", help="let the batch dimension vary")
+    p.add_argument("--with-nms", action="store_true", help="include top-k, box decoding and per-class NMS")
+    p.add_argument("--score-threshold", type=float, default=0.05, help="with --with-nms (default 0.05)")
+    p.add_argument("--iou-threshold", type=float, default=NMS_IOU, help=f"with --with-nms (default {NMS_IOU})")
+    p.add_argument("--max-det", type=int, default=MAX_DETECTIONS, help=f"with --with-nms (default {MAX_DETECTIONS})")
+    p.add_argument("--topk", type=int, default=EXPORT_TOPK,
+                   help=f"in-graph top-k with --with-nms (default {EXPORT_TOPK}, TensorRT's TopK limit; eager "
+                        "post-processing uses 5000)")  # fmt: skip
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="let height and width vary: multiples of 128 (2^max_level), at least 256")  # fmt: skip
+    p.add_argument("--half", action="store_true",
+                   help="float16 weights and network (GPU runtimes); input and outputs stay float32")  # fmt: skip
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="before writing, run the file on pictures and compare with eager PyTorch; the file is "
+                        "only written if it agrees (default on; --no-verify skips)")  # fmt: skip
+    p.add_argument(
+        "--verify-images",
+        metavar="DIR",
+        help=f"folder of pictures for --verify (the first {VERIFY_IMAGES}; default: synthetic ones)",
+    )
+
+    add_int8_options(p)
+    p.set_defaults(func=cmd_export)
+
+
+def add_int8_options(p: Any) -> None:
+    """``--int8`` and the calibration options of ``efficientdet export``."""
+    p.add_argument("--int8", action="store_true",
+                   help="post-training int8 (onnx: onnxruntime QDQ; openvino: NNCF); needs --calibration")  # fmt: skip
+    p.add_argument("--calibration", metavar="DATA",
+                   help="calibration images for --int8: a VOC/COCO/YOLO dataset or a folder of images")  # fmt: skip
+    p.add_argument("--calibration-split", default="train", help="dataset split to calibrate on (default train)")
+    p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                   help=f"images to calibrate on (default {DEFAULT_CALIBRATION_IMAGES})")  # fmt: skip
+
+
+def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) -> Path:
+    """``efficientdet export`` for ``--int8`` and ``--format openvino`` (``common``: the shared export options).
+
+    Raises ValueError / CalibrationError / ImportError with a one-line message for the command to print.
+    """
+    if args.int8 and not args.calibration:
+        raise CalibrationError("--int8 needs --calibration DATA (a dataset or a folder of images)")
+    if args.calibration and not args.int8:
+        raise ValueError("--calibration is for --int8 only")
+    what = "--int8" if args.int8 else "--format openvino"
+    for option in ("half", "dynamic_size"):  # int8 and the IR are CPU files of one size, calibrated at that size
+        if getattr(args, option, False):
+            raise ValueError(f"--{option.replace('_', '-')} does not go with {what} (fixed-size fp32/int8 CPU files)")
+    calib = dict(calibration=args.calibration, calibration_split=args.calibration_split,
+                 calibration_images=args.calibration_images)  # fmt: skip
+    if args.format == "openvino":
+        from ..export.openvino import export_openvino
+
+        return export_openvino(model, args.output, int8=args.int8, **calib, **common)
+    if args.format != "onnx":
+        raise ValueError(f"--int8 is for --format onnx or openvino, not {args.format}")
+    try:
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as e:
+        raise ImportError("int8 ONNX export needs onnxruntime: pip install 'efficientdet[export]'") from e
+    return export_onnx_int8(model, args.output, opset=args.opset, **calib, **common)
+
+
+def img_size_values(values: list[int] | None) -> int | tuple[int, int] | None:
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise ValueError(f"--img-size takes S or H W, got {len(values)} values")
+
+
+def export_verified(model: EfficientDet, args: argparse.Namespace, common: dict[str, Any]) -> int:
+    """Export to a temp file beside ``--output``, verify it on pictures (unless ``--no-verify``), then rename."""
+    warning = topk_warning(args.with_nms, args.topk)
+    if warning:
+        print(f"efficientdet export: warning: {warning}", file=sys.stderr)
+    from ..data.images import ImageReadError
+
+    try:
+        images = load_verification_images(args.verify_images) if args.verify else None
+    except (ValueError, OSError, ImageReadError) as e:  # each names the folder or file
+        print(f"efficientdet export: {e}", file=sys.stderr)
+        return 1
+    options = dict(common, dynamic_size=args.dynamic_size, half=args.half)
+    diffs: dict[str, float] = {}
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TopKWarning)  # printed above, once
+            if args.format == "onnx":
+                export_onnx(model, tmp, opset=args.opset, **options)
+            else:
+                export_torch(model, tmp, **options)
+
+    def check(tmp: Path) -> None:
+        if images is not None:
+            diffs.update(verify_exported(model, tmp, images, batch_size=2 if args.dynamic_batch else args.batch_size))
+
+    try:
+        path = write_verified(args.output, write, check)
+    except VerificationError as e:
+        print(f"efficientdet export: {args.output}: verification failed, nothing written: {e}", file=sys.stderr)
+        return 1
+    except (ImportError, ValueError, RuntimeError, OSError) as e:
+        print(f"efficientdet export: {e}", file=sys.stderr)
+        return 1
+    meta = read_metadata(path)
+    shape = "x".join(map(str, meta["input"]["shape"]))
+    print(f"wrote {path} ({args.format}, {meta['model']}, {meta['precision']}, {INPUT_NAME} {shape} -> "
+          f"{', '.join(meta['outputs'])}; {path.stat().st_size / 1e6:.1f} MB)")  # fmt: skip
+    if images is not None:
+        print(f"verified on {len(images)} {'' if args.verify_images else 'synthetic '}images against eager "
+              f"PyTorch (float32): {describe(diffs)}")  # fmt: skip
+    return 0

@@ -1,0 +1,180 @@
+"""``efficientdet train``: the options of the chosen task's config, one flag per field.
+
+``--task detection`` (default) offers the fields of :class:`TrainConfig`, ``--task segmentation`` those of
+:class:`SegTrainConfig`, each with its own defaults in the help. A flag of the other task is refused with a line
+that says so, and on ``--resume`` a flag that would change what the saved run computes is refused rather than
+dropped (only the fields marked ``resume`` in their metadata may differ: epochs, workers, device ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..engine.recipe import RecipeConfig
+from ..engine.tasks.detection import TrainConfig
+from ..engine.tasks.segmentation import SegTrainConfig
+from ..models.config import aspect_pairs
+from ..utils.fields import flag_name, resume_changeable
+from .common import setup_logging
+from .options import add_config_options, given_options, option_flags
+
+TASKS = ("detection", "segmentation")
+CONFIGS: dict[str, type[RecipeConfig]] = {"detection": TrainConfig, "segmentation": SegTrainConfig}
+ANCHOR_FLAGS = ("--aspect-ratios", "--anchor-scale")  # detection only: they change the model's anchors
+
+
+def add_task_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--task", choices=TASKS, default="detection", help=help_text)
+
+
+def add_anchor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aspect-ratios", type=float, nargs="+", metavar="R",
+                   help="anchor width/height ratios (default: the model's, 1.0 2.0 0.5); "
+                        "`efficientdet check-data` proposes some for your data")  # fmt: skip
+    p.add_argument("--anchor-scale", type=float, metavar="F",
+                   help="anchor side in strides of its level (default: the model's; Lite0: 3, D0: 4)")  # fmt: skip
+
+
+def anchor_overrides(aspect_ratios: Sequence[float] | None, anchor_scale: float | None) -> dict[str, Any]:
+    """``--aspect-ratios`` (w/h) and ``--anchor-scale`` as model config overrides; a ValueError names a bad flag."""
+    overrides: dict[str, Any] = {}
+    if aspect_ratios is not None:
+        try:
+            overrides["aspect_ratios"] = aspect_pairs(aspect_ratios)
+        except ValueError as e:
+            raise ValueError(f"--aspect-ratios: {e}") from None
+    if anchor_scale is not None:
+        if not (math.isfinite(anchor_scale) and anchor_scale > 0):
+            raise ValueError(f"--anchor-scale must be finite and > 0, got {anchor_scale}")
+        overrides["anchor_scale"] = float(anchor_scale)
+    return overrides
+
+
+def add_train_parser(sub: argparse._SubParsersAction, task: str) -> argparse.ArgumentParser:
+    other = "segmentation" if task == "detection" else "detection"
+    p = sub.add_parser(
+        "train",
+        help="train on a COCO / VOC / YOLO dataset (--task segmentation: images and label masks)",
+        description=f"Train a {task} model. The options and defaults below are those of --task {task}.",
+        epilog=f"The options of the other task: efficientdet train --task {other} --help",
+    )
+    add_task_option(p, "detection (default) or segmentation (efficientdet-seg-* models, mask PNGs)")
+    add_config_options(p, CONFIGS[task])
+    if task == "detection":
+        add_anchor_options(p)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def task_flags(task: str) -> set[str]:
+    """Every flag ``efficientdet train --task task`` accepts beyond the shared ones."""
+    return option_flags(CONFIGS[task]) | (set(ANCHOR_FLAGS) if task == "detection" else set())
+
+
+def _same(a: Any, b: Any) -> bool:
+    normal = lambda v: list(v) if isinstance(v, (tuple, list)) else v  # noqa: E731
+    return normal(a) == normal(b)
+
+
+def resumed_config(task: str, path: str, given: dict[str, Any]) -> RecipeConfig:
+    """The saved run's config with the options that may change on resume; any other option that differs from the
+    saved run is an error naming it (silently training with other settings than the user typed would be worse)."""
+    from ..engine.trainer import resume_settings
+
+    config_class = CONFIGS[task]
+    saved = resume_settings(path, task)
+    changeable = resume_changeable(config_class)
+    changes, refused = {}, []
+    for name, value in given.items():
+        if name == "resume":
+            continue
+        if name in changeable:
+            changes[name] = value
+        elif not _same(saved.get(name), value):
+            refused.append(flag_name(name))
+    if refused:
+        allowed = ", ".join(flag_name(n) for n in changeable)
+        raise ValueError(f"{', '.join(refused)} cannot change on --resume: the run keeps its settings (these may "
+                         f"change: {allowed}); to train with other settings start a new run, e.g. with "
+                         f"--checkpoint {path}")  # fmt: skip
+    return config_class(**resume_settings(path, task, **changes))
+
+
+def train_config(args: argparse.Namespace) -> RecipeConfig:
+    """The run's config from parsed ``efficientdet train`` arguments (``--resume``: the saved run's)."""
+    task = getattr(args, "task", "detection")
+    given = given_options(CONFIGS[task], args)
+    if str(given.get("val_split", "")).lower() == "none":
+        given["val_split"] = None
+    anchors: dict[str, Any] = {}
+    if task == "detection":
+        anchors = anchor_overrides(getattr(args, "aspect_ratios", None), getattr(args, "anchor_scale", None))
+    if given.get("resume"):
+        if anchors:
+            raise ValueError("--aspect-ratios / --anchor-scale cannot change on --resume: the run keeps its anchors")
+        return resumed_config(task, given["resume"], given)
+    if anchors:
+        given["model_overrides"] = anchors
+    return CONFIGS[task](**given)
+
+
+def _missing_data(task: str, args: argparse.Namespace) -> str | None:
+    given = vars(args)
+    if given.get("resume") or given.get("data"):
+        return None
+    if task == "detection":
+        return ("--data is required (or --resume RUN/last.pt); `efficientdet demo` trains on a built-in synthetic "
+                "dataset")  # fmt: skip
+    if given.get("train_images") or given.get("train_masks"):
+        return None
+    return "give --train-images and --train-masks (and --val-images, --val-masks), or --data VOC_ROOT"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..data.readers import DatasetError
+    from ..engine.utils import TrainingError
+    from ..models.segmenter import is_segmentation_model
+    from ..models.weights import CheckpointError
+
+    task = args.task
+    setup_logging()
+    problem = _missing_data(task, args)
+    model = vars(args).get("model")
+    if task == "segmentation":
+        if vars(args).get("pretrained"):
+            problem = "--pretrained: no segmentation weights are published; use --checkpoint or --pretrained-backbone"
+        elif model is not None and not is_segmentation_model(model):
+            problem = f"--task segmentation needs an efficientdet-seg-* model, not {model}"
+    if problem:
+        print(f"efficientdet train: {problem}", file=sys.stderr)
+        return 2
+    try:
+        cfg = train_config(args)
+        if task == "segmentation":
+            from ..engine.train_segmentation import train_segmentation
+
+            result = train_segmentation(cfg)  # type: ignore[arg-type]
+        else:
+            from ..engine.train import train
+
+            result = train(cfg)  # type: ignore[arg-type]
+    except (TrainingError, CheckpointError, DatasetError, ValueError, FileNotFoundError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"efficientdet train: {message}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports for the job
+        return 0
+    where = f"checkpoints: {result['best']} (best), {result['last']} (last)"
+    best = result["best_metric"]  # -inf when the run evaluated nothing (no validation split)
+    if not math.isfinite(best):
+        print(where)
+    elif task == "segmentation":
+        print(f"best mIoU {100 * best:.2f}%; {where}")
+    else:
+        print(f"best AP {best:.4f}; {where}")
+    return 0
