@@ -143,3 +143,14 @@ def test_onnxruntime_benchmark_result(
     check_result(r)
     assert r["backend"] == "onnxruntime" and not r["channels_last"]
     assert "onnxruntime" in format_result(r)
+
+
+def test_bench_of_a_checkpoint_takes_its_model(tmp_path, capsys):
+    """`bench --checkpoint lite0.pt` used to fail with "holds a efficientdet-lite0 model, not efficientdet-d0" unless
+    --model repeated what the file says."""
+    from conftest import tiny_detector_checkpoint
+
+    ckpt = tiny_detector_checkpoint(tmp_path / "tiny.pt", ["raccoon"])
+    assert main(["bench", "--checkpoint", str(ckpt), "--iterations", "1", "--warmup", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "efficientdet-lite0" and result["img_size"] == 128

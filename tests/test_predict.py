@@ -125,7 +125,8 @@ def test_detections_json_is_coco_results_equal_to_the_detector(raccoon_run, chec
         assert len(entry["bbox"]) == 4 and entry["bbox"][2] >= 0 and entry["bbox"][3] >= 0
         assert 0.3 <= entry["score"] <= 1.0
     paths = [RACCOON / f"raccoon-{i}.jpg" for i in (1, 10, 11, 12, 13)] + sorted(folder.glob("*.png"))
-    detector = Detector(load_checkpoint(checkpoint), score_threshold=0.3)
+    # what predict runs: the BN-folded, channels-last copy (optimize=True)
+    detector = Detector(load_checkpoint(checkpoint), score_threshold=0.3, optimize=True)
     grouped = by_image(results)
     for path, det in zip(paths, detector([str(p) for p in paths])):  # the same single batch as the run
         entries = grouped.get(path.as_posix(), [])

@@ -223,3 +223,47 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys):
     assert last.read_bytes() == before
     assert main(["train", "--resume", str(last), "--data", str(data), "--epochs", "2", "--workers", "0"]) == 0
     assert len(history(out)) == 2
+
+
+def test_without_a_val_split_train_holds_out_a_seeded_share(tmp_path, caplog):
+    """`train --data DIR` on a dataset without a 'val' split used to stop with "split file not found"; it now holds
+    out a seeded 10% of the training images, evaluates on them, and says so."""
+    data = raccoon_subset(tmp_path, n_train=20, n_val=0)
+    (data / "ImageSets" / "Main" / "val.txt").unlink()
+    out = tmp_path / "run"
+    caplog.set_level("INFO")
+    rc = main(["train", "--data", str(data), "--epochs", "1", "--img-size", "64", "--batch-size", "6", "--workers",
+               "0", "--no-pretrained-backbone", "--output", str(out)])  # fmt: skip
+    assert rc == 0
+    assert "holding out 2 of 20 'train' images (seed 0, --holdout-fraction 0.1)" in caplog.text
+    assert history(out)[0]["AP"] != ""  # evaluated on the held-out images
+
+
+def test_holdout_is_disjoint_seeded_and_needs_enough_images(tmp_path):
+    from efficientdet.data.readers import has_split, read_dataset
+    from efficientdet.engine.tasks.detection import MIN_HOLDOUT_IMAGES, hold_out
+
+    data = raccoon_subset(tmp_path, n_train=30, n_val=2)
+    assert has_split(data, None, "val") and not has_split(data, None, "test") and not has_split(tmp_path, None, "val")
+    full = read_dataset(data, split="train")
+    train, val = hold_out(full, 0.2, seed=0)
+    names = lambda d: [str(r.path) for r in d.records]  # noqa: E731
+    assert len(val.records) == 6 and len(train.records) == 24
+    assert not set(names(train)) & set(names(val)) and sorted(names(train) + names(val)) == sorted(names(full))
+    assert names(hold_out(full, 0.2, seed=0)[1]) == names(val)  # a resumed run holds out the same images
+    assert names(hold_out(full, 0.2, seed=1)[1]) != names(val)
+    few = read_dataset(raccoon_subset(tmp_path, n_train=MIN_HOLDOUT_IMAGES - 1, n_val=0, name="few"), split="train")
+    assert hold_out(few, 0.2, seed=0) == (few, None)
+
+
+def test_val_split_of_a_single_coco_file_is_an_error(tmp_path, capsys):
+    """A COCO JSON file is one split: `--val-split val` used to read the same file again and report training-set AP
+    as validation AP."""
+    from efficientdet.data.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "shapes", n_train=2, n_val=1)
+    train_file = next(root.rglob("*train*.json"))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(train_file), "--val-split", "val", "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "would evaluate on the training images" in err and not out.exists()

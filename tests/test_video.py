@@ -104,8 +104,8 @@ def full_run(clip, checkpoint, tmp_path_factory) -> Path:
 
 
 def detector(checkpoint: Path) -> Detector:
-    """A detector with ``efficientdet predict``'s defaults and the options above."""
-    return Detector.from_checkpoint(checkpoint, score_threshold=0.3, max_det=20)
+    """A detector with ``efficientdet predict``'s defaults (the BN-folded network) and the options above."""
+    return Detector.from_checkpoint(checkpoint, score_threshold=0.3, max_det=20, optimize=True)
 
 
 def test_predict_writes_a_video_of_the_same_size_rate_and_frame_count(clip, full_run):

@@ -6,18 +6,18 @@ import argparse
 import json
 import sys
 
-from ..tools.bench import BACKENDS, DTYPES, BenchConfig, format_result, run_benchmark
+from ..tools.bench import BACKENDS, DEFAULT_MODEL, DTYPES, BenchConfig, format_result, run_benchmark
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Entry point of ``efficientdet bench``."""
     from ..models.config import list_models
 
-    if args.model.lower() not in list_models():
+    if args.model is not None and args.model.lower() not in list_models():
         print(f"efficientdet bench: unknown model {args.model}; known: {', '.join(list_models())}", file=sys.stderr)
         return 2
     cfg = BenchConfig(
-        model=args.model.lower(),
+        model=args.model.lower() if args.model else None,
         img_size=args.img_size,
         batch_size=args.batch_size,
         backend=args.backend,
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from .weights_options import add_weights_options
 
     p = sub.add_parser("bench", help="latency, throughput and peak memory: network alone and end to end")
-    p.add_argument("--model", default="efficientdet-d0", help="model name (default efficientdet-d0)")
+    p.add_argument("--model", help=f"model name (default: the --checkpoint's model, else {DEFAULT_MODEL})")
     p.add_argument("--img-size", type=int, help="square input size (default: the model's own)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument(

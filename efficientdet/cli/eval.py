@@ -17,8 +17,7 @@ from ..engine.tasks.detection import DATASET_FORMATS
 from ..utils.atomic import atomic_open
 from ..utils.fields import OptionError, check_fields, int_at_least, one_of, option
 from .common import setup_logging
-from .options import add_config_options, given_options, option_flags
-from .train import add_task_option
+from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
 
 NMS_CHOICES = ("hard", "soft")
@@ -96,14 +95,10 @@ OPTIONS: dict[str, type[EvalOptions]] = {"detection": DetectionEvalOptions, "seg
 def add_eval_parser(sub: argparse._SubParsersAction, task: str) -> argparse.ArgumentParser:
     from .weights_options import add_backend_option
 
-    other = "segmentation" if task == "detection" else "detection"
-    p = sub.add_parser(
-        "eval",
-        help="metrics of a model on a dataset split (COCO AP; --task segmentation: mIoU)",
-        description=f"Evaluate a {task} model. The options and defaults below are those of --task {task}.",
-        epilog=f"The options of the other task: efficientdet eval --task {other} --help",
-    )
-    add_task_option(p, "detection (default) or segmentation")
+    p = add_task_parser(
+        sub, "eval", task, "metrics of a model on a dataset split (COCO AP; --task segmentation: mIoU)", "Evaluate",
+        "detection (default) or segmentation",
+    )  # fmt: skip
     add_weights_options(p)
     p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
     if task == "detection":

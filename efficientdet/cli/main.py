@@ -10,7 +10,8 @@ from typing import Any
 
 from ..models.config import EFFDET_PARAMS, get_config, list_models
 from .common import setup_logging
-from .train import TASKS, add_anchor_options, anchor_overrides
+from .options import TASKS, other_task
+from .train import add_anchor_options, anchor_overrides
 
 
 def _pct(ours: float, ref: float | None) -> str:
@@ -156,7 +157,7 @@ def _unsupported(command: str, task: str, unknown: list[str]) -> str | None:
     from . import eval as eval_command
     from . import train as train_command
 
-    other = "segmentation" if task == "detection" else "detection"
+    other = other_task(task)
     known = (train_command if command == "train" else eval_command).task_flags(other)
     theirs = [flag for flag in (u.split("=", 1)[0] for u in unknown) if flag in known]
     if not theirs:

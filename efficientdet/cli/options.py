@@ -97,3 +97,24 @@ def option_flags(config_class: type) -> set[str]:
         flags.add(flag_name(f.name))
         flags.add("--no-" + flag_name(f.name)[2:])
     return flags
+
+
+TASKS = ("detection", "segmentation")
+
+
+def other_task(task: str) -> str:
+    return TASKS[1 - TASKS.index(task)]
+
+
+def add_task_parser(
+    sub: argparse._SubParsersAction, command: str, task: str, help_text: str, verb: str, task_help: str
+) -> argparse.ArgumentParser:
+    """The parser of a command whose options depend on ``--task`` (train, eval): its help says whose they are."""
+    p = sub.add_parser(
+        command,
+        help=help_text,
+        description=f"{verb} a {task} model. The options and defaults below are those of --task {task}.",
+        epilog=f"The options of the other task: efficientdet {command} --task {other_task(task)} --help",
+    )
+    p.add_argument("--task", choices=TASKS, default="detection", help=task_help)
+    return p

@@ -21,15 +21,10 @@ from ..engine.tasks.segmentation import SegTrainConfig
 from ..models.config import aspect_pairs
 from ..utils.fields import flag_name, resume_changeable
 from .common import setup_logging
-from .options import add_config_options, given_options, option_flags
+from .options import add_config_options, add_task_parser, given_options, option_flags
 
-TASKS = ("detection", "segmentation")
 CONFIGS: dict[str, type[RecipeConfig]] = {"detection": TrainConfig, "segmentation": SegTrainConfig}
 ANCHOR_FLAGS = ("--aspect-ratios", "--anchor-scale")  # detection only: they change the model's anchors
-
-
-def add_task_option(p: argparse.ArgumentParser, help_text: str) -> None:
-    p.add_argument("--task", choices=TASKS, default="detection", help=help_text)
 
 
 def add_anchor_options(p: argparse.ArgumentParser) -> None:
@@ -56,14 +51,10 @@ def anchor_overrides(aspect_ratios: Sequence[float] | None, anchor_scale: float 
 
 
 def add_train_parser(sub: argparse._SubParsersAction, task: str) -> argparse.ArgumentParser:
-    other = "segmentation" if task == "detection" else "detection"
-    p = sub.add_parser(
-        "train",
-        help="train on a COCO / VOC / YOLO dataset (--task segmentation: images and label masks)",
-        description=f"Train a {task} model. The options and defaults below are those of --task {task}.",
-        epilog=f"The options of the other task: efficientdet train --task {other} --help",
-    )
-    add_task_option(p, "detection (default) or segmentation (efficientdet-seg-* models, mask PNGs)")
+    p = add_task_parser(
+        sub, "train", task, "train on a COCO / VOC / YOLO dataset (--task segmentation: images and label masks)",
+        "Train", "detection (default) or segmentation (efficientdet-seg-* models, mask PNGs)",
+    )  # fmt: skip
     add_config_options(p, CONFIGS[task])
     if task == "detection":
         add_anchor_options(p)

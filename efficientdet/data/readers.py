@@ -557,6 +557,27 @@ def read_dataset(path: str | os.PathLike, format: str | None = None, split: str 
     raise DatasetError(f"{path}: unknown dataset format {format!r} (expected one of {FORMATS})")
 
 
+def has_split(path: str | os.PathLike, format: str | None, split: str) -> bool:
+    """Whether the dataset at ``path`` names a split ``split`` (without reading it): a VOC split file, a YOLO
+    ``data.yaml`` entry, a COCO JSON for the split in a folder. A single COCO JSON file has no named splits."""
+    path = Path(path)
+    try:
+        fmt = format.lower() if format else _detect_format(path, split)
+    except DatasetError:
+        return False
+    if fmt == "voc":
+        return (path / "ImageSets" / "Main" / f"{split}.txt").is_file()
+    if fmt == "coco":
+        return path.is_dir() and any(candidate.is_file() for candidate in _coco_json_candidates(path, split))
+    if fmt == "yolo":
+        yaml_path = path if path.is_file() else path / "data.yaml"
+        try:
+            return _load_yolo_yaml(yaml_path).get(split) not in (None, "")
+        except DatasetError:
+            return False
+    return False
+
+
 def _coco_json_candidates(folder: Path, split: str) -> list[Path]:
     """Where a COCO JSON for ``split`` is looked for inside a dataset folder."""
     annotations = folder / "annotations"

@@ -65,6 +65,7 @@ from PIL import Image
 
 from ..data.coco_format import detections_to_coco
 from ..data.images import ImageReadError, image_size, load_image
+from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
 from ..utils.atomic import atomic_open
 from ..viz.draw import draw_detections
@@ -335,6 +336,7 @@ def predict(
     video_sources: Sequence[str | os.PathLike] = (),
     vid_stride: int = 1,
     max_frames: int | None = None,
+    optimize: bool = True,
 ) -> PredictSummary:
     """Detect objects in every image that ``sources`` name; write drawn copies and ``detections.json`` to ``output``.
 
@@ -361,6 +363,9 @@ def predict(
         video_sources: video files, cameras (``0``, ``/dev/video0``) or stream URLs, whatever their names (video
             files, ``/dev/video*`` and URLs in ``sources`` are found by name); needs PyAV.
         vid_stride, max_frames: videos: process every ``vid_stride``-th frame, at most ``max_frames`` per source.
+        optimize: run a copy of the network with BN and SAME pads folded (channels-last on the CPU), as ``bench``
+            times it: ~1.6x faster on a 2-core CPU (Lite0 448 px), boxes equal to the unfolded network's within
+            float rounding (~1e-3 px). Exported files run as they are.
 
     Raises ``ValueError`` for invalid options (``UnknownClassError``, a subclass, for an unknown class) and
     ``CheckpointError`` / ``FileNotFoundError`` for a bad model file, before any image is read or any file written.
@@ -381,11 +386,12 @@ def predict(
     sources = [s for s in sources if not is_video_source(s)]
     if videos:
         check_video_options(vid_stride, max_frames)
+    model = _load_model(checkpoint, model_name)
     detector = Detector(
-        _load_model(checkpoint, model_name), device=_resolve_device(device), image_size=image_size,
-        score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det, class_names=class_names,
-        nms=nms, class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap,
-        batch_size=batch_size,
+        model, device=_resolve_device(device), image_size=image_size,
+        optimize=optimize and isinstance(model, EfficientDet), score_threshold=score_threshold,
+        iou_threshold=iou_threshold, max_det=max_det, class_names=class_names, nms=nms,
+        class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
     )  # fmt: skip
     images, source_errors = expand_sources(sources, recursive, exclude=out)
     summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)

@@ -44,6 +44,7 @@ from torch import nn
 BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 EXPORTED_BACKENDS = ("onnxruntime", "openvino")  # run an exported file (efficientdet.runtimes)
 DTYPES = ("fp32", "bf16")
+DEFAULT_MODEL = "efficientdet-d0"  # what `bench` times without a checkpoint
 DEFAULT_SOURCE_SIZE = (480, 640)  # (H, W) of the synthetic uint8 image fed end to end: a typical COCO photo
 
 
@@ -51,7 +52,7 @@ DEFAULT_SOURCE_SIZE = (480, 640)  # (H, W) of the synthetic uint8 image fed end 
 class BenchConfig:
     """One benchmark run. ``fold`` / ``channels_last`` of ``None`` mean "the backend's measured best"."""
 
-    model: str = "efficientdet-d0"
+    model: str | None = None  # the checkpoint's model, else DEFAULT_MODEL
     img_size: int | None = None  # default: the model's own
     batch_size: int = 1
     backend: str = "eager"
@@ -294,9 +295,9 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         elif cfg.checkpoint:
             model = load_checkpoint(cfg.checkpoint, cfg.model)
         elif cfg.pretrained:
-            model = create_model(cfg.model, pretrained=True)
+            model = create_model(cfg.model or DEFAULT_MODEL, pretrained=True)
         else:
-            model = create_model(cfg.model, num_classes=cfg.num_classes)
+            model = create_model(cfg.model or DEFAULT_MODEL, num_classes=cfg.num_classes)
         size = cfg.img_size or model.config.image_size
         fold, cl = resolve_optimizations(cfg.backend, cfg.fold, cfg.channels_last, device.type)
         if exported:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ...data.dataset import Batch, DetectionDataset, loader_kwargs
 from ...data.images import ImageReadError, load_image
-from ...data.readers import read_dataset
+from ...data.readers import has_split, read_dataset
 from ...data.records import DetectionData, ImageRecord
 from ...evaluation.coco import CocoEvaluation, format_metrics
 from ...evaluation.data_check import data_summary
@@ -40,7 +40,7 @@ from ...utils.distributed import DistEnv, all_reduce_sum
 from ...utils.fields import increasing_pair, number_in, one_of, option
 from ...viz.draw import draw_batch, draw_detections
 from ...viz.plot import plot_training_metrics
-from ..recipe import RecipeConfig
+from ..recipe import RecipeConfig, optional_text
 from ..tensorboard_log import TensorBoardLogger
 from ..trainer import Task
 from ..utils import TrainingError
@@ -50,6 +50,13 @@ LOG = logging.getLogger(__name__)
 # Default jitter of `efficientdet train` (the paper's 0.1-2.0 is `--scale-range 0.1 2.0`): milder for small data.
 DEFAULT_TRAIN_SCALE_RANGE = (0.5, 1.5)
 DATASET_FORMATS = ("voc", "coco", "yolo")
+AUTO_VALIDATION = "auto"  # val_split: the dataset's "val" split if it has one, else a held-out share of train
+DEFAULT_VALIDATION_SPLIT = "val"
+# The share of the training split held out when the dataset has no validation split: what detector trainers do
+# (a seeded random 10%, at least one image), so that best.pt and the printed AP measure images the model did not
+# train on.
+DEFAULT_HOLDOUT_FRACTION = 0.1
+MIN_HOLDOUT_IMAGES = 10  # fewer training images than this: no holdout, train on all (and say so)
 PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
 TENSORBOARD_IMAGES = 4  # validation images drawn with the EMA model's detections at each evaluation
 TENSORBOARD_SCORE_THRESHOLD = 0.3  # as `efficientdet predict` draws: lower scores only clutter the picture
@@ -62,6 +69,21 @@ class TrainConfig(RecipeConfig):
     model: str = field(default="efficientdet-lite0", metadata=one_of(list_models()))
     data: str | None = field(
         default=None, metadata=option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
+    )
+    val_split: str | None = field(
+        default=AUTO_VALIDATION,
+        metadata=option(
+            "split evaluated after each epoch: 'auto' uses 'val' when the dataset has one, else holds out "
+            "--holdout-fraction of the training split (seeded by --seed); 'none': no evaluation",
+            parse=optional_text,
+        ),
+    )
+    holdout_fraction: float = field(
+        default=DEFAULT_HOLDOUT_FRACTION,
+        metadata=option(
+            "with --val-split auto and no 'val' split: the share of training images held out for validation",
+            number_in(0, 1, low_open=True, high_open=True),
+        ),
     )
     format: str | None = field(
         default=None, metadata=option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
@@ -171,17 +193,40 @@ def _log_pr_curves(tb: TensorBoardLogger, evaluation: CocoEvaluation, epoch: int
     tb.flush()
 
 
-def _check_validation_split(cfg: TrainConfig, val_data: Any, speak: bool) -> None:
+def hold_out(data: DetectionData, fraction: float, seed: int) -> tuple[DetectionData, DetectionData | None]:
+    """``(train, validation)``: a seeded random ``fraction`` of ``data``'s images (at least one) held out, both in
+    the reader's order; ``(data, None)`` when there are fewer than MIN_HOLDOUT_IMAGES images to share."""
+    n = len(data.records)
+    if n < MIN_HOLDOUT_IMAGES:
+        return data, None
+    count = min(n - 1, max(1, round(fraction * n)))
+    held = set(np.random.default_rng(seed).permutation(n)[:count].tolist())
+    kept = [r for i, r in enumerate(data.records) if i not in held]
+    chosen = [r for i, r in enumerate(data.records) if i in held]
+    return replace(data, records=kept), replace(data, records=chosen, fixes={})
+
+
+def _holdout_line(cfg: TrainConfig, train_data: DetectionData, val_data: DetectionData | None) -> str:
+    where = f"{cfg.data} has no {DEFAULT_VALIDATION_SPLIT!r} split"
+    if val_data is None:
+        return (f"validation: {where} and {cfg.train_split!r} has fewer than {MIN_HOLDOUT_IMAGES} images to share: "
+                "training on all of them without evaluation")  # fmt: skip
+    return (f"validation: {where}: holding out {len(val_data)} of {len(val_data) + len(train_data)} "
+            f"{cfg.train_split!r} images (seed {cfg.seed}, --holdout-fraction {cfg.holdout_fraction:g}) to evaluate "
+            "on; --val-split none trains on every image")  # fmt: skip
+
+
+def _check_validation_split(cfg: TrainConfig, split: str, val_data: Any, speak: bool) -> None:
     """An empty validation split is a mistake worth stopping for; one without boxes scores AP -1 (undefined)."""
     if not len(val_data):
         raise TrainingError(
-            f"{cfg.data}: validation split {cfg.val_split!r} has no images; "
+            f"{cfg.data}: validation split {split!r} has no images; "
             "name another with --val-split, or --val-split none to train without evaluation"
         )
     if speak and not any(len(r.boxes) for r in val_data.records):
         LOG.warning(
             "validation split %r has %d images but no boxes: AP is undefined (-1) at every evaluation",
-            cfg.val_split, len(val_data),
+            split, len(val_data),
         )  # fmt: skip
 
 
@@ -209,11 +254,28 @@ class DetectionTask(Task):
             raise TrainingError(f"{cfg.data}: split {cfg.train_split!r} has no images")
         if env.is_main:
             _report_fixes(cfg.train_split, train_data.fixes)
-        val_data = read_dataset(cfg.data, cfg.format, cfg.val_split) if cfg.val_split else None
+        val_split = cfg.val_split
+        if val_split not in (None, AUTO_VALIDATION) and Path(cfg.data).is_file():
+            raise TrainingError(
+                f"{cfg.data}: one annotation file is one split, so --val-split {val_split} would evaluate on the "
+                "training images; give the dataset folder (annotations/instances_<split>.json), or --val-split auto "
+                "to hold out part of this file, or none"
+            )
+        if val_split == AUTO_VALIDATION:
+            if has_split(cfg.data, cfg.format, DEFAULT_VALIDATION_SPLIT):
+                val_split = DEFAULT_VALIDATION_SPLIT
+            else:
+                train_data, val_data = hold_out(train_data, cfg.holdout_fraction, cfg.seed)
+                if env.is_main:
+                    LOG.info(_holdout_line(cfg, train_data, val_data))
+                self.train_data, self.val_data = train_data, val_data
+                self.class_names = train_data.class_names
+                return
+        val_data = read_dataset(cfg.data, cfg.format, val_split) if val_split else None
         if val_data is not None:
-            _check_validation_split(cfg, val_data, env.is_main)
+            _check_validation_split(cfg, val_split, val_data, env.is_main)
             if env.is_main:
-                _report_fixes(cfg.val_split, val_data.fixes)
+                _report_fixes(val_split, val_data.fixes)
             val_data = val_data.with_class_names(train_data.class_names)
         self.train_data, self.val_data = train_data, val_data
         self.class_names = train_data.class_names
