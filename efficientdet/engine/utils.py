@@ -16,19 +16,6 @@ from torch import nn
 from ..utils.device import DeviceError, amp_mode, resolve_device
 from .recipe import EMA_DECAY
 
-__all__ = [
-    "DeviceError",
-    "ModelEma",
-    "TrainingError",
-    "amp_mode",
-    "freeze_backbone",
-    "resolve_device",
-    "rng_state",
-    "seed_everything",
-    "set_rng_state",
-    "set_train_mode",
-]
-
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, no data, an option this task does not support)."""
@@ -106,6 +93,7 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool, net: nn.Module | Non
 
 
 __all__ = [
+    "DeviceError",
     "ModelEma",
     "TrainingError",
     "amp_mode",
