@@ -85,6 +85,13 @@ class TrainConfig(RecipeConfig):
             number_in(0, 1, low_open=True, high_open=True),
         ),
     )
+    holdout_seed: int | None = field(
+        default=None,
+        metadata=option(
+            "seed of the held-out draw (keep it fixed to compare settings or --seed values on the same images)",
+            default_text="--seed",
+        ),
+    )
     format: str | None = field(
         default=None, metadata=option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
     )
@@ -207,12 +214,13 @@ def hold_out(data: DetectionData, fraction: float, seed: int) -> tuple[Detection
 
 
 def _holdout_line(cfg: TrainConfig, train_data: DetectionData, val_data: DetectionData | None) -> str:
+    seed = cfg.seed if cfg.holdout_seed is None else cfg.holdout_seed
     where = f"{cfg.data} has no {DEFAULT_VALIDATION_SPLIT!r} split"
     if val_data is None:
         return (f"validation: {where} and {cfg.train_split!r} has fewer than {MIN_HOLDOUT_IMAGES} images to share: "
                 "training on all of them without evaluation")  # fmt: skip
     return (f"validation: {where}: holding out {len(val_data)} of {len(val_data) + len(train_data)} "
-            f"{cfg.train_split!r} images (seed {cfg.seed}, --holdout-fraction {cfg.holdout_fraction:g}) to evaluate "
+            f"{cfg.train_split!r} images (seed {seed}, --holdout-fraction {cfg.holdout_fraction:g}) to evaluate "
             "on; --val-split none trains on every image")  # fmt: skip
 
 
@@ -265,7 +273,8 @@ class DetectionTask(Task):
             if has_split(cfg.data, cfg.format, DEFAULT_VALIDATION_SPLIT):
                 val_split = DEFAULT_VALIDATION_SPLIT
             else:
-                train_data, val_data = hold_out(train_data, cfg.holdout_fraction, cfg.seed)
+                holdout_seed = cfg.seed if cfg.holdout_seed is None else cfg.holdout_seed
+                train_data, val_data = hold_out(train_data, cfg.holdout_fraction, holdout_seed)
                 if env.is_main:
                     LOG.info(_holdout_line(cfg, train_data, val_data))
                 self.train_data, self.val_data = train_data, val_data

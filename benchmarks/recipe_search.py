@@ -1,0 +1,137 @@
+"""Choose a training recipe honestly: on validation images carved from the training split, several seeds each.
+
+Every candidate setting is trained with the plain command users run (``efficientdet train``), on the dataset's
+``train`` split minus a held-out share (``--val-split auto --holdout-fraction F --holdout-seed 0``: the same
+held-out images for every setting and seed), once per training seed. The score of a run is the AP of its *final*
+EMA weights on the held-out images (the last row of ``metrics.csv``), not the best epoch's, which the same images
+chose. The ``test`` split is never read: evaluate the chosen setting on it once, afterwards.
+
+    python benchmarks/recipe_search.py --data ../shared/datasets/raccoon --seeds 0 1 2 --budget-minutes 600 \\
+        --output runs/recipe-search
+
+writes ``results.json`` and ``results.md`` (setting, val AP mean +- sample standard deviation over seeds, AP50,
+minutes per run) in ``--output``. ``--only NAME ...`` runs some settings; ``--extra ARGS`` appends flags to every
+run (e.g. ``--extra "--amp bf16 --workers 1"``; later flags win, so ``--extra "--epochs 1"`` makes a smoke run).
+Runs already finished in ``--output`` are read back, not trained again, so a search can be stopped and continued.
+Launch nothing else on the machine meanwhile: the minutes column is part of the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Candidate recipes for small datasets (hundreds of images), as `efficientdet train` flags. The first is the
+# command's current default; the others are the levers earlier raccoon runs pointed at.
+SETTINGS: dict[str, list[str]] = {
+    "default": [],
+    "frozen-448-bw200-130ep": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200", "--epochs", "130"],
+    "frozen-448-bw50-130ep": ["--freeze-backbone", "--img-size", "448", "--epochs", "130"],
+    "frozen-384-bw100-160ep": ["--freeze-backbone", "--img-size", "384", "--box-loss-weight", "100", "--epochs", "160"],
+    "unfrozen-320-bw200-60ep": ["--box-loss-weight", "200"],
+    "frozen-448-bw200-130ep-stage1": ["--freeze-backbone", "--trainable-stages", "1", "--img-size", "448",
+                                      "--box-loss-weight", "200", "--epochs", "130"],
+}  # fmt: skip
+HOLDOUT_FRACTION = 0.2  # 32 of raccoon's 160 training images: enough boxes for AP to mean something
+
+
+def final_metrics(run: Path) -> dict[str, float] | None:
+    """AP and AP50 of the last evaluated epoch of a finished run (None when it did not finish)."""
+    if not (run / "last.pt").is_file() or not (run / "metrics.csv").is_file():
+        return None
+    with open(run / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("AP") not in (None, "")]
+    if not rows:
+        return None
+    return {"AP": float(rows[-1]["AP"]), "AP50": float(rows[-1]["AP50"]), "epochs": int(rows[-1]["epoch"])}
+
+
+def train_once(data: str, setting: list[str], seed: int, run: Path, extra: list[str]) -> float:
+    """Train one run with the plain command; return its wall minutes."""
+    cmd = [sys.executable, "-m", "efficientdet", "train", "--data", data, "--val-split", "auto",
+           "--holdout-fraction", str(HOLDOUT_FRACTION), "--holdout-seed", "0", "--seed", str(seed),
+           "--output", str(run), *setting, *extra]  # fmt: skip
+    start = time.perf_counter()
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "train.log", "w") as log:
+        log.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
+        log.flush()
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    minutes = (time.perf_counter() - start) / 60
+    (run / "minutes.txt").write_text(f"{minutes:.2f}\n")
+    return minutes
+
+
+def summarise(name: str, runs: list[dict]) -> dict:
+    aps = [r["AP"] for r in runs]
+    return {
+        "setting": name,
+        "flags": " ".join(SETTINGS[name]),
+        "runs": len(runs),
+        "val_AP_mean": statistics.fmean(aps) if aps else None,
+        "val_AP_std": statistics.stdev(aps) if len(aps) > 1 else None,
+        "val_AP50_mean": statistics.fmean(r["AP50"] for r in runs) if runs else None,
+        "minutes_per_run": statistics.fmean(r["minutes"] for r in runs) if runs else None,
+        "seeds": [r["seed"] for r in runs],
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| setting | flags | runs | val AP (mean +- sd) | val AP50 | min/run |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -(r["val_AP_mean"] if r["val_AP_mean"] is not None else -1)):
+        ap = "not run" if r["val_AP_mean"] is None else f"{r['val_AP_mean']:.3f}"
+        if r["val_AP_std"] is not None:
+            ap += f" +- {r['val_AP_std']:.3f}"
+        ap50 = "" if r["val_AP50_mean"] is None else f"{r['val_AP50_mean']:.3f}"
+        minutes = "" if r["minutes_per_run"] is None else f"{r['minutes_per_run']:.1f}"
+        lines.append(f"| {r['setting']} | `{r['flags'] or '(defaults)'}` | {r['runs']} | {ap} | {ap50} | {minutes} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset folder; its train split is searched, never its test")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per setting")
+    p.add_argument("--only", nargs="+", choices=list(SETTINGS), help="run these settings only")
+    p.add_argument("--extra", default="", help='flags appended to every run, e.g. "--amp bf16 --workers 1"')
+    p.add_argument("--budget-minutes", type=float, default=float("inf"), help="start no run after this many")
+    p.add_argument("--output", default="runs/recipe-search")
+    args = p.parse_args()
+    out, extra = Path(args.output), shlex.split(args.extra)
+    start, rows = time.perf_counter(), []
+    for name in args.only or list(SETTINGS):
+        runs = []
+        for seed in args.seeds:
+            run = out / name / f"seed{seed}"
+            if final_metrics(run) is None:
+                if (time.perf_counter() - start) / 60 > args.budget_minutes:
+                    print(f"{name} seed {seed}: not run (budget spent)", flush=True)
+                    continue
+                train_once(args.data, SETTINGS[name], seed, run, extra)
+            metrics = final_metrics(run)
+            if metrics is None:
+                print(f"{name} seed {seed}: no evaluated epoch (see {run / 'train.log'})", flush=True)
+                continue
+            minutes = float((run / "minutes.txt").read_text()) if (run / "minutes.txt").is_file() else float("nan")
+            runs.append({**metrics, "seed": seed, "minutes": minutes})
+            print(f"{name} seed {seed}: val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}, {minutes:.1f} min",
+                  flush=True)  # fmt: skip
+        rows.append(summarise(name, runs))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "holdout_fraction": HOLDOUT_FRACTION,
+                                                  "command": " ".join(sys.argv)}, indent=2))  # fmt: skip
+    text = table(rows)
+    (out / "results.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
