@@ -13,13 +13,12 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Any
 
 from ..utils.atomic import atomic_open
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: every command would pay ~0.3 s to load it
+    from matplotlib.figure import Figure
 
 Curve = list[tuple[float, float]]  # (epoch, value) points of one metrics.csv column
 
@@ -41,6 +40,9 @@ def new_figure(
     the constrained layout, which keeps titles, tick labels and legends of several panels from overlapping.
     ``subplots_kwargs`` go to ``Figure.subplots`` (``sharex=True``, ``squeeze=False``, ...).
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas: rendering needs no pyplot backend
     return fig, fig.subplots(nrows, ncols, **subplots_kwargs)
@@ -48,6 +50,8 @@ def new_figure(
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> None:
     """Write ``fig`` as a PNG to ``path`` atomically (parent folders are created; nothing global is closed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
     with atomic_open(path, "wb") as f:
@@ -122,6 +126,8 @@ def _finite_points(points: Curve, drop_negative: bool) -> Curve:
 
 
 def _draw_panel(ax: Any, panel: MetricPanel, curves: dict[str, Curve]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_title(panel.title)
     ax.grid(True, color="0.9")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
