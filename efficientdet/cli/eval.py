@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.tasks.detection import DATASET_FORMATS
+from ..engine.tasks.detection import DATASET_OPTION, FORMAT_OPTION
 from ..utils.atomic import atomic_open
-from ..utils.fields import OptionError, check_fields, int_at_least, one_of, option
+from ..utils.fields import OptionError, check_fields, int_at_least, one_of, option, optional_int
 from .common import setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
@@ -44,12 +44,8 @@ class EvalOptions:
 
 @dataclass
 class DetectionEvalOptions(EvalOptions):
-    data: str | None = field(
-        default=None, metadata=option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
-    )
-    format: str | None = field(
-        default=None, metadata=option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
-    )
+    data: str | None = field(default=None, metadata=DATASET_OPTION)
+    format: str | None = field(default=None, metadata=FORMAT_OPTION)
     json: str | None = field(
         default=None, metadata=option("write the metrics, the per-class table and the detections' path here")
     )
@@ -83,7 +79,7 @@ class SegmentationEvalOptions(EvalOptions):
         default=None,
         metadata=option(
             "mask value excluded from the metrics ('none': no such value)",
-            parse=lambda text: None if text.lower() == "none" else int(text),
+            parse=optional_int,
             default_text="the one the model was trained with, else 255",
         ),
     )

@@ -100,8 +100,6 @@ def train_config(args: argparse.Namespace) -> RecipeConfig:
     """The run's config from parsed ``efficientdet train`` arguments (``--resume``: the saved run's)."""
     task = getattr(args, "task", "detection")
     given = given_options(CONFIGS[task], args)
-    if str(given.get("val_split", "")).lower() == "none":
-        given["val_split"] = None
     anchors: dict[str, Any] = {}
     if task == "detection":
         anchors = anchor_overrides(getattr(args, "aspect_ratios", None), getattr(args, "anchor_scale", None))

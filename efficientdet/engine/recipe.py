@@ -23,6 +23,7 @@ from ..utils.fields import (
     number_in,
     one_of,
     option,
+    optional_text,
     resume_changeable,
 )
 
@@ -64,11 +65,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def optional_text(text: str) -> str | None:
-    """Command-line text for an optional name: ``none`` (any case) means None."""
-    return None if text.lower() == "none" else text
 
 
 @dataclass

@@ -109,6 +109,16 @@ def check_fields(config: Any) -> None:
             raise OptionError(f"{flag_name(f.name)} must be {wanted}, got {value!r}")
 
 
+def optional_text(text: str) -> str | None:
+    """``parse`` of an optional name: ``none`` (any case) means None."""
+    return None if text.lower() == "none" else text
+
+
+def optional_int(text: str) -> int | None:
+    """``parse`` of an optional integer (``--ignore-index``): ``none`` (any case) means None."""
+    return None if text.lower() == "none" else int(text)
+
+
 def option(
     help: str,
     constraint: dict[str, Any] | None = None,

@@ -37,10 +37,10 @@ from ...ops.losses import BOX_LOSS_WEIGHT, detection_loss
 from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
 from ...utils.distributed import DistEnv, all_reduce_sum
-from ...utils.fields import increasing_pair, number_in, one_of, option
+from ...utils.fields import increasing_pair, number_in, one_of, option, optional_text
 from ...viz.draw import draw_batch, draw_detections
 from ...viz.plot import plot_training_metrics
-from ..recipe import RecipeConfig, optional_text
+from ..recipe import RecipeConfig
 from ..tensorboard_log import TensorBoardLogger
 from ..trainer import Task
 from ..utils import TrainingError
@@ -57,6 +57,9 @@ DEFAULT_VALIDATION_SPLIT = "val"
 # train on.
 DEFAULT_HOLDOUT_FRACTION = 0.1
 MIN_HOLDOUT_IMAGES = 10  # fewer training images than this: no holdout, train on all (and say so)
+# --data and --format of `train` and `eval` (one wording, one check)
+DATASET_OPTION = option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
+FORMAT_OPTION = option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
 PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
 TENSORBOARD_IMAGES = 4  # validation images drawn with the EMA model's detections at each evaluation
 TENSORBOARD_SCORE_THRESHOLD = 0.3  # as `efficientdet predict` draws: lower scores only clutter the picture
@@ -67,9 +70,7 @@ class TrainConfig(RecipeConfig):
     """Every option of `efficientdet train` (the CLI maps its flags one to one onto these fields)."""
 
     model: str = field(default="efficientdet-lite0", metadata=one_of(list_models()))
-    data: str | None = field(
-        default=None, metadata=option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
-    )
+    data: str | None = field(default=None, metadata=DATASET_OPTION)
     val_split: str | None = field(
         default=AUTO_VALIDATION,
         metadata=option(
@@ -92,9 +93,7 @@ class TrainConfig(RecipeConfig):
             default_text="--seed",
         ),
     )
-    format: str | None = field(
-        default=None, metadata=option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
-    )
+    format: str | None = field(default=None, metadata=FORMAT_OPTION)
     scale_range: tuple[float, float] = field(default=DEFAULT_TRAIN_SCALE_RANGE, metadata=increasing_pair(0.0))
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
     box_loss_weight: float = field(
@@ -107,6 +106,11 @@ class TrainConfig(RecipeConfig):
     pretrained: bool = field(
         default=False, metadata=option("start from the published COCO weights of --model (downloaded once)")
     )
+
+    @property
+    def held_out_seed(self) -> int:
+        """The seed of the held-out draw: ``holdout_seed``, else ``seed``."""
+        return self.seed if self.holdout_seed is None else self.holdout_seed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -214,14 +218,13 @@ def hold_out(data: DetectionData, fraction: float, seed: int) -> tuple[Detection
 
 
 def _holdout_line(cfg: TrainConfig, train_data: DetectionData, val_data: DetectionData | None) -> str:
-    seed = cfg.seed if cfg.holdout_seed is None else cfg.holdout_seed
     where = f"{cfg.data} has no {DEFAULT_VALIDATION_SPLIT!r} split"
     if val_data is None:
         return (f"validation: {where} and {cfg.train_split!r} has fewer than {MIN_HOLDOUT_IMAGES} images to share: "
                 "training on all of them without evaluation")  # fmt: skip
     return (f"validation: {where}: holding out {len(val_data)} of {len(val_data) + len(train_data)} "
-            f"{cfg.train_split!r} images (seed {seed}, --holdout-fraction {cfg.holdout_fraction:g}) to evaluate "
-            "on; --val-split none trains on every image")  # fmt: skip
+            f"{cfg.train_split!r} images (seed {cfg.held_out_seed}, --holdout-fraction {cfg.holdout_fraction:g}) "
+            "to evaluate on; --val-split none trains on every image")  # fmt: skip
 
 
 def _check_validation_split(cfg: TrainConfig, split: str, val_data: Any, speak: bool) -> None:
@@ -273,8 +276,7 @@ class DetectionTask(Task):
             if has_split(cfg.data, cfg.format, DEFAULT_VALIDATION_SPLIT):
                 val_split = DEFAULT_VALIDATION_SPLIT
             else:
-                holdout_seed = cfg.seed if cfg.holdout_seed is None else cfg.holdout_seed
-                train_data, val_data = hold_out(train_data, cfg.holdout_fraction, holdout_seed)
+                train_data, val_data = hold_out(train_data, cfg.holdout_fraction, cfg.held_out_seed)
                 if env.is_main:
                     LOG.info(_holdout_line(cfg, train_data, val_data))
                 self.train_data, self.val_data = train_data, val_data

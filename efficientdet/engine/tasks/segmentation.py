@@ -41,18 +41,13 @@ from ...models.segmenter import (
 )
 from ...models.weights import CheckpointError, load_weights, read_checkpoint
 from ...utils.distributed import DistEnv, all_reduce_sum
-from ...utils.fields import increasing_pair, int_at_least, option
+from ...utils.fields import increasing_pair, int_at_least, option, optional_int
 from ...viz.plot import plot_segmentation_metrics
 from ..recipe import RecipeConfig
 from ..trainer import Task
 from ..utils import TrainingError
 
 LOG = logging.getLogger(__name__)
-
-
-def optional_int(text: str) -> int | None:
-    """``--ignore-index`` text: an integer, or ``none``."""
-    return None if text.lower() == "none" else int(text)
 
 
 @dataclass
