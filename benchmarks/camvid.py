@@ -5,7 +5,9 @@ pixel accuracy and per-class IoU on `val` (101 frames) at the frames' full resol
 The figure reported is that of the final EMA weights (no model selection); the best epoch is printed beside it.
 The loss weighs classes by SegNet's median frequency balancing (`--class-weights none`: plain cross-entropy),
 which measured 53.4% against 45.2% mIoU after 20 epochs; the 80-epoch default reached 61.7% in 108 minutes
-on a 2-core CPU (README).
+on a 2-core CPU (README). Epochs, class weights, backbone and jitter are `efficientdet train --task segmentation`'s
+own defaults; the script adds CamVid's frame size (480 px) and a 384 px training crop.
+`val` chose those settings, so its mIoU is a validation figure, not comparable to published CamVid test-set numbers.
 Run from the repository root:
 
     python benchmarks/camvid.py                          # the defaults below
@@ -33,7 +35,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(CAMVID), help="folder with train/ trainannot/ val/ valannot/")
     p.add_argument("--model", default="efficientdet-seg-lite0")
-    p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--epochs", type=int, default=SegTrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--img-size", type=int, default=480, help="longer side at evaluation (480: CamVid's own size)")
     p.add_argument("--crop-size", type=int, default=384, help="square training crop")
@@ -41,7 +43,7 @@ def main() -> int:
     p.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0])
     p.add_argument("--class-weights", default="median-freq",
                    help="loss weight per class: median-freq (default: SegNet balancing), none, K numbers")  # fmt: skip
-    p.add_argument("--amp", default="bf16", help="bf16 (default; faster on CPUs with bf16 support), off, auto")
+    p.add_argument("--amp", default="auto", help="auto (bf16 on CPUs that compute it natively, else fp32), bf16, off")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-interval", type=int, default=10, help="evaluate every N epochs (and after the last)")

@@ -55,9 +55,9 @@ def test_help_shows_each_tasks_own_defaults(capsys):
 
     detection = _help(capsys, "train")
     segmentation = _help(capsys, "train", "--task", "segmentation")
-    assert f"--epochs EPOCHS epochs (default: {TrainConfig.epochs})" in detection
+    assert "--epochs EPOCHS epochs (default: from the data: 130 below 1,000 training images, else 60)" in detection
     assert f"--epochs EPOCHS epochs (default: {SegTrainConfig.epochs})" in segmentation
-    assert TrainConfig.epochs != SegTrainConfig.epochs
+    assert TrainConfig.epochs is None  # chosen from the data (engine/tasks/detection_recipe.py)
     assert "(default: runs/segment)" in segmentation and "(default: runs/train)" in detection
     assert "--box-loss-weight" in detection and "--box-loss-weight" not in segmentation
     assert "--crop-size" in segmentation and "--crop-size" not in detection

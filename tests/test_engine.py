@@ -43,7 +43,7 @@ def _pairs(root, n=4, size=48, classes=3):
 def _seg_config(root, **kw) -> SegTrainConfig:
     base = dict(num_classes=3, ignore_index=None, train_images=str(root / "img"), train_masks=str(root / "mask"),
                 epochs=2, batch_size=2, img_size=48, crop_size=48, scale_range=(1.0, 1.0), hflip=0.0, workers=0,
-                warmup_epochs=0, lr=0.05, output=str(root / "run"))  # fmt: skip
+                warmup_epochs=0, lr=0.05, output=str(root / "run"), pretrained_backbone=False)  # fmt: skip
     base.update(kw)
     return SegTrainConfig(**base)
 
@@ -197,7 +197,8 @@ def test_segmentation_two_processes_train_like_one_process_with_twice_the_batch(
     common = dict(model="efficientdet-seg-d0", num_classes=3, ignore_index=None, train_images=str(root / "img"),
                   train_masks=str(root / "mask"), val_images=str(root / "img"), val_masks=str(root / "mask"),
                   epochs=2, img_size=48, crop_size=40, scale_range=[0.8, 1.2], hflip=0.5, workers=0, lr=1e-3,
-                  warmup_epochs=0.0, channels_last=False, model_overrides={"drop_path_rate": 0.0})  # fmt: skip
+                  warmup_epochs=0.0, channels_last=False, model_overrides={"drop_path_rate": 0.0},
+                  pretrained_backbone=False)  # fmt: skip  # Seg-D0's ImageNet weights would be a download
     train_segmentation(SegTrainConfig(**common, batch_size=4, output=str(tmp_path / "single")))
     ddp_out = tmp_path / "ddp"
     ddp = dict(common, batch_size=2, output=str(ddp_out), sync_bn=True, grad_checkpoint=True, max_steps=2)

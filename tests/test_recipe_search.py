@@ -18,16 +18,39 @@ def test_search_scores_settings_on_held_out_training_images(tmp_path):
     data = raccoon_subset(tmp_path, n_train=20, n_val=0)
     (data / "ImageSets" / "Main" / "val.txt").unlink()  # a dataset with train (and test) only, like raccoon
     out = tmp_path / "search"
+    settings = ["unfrozen-320-bw50-60ep", "frozen-448-bw200-130ep"]
     cmd = [sys.executable, str(REPO / "benchmarks" / "recipe_search.py"), "--data", str(data), "--seeds", "0", "1",
-           "--only", "default", "frozen-448-bw200-130ep", "--extra", SMOKE, "--output", str(out)]  # fmt: skip
+           "--only", *settings, "--extra", SMOKE, "--output", str(out)]  # fmt: skip
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     rows = {r["setting"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert set(rows) == {"default", "frozen-448-bw200-130ep"}
+    assert set(rows) == set(settings)
     assert all(r["runs"] == 2 and r["val_AP_mean"] is not None and r["val_AP_std"] is not None for r in rows.values())
+    assert all(r["val_AP_soft_nms_mean"] is not None for r in rows.values())  # the NMS lever, on the same images
+    assert all(json.loads((run / "soft_nms.json").read_text())["images"] == 4 for run in out.glob("*/seed*"))
     for run in out.glob("*/seed*"):  # every run evaluated the same 4 held-out images (holdout seed 0)
         assert "holding out 4 of 20 'train' images (seed 0, --holdout-fraction 0.2)" in (run / "train.log").read_text()
-    stamp = (out / "default" / "seed0" / "last.pt").stat().st_mtime
+    stamp = (out / "unfrozen-320-bw50-60ep" / "seed0" / "last.pt").stat().st_mtime
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)  # finished runs are read back
-    assert again.returncode == 0 and (out / "default" / "seed0" / "last.pt").stat().st_mtime == stamp
-    assert "| default |" in (out / "results.md").read_text()
+    assert again.returncode == 0 and (out / "unfrozen-320-bw50-60ep" / "seed0" / "last.pt").stat().st_mtime == stamp
+    assert "| unfrozen-320-bw50-60ep |" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_raccoon_benchmark_runs_the_plain_commands_then_test_once(tmp_path):
+    """benchmarks/raccoon.py: `train --data D --seed S` as typed, then `eval` of last.pt on `test`; read back after."""
+    data = raccoon_subset(tmp_path, n_train=20, n_val=4)
+    (data / "ImageSets" / "Main" / "val.txt").rename(data / "ImageSets" / "Main" / "test.txt")  # train + test only
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "raccoon.py"), "--data", str(data), "--seeds", "0",
+           "--extra", SMOKE, "--output", str(out), "--json", str(tmp_path / "r.json")]  # fmt: skip
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = json.loads((tmp_path / "r.json").read_text())["runs"][0]
+    train_cmd, eval_cmd = run["commands"]
+    assert train_cmd.split(" -m efficientdet ")[1].startswith(f"train --data {data} --seed 0 --output {out}/seed0 ")
+    assert f"eval --checkpoint {out}/seed0/last.pt --data {data} --split test" in eval_cmd
+    assert run["AP"] == json.loads((out / "seed0" / "test.json").read_text())["AP"]
+    # the plain command chose its settings from the data (those the smoke flags left open) and said so
+    assert run["recipe"].startswith("small data (18 training images") and "box weight 200" in run["recipe"]
+    assert "mean of 1: AP" in first.stdout

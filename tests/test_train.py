@@ -40,7 +40,8 @@ def raccoon_subset(tmp_path, n_train=8, n_val=4, name="raccoon"):
 
 def tiny_config(tmp_path, data, **kw):
     base = dict(model="efficientdet-lite0", data=str(data), format="voc", img_size=128, batch_size=8, workers=0,
-                output=str(tmp_path / "run"), val_split=None, scale_range=(1.0, 1.0), hflip=0.0, epochs=1)  # fmt: skip
+                output=str(tmp_path / "run"), val_split=None, scale_range=(1.0, 1.0), hflip=0.0, epochs=1,
+                freeze_backbone=False)  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
 

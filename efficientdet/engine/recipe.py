@@ -156,7 +156,8 @@ class RecipeConfig:
     amp: str = field(
         default="auto",
         metadata=option(
-            "mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16 (CPU too), fp16 (CUDA)",
+            "mixed precision: auto (bf16/fp16 on CUDA; bf16 on a CPU with AVX512-BF16 or AMX, else off), off, "
+            "bf16, fp16 (CUDA)",
             one_of(AMP_CHOICES),
         ),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -19,13 +21,35 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute in bf16
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo``).
+
+    There oneDNN's bf16 convolutions run faster than fp32 (this project's raccoon runs at 448 px trained in bf16 on
+    such a CPU at 11-15 img/s); elsewhere bf16 is emulated and slower than fp32, so ``--amp auto`` stays in fp32.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
 def amp_mode(amp: str, device: torch.device) -> tuple[bool, torch.dtype]:
-    """Whether to autocast, and to which dtype. fp16 needs CUDA (and a gradient scaler); bf16 runs anywhere."""
+    """Whether to autocast, and to which dtype. fp16 needs CUDA (and a gradient scaler); bf16 runs anywhere.
+
+    ``auto``: bf16 (or fp16 where bf16 is missing) on CUDA; bf16 on a CPU that computes it natively; else fp32.
+    """
     if amp not in ("auto", "off", "bf16", "fp16"):
         raise DeviceError(f"--amp must be auto, off, bf16 or fp16, got {amp!r}")
     if amp == "auto":
         if device.type != "cuda":
-            return False, torch.float32
+            native = device.type == "cpu" and cpu_has_native_bf16()
+            return native, torch.bfloat16 if native else torch.float32
         return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise DeviceError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")

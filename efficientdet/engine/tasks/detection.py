@@ -37,13 +37,14 @@ from ...ops.losses import BOX_LOSS_WEIGHT, detection_loss
 from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
 from ...utils.distributed import DistEnv, all_reduce_sum
-from ...utils.fields import increasing_pair, number_in, one_of, option, optional_text
+from ...utils.fields import increasing_pair, int_at_least, number_in, one_of, option, optional_text
 from ...viz.draw import draw_batch, draw_detections
 from ...viz.plot import plot_training_metrics
 from ..recipe import RecipeConfig
 from ..tensorboard_log import TensorBoardLogger
 from ..trainer import Task
 from ..utils import TrainingError
+from .detection_recipe import SMALL_DATA, SMALL_DATA_IMAGES, choose_settings
 
 LOG = logging.getLogger(__name__)
 
@@ -94,18 +95,47 @@ class TrainConfig(RecipeConfig):
         ),
     )
     format: str | None = field(default=None, metadata=FORMAT_OPTION)
+    # None: chosen from the training split's size (detection_recipe: small data -> 130, else 60)
+    epochs: int | None = field(
+        default=None,
+        metadata=option(
+            "epochs", int_at_least(1, optional=True), resume=True,
+            default_text=f"from the data: {SMALL_DATA.epochs} below {SMALL_DATA_IMAGES:,} training images, else 60",
+        ),
+    )  # fmt: skip
+    img_size: int | None = field(
+        default=None,
+        metadata=option(
+            "input size", int_at_least(1, optional=True),
+            default_text=f"from the data: at least {SMALL_DATA.min_img_size} below {SMALL_DATA_IMAGES:,} training "
+            "images, else the model's own",
+        ),
+    )  # fmt: skip
+    freeze_backbone: bool | None = field(
+        default=None,
+        metadata=option(
+            "train only the feature network and heads",
+            default_text=f"from the data: on below {SMALL_DATA_IMAGES:,} training images with a pretrained backbone",
+        ),
+    )
     scale_range: tuple[float, float] = field(default=DEFAULT_TRAIN_SCALE_RANGE, metadata=increasing_pair(0.0))
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
-    box_loss_weight: float = field(
-        default=BOX_LOSS_WEIGHT,
-        metadata=option("weight of the box loss against the class loss (higher: tighter boxes)", number_in(0)),
-    )
+    box_loss_weight: float | None = field(
+        default=None,
+        metadata=option(
+            "weight of the box loss against the class loss (higher: tighter boxes)", number_in(0, optional=True),
+            default_text=f"from the data: {SMALL_DATA.box_loss_weight:g} below {SMALL_DATA_IMAGES:,} training "
+            f"images, else the paper's {BOX_LOSS_WEIGHT:g}",
+        ),
+    )  # fmt: skip
     # ImageNet backbone weights for a fresh start (packaged for Lite0-2, else downloaded once): a detector trained
     # from a random backbone on a small dataset is a trap nobody asks for. Unused with checkpoint / pretrained.
     pretrained_backbone: bool = True
     pretrained: bool = field(
         default=False, metadata=option("start from the published COCO weights of --model (downloaded once)")
     )
+    # The "recipe: ..." line of the run: which settings were chosen from the data and which were given
+    recipe: str | None = field(default=None, metadata=option("the settings chosen from the data", cli=False))
 
     @property
     def held_out_seed(self) -> int:
@@ -272,6 +302,7 @@ class DetectionTask(Task):
                 "training images; give the dataset folder (annotations/instances_<split>.json), or --val-split auto "
                 "to hold out part of this file, or none"
             )
+        val_data = None
         if val_split == AUTO_VALIDATION:
             if has_split(cfg.data, cfg.format, DEFAULT_VALIDATION_SPLIT):
                 val_split = DEFAULT_VALIDATION_SPLIT
@@ -279,17 +310,34 @@ class DetectionTask(Task):
                 train_data, val_data = hold_out(train_data, cfg.holdout_fraction, cfg.held_out_seed)
                 if env.is_main:
                     LOG.info(_holdout_line(cfg, train_data, val_data))
-                self.train_data, self.val_data = train_data, val_data
-                self.class_names = train_data.class_names
-                return
-        val_data = read_dataset(cfg.data, cfg.format, val_split) if val_split else None
-        if val_data is not None:
+                val_split = None
+        if val_split:
+            val_data = read_dataset(cfg.data, cfg.format, val_split)
             _check_validation_split(cfg, val_split, val_data, env.is_main)
             if env.is_main:
                 _report_fixes(val_split, val_data.fixes)
             val_data = val_data.with_class_names(train_data.class_names)
         self.train_data, self.val_data = train_data, val_data
         self.class_names = train_data.class_names
+        self._choose_recipe()
+
+    def _choose_recipe(self) -> None:
+        """Fill the options left open from the training split's size (:mod:`.detection_recipe`); say what."""
+        cfg = self.cfg
+        open_options = {"freeze_backbone": cfg.freeze_backbone, "img_size": cfg.img_size, "epochs": cfg.epochs,
+                        "box_loss_weight": cfg.box_loss_weight}  # fmt: skip
+        if cfg.resume:
+            return  # the saved run's settings, chosen when it started
+        pretrained = bool(cfg.pretrained_backbone or cfg.checkpoint or cfg.pretrained)
+        choice = choose_settings(open_options, len(self.train_data), get_config(cfg.model).image_size, pretrained)
+        for name, value in choice.values.items():
+            setattr(cfg, name, value)
+        cfg.recipe = choice.line
+        if self.env.is_main:
+            LOG.info(choice.line)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"recipe": self.cfg.recipe} if self.cfg.recipe else {}
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg, self.train_data.class_names, self.train_data.category_ids)

@@ -81,7 +81,9 @@ class SegTrainConfig(RecipeConfig):
     val_images: str | None = field(default=None, metadata=option("folder of validation images"))
     val_masks: str | None = field(default=None, metadata=option("folder of validation label PNGs"))
     class_names: list[str] | None = field(default=None, metadata=option("class names", cli=False))
-    epochs: int = field(default=50, metadata=int_at_least(1))
+    # The CamVid benchmark's settings (chosen on CamVid val, README): 80 epochs from the ImageNet backbone with
+    # median-frequency class weights (53.4% against 45.2% mIoU at 20 epochs with plain cross-entropy)
+    epochs: int = field(default=80, metadata=int_at_least(1))
     # img_size: longer side at evaluation / scale 1 (default: the model's own)
     crop_size: int | None = field(
         default=None,
@@ -93,15 +95,14 @@ class SegTrainConfig(RecipeConfig):
     # computed from the training masks) or one weight per class. Rare, thin classes (poles, signs) otherwise
     # contribute almost nothing to the loss and to what the model learns, and they weigh as much as roads in mIoU.
     class_weights: str | list[float] | None = field(
-        default=None,
+        default="median-freq",
         metadata=option(
             "loss weight per class: 'median-freq' (SegNet's median frequency balancing, from the "
             "training masks), 'none' or K comma-separated numbers",
             metavar="SPEC",
-            default_text="none",
         ),
     )
-    pretrained_backbone: bool = False
+    pretrained_backbone: bool = True
     eval_batch_size: int | None = field(
         default=None,
         metadata=option("images per evaluation batch", int_at_least(1, optional=True), default_text="--batch-size"),
