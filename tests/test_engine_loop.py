@@ -527,3 +527,53 @@ def _train_worker(config_json: str) -> None:
 
 if __name__ == "__main__":  # the subprocesses' entry: tests/test_engine_loop.py train <json>
     {"train": _train_worker}[sys.argv[1]](sys.argv[2])
+
+
+# --------------------------------------------------------------------------------------------- early stopping
+
+
+def test_patience_stops_after_n_evaluations_without_improvement_and_resumes_the_count(tmp_path):
+    """Scripted metrics 0.1, 0.3, 0.2, 0.25, 0.5 with --patience 2: the run stops after epoch 4 (two evaluations
+    without beating 0.3), best.pt holds epoch 2's weights, and a resume carries the count on."""
+    scores = iter([0.1, 0.3, 0.2, 0.25, 0.5, 0.6])
+
+    def scripted(task: ToyTask) -> None:
+        def evaluate(model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+            metrics = {"score": next(scores)}
+            return metrics, dict(metrics)
+
+        task.evaluate = evaluate  # type: ignore[method-assign]
+
+    cfg = _config(tmp_path, "early", epochs=8, patience=2)
+    trainer = _trainer(cfg)
+    scripted(trainer.task)
+    best_weights = {}
+    trainer.task.on_epoch = lambda epoch: best_weights.setdefault(epoch, trainer.ema.module.head.weight.clone())
+    result = trainer.fit()
+    assert result["stopped_early"] and result["epochs_done"] == 4 and result["best_metric"] == 0.3
+    with open(tmp_path / "early" / "metrics.csv") as f:
+        assert [float(r["score"]) for r in csv.DictReader(f)] == [0.1, 0.3, 0.2, 0.25]
+    best = torch.load(tmp_path / "early" / "best.pt", weights_only=True)
+    assert best["metrics"]["score"] == 0.3 and torch.equal(best["state_dict"]["head.weight"], best_weights[2])
+    last = torch.load(tmp_path / "early" / "last.pt", weights_only=True)["train_state"]
+    assert last["epoch"] == 4 and last["evaluations_since_best"] == 2
+    # resumed with more patience, the count goes on from 2: one more evaluation without improvement stops it
+    resumed = ToyConfig(**{**resume_settings(str(tmp_path / "early" / "last.pt"), "toy"), "patience": 3})
+    trainer = _trainer(resumed)
+    scores = iter([0.29, 0.31])
+    scripted(trainer.task)
+    result = trainer.fit()
+    assert result["stopped_early"] and result["epochs_done"] == 5 and result["best_metric"] == 0.3
+
+
+def test_patience_without_validation_is_an_error(tmp_path):
+    with pytest.raises(TrainingError, match="--patience stops on the validation metric"):
+        _trainer(_config(tmp_path, "noval", validate=False, patience=3))
+
+
+def test_without_patience_every_epoch_runs(tmp_path):
+    cfg = _config(tmp_path, "all", epochs=4)
+    trainer = _trainer(cfg)
+    trainer.task.evaluate = lambda model: ({"score": 0.1}, {"score": 0.1})  # type: ignore[method-assign]
+    result = trainer.fit()
+    assert not result["stopped_early"] and result["epochs_done"] == 4

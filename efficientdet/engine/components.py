@@ -103,12 +103,15 @@ class Checkpointer:
         self.class_names = class_names
         self.extra = dict(extra or {})  # top-level keys of both files (segmentation: task, ignore_index)
         self.best = -math.inf  # any finite metric, even a negative one, makes the first best.pt
+        self.since_best = 0  # evaluations in a row that did not beat the best (--patience)
 
     def offer(self, value: float) -> bool:
         """Whether ``value`` beats the best so far (it becomes the best); NaN never does."""
         if math.isfinite(value) and value > self.best:
             self.best = value
+            self.since_best = 0
             return True
+        self.since_best += 1
         return False
 
     def save_last(self, model: nn.Module, train_state: dict[str, Any]) -> None:
@@ -118,9 +121,10 @@ class Checkpointer:
         save_model(model, self.best_path, self.class_names, metrics=dict(metrics), **self.extra)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_metric": self.best}
+        return {"best_metric": self.best, "evaluations_since_best": self.since_best}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.since_best = int(state.get("evaluations_since_best", 0))  # files before --patience: count afresh
         for key in ("best_metric", *LEGACY_BEST_KEYS):
             if key in state:
                 self.best = float(state[key])

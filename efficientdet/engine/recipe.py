@@ -162,6 +162,18 @@ class RecipeConfig:
         ),
     )
     eval_interval: int = field(default=1, metadata=option("evaluate every N epochs", int_at_least(1), metavar="N"))
+    # Early stopping (ultralytics' --patience, Keras' EarlyStopping): the schedule is planned for --epochs, so a run
+    # that stops early ends at a higher learning rate than its schedule's end; best.pt holds the best evaluation.
+    patience: int | None = field(
+        default=None,
+        metadata=option(
+            "stop when the validation metric has not improved for N evaluations in a row (best.pt keeps the best)",
+            int_at_least(1, optional=True),
+            resume=True,
+            metavar="N",
+            default_text="off",
+        ),
+    )
     max_steps: int | None = field(
         default=None,
         metadata=option(

@@ -146,6 +146,7 @@ class Trainer:
         self.out = Path(cfg.output)
         self.start_epoch = 0
         self.step = 0
+        self.stopped_early = False  # --patience ended the run
         self.last_metrics: dict[str, Any] = {}
 
     # --------------------------------------------------------------------------------------------- set-up
@@ -158,6 +159,8 @@ class Trainer:
         task.read_data()
         model = task.build_model().to(device)
         model.grad_checkpoint = cfg.grad_checkpoint
+        if cfg.patience is not None and not task.has_validation:
+            raise TrainingError("--patience stops on the validation metric, and this run has no validation split")
         if cfg.trainable_stages and not cfg.freeze_backbone:
             raise TrainingError("trainable_stages only applies with freeze_backbone (without it every stage trains)")
         if cfg.freeze_backbone:
@@ -387,6 +390,12 @@ class Trainer:
             if env.is_main:
                 print(summary, flush=True)
             improved = evaluate_now and self.checkpoints.offer(float(self.last_metrics[task.metric]))
+            if evaluate_now and cfg.patience is not None and self.checkpoints.since_best >= cfg.patience:
+                stop = last = self.stopped_early = True
+                if env.is_main:
+                    print(f"early stop after epoch {epoch + 1}: {task.metric} has not improved for "
+                          f"{cfg.patience} evaluations (--patience); best {self.checkpoints.best:.4f} is in best.pt",
+                          flush=True)  # fmt: skip
             rank_rngs = all_gather_objects(rng_state()) if env.distributed else None  # every rank's draws differ
             if env.is_main:
                 train_state = self.state_dict(epoch + 1)
@@ -414,6 +423,7 @@ class Trainer:
             "last": str(self.checkpoints.last_path),
             "best": str(self.checkpoints.best_path),
             "epochs_done": len(self.log.history),
+            "stopped_early": self.stopped_early,
             "steps": self.step,
             "skipped_steps": self.guard.total,
         }
