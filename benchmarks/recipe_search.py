@@ -10,9 +10,9 @@ chose. The ``test`` split is never read: evaluate the chosen setting on it once,
         --output runs/recipe-search
 
 writes ``results.json`` and ``results.md`` (setting, val AP mean +- sample standard deviation over seeds, AP50,
-AP of the same final weights with soft-NMS, minutes per run) in ``--output``. ``--only NAME ...`` runs some
-settings; ``--extra ARGS`` appends flags to every run (e.g. ``--extra "--amp bf16 --workers 1"``; later flags win,
-so ``--extra "--epochs 1"`` makes a smoke run).
+AP of the same final weights with soft-NMS, flip TTA and both, minutes per run) in ``--output``. ``--only NAME
+...`` runs some settings; ``--extra ARGS`` appends flags to every run (e.g. ``--extra "--amp bf16 --workers 1"``;
+later flags win, so ``--extra "--epochs 1"`` makes a smoke run).
 Runs already finished in ``--output`` are read back, not trained again, so a search can be stopped and continued.
 Launch nothing else on the machine meanwhile: the minutes column is part of the result.
 """
@@ -58,12 +58,20 @@ def final_metrics(run: Path) -> dict[str, float] | None:
     return {"AP": float(rows[-1]["AP"]), "AP50": float(rows[-1]["AP50"]), "epochs": int(rows[-1]["epoch"])}
 
 
-def soft_nms_ap(data: str, run: Path) -> float:
-    """AP of the run's final EMA weights on its held-out images with Gaussian soft-NMS (the paper's evaluation;
-    training evaluates with hard NMS), cached in ``soft_nms.json``: the NMS lever, scored on validation."""
-    cache = run / "soft_nms.json"
+# Evaluation-time levers, scored on the same held-out images with each run's final weights (training evaluates with
+# hard NMS and no augmentation): Gaussian soft-NMS (the paper's evaluation) and horizontal-flip TTA.
+EVALUATION_VARIANTS = {"soft_nms": {"nms": "soft"}, "flip_tta": {"flip_tta": True},
+                       "flip_tta_soft_nms": {"nms": "soft", "flip_tta": True}}  # fmt: skip
+
+
+def evaluation_variants(data: str, run: Path) -> dict[str, float]:
+    """AP of the run's final EMA weights on its held-out images under each of EVALUATION_VARIANTS, cached in
+    ``variants.json``: the evaluation levers, scored on validation."""
+    cache = run / "variants.json"
     if cache.is_file():
-        return json.loads(cache.read_text())["AP"]
+        cached = json.loads(cache.read_text())
+        if set(cached["AP"]) == set(EVALUATION_VARIANTS):
+            return cached["AP"]
     from efficientdet.data.readers import read_dataset
     from efficientdet.engine.tasks.detection import hold_out
     from efficientdet.evaluation.validate import validate
@@ -71,9 +79,10 @@ def soft_nms_ap(data: str, run: Path) -> float:
 
     model = load_checkpoint(str(run / "last.pt"))
     _, held_out = hold_out(read_dataset(data, None, "train"), HOLDOUT_FRACTION, HOLDOUT_SEED)
-    metrics = validate(model, held_out.with_class_names(model.class_names), nms="soft")
-    cache.write_text(json.dumps({"AP": metrics["AP"], "AP50": metrics["AP50"], "images": len(held_out)}))
-    return metrics["AP"]
+    held_out = held_out.with_class_names(model.class_names)
+    aps = {name: validate(model, held_out, **kw)["AP"] for name, kw in EVALUATION_VARIANTS.items()}
+    cache.write_text(json.dumps({"AP": aps, "images": len(held_out)}))
+    return aps
 
 
 def train_once(data: str, setting: list[str], seed: int, run: Path, extra: list[str]) -> float:
@@ -101,7 +110,10 @@ def summarise(name: str, runs: list[dict]) -> dict:
         "val_AP_mean": statistics.fmean(aps) if aps else None,
         "val_AP_std": statistics.stdev(aps) if len(aps) > 1 else None,
         "val_AP50_mean": statistics.fmean(r["AP50"] for r in runs) if runs else None,
-        "val_AP_soft_nms_mean": statistics.fmean(r["AP_soft"] for r in runs) if runs else None,
+        **{
+            f"val_AP_{name}_mean": statistics.fmean(r[name] for r in runs) if runs else None
+            for name in EVALUATION_VARIANTS
+        },
         "minutes_per_run": statistics.fmean(r["minutes"] for r in runs) if runs else None,
         "seeds": [r["seed"] for r in runs],
     }
@@ -109,17 +121,18 @@ def summarise(name: str, runs: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| setting | flags | runs | val AP (mean +- sd) | val AP50 | val AP, soft-NMS | min/run |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | flags | runs | val AP (mean +- sd) | val AP50 | val AP: soft-NMS | flip TTA | both | min/run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -(r["val_AP_mean"] if r["val_AP_mean"] is not None else -1)):
         ap = "not run" if r["val_AP_mean"] is None else f"{r['val_AP_mean']:.3f}"
         if r["val_AP_std"] is not None:
             ap += f" +- {r['val_AP_std']:.3f}"
         ap50 = "" if r["val_AP50_mean"] is None else f"{r['val_AP50_mean']:.3f}"
-        soft = "" if r.get("val_AP_soft_nms_mean") is None else f"{r['val_AP_soft_nms_mean']:.3f}"
+        variants = " | ".join("" if r.get(f"val_AP_{n}_mean") is None else f"{r[f'val_AP_{n}_mean']:.3f}"
+                              for n in EVALUATION_VARIANTS)  # fmt: skip
         minutes = "" if r["minutes_per_run"] is None else f"{r['minutes_per_run']:.1f}"
-        lines.append(f"| {r['setting']} | `{r['flags'] or '(defaults)'}` | {r['runs']} | {ap} | {ap50} | {soft} | "
+        lines.append(f"| {r['setting']} | `{r['flags'] or '(defaults)'}` | {r['runs']} | {ap} | {ap50} | {variants} | "
                      f"{minutes} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -149,10 +162,10 @@ def main() -> int:
                 print(f"{name} seed {seed}: no evaluated epoch (see {run / 'train.log'})", flush=True)
                 continue
             minutes = float((run / "minutes.txt").read_text()) if (run / "minutes.txt").is_file() else float("nan")
-            soft = soft_nms_ap(args.data, run)
-            runs.append({**metrics, "AP_soft": soft, "seed": seed, "minutes": minutes})
-            print(f"{name} seed {seed}: val AP {metrics['AP']:.3f} (soft-NMS {soft:.3f}), AP50 {metrics['AP50']:.3f}, "
-                  f"{minutes:.1f} min", flush=True)  # fmt: skip
+            variants = evaluation_variants(args.data, run)
+            runs.append({**metrics, **variants, "seed": seed, "minutes": minutes})
+            print(f"{name} seed {seed}: val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}, {minutes:.1f} min; "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in variants.items()), flush=True)  # fmt: skip
         rows.append(summarise(name, runs))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"rows": rows, "holdout_fraction": HOLDOUT_FRACTION,

@@ -171,3 +171,33 @@ def test_only_the_predictors_run_models_and_post_processing():
         "    return model.eval()(x)\n"
     )
     assert _postprocess_uses(old) == [1] and _model_calls(old) == [3]
+
+
+@pytest.mark.parametrize("nms", ["hard", "soft"])
+def test_flip_tta_of_a_mirrored_image_is_the_mirrored_result(detector, nms):
+    """With flip TTA, an image and its mirror run the same two passes (square input: no padding to move), so their
+    detections must be each other's mirror: checks that the mirrored pass's boxes are mapped back right."""
+    array = np.random.default_rng(2).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    tta = Detector(detector.model, image_size=128, score_threshold=0.0, max_det=20, nms=nms, flip_tta=True)
+    got, mirrored = tta(array)[0], tta(np.ascontiguousarray(array[:, ::-1]))[0]
+    expected = mirrored["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([128.0, 0, 128, 0])
+    assert len(got["boxes"]) == 20
+    torch.testing.assert_close(got["scores"], mirrored["scores"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["boxes"], expected, rtol=0, atol=1e-3)
+    assert torch.equal(got["labels"], mirrored["labels"])
+    plain = detector(array)[0]  # and the second pass changes the result
+    assert not torch.allclose(plain["scores"], got["scores"])
+
+
+def test_flip_tta_keeps_the_best_box_of_each_object_once(detector):
+    """Duplicates across the two passes are merged: no two kept boxes of a class overlap above the NMS IoU."""
+    from efficientdet.ops.postprocess import box_iou_one_to_many
+
+    array = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    tta = Detector(detector.model, image_size=128, score_threshold=0.0, max_det=50, flip_tta=True)
+    out = tta(array)[0]
+    assert torch.all(out["scores"][:-1] >= out["scores"][1:])
+    for i in range(len(out["boxes"])):
+        same = out["labels"] == out["labels"][i]
+        same[i] = False
+        assert not (box_iou_one_to_many(out["boxes"][i], out["boxes"][same]) > tta.iou_threshold).any()

@@ -26,8 +26,9 @@ def test_search_scores_settings_on_held_out_training_images(tmp_path):
     rows = {r["setting"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert set(rows) == set(settings)
     assert all(r["runs"] == 2 and r["val_AP_mean"] is not None and r["val_AP_std"] is not None for r in rows.values())
-    assert all(r["val_AP_soft_nms_mean"] is not None for r in rows.values())  # the NMS lever, on the same images
-    assert all(json.loads((run / "soft_nms.json").read_text())["images"] == 4 for run in out.glob("*/seed*"))
+    for variant in ("soft_nms", "flip_tta", "flip_tta_soft_nms"):  # evaluation levers, on the same images
+        assert all(r[f"val_AP_{variant}_mean"] is not None for r in rows.values())
+    assert all(json.loads((run / "variants.json").read_text())["images"] == 4 for run in out.glob("*/seed*"))
     for run in out.glob("*/seed*"):  # every run evaluated the same 4 held-out images (holdout seed 0)
         assert "holding out 4 of 20 'train' images (seed 0, --holdout-fraction 0.2)" in (run / "train.log").read_text()
     stamp = (out / "unfrozen-320-bw50-60ep" / "seed0" / "last.pt").stat().st_mtime

@@ -64,6 +64,10 @@ class DetectionEvalOptions(EvalOptions):
             one_of(NMS_CHOICES),
         ),
     )
+    flip_tta: bool = field(
+        default=False,
+        metadata=option("test-time augmentation: each image also runs mirrored, detections merged (2x the time)"),
+    )
 
 
 @dataclass
@@ -168,6 +172,7 @@ def _eval_detection(args: argparse.Namespace, options: DetectionEvalOptions) -> 
         options.json,
         dets_path,
         nms=options.nms,
+        flip_tta=options.flip_tta,
     )
     print(format_per_class(result.coco))
     print(format_metrics(result.metrics))

@@ -31,6 +31,7 @@ def evaluation_detector(
     iou_threshold: float = NMS_IOU,
     max_det: int = MAX_DETECTIONS,
     nms: str = "hard",
+    flip_tta: bool = False,
 ) -> Detector:
     """The :class:`Detector` that evaluation predicts with: ``model`` as it is (no folding, its own memory layout)
     with the official evaluation's settings (top 5000 candidates, score threshold 0.001, per-class NMS).
@@ -40,7 +41,7 @@ def evaluation_detector(
     """
     return Detector(
         model, device=device, image_size=image_size, score_threshold=score_threshold, iou_threshold=iou_threshold,
-        max_det=max_det, topk=TOPK_CANDIDATES, nms=nms,
+        max_det=max_det, topk=TOPK_CANDIDATES, nms=nms, flip_tta=flip_tta,
     )  # fmt: skip
 
 
@@ -56,6 +57,7 @@ def predict_records(
     iou_threshold: float = NMS_IOU,
     max_det: int = MAX_DETECTIONS,
     nms: str = "hard",
+    flip_tta: bool = False,
 ) -> tuple[list[dict[str, torch.Tensor]], int]:
     """Detections per record in the pixels of its annotation (aligned with ``records``; unreadable images get none).
 
@@ -73,7 +75,9 @@ def predict_records(
         detector, was_training = model, model.model.training
     else:
         was_training = model.training  # the Detector puts the model in eval mode
-        detector = evaluation_detector(model, image_size, device, score_threshold, iou_threshold, max_det, nms)
+        detector = evaluation_detector(
+            model, image_size, device, score_threshold, iou_threshold, max_det, nms, flip_tta
+        )
     cfg = detector.config
     dataset = DetectionDataset(records, detector.image_size, cfg.mean, cfg.std, train=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kwargs(workers))
@@ -121,6 +125,7 @@ def evaluate_model(
     detections_path: str | None = None,
     nms: str = "hard",
     distributed: bool = False,
+    flip_tta: bool = False,
 ) -> ModelEvaluation:
     """Predict every image of ``data`` and score the detections with pycocotools (``nms="soft"``: the official
     evaluation). Images that cannot be read get no detections (their boxes count as missed) and are counted.
@@ -136,12 +141,14 @@ def evaluate_model(
         data = data.with_class_names(list(model.class_names), getattr(model, "category_ids", None))
     env = current_env()
     if not (distributed and env.distributed):
-        dets, skipped = predict_records(model, data.records, image_size, batch_size, workers, device, nms=nms)
+        dets, skipped = predict_records(
+            model, data.records, image_size, batch_size, workers, device, nms=nms, flip_tta=flip_tta
+        )
         coco = evaluate_split(data, dets, json_path, detections_path, unreadable_images=skipped)
         return ModelEvaluation(coco, dets, skipped)
     mine = list(range(env.rank, len(data.records), env.world_size))  # strided: image sizes spread evenly
     dets, skipped = predict_records(
-        model, [data.records[i] for i in mine], image_size, batch_size, workers, device, nms=nms
+        model, [data.records[i] for i in mine], image_size, batch_size, workers, device, nms=nms, flip_tta=flip_tta
     )
     parts = all_gather_objects((list(zip(mine, dets)), skipped))
     result = None

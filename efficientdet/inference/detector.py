@@ -22,7 +22,7 @@ from ..models.fuse import optimize_for_inference, uses_channels_last
 from ..ops.anchors import anchors_for_config
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
 from .class_filter import resolve_classes
-from .tiling import DEFAULT_TILE_OVERLAP, check_tile, detect_tiled
+from .tiling import DEFAULT_TILE_OVERLAP, check_tile, detect_tiled, merge_detections
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -83,6 +83,7 @@ class Detector:
         tile: int = 0,
         tile_overlap: float = DEFAULT_TILE_OVERLAP,
         batch_size: int = 8,
+        flip_tta: bool = False,
     ) -> None:
         """``image_size``: the square input side (default: the model's), or an (H, W) input, as an exported file
         of that fixed size takes (export verification builds such a detector).
@@ -96,6 +97,10 @@ class Detector:
         The filter runs after NMS and ``max_det``, so the boxes kept are exactly the ones an unfiltered run returns
         for those classes (fewer than ``max_det`` may remain). An unknown class raises ``UnknownClassError`` here,
         before any image is processed.
+
+        ``flip_tta``: test-time augmentation; each image also runs mirrored left-right, and the two passes'
+        detections are merged as tiles are (:func:`~efficientdet.inference.tiling.merge_detections`: NMS over the
+        union, or with soft-NMS a box dropped when it duplicates one of the other pass). Twice the network time.
         """
         if nms not in NMS_METHODS:
             raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
@@ -103,6 +108,7 @@ class Detector:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.tile, self.tile_overlap, self.batch_size = tile, tile_overlap, batch_size
+        self.flip_tta = flip_tta
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if optimize:  # a copy with BN and SAME pads folded, channels-last on CPU: faster, same results up to rounding
@@ -200,8 +206,11 @@ class Detector:
 
         ``filter_classes=False`` skips the ``classes`` filter (tiling applies it once, after merging the tiles).
         """
-        cls, box = self.network(batch)
-        dets = self.detections(cls, box, tuple(batch.shape[-2:]))
+        if self.flip_tta:
+            dets = self._flip_merged(batch)
+        else:
+            cls, box = self.network(batch)
+            dets = self.detections(cls, box, tuple(batch.shape[-2:]))
         results = []
         for i, det in enumerate(dets):
             boxes = det["boxes"]
@@ -209,6 +218,27 @@ class Detector:
                 boxes = to_original_pixels(boxes, scales[i], None if sizes is None else sizes[i])
             results.append(self.result(boxes, det["scores"], det["labels"], filter_classes))
         return results
+
+    def _flip_merged(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Detections (input pixels) of ``batch`` and of its mirror image, mapped back and merged per image."""
+        n, width = len(batch), batch.shape[-1]
+        cls, box = self.network(torch.cat([batch, batch.flip(-1)]))
+        dets = self.detections(cls, box, tuple(batch.shape[-2:]))
+        merged = []
+        for plain, mirrored in zip(dets[:n], dets[n:]):
+            unflipped = mirrored["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1], device=batch.device)
+            unflipped[:, [0, 2]] += width  # x1, x2 = W - x2', W - x1'
+            boxes = torch.cat([plain["boxes"], unflipped]).cpu()
+            scores = torch.cat([plain["scores"], mirrored["scores"]]).cpu()
+            labels = torch.cat([plain["labels"], mirrored["labels"]]).cpu()
+            sources = torch.cat([torch.zeros(len(plain["boxes"])), torch.ones(len(mirrored["boxes"]))]).long()
+            boxes, scores, labels = merge_detections(
+                boxes, scores, labels, sources, torch.zeros(len(boxes), dtype=torch.bool), nms=self.nms,
+                iou_threshold=self.iou_threshold, max_det=self.max_det, class_agnostic=self.class_agnostic,
+            )  # fmt: skip
+            merged.append({"boxes": boxes.to(batch.device), "scores": scores.to(batch.device),
+                           "labels": labels.to(batch.device)})  # fmt: skip
+        return merged
 
     def result(
         self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, filter_classes: bool = True
