@@ -40,6 +40,8 @@ SETTINGS: dict[str, list[str]] = {
     "frozen-448-bw50-130ep": ["--freeze-backbone", "--img-size", "448", "--epochs", "130"],
     "frozen-384-bw100-160ep": ["--freeze-backbone", "--img-size", "384", "--box-loss-weight", "100", "--epochs", "160"],
     "unfrozen-320-bw200-60ep": ["--box-loss-weight", "200"],
+    "frozen-448-bw200-130ep-color": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
+                                     "--epochs", "130", "--color-jitter", "0.3"],
     "frozen-448-bw200-130ep-stage1": ["--freeze-backbone", "--trainable-stages", "1", "--img-size", "448",
                                       "--box-loss-weight", "200", "--epochs", "130"],
 }  # fmt: skip

@@ -210,3 +210,20 @@ def test_ema_decay_warms_up():
         lin.weight.fill_(1.0)
     ema.update(lin)  # decay min(0.9998, 2/11)
     assert ema.module.weight.item() == pytest.approx(1 - 2 / 11)
+
+
+def test_color_jitter_reaches_the_training_data(tmp_path):
+    data = raccoon_subset(tmp_path)
+    cfg = tiny_config(tmp_path, data, max_steps=1, color_jitter=0.3, hflip=0.0)
+    from efficientdet.engine.tasks.detection import DetectionTask
+    from efficientdet.utils.distributed import DistEnv
+
+    task = DetectionTask(cfg, DistEnv(), torch.device("cpu"))
+    task.read_data()
+    dataset = task.train_dataset(task.build_model())
+    assert dataset.color_strength == 0.3
+    jittered = dataset[0].data.image
+    dataset.color_strength = 0.0
+    assert dataset[0].data.image.shape == jittered.shape and not torch.equal(dataset[0].data.image, jittered)
+    with pytest.raises(ValueError, match="--color-jitter must be a finite number >= 0 and < 1"):
+        tiny_config(tmp_path, data, color_jitter=1.0)

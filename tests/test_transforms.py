@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from efficientdet.data.transforms import eval_transform, train_transform
+from efficientdet.data.transforms import color_jitter, eval_transform, train_transform
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
@@ -79,3 +79,49 @@ def test_normalisation_uses_pixel_space_statistics():
     img = np.full((4, 4, 3), 127, np.uint8)
     out = eval_transform(img, 4, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
     assert torch.all(out.image == 0)
+
+
+class _Fixed:
+    """An rng whose uniform draws are given: (brightness, contrast, saturation) factors chosen by hand."""
+
+    def __init__(self, factors):
+        self.factors = np.array(factors, np.float64)
+
+    def uniform(self, low, high, size):
+        assert size == 3 and all(low <= f <= high for f in self.factors)
+        return self.factors
+
+
+def test_color_jitter_by_hand():
+    gray = np.full((4, 4, 3), 100, np.uint8)
+    assert (color_jitter(gray, 0.5, _Fixed([1.2, 1.0, 1.0])) == 120).all()  # brightness scales every channel
+    assert (color_jitter(gray, 0.5, _Fixed([1.0, 0.5, 1.5])) == 100).all()  # flat gray: no contrast, no colour
+    two = np.zeros((1, 2, 3), np.uint8)
+    two[0, 1] = 200  # black and white pixels, mean luma 100: contrast 0.5 pulls both halfway to it
+    assert color_jitter(two, 0.5, _Fixed([1.0, 0.5, 1.0])).tolist() == [[[50] * 3, [150] * 3]]
+    red = np.zeros((1, 1, 3), np.uint8)
+    red[..., 0] = 200  # luma 0.299 * 200 = 59.8; saturation 0 leaves the gray of that luma
+    assert color_jitter(red, 1.0, _Fixed([1.0, 1.0, 0.0])).tolist() == [[[60, 60, 60]]]
+    bright = np.full((2, 2, 3), 250, np.uint8)
+    assert (color_jitter(bright, 0.5, _Fixed([1.5, 1.0, 1.0])) == 255).all()  # clipped, still uint8
+    photo = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    assert np.array_equal(color_jitter(photo, 0.0, np.random.default_rng(1)), photo)  # strength 0: identity
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_color_jitter_leaves_boxes_and_geometry_alone(seed):
+    """Its draws come after the geometric ones: the same seed gives the same boxes, scale and crop with or without
+    it, and every pixel of the jittered image is one increasing function of the same pixel without it (a gray
+    picture: brightness and contrast are global, saturation leaves gray alone), so nothing moved."""
+    img, boxes = marked_image(200, 200, (40, 30, 130, 120))
+    args = (img, boxes, np.array([1]), np.array([False]), 96, MEAN, STD)
+    scales = (1.5, 2.0)  # the scaled picture covers the whole 96 x 96 input: no padding, which is not jittered
+    plain = train_transform(*args, np.random.default_rng(seed), scales, 0.5)
+    jittered = train_transform(*args, np.random.default_rng(seed), scales, 0.5, color_strength=0.4)
+    assert torch.equal(plain.boxes, jittered.boxes) and plain.offset == jittered.offset
+    assert plain.scale == jittered.scale and not torch.equal(plain.image, jittered.image)
+    before, after = plain.image[0].flatten(), jittered.image[0].flatten()
+    values = torch.unique(before)
+    images_of = [torch.unique(after[before == v]) for v in values]
+    assert all(len(v) == 1 for v in images_of)  # a function of the pixel's own value
+    assert torch.all(torch.diff(torch.cat(images_of)) >= 0)  # increasing: bright stays bright

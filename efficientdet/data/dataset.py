@@ -44,6 +44,7 @@ class DetectionDataset(Dataset):
         scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
         hflip: float = 0.5,
         seed: int = 0,
+        color_strength: float = 0.0,
     ) -> None:
         self.records = records
         self.image_size = image_size
@@ -51,6 +52,7 @@ class DetectionDataset(Dataset):
         self.train = train
         self.scale_range = scale_range
         self.hflip = hflip
+        self.color_strength = color_strength
         self.seed = seed
         self.epoch = 0
 
@@ -75,7 +77,7 @@ class DetectionDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             data = train_transform(
                 image, boxes, rec.labels, rec.iscrowd, self.image_size, self.mean, self.std, rng, self.scale_range,
-                self.hflip,
+                self.hflip, color_strength=self.color_strength,
             )  # fmt: skip
         else:
             data = eval_transform(image, self.image_size, self.mean, self.std, boxes, rec.labels, rec.iscrowd)

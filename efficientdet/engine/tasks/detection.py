@@ -119,6 +119,16 @@ class TrainConfig(RecipeConfig):
         ),
     )
     scale_range: tuple[float, float] = field(default=DEFAULT_TRAIN_SCALE_RANGE, metadata=increasing_pair(0.0))
+    # Photometric augmentation (brightness, contrast, saturation); off by default until a search on held-out
+    # training images shows it helps (benchmarks/recipe_search.py, setting "frozen-448-bw200-130ep-color")
+    color_jitter: float = field(
+        default=0.0,
+        metadata=option(
+            "photometric augmentation: brightness, contrast and saturation each scaled by 1 +- this (0: off)",
+            number_in(0, 1, high_open=True),
+            metavar="S",
+        ),
+    )
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
     box_loss_weight: float | None = field(
         default=None,
@@ -351,7 +361,7 @@ class DetectionTask(Task):
             LOG.info(data_summary(self.train_data, cfg.train_split, model_cfg, size))
         return DetectionDataset(
             self.train_data.records, size, model_cfg.mean, model_cfg.std, train=True,
-            scale_range=tuple(cfg.scale_range), hflip=cfg.hflip, seed=cfg.seed,
+            scale_range=tuple(cfg.scale_range), hflip=cfg.hflip, seed=cfg.seed, color_strength=cfg.color_jitter,
         )  # fmt: skip
 
     def loader_kwargs(self, workers: int) -> dict[str, Any]:
