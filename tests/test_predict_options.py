@@ -180,3 +180,18 @@ def test_same_stem_inputs_get_distinct_label_and_crop_names(tmp_path):
     stems = image_stems([out / "a.jpg", out / "a.png", out / "A_2.jpg", out / "sub" / "a.jpg"], out)
     assert stems == ["a", "a_2", "A_2_2", "sub/a"]
     assert class_folders(["..", "x", "X", ""]) == ["class_0", "x", "X_2", "class_3"]
+
+
+def test_flip_tta_predicts_what_the_tta_detector_returns(checkpoint, images, full_run, tmp_path):
+    """`predict --flip-tta` writes exactly what Detector(flip_tta=True) returns, which is not the plain result."""
+    from efficientdet.inference import Detector
+
+    output = tmp_path / "tta"
+    assert run(output, checkpoint, images / "wide.png", extra=("--flip-tta",)) == 0
+    written = detections(output)
+    assert len(written) > 0
+    tta = Detector(load_checkpoint(checkpoint), optimize=True, score_threshold=0.3, flip_tta=True)
+    expected = tta(str(images / "wide.png"))[0]
+    assert [e["score"] for e in written] == pytest.approx(expected["scores"].tolist(), abs=1e-5)
+    plain = [e["score"] for e in detections(full_run) if e["file_name"] == "wide.png"]
+    assert plain != pytest.approx([e["score"] for e in written], abs=1e-5)

@@ -44,7 +44,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
             max_pixels=args.max_pixels, classes=args.classes, save_txt=args.save_txt,
             save_conf=args.save_conf, save_crop=args.save_crop, progress=None, tile=args.tile,
-            tile_overlap=args.tile_overlap,
+            tile_overlap=args.tile_overlap, flip_tta=args.flip_tta,
         )  # fmt: skip
     except UnknownClassError as e:  # a usage error, like argparse's own (exit 2), found before anything is written
         print(f"efficientdet predict: --classes: {e}", file=sys.stderr)
@@ -106,6 +106,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="hard: greedy NMS at --iou (default); soft: Gaussian soft-NMS, sigma 0.5")  # fmt: skip
     p.add_argument("--iou", type=fraction, default=NMS_IOU, help=f"hard-NMS IoU threshold (default {NMS_IOU})")
     p.add_argument("--class-agnostic", action="store_true", help="boxes of different classes suppress each other")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="test-time augmentation: also run each image mirrored, merge the detections")  # fmt: skip
     p.add_argument("--max-det", type=positive_int, default=MAX_DETECTIONS,
                    help=f"detections kept per image (default {MAX_DETECTIONS})")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,

@@ -337,6 +337,7 @@ def predict(
     vid_stride: int = 1,
     max_frames: int | None = None,
     optimize: bool = True,
+    flip_tta: bool = False,
 ) -> PredictSummary:
     """Detect objects in every image that ``sources`` name; write drawn copies and ``detections.json`` to ``output``.
 
@@ -366,6 +367,7 @@ def predict(
         optimize: run a copy of the network with BN and SAME pads folded (channels-last on the CPU), as ``bench``
             times it: ~1.6x faster on a 2-core CPU (Lite0 448 px), boxes equal to the unfolded network's within
             float rounding (~1e-3 px). Exported files run as they are.
+        flip_tta: each image also runs mirrored left-right, the detections merged (twice the network time).
 
     Raises ``ValueError`` for invalid options (``UnknownClassError``, a subclass, for an unknown class) and
     ``CheckpointError`` / ``FileNotFoundError`` for a bad model file, before any image is read or any file written.
@@ -392,6 +394,7 @@ def predict(
         optimize=optimize and isinstance(model, EfficientDet), score_threshold=score_threshold,
         iou_threshold=iou_threshold, max_det=max_det, class_names=class_names, nms=nms,
         class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
+        flip_tta=flip_tta,
     )  # fmt: skip
     images, source_errors = expand_sources(sources, recursive, exclude=out)
     summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
