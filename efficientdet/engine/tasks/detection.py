@@ -334,10 +334,10 @@ class DetectionTask(Task):
     def _choose_recipe(self) -> None:
         """Fill the options left open from the training split's size (:mod:`.detection_recipe`); say what."""
         cfg = self.cfg
-        open_options = {"freeze_backbone": cfg.freeze_backbone, "img_size": cfg.img_size, "epochs": cfg.epochs,
-                        "box_loss_weight": cfg.box_loss_weight}  # fmt: skip
         if cfg.resume:
             return  # the saved run's settings, chosen when it started
+        open_options = {"freeze_backbone": cfg.freeze_backbone, "img_size": cfg.img_size, "epochs": cfg.epochs,
+                        "box_loss_weight": cfg.box_loss_weight}  # fmt: skip
         pretrained = bool(cfg.pretrained_backbone or cfg.checkpoint or cfg.pretrained)
         choice = choose_settings(open_options, len(self.train_data), get_config(cfg.model).image_size, pretrained)
         for name, value in choice.values.items():
