@@ -88,6 +88,9 @@ def eval_transform(
     )
 
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma weights, as PIL's "L" conversion
+
+
 def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
     """Photometric augmentation of an HxWx3 uint8 image: brightness, contrast and saturation each scaled by a
     factor drawn from [1 - strength, 1 + strength] (torchvision's ColorJitter semantics, applied in that order).
@@ -97,9 +100,9 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
     """
     brightness, contrast, saturation = rng.uniform(1 - strength, 1 + strength, size=3)
     x = image.astype(np.float32) * brightness
-    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as PIL's "L" conversion
-    x = (x - gray.mean()) * contrast + gray.mean()
-    gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    mean_luma = float((x @ LUMA).mean())
+    x = (x - mean_luma) * contrast + mean_luma
+    gray = (x @ LUMA)[..., None]
     x = (x - gray) * saturation + gray
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 

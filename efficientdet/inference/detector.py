@@ -226,8 +226,8 @@ class Detector:
         dets = self.detections(cls, box, tuple(batch.shape[-2:]))
         merged = []
         for plain, mirrored in zip(dets[:n], dets[n:]):
-            unflipped = mirrored["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1], device=batch.device)
-            unflipped[:, [0, 2]] += width  # x1, x2 = W - x2', W - x1'
+            unflipped = mirrored["boxes"].clone()
+            unflipped[:, [0, 2]] = width - mirrored["boxes"][:, [2, 0]]  # x1, x2 = W - x2', W - x1'
             boxes = torch.cat([plain["boxes"], unflipped]).cpu()
             scores = torch.cat([plain["scores"], mirrored["scores"]]).cpu()
             labels = torch.cat([plain["labels"], mirrored["labels"]]).cpu()

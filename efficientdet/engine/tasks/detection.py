@@ -44,7 +44,7 @@ from ..recipe import RecipeConfig
 from ..tensorboard_log import TensorBoardLogger
 from ..trainer import Task
 from ..utils import TrainingError
-from .detection_recipe import SMALL_DATA, SMALL_DATA_IMAGES, choose_settings
+from .detection_recipe import LARGE_DATA, SMALL_DATA, SMALL_DATA_IMAGES, choose_settings
 
 LOG = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class TrainConfig(RecipeConfig):
         default=None,
         metadata=option(
             "epochs", int_at_least(1, optional=True), resume=True,
-            default_text=f"from the data: {SMALL_DATA.epochs} below {SMALL_DATA_IMAGES:,} training images, else 60",
+            default_text=f"from the data: {SMALL_DATA.epochs} below {SMALL_DATA_IMAGES:,} training images, "
+            f"else {LARGE_DATA.epochs}",
         ),
     )  # fmt: skip
     img_size: int | None = field(
