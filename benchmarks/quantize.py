@@ -1,13 +1,15 @@
 """fp32 vs int8, onnxruntime vs OpenVINO: AP on raccoon test and network latency at batch 1, one process.
 
 For each model (Lite0 from ``--checkpoint``, a raccoon-trained file; D0 from ``--d0-checkpoint``, ``--d0-pretrained``
-or random weights) the script writes four files into ``--workdir``:
+or random weights) the script writes these files into ``--workdir``:
 
 - ``onnxruntime fp32``: :func:`efficientdet.export.export_onnx`;
-- ``onnxruntime int8``: :func:`efficientdet.export.quantize.export_onnx_int8` (QDQ, calibrated on
-  ``--calibration-images`` images of the ``train`` split: never on test);
-- ``openvino fp32`` / ``openvino int8``: :func:`efficientdet.export.openvino.export_openvino` (NNCF for int8, the
-  same calibration images);
+- ``onnxruntime int8 (METHOD)``: :func:`efficientdet.export.quantize.export_onnx_int8` (QDQ, calibrated on
+  ``--calibration-images`` images of the ``train`` split: never on the images evaluated), one file per
+  ``--onnx-methods`` entry;
+- ``openvino fp32`` / ``openvino int8 (METHOD)``: :func:`efficientdet.export.openvino.export_openvino` (NNCF for
+  int8, the same calibration images), one int8 file per ``--openvino-methods`` entry (``METHOD`` or
+  ``METHOD+full-bc`` for NNCF's full bias correction);
 
 and evaluates each, with the eager PyTorch model (BN and SAME pads folded, channels-last: what
 ``Detector(optimize=True)`` runs) as the reference row, through the project's own evaluation
@@ -23,7 +25,16 @@ untimed one, ``--rounds`` rounds; medians. Example (this project's 2-core CPU, i
 
     python benchmarks/quantize.py --checkpoint runs/raccoon_lite0/best.pt --threads 2 --json quantize.json
 
-``--limit N`` evaluates on the first N test images only (a smoke run, not a result).
+Choosing the int8 settings on validation: ``--holdout-fraction F [--holdout-seed S]`` evaluates on the share of
+``train`` that ``efficientdet train --val-split auto --holdout-fraction F --holdout-seed S`` holds out (the same
+images: pass a checkpoint trained that way) and calibrates on the rest of ``train``; ``test`` is not read. With
+several ``--onnx-methods`` / ``--openvino-methods`` the rows compare the calibration settings on those images:
+
+    python benchmarks/quantize.py --checkpoint runs/recipe-search/frozen-448-bw200-130ep/seed0/last.pt \
+        --models lite0 --holdout-fraction 0.2 --onnx-methods minmax,percentile \
+        --openvino-methods mean-minmax,minmax,histogram,mean-minmax+full-bc --no-latency
+
+``--limit N`` evaluates on the first N images only (a smoke run, not a result).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +53,11 @@ import numpy as np
 import torch
 
 from efficientdet.data.readers import read_dataset
+from efficientdet.engine.tasks.detection import hold_out
 from efficientdet.evaluation.validate import evaluate_model
 from efficientdet.export import export_onnx
 from efficientdet.export.openvino import export_openvino
-from efficientdet.export.quantize import export_onnx_int8
+from efficientdet.export.quantize import batches_from_paths, export_onnx_int8
 from efficientdet.export.runtimes import load_exported
 from efficientdet.inference import Detector
 from efficientdet.models.factory import create_model, load_checkpoint
@@ -75,20 +88,34 @@ def build_models(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module]]:
     return models
 
 
-def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, folder: Path) -> dict[str, Path]:
-    """The four files of one model; the seconds each export took are printed."""
-    calib = dict(calibration=args.data, calibration_split="train", calibration_images=args.calibration_images)
-    jobs = {
-        "onnxruntime fp32": lambda p: export_onnx(model, p),
-        "onnxruntime int8": lambda p: export_onnx_int8(model, p, **calib),
-        "openvino fp32": lambda p: export_openvino(model, p),
-        "openvino int8": lambda p: export_openvino(model, p, int8=True, **calib),
-    }
+def calibration_source(args: argparse.Namespace, model: torch.nn.Module, calibration_paths: list[str] | None) -> dict:
+    """The calibration keywords of the int8 exports: ``train`` of ``--data``, or (validation mode) the given
+    training images that are not held out, as pre-processed arrays."""
+    if calibration_paths is None:
+        return dict(calibration=args.data, calibration_split="train", calibration_images=args.calibration_images)
+    cfg = model.config
+    batches = batches_from_paths(calibration_paths, cfg.image_size, cfg.mean, cfg.std, args.calibration_images)
+    return dict(calibration=batches)
+
+
+def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, folder: Path,
+               calibration_paths: list[str] | None) -> dict[str, Path]:  # fmt: skip
+    """The files of one model (fp32 and one int8 file per calibration setting); each export's seconds printed."""
+    calib = calibration_source(args, model, calibration_paths)
+    jobs = {"onnxruntime fp32": lambda p: export_onnx(model, p)}
+    for method in args.onnx_methods:
+        jobs[f"onnxruntime int8 ({method})"] = partial(export_onnx_int8, model, calibration_method=method, **calib)
+    jobs["openvino fp32"] = lambda p: export_openvino(model, p)
+    for variant in args.openvino_methods:
+        method, _, bias = variant.partition("+")
+        jobs[f"openvino int8 ({variant})"] = partial(export_openvino, model, int8=True, calibration_method=method,
+                                                     fast_bias_correction=bias != "full-bc", **calib)  # fmt: skip
     files = {}
     for label, job in jobs.items():
         suffix = ".xml" if label.startswith("openvino") else ".onnx"
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
         start = time.perf_counter()
-        files[label] = Path(job(folder / f"{name}_{label.replace(' ', '_')}{suffix}"))
+        files[label] = Path(job(folder / f"{name}_{stem}{suffix}"))
         print(f"{name}: exported {label} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return files
 
@@ -137,9 +164,20 @@ def latency(nets: dict[str, torch.nn.Module], batch: torch.Tensor, rounds: int) 
     return {label: statistics.median(t) * 1e3 for label, t in times.items()}
 
 
+def evaluation_data(args: argparse.Namespace) -> tuple[Any, list[str] | None]:
+    """The images to score on (``test``, or the held-out share of ``train``) and, in validation mode, the training
+    images left to calibrate on (else None: calibration reads ``train``)."""
+    if args.holdout_fraction is None:
+        return read_dataset(args.data, None, "test"), None
+    kept, held_out = hold_out(read_dataset(args.data, None, "train"), args.holdout_fraction, args.holdout_seed)
+    if held_out is None:
+        raise SystemExit(f"quantize.py: --holdout-fraction {args.holdout_fraction} holds out no images")
+    return held_out, [r.path for r in kept.records]
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
-    test = read_dataset(args.data, None, "test")
+    test, calibration_paths = evaluation_data(args)
     if args.limit:
         test.records = test.records[: args.limit]
     paths = [r.path for r in test.records]
@@ -149,7 +187,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         folder.mkdir(parents=True, exist_ok=True)
         for name, model in build_models(args):
             model.eval()
-            files = export_all(name, model, args, folder)
+            files = export_all(name, model, args, folder, calibration_paths)
             # eager as Detector(optimize=True) runs it: BN and SAME pads folded, channels-last
             nets: dict[str, torch.nn.Module] = {"eager fp32": optimize_for_inference(model)}
             for label, path in files.items():
@@ -157,11 +195,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             scores = accuracy(nets, test, paths)
             size = model.config.image_size
             batch, _, _ = Detector(model).preprocess(paths[:1])
-            ms = latency(nets, batch, args.rounds)
+            ms = latency(nets, batch, args.rounds) if args.latency else {}
+            split = "test" if calibration_paths is None else f"held out of train ({args.holdout_fraction})"
             for label in nets:
                 rows.append({"model": name, "img_size": size, "contestant": label, **scores[label],
-                             "network_ms": ms[label], "threads": args.threads,
-                             "test_images": len(paths), "calibration_images": args.calibration_images})  # fmt: skip
+                             "network_ms": ms.get(label), "threads": args.threads, "evaluated_on": split,
+                             "images": len(paths), "calibration_images": args.calibration_images})  # fmt: skip
     return rows
 
 
@@ -171,8 +210,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
     lines = ["| model | contestant | AP | AP50 | IoU vs fp32 | network ms |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} {r['img_size']} | {r['contestant']} | {num(r['AP'], '.4f')} | "
-                     f"{num(r['AP50'], '.4f')} | {num(r['iou_vs_fp32'], '.3f')} | {r['network_ms']:.1f} |")  # fmt: skip
+        cells = [f"{r['model']} {r['img_size']}", r["contestant"], num(r["AP"], ".4f"), num(r["AP50"], ".4f"),
+                 num(r["iou_vs_fp32"], ".3f"), num(r["network_ms"], ".1f")]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -186,11 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-images", type=int, default=100, help="train images to calibrate on (default 100)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
-    p.add_argument("--limit", type=int, help="evaluate on the first N test images only (smoke run)")
+    p.add_argument("--onnx-methods", default="minmax", help="int8 ONNX calibration methods to compare "
+                   "(comma-separated: minmax, percentile; default minmax)")
+    p.add_argument("--openvino-methods", default="mean-minmax", help="NNCF activation ranges to compare "
+                   "(comma-separated: mean-minmax, minmax, percentile, histogram, each optionally +full-bc; "
+                   "default mean-minmax)")
+    p.add_argument("--holdout-fraction", type=float, help="validation mode: score on this share of train, held out "
+                   "as `train --val-split auto` does, and calibrate on the rest (test is not read)")
+    p.add_argument("--holdout-seed", type=int, default=0, help="seed of the held-out share (default 0)")
+    p.add_argument("--no-latency", dest="latency", action="store_false", help="accuracy only (a busy machine)")
+    p.add_argument("--limit", type=int, help="evaluate on the first N images only (smoke run)")
     p.add_argument("--workdir", help="keep the exported files here (default: a temporary folder)")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for key in ("models", "onnx_methods", "openvino_methods"):
+        setattr(args, key, [m.strip() for m in getattr(args, key).split(",") if m.strip()])
     rows = run(args)
     print(format_table(rows))
     if args.json:

@@ -42,7 +42,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, max_det=args.max_det,
         topk=args.topk,
     )  # fmt: skip
-    if args.format == "openvino" or args.int8 or args.calibration:
+    if args.format == "openvino" or args.int8 or args.calibration or args.calibration_method:
         try:
             path = export_deployment(model, args, common)
         except (ImportError, ValueError, RuntimeError, OSError) as e:
@@ -105,6 +105,9 @@ def add_int8_options(p: Any) -> None:
     p.add_argument("--calibration-split", default="train", help="dataset split to calibrate on (default train)")
     p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                    help=f"images to calibrate on (default {DEFAULT_CALIBRATION_IMAGES})")  # fmt: skip
+    p.add_argument("--calibration-method", metavar="METHOD",
+                   help="how --int8 sets activation ranges: onnx minmax (default) or percentile; openvino "
+                        "mean-minmax (default), minmax, percentile or histogram")  # fmt: skip
 
 
 def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) -> Path:
@@ -116,12 +119,16 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) ->
         raise CalibrationError("--int8 needs --calibration DATA (a dataset or a folder of images)")
     if args.calibration and not args.int8:
         raise ValueError("--calibration is for --int8 only")
+    if args.calibration_method and not args.int8:
+        raise ValueError("--calibration-method is for --int8 only")
     what = "--int8" if args.int8 else "--format openvino"
     for option in ("half", "dynamic_size"):  # int8 and the IR are CPU files of one size, calibrated at that size
         if getattr(args, option, False):
             raise ValueError(f"--{option.replace('_', '-')} does not go with {what} (fixed-size fp32/int8 CPU files)")
     calib = dict(calibration=args.calibration, calibration_split=args.calibration_split,
                  calibration_images=args.calibration_images)  # fmt: skip
+    if args.calibration_method:
+        calib["calibration_method"] = args.calibration_method
     if args.format == "openvino":
         from ..export.openvino import export_openvino
 

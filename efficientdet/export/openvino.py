@@ -11,7 +11,12 @@ int8: NNCF post-training quantisation (``nncf.quantize``) of the converted model
 - ``preset=MIXED``: symmetric int8 weights, asymmetric activations. The activations here are not centred on zero
   (ReLU6 in the Lite family, SiLU/swish in D0-D7, sums of both in the BiFPN), so an asymmetric range spends the 256
   levels on values that occur; NNCF's documentation recommends MIXED for models with such non-ReLU activations.
-- ``fast_bias_correction`` (the default): shifts each quantised layer's bias to undo the mean error it introduces.
+- activation ranges by ``calibration_method`` (:data:`OPENVINO_CALIBRATION_METHODS`): NNCF's own default
+  ``mean-minmax`` averages each image's extremes over the calibration images; ``minmax`` takes the extremes of all
+  of them; ``percentile`` averages each image's 0.01 % / 99.99 % quantiles; ``histogram`` picks the range that
+  minimises the quantisation error on the histogram of all values.
+- ``fast_bias_correction`` (the default; ``False``: NNCF's full bias correction, slower): shifts each quantised
+  layer's bias to undo the mean error it introduces.
 - ``subset_size`` = the number of calibration images given, and with ``with_nms`` the post-processing
   (everything after the first TopK) in ``ignored_scope``: decoding and NMS stay fp32.
 
@@ -33,7 +38,19 @@ import numpy as np
 from ..models.detector import EfficientDet
 from .exporter import METADATA_KEY, export_onnx
 from .openvino_core import OPENVINO_HINT, preserved_signal_stack, require_openvino
-from .quantize import DEFAULT_CALIBRATION_IMAGES, folded_copy, resolve_calibration
+from .quantize import DEFAULT_CALIBRATION_IMAGES, CalibrationError, folded_copy, resolve_calibration
+
+OPENVINO_CALIBRATION_METHODS = ("mean-minmax", "minmax", "percentile", "histogram")
+DEFAULT_OPENVINO_CALIBRATION_METHOD = "mean-minmax"
+
+
+def range_estimator(method: str) -> Any:
+    """NNCF's activation range estimator for ``method`` (one of :data:`OPENVINO_CALIBRATION_METHODS`)."""
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet as Sets
+
+    estimators = {"mean-minmax": Sets.MEAN_MINMAX, "minmax": Sets.MINMAX, "percentile": Sets.MEAN_QUANTILE,
+                  "histogram": Sets.HISTOGRAM}  # fmt: skip
+    return estimators[method]
 
 
 def require_nncf() -> Any:
@@ -70,20 +87,25 @@ def export_openvino(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     img_size: int | tuple[int, int] | None = None,
     batch_size: int = 1,
+    calibration_method: str = DEFAULT_OPENVINO_CALIBRATION_METHOD,
+    fast_bias_correction: bool = True,
     **export_kwargs: Any,
 ) -> Path:
     """Write ``model`` as an OpenVINO IR at ``path`` (``.xml``; the weights go to the ``.bin`` beside it).
 
     ``export_kwargs`` go to :func:`~efficientdet.export.export_onnx` (``dynamic_batch``, ``with_nms``, ...).
     ``int8`` needs ``calibration``: a dataset or image folder (:func:`~efficientdet.quantize.calibration_batches`)
-    or pre-processed float32 ``[batch_size, 3, H, W]`` arrays.
-    Everything is checked (calibration data, packages) before anything is written.
+    or pre-processed float32 ``[batch_size, 3, H, W]`` arrays; ``calibration_method`` and ``fast_bias_correction``
+    as in the module docstring. Everything is checked (calibration data, packages) before anything is written.
     """
     from .exporter import _image_size
 
     path = Path(path)
     if path.suffix.lower() != ".xml":
         raise ValueError(f"--output {path}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
+    if calibration_method not in OPENVINO_CALIBRATION_METHODS:
+        raise CalibrationError(f"--calibration-method {calibration_method!r}: for OpenVINO choose one of "
+                               f"{', '.join(OPENVINO_CALIBRATION_METHODS)}")  # fmt: skip
     ov = require_openvino()
     nncf = require_nncf() if int8 else None
     size = _image_size(model, img_size)
@@ -107,10 +129,15 @@ def export_openvino(
                     preset=nncf.QuantizationPreset.MIXED,
                     subset_size=len(batches),
                     ignored_scope=ignored,
+                    fast_bias_correction=fast_bias_correction,
+                    advanced_parameters=nncf.AdvancedQuantizationParameters(
+                        activations_range_estimator_params=range_estimator(calibration_method)
+                    ),
                 )
             meta.update(precision="int8", quantization={
                 "tool": "nncf.quantize", "preset": "mixed", "weights": "int8 symmetric, per output channel",
-                "activations": "int8 asymmetric, per tensor",
+                "activations": f"int8 asymmetric, per tensor, {calibration_method} ranges",
+                "bias_correction": "fast" if fast_bias_correction else "full",
                 "calibration": used,
             })  # fmt: skip
         ov_model.set_rt_info(json.dumps(meta), METADATA_KEY)

@@ -37,6 +37,12 @@ from ..models.detector import EfficientDet
 from .exporter import INPUT_NAME, METADATA_KEY, export_onnx
 
 DEFAULT_CALIBRATION_IMAGES = 100
+# How the activation ranges are read off the calibration images (onnxruntime's CalibrationMethod): "minmax" takes
+# the extremes seen, "percentile" clips at the 0.001 % / 99.999 % quantiles of a histogram over all of them.
+# (Entropy is not offered: through quantize_static, onnxruntime 1.32 gives its histogram as many bins as quantised
+# levels, so the only candidate range is the full one: exactly MinMax. Checked by comparing the scales.)
+CALIBRATION_METHODS = ("minmax", "percentile")
+DEFAULT_CALIBRATION_METHOD = "minmax"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -63,6 +69,13 @@ def _split_image_paths(data: Path, split: str) -> list[str]:
         return [str(p) for p in files]
 
 
+def check_calibration_method(method: str) -> None:
+    """Raise :class:`CalibrationError` unless ``method`` is one of :data:`CALIBRATION_METHODS` (onnxruntime)."""
+    if method not in CALIBRATION_METHODS:
+        raise CalibrationError(f"--calibration-method {method!r}: for ONNX int8 choose one of "
+                               f"{', '.join(CALIBRATION_METHODS)}")  # fmt: skip
+
+
 def calibration_batches(
     data: str | os.PathLike,
     image_size: int | tuple[int, int],
@@ -77,14 +90,27 @@ def calibration_batches(
     The images are evenly spread over the split; unreadable ones are skipped. A last incomplete batch is dropped
     (a fixed-batch file takes only its batch).
     """
-    from ..data.images import ImageReadError, load_image
-    from ..data.transforms import eval_transform
-
     if count < 1:
         raise CalibrationError(f"--calibration-images must be at least 1, got {count}")
     paths = _split_image_paths(Path(data), split)
     if not paths:
         raise CalibrationError(f"--calibration {data}: split {split!r} has no images")
+    return batches_from_paths(paths, image_size, mean, std, count, batch_size, source=str(data))
+
+
+def batches_from_paths(
+    paths: Sequence[str],
+    image_size: int | tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    count: int = DEFAULT_CALIBRATION_IMAGES,
+    batch_size: int = 1,
+    source: str = "calibration images",
+) -> list[np.ndarray]:
+    """:func:`calibration_batches` for a list of image files (``source`` names them in errors)."""
+    from ..data.images import ImageReadError, load_image
+    from ..data.transforms import eval_transform
+
     picks = np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))
     images = []
     for i in picks:
@@ -94,7 +120,7 @@ def calibration_batches(
             continue
         images.append(eval_transform(array, image_size, tuple(mean), tuple(std)).image.numpy())
     if len(images) < batch_size:
-        raise CalibrationError(f"--calibration {data}: {len(images)} readable images, need at least {batch_size}")
+        raise CalibrationError(f"--calibration {source}: {len(images)} readable images, need at least {batch_size}")
     usable = len(images) // batch_size * batch_size
     return [np.stack(images[i : i + batch_size]) for i in range(0, usable, batch_size)]
 
@@ -262,6 +288,7 @@ def quantize_onnx_file(
     target: str | os.PathLike,
     batches: Sequence[np.ndarray],
     quantization_info: dict[str, Any] | None = None,
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
 ) -> Path:
     """Quantise the ONNX file ``source`` (written by :func:`~efficientdet.export.export_onnx`) into ``target``.
 
@@ -272,6 +299,8 @@ def quantize_onnx_file(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    check_calibration_method(calibration_method)
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
     target = Path(target)
     with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -292,14 +321,14 @@ def quantize_onnx_file(
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=methods[calibration_method],
             nodes_to_exclude=exclude,
         )
         model = onnx.load(str(quantized))
         meta = json.loads({p.key: p.value for p in onnx.load(str(source)).metadata_props}[METADATA_KEY])
         meta.update(precision="int8", quantization={
             "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "weights": "int8, per output channel", "activations": "int8, per tensor, MinMax calibration",
+            "weights": "int8, per output channel", "activations": f"int8, per tensor, {calibration_method} calibration",
             "fp32_nodes": len(exclude), **(quantization_info or {}),
         })  # fmt: skip
         del model.metadata_props[:]
@@ -320,9 +349,12 @@ def export_onnx_int8(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     img_size: int | tuple[int, int] | None = None,
     batch_size: int = 1,
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     **export_kwargs: Any,
 ) -> Path:
     """Export ``model`` as int8 ONNX (QDQ), calibrated on ``calibration_images`` images of ``calibration_split``.
+
+    ``calibration_method``: one of :data:`CALIBRATION_METHODS`, how activation ranges are set.
 
     ``calibration``: a dataset or image folder, or pre-processed ``[batch_size, 3, H, W]`` float32 arrays.
     ``export_kwargs`` go to :func:`~efficientdet.export.export_onnx` (``dynamic_batch``, ``with_nms``, ...).
@@ -330,9 +362,10 @@ def export_onnx_int8(
     """
     from .exporter import _image_size
 
+    check_calibration_method(calibration_method)
     size = _image_size(model, img_size)
     batches, used = resolve_calibration(calibration, size, model, calibration_split, calibration_images, batch_size)
     with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
         fp32 = export_onnx(folded_copy(model, pads=True), Path(tmp) / "fp32.onnx", img_size=size, batch_size=batch_size,
                            **export_kwargs)  # fmt: skip
-        return quantize_onnx_file(fp32, path, batches, {"calibration": used})
+        return quantize_onnx_file(fp32, path, batches, {"calibration": used}, calibration_method)
