@@ -226,13 +226,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-images", type=int, default=100, help="train images to calibrate on (default 100)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
-    p.add_argument("--onnx-methods", default="minmax", help="int8 ONNX calibration methods to compare "
-                   "(comma-separated: minmax, percentile; default minmax)")
-    p.add_argument("--openvino-methods", default="mean-minmax", help="NNCF activation ranges to compare "
-                   "(comma-separated: mean-minmax, minmax, percentile, histogram, each optionally +full-bc; "
-                   "default mean-minmax)")
-    p.add_argument("--holdout-fraction", type=float, help="validation mode: score on this share of train, held out "
-                   "as `train --val-split auto` does, and calibrate on the rest (test is not read)")
+    p.add_argument(
+        "--onnx-methods",
+        default="minmax",
+        help="int8 ONNX calibration methods to compare (comma-separated: minmax, percentile; default minmax)",
+    )
+    p.add_argument(
+        "--openvino-methods",
+        default="mean-minmax",
+        help="NNCF activation ranges to compare "
+        "(comma-separated: mean-minmax, minmax, percentile, histogram, each optionally +full-bc; "
+        "default mean-minmax)",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        help="validation mode: score on this share of train, held out "
+        "as `train --val-split auto` does, and calibrate on the rest (test is not read)",
+    )
     p.add_argument("--holdout-seed", type=int, default=0, help="seed of the held-out share (default 0)")
     p.add_argument("--no-latency", dest="latency", action="store_false", help="accuracy only (a busy machine)")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only (smoke run)")
