@@ -288,3 +288,24 @@ def test_calibration_method_errors(tiny_files, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "for OpenVINO choose one of mean-minmax, minmax, percentile, histogram" in err, err
     assert not xml.exists() and not xml.with_suffix(".bin").exists()
+
+
+def test_chunked_calibration_keeps_the_minmax_ranges(tiny_files, tmp_path, monkeypatch):
+    """Calibration runs in chunks of at most CALIBRATION_CHUNK batches (bounded memory); MinMax ranges merged over
+    chunks of one image equal those of one pass over all four."""
+    import efficientdet.export.quantize as quantize
+    from efficientdet.models.factory import load_checkpoint
+
+    _, ckpt = tiny_files
+    model = load_checkpoint(str(ckpt)).eval()
+    rng = np.random.default_rng(1)
+    batches = [rng.standard_normal((1, 3, 128, 128)).astype(np.float32) * (4 - i) for i in range(4)]  # widest first
+    assert [quantize.calibration_stride(n) for n in (4, 9, 97, 100)] == [4, 3, 1, 5]
+    scales = []
+    for chunk in (1, 8):
+        monkeypatch.setattr(quantize, "CALIBRATION_CHUNK", chunk)
+        scales.append(_activation_scales(quantize.export_onnx_int8(model, tmp_path / f"c{chunk}.onnx", batches)))
+    assert scales[0].keys() == scales[1].keys() and len(scales[0]) > 100
+    assert all(np.isclose(scales[0][k], scales[1][k], rtol=1e-6) for k in scales[0])
+    # the input's range is the first (widest, |x| up to ~17) image's, not the last chunk's (~4): merged, not replaced
+    assert scales[0]["images_scale"] > 0.09
