@@ -12,11 +12,11 @@ from efficientdet.models.weights import read_file
 OPEN = {"freeze_backbone": None, "img_size": None, "epochs": None, "box_loss_weight": None}
 
 
-def test_small_data_gets_the_frozen_448px_long_recipe():
+def test_small_data_gets_the_frozen_448px_recipe():
     choice = choose_settings(OPEN, 144, model_size=320, backbone_pretrained=True)
-    assert choice.values == {"freeze_backbone": True, "img_size": 448, "epochs": 130, "box_loss_weight": 200.0}
+    assert choice.values == {"freeze_backbone": True, "img_size": 448, "epochs": 60, "box_loss_weight": 200.0}
     assert choice.line.startswith(
-        "recipe: small data (144 training images, fewer than 1,000) -> frozen backbone, 448 px, 130 epochs, "
+        "recipe: small data (144 training images, fewer than 1,000) -> frozen backbone, 448 px, 60 epochs, "
         "box weight 200; each can be overridden"
     )
 
@@ -35,8 +35,8 @@ def test_a_larger_model_keeps_its_own_larger_input_on_small_data():
 def test_given_options_win_and_are_marked_given():
     given = {**OPEN, "img_size": 256, "freeze_backbone": False}
     choice = choose_settings(given, 100, model_size=320, backbone_pretrained=True)
-    assert choice.values == {"epochs": 130, "box_loss_weight": 200.0}  # only the open ones are chosen
-    assert "backbone trained (given), 256 px (given), 130 epochs, box weight 200" in choice.line
+    assert choice.values == {"epochs": 60, "box_loss_weight": 200.0}  # only the open ones are chosen
+    assert "backbone trained (given), 256 px (given), 60 epochs, box weight 200" in choice.line
 
 
 def test_a_random_backbone_is_never_frozen():
@@ -49,7 +49,7 @@ def test_a_random_backbone_is_never_frozen():
 
 
 def test_the_recipes_are_what_the_docs_say():
-    assert (SMALL_DATA.freeze_backbone, SMALL_DATA.min_img_size, SMALL_DATA.epochs) == (True, 448, 130)
+    assert (SMALL_DATA.freeze_backbone, SMALL_DATA.min_img_size, SMALL_DATA.epochs) == (True, 448, 60)
     assert (LARGE_DATA.freeze_backbone, LARGE_DATA.min_img_size, LARGE_DATA.box_loss_weight) == (False, None, 50.0)
 
 

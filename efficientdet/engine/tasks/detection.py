@@ -95,12 +95,14 @@ class TrainConfig(RecipeConfig):
         ),
     )
     format: str | None = field(default=None, metadata=FORMAT_OPTION)
-    # None: chosen from the training split's size (detection_recipe: small data -> 130, else 60)
+    # None: from the data's recipe (detection_recipe: 60 for small and large data alike)
     epochs: int | None = field(
         default=None,
         metadata=option(
             "epochs", int_at_least(1, optional=True), resume=True,
-            default_text=f"from the data: {SMALL_DATA.epochs} below {SMALL_DATA_IMAGES:,} training images, "
+            default_text=str(SMALL_DATA.epochs)
+            if SMALL_DATA.epochs == LARGE_DATA.epochs
+            else f"from the data: {SMALL_DATA.epochs} below {SMALL_DATA_IMAGES:,} training images, "
             f"else {LARGE_DATA.epochs}",
         ),
     )  # fmt: skip
