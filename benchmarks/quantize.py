@@ -9,7 +9,7 @@ or random weights) the script writes these files into ``--workdir``:
   ``--onnx-methods`` entry;
 - ``openvino fp32`` / ``openvino int8 (METHOD)``: :func:`efficientdet.export.openvino.export_openvino` (NNCF for
   int8, the same calibration images), one int8 file per ``--openvino-methods`` entry (``METHOD`` or
-  ``METHOD+full-bc`` for NNCF's full bias correction);
+  ``METHOD+fast-bc`` for NNCF's fast bias correction instead of the full one);
 
 and evaluates each, with the eager PyTorch model (BN and SAME pads folded, channels-last: what
 ``Detector(optimize=True)`` runs) as the reference row, through the project's own evaluation
@@ -31,8 +31,8 @@ images: pass a checkpoint trained that way) and calibrates on the rest of ``trai
 several ``--onnx-methods`` / ``--openvino-methods`` the rows compare the calibration settings on those images:
 
     python benchmarks/quantize.py --checkpoint runs/recipe-search/frozen-448-bw200-130ep/seed0/last.pt \
-        --models lite0 --holdout-fraction 0.2 --onnx-methods minmax,percentile \
-        --openvino-methods mean-minmax,minmax,histogram,mean-minmax+full-bc --no-latency
+        --models lite0 --holdout-fraction 0.2 --onnx-methods minmax,mean-minmax,percentile \
+        --openvino-methods mean-minmax,minmax,percentile,histogram,mean-minmax+fast-bc --no-latency
 
 ``--limit N`` evaluates on the first N images only (a smoke run, not a result).
 """
@@ -109,7 +109,7 @@ def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, fold
     for variant in args.openvino_methods:
         method, _, bias = variant.partition("+")
         jobs[f"openvino int8 ({variant})"] = partial(export_openvino, model, int8=True, calibration_method=method,
-                                                     fast_bias_correction=bias != "full-bc", **calib)  # fmt: skip
+                                                     fast_bias_correction=bias == "fast-bc", **calib)  # fmt: skip
     files = {}
     for label, job in jobs.items():
         suffix = ".xml" if label.startswith("openvino") else ".onnx"
@@ -229,13 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--onnx-methods",
         default="minmax",
-        help="int8 ONNX calibration methods to compare (comma-separated: minmax, percentile; default minmax)",
+        help="int8 ONNX calibration methods to compare (comma-separated: minmax, mean-minmax, percentile; "
+        "default minmax)",
     )
     p.add_argument(
         "--openvino-methods",
         default="mean-minmax",
         help="NNCF activation ranges to compare "
-        "(comma-separated: mean-minmax, minmax, percentile, histogram, each optionally +full-bc; "
+        "(comma-separated: mean-minmax, minmax, percentile, histogram, each optionally +fast-bc; "
         "default mean-minmax)",
     )
     p.add_argument(

@@ -38,13 +38,16 @@ from .exporter import INPUT_NAME, METADATA_KEY, export_onnx
 
 DEFAULT_CALIBRATION_IMAGES = 100
 # How the activation ranges are read off the calibration images (onnxruntime's CalibrationMethod): "minmax" takes
-# the extremes seen, "percentile" clips at the 0.001 % / 99.999 % quantiles of a histogram over all of them.
+# the extremes seen, "mean-minmax" the mean over the images of each image's extremes (onnxruntime's MinMax with
+# CalibMovingAverage over one pass; NNCF's default for activations), "percentile" clips at the 0.001 % / 99.999 %
+# quantiles of a histogram over all of them.
 # (Entropy is not offered: through quantize_static, onnxruntime 1.32 gives its histogram as many bins as quantised
 # levels, so the only candidate range is the full one: exactly MinMax. Checked by comparing the scales.)
-CALIBRATION_METHODS = ("minmax", "percentile")
-# onnxruntime's calibrators keep every intermediate tensor of the images of one collection pass in memory (100 Lite0
-# images at 448 px with Percentile: over 22 GB, killed); calibrating in chunks of at most this many batches bounds it
-# (the ranges and histograms are merged across chunks).
+CALIBRATION_METHODS = ("minmax", "mean-minmax", "percentile")
+# onnxruntime's histogram calibrator (Percentile) keeps every intermediate tensor of the images of one collection
+# pass in memory (100 Lite0 images at 448 px: over 22 GB, killed); calibrating in chunks of at most this many
+# batches bounds it (histograms, and MinMax's extremes, are merged across chunks). "mean-minmax" keeps one min and
+# max per tensor and image and runs in one pass.
 CALIBRATION_CHUNK = 8
 DEFAULT_CALIBRATION_METHOD = "minmax"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -317,7 +320,13 @@ def quantize_onnx_file(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     check_calibration_method(calibration_method)
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+    methods = {"minmax": CalibrationMethod.MinMax, "mean-minmax": CalibrationMethod.MinMax,
+               "percentile": CalibrationMethod.Percentile}  # fmt: skip
+    if calibration_method == "mean-minmax":
+        # one pass: within a pass the extremes are averaged over images, across strided chunks only smoothed
+        options: dict[str, Any] = {"CalibMovingAverage": True}
+    else:
+        options = {"CalibStridedMinMax": calibration_stride(len(batches))}
     target = Path(target)
     with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -340,7 +349,7 @@ def quantize_onnx_file(
             weight_type=QuantType.QInt8,
             calibrate_method=methods[calibration_method],
             nodes_to_exclude=exclude,
-            extra_options={"CalibStridedMinMax": calibration_stride(len(batches))},
+            extra_options=options,
         )
         model = onnx.load(str(quantized))
         meta = json.loads({p.key: p.value for p in onnx.load(str(source)).metadata_props}[METADATA_KEY])
