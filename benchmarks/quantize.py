@@ -228,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
     p.add_argument(
         "--onnx-methods",
-        default="minmax",
+        default="mean-minmax",
         help="int8 ONNX calibration methods to compare (comma-separated: minmax, mean-minmax, percentile; "
-        "default minmax)",
+        "default mean-minmax)",
     )
     p.add_argument(
         "--openvino-methods",

@@ -107,8 +107,8 @@ def add_int8_options(p: Any) -> None:
     p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                    help=f"images to calibrate on (default {DEFAULT_CALIBRATION_IMAGES})")  # fmt: skip
     p.add_argument("--calibration-method", metavar="METHOD",
-                   help="how --int8 sets activation ranges: onnx minmax (default) or percentile; openvino "
-                        "mean-minmax (default), minmax, percentile or histogram")  # fmt: skip
+                   help="how --int8 sets activation ranges: onnx mean-minmax (default), minmax or percentile; "
+                        "openvino mean-minmax (default), minmax, percentile or histogram")  # fmt: skip
     p.add_argument("--fast-bias-correction", action="store_true",
                    help="openvino --int8: NNCF's fast bias correction (half the export time; lost more AP here) "
                         "instead of the full one")  # fmt: skip
