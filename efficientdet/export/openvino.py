@@ -41,7 +41,7 @@ import numpy as np
 from ..models.detector import EfficientDet
 from .exporter import METADATA_KEY, export_onnx
 from .openvino_core import OPENVINO_HINT, preserved_signal_stack, require_openvino
-from .quantize import DEFAULT_CALIBRATION_IMAGES, CalibrationError, folded_copy, resolve_calibration
+from .quantize import DEFAULT_CALIBRATION_IMAGES, check_calibration_method, folded_copy, resolve_calibration
 
 OPENVINO_CALIBRATION_METHODS = ("mean-minmax", "minmax", "percentile", "histogram")
 DEFAULT_OPENVINO_CALIBRATION_METHOD = "mean-minmax"
@@ -106,9 +106,7 @@ def export_openvino(
     path = Path(path)
     if path.suffix.lower() != ".xml":
         raise ValueError(f"--output {path}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
-    if calibration_method not in OPENVINO_CALIBRATION_METHODS:
-        raise CalibrationError(f"--calibration-method {calibration_method!r}: for OpenVINO choose one of "
-                               f"{', '.join(OPENVINO_CALIBRATION_METHODS)}")  # fmt: skip
+    check_calibration_method(calibration_method, OPENVINO_CALIBRATION_METHODS, "OpenVINO")
     ov = require_openvino()
     nncf = require_nncf() if int8 else None
     size = _image_size(model, img_size)

@@ -79,11 +79,12 @@ def _split_image_paths(data: Path, split: str) -> list[str]:
         return [str(p) for p in files]
 
 
-def check_calibration_method(method: str) -> None:
-    """Raise :class:`CalibrationError` unless ``method`` is one of :data:`CALIBRATION_METHODS` (onnxruntime)."""
-    if method not in CALIBRATION_METHODS:
-        raise CalibrationError(f"--calibration-method {method!r}: for ONNX int8 choose one of "
-                               f"{', '.join(CALIBRATION_METHODS)}")  # fmt: skip
+def check_calibration_method(
+    method: str, methods: Sequence[str] = CALIBRATION_METHODS, runtime: str = "ONNX int8"
+) -> None:
+    """Raise :class:`CalibrationError` unless ``method`` is one of ``methods`` (default: onnxruntime's)."""
+    if method not in methods:
+        raise CalibrationError(f"--calibration-method {method!r}: for {runtime} choose one of {', '.join(methods)}")
 
 
 def calibration_batches(
