@@ -47,7 +47,6 @@ from efficientdet.models.weights import convert_timm_backbone, lite_weights_file
 from efficientdet.ops.postprocess import to_original_pixels
 
 EFFDET_MODEL = "tf_efficientdet_lite0"
-LITE0_STAGE_SIZES = [1, 2, 2, 3, 3, 4, 1]  # blocks per stage of EfficientNet-Lite0 (its seven MBConv stages)
 
 
 def load_imagenet_backbone(bench: torch.nn.Module) -> int:
@@ -59,7 +58,8 @@ def load_imagenet_backbone(bench: torch.nn.Module) -> int:
     """
     timm_sd = bench.model.backbone.state_dict()
     ours_of = {id(v): k for k, v in convert_timm_backbone(timm_sd, EFFDET_MODEL).items()}
-    packaged = read_backbone_weights(lite_weights_file("efficientnet-lite0"), LITE0_STAGE_SIZES)
+    stage_sizes = [len(stage) for stage in bench.model.backbone.blocks]  # as load_pretrained_backbone reads ours
+    packaged = read_backbone_weights(lite_weights_file("efficientnet-lite0"), stage_sizes)
     filled, missing = {}, []
     for timm_key, value in timm_sd.items():
         ours = ours_of[id(value)]
