@@ -34,6 +34,15 @@ several ``--onnx-methods`` / ``--openvino-methods`` the rows compare the calibra
         --models lite0 --holdout-fraction 0.2 --onnx-methods minmax,mean-minmax,percentile \
         --openvino-methods mean-minmax,minmax,percentile,histogram,mean-minmax+fast-bc --no-latency
 
+Accuracy control: ``--max-ap-drop D`` adds, per ``--openvino-methods`` entry, an OpenVINO int8 file exported with
+``max_ap_drop=D`` (NNCF's accuracy control, :func:`efficientdet.export.openvino.export_openvino`), scored on the
+share of ``train`` that ``efficientdet train --seed S`` held out and did not train on (``--accuracy-holdout 0.1
+--accuracy-seed S``, the plain command's defaults: pass the seed the checkpoint was trained with). It needs the
+``test`` mode (the held-out images are then validation, ``test`` reports):
+
+    python benchmarks/quantize.py --checkpoint runs/raccoon-plain/seed0/last.pt --models lite0 --no-latency \
+        --openvino-methods mean-minmax --max-ap-drop 0.01 --accuracy-seed 0
+
 ``--limit N`` evaluates on the first N images only (a smoke run, not a result).
 """
 
@@ -110,6 +119,11 @@ def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, fold
         method, _, bias = variant.partition("+")
         jobs[f"openvino int8 ({variant})"] = partial(export_openvino, model, int8=True, calibration_method=method,
                                                      fast_bias_correction=bias == "fast-bc", **calib)  # fmt: skip
+        if args.max_ap_drop is not None:
+            jobs[f"openvino int8 ({variant}, max AP drop {args.max_ap_drop:g})"] = partial(
+                export_openvino, model, int8=True, calibration_method=method, fast_bias_correction=bias == "fast-bc",
+                max_ap_drop=args.max_ap_drop, accuracy_data=accuracy_images(args), **calib,
+            )  # fmt: skip
     files = {}
     for label, job in jobs.items():
         suffix = ".xml" if label.startswith("openvino") else ".onnx"
@@ -118,6 +132,15 @@ def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, fold
         files[label] = Path(job(folder / f"{name}_{stem}{suffix}"))
         print(f"{name}: exported {label} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return files
+
+
+def accuracy_images(args: argparse.Namespace) -> Any:
+    """What ``efficientdet train --seed S`` held out of ``train`` (and so never trained on): the images accuracy
+    control scores on."""
+    _, held_out = hold_out(read_dataset(args.data, None, "train"), args.accuracy_holdout, args.accuracy_seed)
+    if held_out is None:
+        raise SystemExit(f"quantize.py: --accuracy-holdout {args.accuracy_holdout} holds out no images")
+    return held_out
 
 
 def mean_matched_iou(reference: list[dict], candidate: list[dict]) -> float | None:
@@ -246,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         "as `train --val-split auto` does, and calibrate on the rest (test is not read)",
     )
     p.add_argument("--holdout-seed", type=int, default=0, help="seed of the held-out share (default 0)")
+    # fmt: off
+    p.add_argument("--max-ap-drop", type=float, help="also export each OpenVINO int8 variant with accuracy control")
+    p.add_argument("--accuracy-holdout", type=float, default=0.1,
+                   help="accuracy control scores on this share of train, held out as `train` does (default 0.1)")
+    p.add_argument("--accuracy-seed", type=int, default=0,
+                   help="the training seed of the held-out draw (default 0: `train --seed 0`)")
+    # fmt: on
     p.add_argument("--no-latency", dest="latency", action="store_false", help="accuracy only (a busy machine)")
     p.add_argument("--limit", type=int, help="evaluate on the first N images only (smoke run)")
     p.add_argument("--workdir", help="keep the exported files here (default: a temporary folder)")
@@ -253,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     for key in ("models", "onnx_methods", "openvino_methods"):
         setattr(args, key, [m.strip() for m in getattr(args, key).split(",") if m.strip()])
+    if args.max_ap_drop is not None and args.holdout_fraction is not None:
+        p.error("--max-ap-drop scores on held-out train images: it goes with the test mode, not --holdout-fraction")
     rows = run(args)
     print(format_table(rows))
     if args.json:

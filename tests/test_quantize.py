@@ -296,6 +296,70 @@ def test_calibration_method_errors(tiny_files, tmp_path, capsys):
     assert not xml.exists() and not xml.with_suffix(".bin").exists()
 
 
+def test_accuracy_control_errors(tiny_files, tmp_path, capsys):
+    """--max-ap-drop outside openvino int8, a missing accuracy split, a drop that is not an AP difference: one line
+    naming the option, exit 1, no file."""
+    folder, ckpt = tiny_files
+    int8 = ["--int8", "--calibration", str(RACCOON), "--calibration-images", "1"]
+    onnx_out, xml = tmp_path / "m.onnx", tmp_path / "m.xml"
+    ov = ["export", "--checkpoint", str(ckpt), "--output", str(xml), "--format", "openvino"]
+    cases = [
+        (["export", "--checkpoint", str(ckpt), "--output", str(onnx_out), *int8, "--max-ap-drop", "0.01"],
+         "--max-ap-drop is for --format openvino --int8 only"),
+        (ov + ["--max-ap-drop", "0.01"], "--max-ap-drop is for --format openvino --int8 only"),
+        (ov + int8 + ["--max-ap-drop", "0.01"], "--accuracy-split val of --calibration"),  # raccoon has no val
+        (ov + int8 + ["--max-ap-drop", "2", "--accuracy-split", "test"], "--max-ap-drop 2: an AP difference"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not onnx_out.exists() and not xml.exists()
+
+
+@pytest.mark.slow
+def test_accuracy_control_returns_costly_layers_to_fp32(tiny_files, tmp_path):
+    """--max-ap-drop: on images labelled with the model's own fp32 detections, plain int8 loses AP; accuracy control
+    puts the quantised layers that cost most back to fp32 until int8 loses at most the allowed drop there, keeps
+    the rest int8, and the file says so."""
+    pytest.importorskip("openvino")
+    from dataclasses import replace
+
+    from efficientdet.data.readers import read_dataset
+    from efficientdet.evaluation.validate import evaluate_model, predict_records
+    from efficientdet.export.openvino import export_openvino
+
+    folder, ckpt = tiny_files
+    model = efficientdet.create_model("efficientdet-lite0", checkpoint=ckpt).eval()
+    data = read_dataset(RACCOON, None, "train")
+    data = replace(data, records=data.records[:6])
+    detections, _ = predict_records(model, data.records)
+    labelled = replace(data, records=[
+        replace(r, boxes=d["boxes"][:10].numpy().astype(np.float32), labels=d["labels"][:10].numpy().astype(np.int64),
+                iscrowd=np.zeros(min(10, len(d["boxes"])), bool), areas=None)
+        for r, d in zip(data.records, detections)
+    ])  # fmt: skip
+    calib = dict(calibration=str(RACCOON), calibration_images=8)
+
+    def ap(path):
+        return evaluate_model(load_exported(path), labelled).metrics["AP"]
+
+    def quantisers(path):
+        return sum(op.get_type_name() == "FakeQuantize" for op in openvino_core().read_model(str(path)).get_ops())
+
+    fp32_ap = ap(export_openvino(model, tmp_path / "fp32.xml"))
+    plain = export_openvino(model, tmp_path / "plain.xml", int8=True, **calib)
+    drop = 0.05
+    assert ap(plain) < fp32_ap - 2 * drop, (ap(plain), fp32_ap)  # else there is nothing to control
+    controlled = export_openvino(model, tmp_path / "controlled.xml", int8=True, max_ap_drop=drop,
+                                 accuracy_data=labelled, **calib)  # fmt: skip
+    assert ap(controlled) >= fp32_ap - drop - 1e-6, (ap(controlled), fp32_ap)
+    assert 0 < quantisers(controlled) < quantisers(plain), (quantisers(controlled), quantisers(plain))
+    quantization = read_exported_metadata(controlled)["quantization"]
+    assert quantization["tool"] == "nncf.quantize_with_accuracy_control"
+    assert quantization["accuracy_control"] == {"max_ap_drop": drop, "images": 6}
+
+
 def test_chunked_calibration_keeps_the_minmax_ranges(tiny_files, tmp_path, monkeypatch):
     """Calibration runs in chunks of at most CALIBRATION_CHUNK batches (bounded memory); MinMax ranges merged over
     chunks of one image equal those of one pass over all four."""

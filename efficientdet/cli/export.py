@@ -42,7 +42,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, max_det=args.max_det,
         topk=args.topk,
     )  # fmt: skip
-    int8_options = (args.int8, args.calibration, args.calibration_method, args.fast_bias_correction)
+    int8_options = (args.int8, args.calibration, args.calibration_method, args.fast_bias_correction,
+                    args.max_ap_drop is not None)  # fmt: skip
     if args.format == "openvino" or any(int8_options):
         try:
             path = export_deployment(model, args, common)
@@ -112,6 +113,12 @@ def add_int8_options(p: Any) -> None:
     p.add_argument("--fast-bias-correction", action="store_true",
                    help="openvino --int8: NNCF's fast bias correction (half the export time; lost more AP here) "
                         "instead of the full one")  # fmt: skip
+    p.add_argument("--max-ap-drop", type=float, metavar="D",
+                   help="openvino --int8: accuracy control (NNCF): layers that cost the most AP go back to fp32 "
+                        "until int8 loses at most D AP (e.g. 0.01) on the --accuracy-split images")  # fmt: skip
+    p.add_argument("--accuracy-split", default="val",
+                   help="labelled split of the --calibration dataset that --max-ap-drop scores on (default val; "
+                        "not the split you report accuracy on)")  # fmt: skip
 
 
 def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) -> Path:
@@ -125,8 +132,9 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) ->
         raise ValueError("--calibration is for --int8 only")
     if args.calibration_method and not args.int8:
         raise ValueError("--calibration-method is for --int8 only")
-    if args.fast_bias_correction and not (args.int8 and args.format == "openvino"):
-        raise ValueError("--fast-bias-correction is for --format openvino --int8 only")
+    for option in ("fast_bias_correction", "max_ap_drop"):
+        if getattr(args, option) not in (None, False) and not (args.int8 and args.format == "openvino"):
+            raise ValueError(f"--{option.replace('_', '-')} is for --format openvino --int8 only")
     what = "--int8" if args.int8 else "--format openvino"
     for option in ("half", "dynamic_size"):  # int8 and the IR are CPU files of one size, calibrated at that size
         if getattr(args, option, False):
@@ -138,8 +146,12 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) ->
     if args.format == "openvino":
         from ..export.openvino import export_openvino
 
+        accuracy = {}
+        if args.max_ap_drop is not None:
+            accuracy = dict(max_ap_drop=args.max_ap_drop,
+                            accuracy_data=accuracy_images(args.calibration, args.accuracy_split))  # fmt: skip
         return export_openvino(model, args.output, int8=args.int8, fast_bias_correction=args.fast_bias_correction,
-                               **calib, **common)  # fmt: skip
+                               **accuracy, **calib, **common)  # fmt: skip
     if args.format != "onnx":
         raise ValueError(f"--int8 is for --format onnx or openvino, not {args.format}")
     try:
@@ -147,6 +159,16 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) ->
     except ImportError as e:
         raise ImportError("int8 ONNX export needs onnxruntime: pip install 'efficientdet[export]'") from e
     return export_onnx_int8(model, args.output, opset=args.opset, **calib, **common)
+
+
+def accuracy_images(data: str, split: str) -> Any:
+    """The labelled images that ``--max-ap-drop`` scores on, or a one-line ValueError naming the problem."""
+    from ..data.readers import read_dataset
+
+    try:
+        return read_dataset(data, None, split)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"--accuracy-split {split} of --calibration {data}: {e}") from e
 
 
 def img_size_values(values: list[int] | None) -> int | tuple[int, int] | None:

@@ -22,6 +22,13 @@ int8: NNCF post-training quantisation (``nncf.quantize``) of the converted model
   full correction lost 0.007 AP to fp32 and the fast one 0.024 (Lite0 448 px, 100 calibration images).
 - ``subset_size`` = the number of calibration images given, and with ``with_nms`` the post-processing
   (everything after the first TopK) in ``ignored_scope``: decoding and NMS stay fp32.
+- accuracy control (``max_ap_drop`` with ``accuracy_data``, labelled images the model was not trained on and that
+  will not report its accuracy): ``nncf.quantize_with_accuracy_control`` quantises as above, scores fp32 and int8
+  by COCO AP on those images (this project's evaluation of the compiled candidate), and while int8 loses more than
+  ``max_ap_drop`` AP it returns the quantised layers that hurt most (ranked by how far each moves the network's
+  outputs on those images from fp32's) to fp32, one group at a time. The official EfficientDet-Lite results lose
+  at most 0.4 COCO AP points (0.004) to int8; how much a model loses varies from model to model, and this bounds
+  it on the user's own data.
 
 The file's description (the metadata of the ONNX export) is stored in the IR's ``rt_info`` under
 ``efficientdet`` (:func:`efficientdet.runtimes.read_exported_metadata` reads it back).
@@ -38,10 +45,18 @@ from typing import Any
 
 import numpy as np
 
+from ..data.readers import DetectionData
 from ..models.detector import EfficientDet
 from .exporter import METADATA_KEY, export_onnx
 from .openvino_core import OPENVINO_HINT, preserved_signal_stack, require_openvino
-from .quantize import DEFAULT_CALIBRATION_IMAGES, check_calibration_method, folded_copy, resolve_calibration
+from .quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    CalibrationError,
+    batches_from_paths,
+    check_calibration_method,
+    folded_copy,
+    resolve_calibration,
+)
 
 OPENVINO_CALIBRATION_METHODS = ("mean-minmax", "minmax", "percentile", "histogram")
 DEFAULT_OPENVINO_CALIBRATION_METHOD = "mean-minmax"
@@ -81,6 +96,54 @@ def postprocess_ops(model: Any) -> list[str]:
     return list(seen)
 
 
+def check_accuracy_data(data: DetectionData | None, max_ap_drop: float | None, with_nms: bool) -> None:
+    """Raise :class:`CalibrationError` (one line) unless accuracy control has what it needs."""
+    if max_ap_drop is None:
+        if data is not None:
+            raise CalibrationError("accuracy images are for accuracy control only: give --max-ap-drop too")
+        return
+    if not 0 <= max_ap_drop < 1:
+        raise CalibrationError(f"--max-ap-drop {max_ap_drop:g}: an AP difference, from 0 to below 1 (e.g. 0.01)")
+    if data is None or not data.records:
+        raise CalibrationError("--max-ap-drop needs labelled accuracy images (--accuracy-split of a dataset)")
+    if not any(len(r.boxes) for r in data.records):
+        raise CalibrationError("--max-ap-drop: the accuracy images have no boxes, so AP is undefined on them")
+    if with_nms:
+        raise CalibrationError("--max-ap-drop scores the raw-output network; export without --with-nms")
+
+
+def accuracy_control_inputs(
+    nncf: Any, data: DetectionData, metadata: dict[str, Any], size: Any, model: EfficientDet, batch_size: int
+) -> tuple[Any, Any]:
+    """The accuracy images as NNCF wants them: an ``nncf.Dataset`` of records (each pre-processed, repeated to the
+    file's batch, for the runs NNCF makes itself) and the ``validation_fn`` that scores a compiled candidate.
+
+    The score is this project's COCO AP of the candidate on those records (pre- and post-processing as ``eval``).
+    With it go the network's raw outputs per image, which puts NNCF in its "logits" mode: it ranks the quantised
+    layers by how far each one moves those outputs from fp32's (cheap, and smoother than one image's AP), and
+    scores by AP only the models it actually considers.
+    """
+    from dataclasses import replace
+
+    from ..evaluation.validate import evaluate_model
+    from .runtimes import CompiledOpenVinoNetwork
+
+    cfg = model.config
+
+    def network_input(record: Any) -> np.ndarray:
+        image = batches_from_paths([record.path], size, cfg.mean, cfg.std, 1, 1, source=record.path)[0]
+        return np.repeat(image, batch_size, axis=0)
+
+    def validate(compiled: Any, records: Any) -> tuple[float, list[list[np.ndarray]]]:
+        records = list(records)
+        network = CompiledOpenVinoNetwork(compiled, metadata, "int8 candidate")
+        ap = evaluate_model(network, replace(data, records=records)).metrics["AP"]
+        outputs = [[np.array(o) for o in compiled(network_input(r)).values()] for r in records]
+        return max(0.0, ap), outputs
+
+    return nncf.Dataset(list(data.records), network_input), validate
+
+
 def export_openvino(
     model: EfficientDet,
     path: str | os.PathLike,
@@ -92,6 +155,8 @@ def export_openvino(
     batch_size: int = 1,
     calibration_method: str = DEFAULT_OPENVINO_CALIBRATION_METHOD,
     fast_bias_correction: bool = False,
+    max_ap_drop: float | None = None,
+    accuracy_data: DetectionData | None = None,
     **export_kwargs: Any,
 ) -> Path:
     """Write ``model`` as an OpenVINO IR at ``path`` (``.xml``; the weights go to the ``.bin`` beside it).
@@ -99,7 +164,9 @@ def export_openvino(
     ``export_kwargs`` go to :func:`~efficientdet.export.export_onnx` (``dynamic_batch``, ``with_nms``, ...).
     ``int8`` needs ``calibration``: a dataset or image folder (:func:`~efficientdet.quantize.calibration_batches`)
     or pre-processed float32 ``[batch_size, 3, H, W]`` arrays; ``calibration_method`` and ``fast_bias_correction``
-    as in the module docstring. Everything is checked (calibration data, packages) before anything is written.
+    as in the module docstring. ``max_ap_drop`` with ``accuracy_data`` (labelled images, e.g. the ``val`` split):
+    accuracy control as in the module docstring. Everything is checked (calibration and accuracy data, packages)
+    before anything is written.
     """
     from .exporter import _image_size
 
@@ -107,6 +174,9 @@ def export_openvino(
     if path.suffix.lower() != ".xml":
         raise ValueError(f"--output {path}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
     check_calibration_method(calibration_method, OPENVINO_CALIBRATION_METHODS, "OpenVINO")
+    if not int8 and (max_ap_drop is not None or accuracy_data is not None):
+        raise CalibrationError("--max-ap-drop is for --int8 only")
+    check_accuracy_data(accuracy_data, max_ap_drop, bool(export_kwargs.get("with_nms")))
     ov = require_openvino()
     nncf = require_nncf() if int8 else None
     size = _image_size(model, img_size)
@@ -122,25 +192,39 @@ def export_openvino(
         ov_model = ov.convert_model(str(onnx_path))
         meta["format"] = "openvino"
         if nncf is not None and batches is not None:
-            ignored = nncf.IgnoredScope(names=postprocess_ops(ov_model), validate=False)
+            settings = dict(
+                preset=nncf.QuantizationPreset.MIXED,
+                subset_size=len(batches),
+                ignored_scope=nncf.IgnoredScope(names=postprocess_ops(ov_model), validate=False),
+                fast_bias_correction=fast_bias_correction,
+            )
+            ranges = range_estimator(calibration_method)
             with preserved_signal_stack():  # NNCF compiles with Cores of its own (see openvino_core)
-                ov_model = nncf.quantize(
-                    ov_model,
-                    nncf.Dataset(batches),
-                    preset=nncf.QuantizationPreset.MIXED,
-                    subset_size=len(batches),
-                    ignored_scope=ignored,
-                    fast_bias_correction=fast_bias_correction,
-                    advanced_parameters=nncf.AdvancedQuantizationParameters(
-                        activations_range_estimator_params=range_estimator(calibration_method)
-                    ),
-                )
-            meta.update(precision="int8", quantization={
-                "tool": "nncf.quantize", "preset": "mixed", "weights": "int8 symmetric, per output channel",
+                if max_ap_drop is None:
+                    ov_model = nncf.quantize(ov_model, nncf.Dataset(batches), **settings,
+                                             advanced_parameters=nncf.AdvancedQuantizationParameters(
+                                                 activations_range_estimator_params=ranges))  # fmt: skip
+                else:
+                    assert accuracy_data is not None  # check_accuracy_data
+                    accuracy_set, validate = accuracy_control_inputs(nncf, accuracy_data, meta, size, model,
+                                                                     batch_size)  # fmt: skip
+                    ov_model = nncf.quantize_with_accuracy_control(
+                        ov_model, nncf.Dataset(batches), accuracy_set, validate, max_drop=max_ap_drop,
+                        drop_type=nncf.DropType.ABSOLUTE,
+                        **settings, advanced_quantization_parameters=nncf.AdvancedQuantizationParameters(
+                            activations_range_estimator_params=ranges),
+                    )  # fmt: skip
+            quantization = {
+                "tool": "nncf.quantize" if max_ap_drop is None else "nncf.quantize_with_accuracy_control",
+                "preset": "mixed", "weights": "int8 symmetric, per output channel",
                 "activations": f"int8 asymmetric, per tensor, {calibration_method} ranges",
                 "bias_correction": "fast" if fast_bias_correction else "full",
                 "calibration": used,
-            })  # fmt: skip
+            }  # fmt: skip
+            if max_ap_drop is not None:
+                quantization["accuracy_control"] = {"max_ap_drop": max_ap_drop,
+                                                    "images": len(accuracy_data.records)}  # fmt: skip
+            meta.update(precision="int8", quantization=quantization)
         ov_model.set_rt_info(json.dumps(meta), METADATA_KEY)
         # written next to the target, then renamed: no half-written IR under the final name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -155,25 +155,36 @@ class OnnxRuntimeNetwork(ExportedNetwork):
         return logits, codes
 
 
-class OpenVinoNetwork(ExportedNetwork):
-    """An OpenVINO IR (or ONNX file) compiled for the CPU plugin with the latency hint (one request at a time)."""
+class CompiledOpenVinoNetwork(ExportedNetwork):
+    """An OpenVINO model already compiled (``ov.CompiledModel``) as a network module.
+
+    NNCF's accuracy control hands each int8 candidate over compiled, in memory; ``metadata`` is the description
+    the file will carry (:func:`read_exported_metadata`), ``name`` what messages call the model.
+    """
 
     backend = "openvino"
 
-    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None) -> None:
-        super().__init__(path, metadata)
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        # the process's one Core: plugins of Cores freed out of order break signal handling (openvino_core)
-        self.compiled = openvino_core().compile_model(str(path), "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self.outputs = [self.compiled.output(name) for name in RAW_OUTPUTS]
+    def __init__(self, compiled: Any, metadata: dict[str, Any], name: str | os.PathLike = "OpenVINO model") -> None:
+        super().__init__(name, metadata)
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.outputs = [compiled.output(output) for output in RAW_OUTPUTS]
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         result = self.request.infer({0: images})
         # copies: the request reuses its output buffers at the next call
         return result[self.outputs[0]].copy(), result[self.outputs[1]].copy()
+
+
+class OpenVinoNetwork(CompiledOpenVinoNetwork):
+    """An OpenVINO IR (or ONNX file) compiled for the CPU plugin with the latency hint (one request at a time)."""
+
+    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None) -> None:
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        # the process's one Core: plugins of Cores freed out of order break signal handling (openvino_core)
+        super().__init__(openvino_core().compile_model(str(path), "CPU", config), metadata, path)
 
 
 _WRAPPERS: dict[str, Callable[..., ExportedNetwork]] = {
