@@ -20,6 +20,7 @@ from ..export.exporter import (
     topk_warning,
     verify_exported,
 )
+from ..export.openvino import AccuracyControlWarning
 from ..export.quantize import DEFAULT_CALIBRATION_IMAGES, CalibrationError, export_onnx_int8
 from ..export.verify import VERIFY_IMAGES, VerificationError, describe, load_verification_images, write_verified
 from ..models.detector import EfficientDet
@@ -46,13 +47,31 @@ def cmd_export(args: argparse.Namespace) -> int:
                     args.max_ap_drop is not None)  # fmt: skip
     if args.format == "openvino" or any(int8_options):
         try:
-            path = export_deployment(model, args, common)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AccuracyControlWarning)  # printed below, from the file's report
+                path = export_deployment(model, args, common)
         except (ImportError, ValueError, RuntimeError, OSError) as e:
             print(f"efficientdet export: {e}", file=sys.stderr)
             return 1
         print(f"wrote {path} ({args.format}{', int8' if args.int8 else ''}, {model.config.name})")
+        if args.max_ap_drop is not None:
+            print_accuracy_control(path)
         return 0
     return export_verified(model, args, common)
+
+
+def print_accuracy_control(path: Path) -> None:
+    """What accuracy control measured on its images (stored in the file), and a warning when above the bound."""
+    from ..export.runtimes import read_exported_metadata
+
+    report = read_exported_metadata(path)["quantization"]["accuracy_control"]
+    fp32, int8, bound = report["fp32_ap"], report["int8_ap"], report["max_ap_drop"]
+    line = (f"accuracy control on {report['images']} --accuracy-split images: fp32 AP {fp32:.4f}, int8 AP "
+            f"{int8:.4f} (lost {fp32 - int8:.4f}, --max-ap-drop {bound:g})")  # fmt: skip
+    print(line)
+    if not report["reached"]:
+        print(f"efficientdet export: warning: {path}: int8 loses more AP than --max-ap-drop {bound:g} even with "
+              "every layer accuracy control could revert in fp32", file=sys.stderr)  # fmt: skip
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -113,7 +113,7 @@ def check_accuracy_data(data: DetectionData | None, max_ap_drop: float | None, w
 
 
 def accuracy_control_inputs(
-    nncf: Any, data: DetectionData, metadata: dict[str, Any], size: Any, model: EfficientDet, batch_size: int
+    nncf: Any, data: DetectionData, meta: dict[str, Any], size: Any, model: EfficientDet, batch_size: int
 ) -> tuple[Any, Any]:
     """The accuracy images as NNCF wants them: an ``nncf.Dataset`` of records (each pre-processed, repeated to the
     file's batch, for the runs NNCF makes itself) and the ``validation_fn`` that scores a compiled candidate.
@@ -136,12 +136,53 @@ def accuracy_control_inputs(
 
     def validate(compiled: Any, records: Any) -> tuple[float, list[list[np.ndarray]]]:
         records = list(records)
-        network = CompiledOpenVinoNetwork(compiled, metadata, "int8 candidate")
+        network = CompiledOpenVinoNetwork(compiled, meta, "int8 candidate")
         ap = evaluate_model(network, replace(data, records=records)).metrics["AP"]
         outputs = [[np.array(o) for o in compiled(network_input(r)).values()] for r in records]
         return max(0.0, ap), outputs
 
     return nncf.Dataset(list(data.records), network_input), validate
+
+
+class AccuracyControlWarning(UserWarning):
+    """Accuracy control reverted every layer it could and int8 still loses more than ``max_ap_drop``."""
+
+
+def quantize_with_ap_control(
+    nncf: Any,
+    float_model: Any,
+    batches: list[np.ndarray],
+    settings: dict[str, Any],
+    ranges: Any,
+    data: DetectionData,
+    max_ap_drop: float,
+    **inputs: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """``nncf.quantize_with_accuracy_control`` scored by COCO AP on ``data``; returns the model and what it
+    measured: both APs on those images, so the file says what int8 costs there (a warning when above the bound).
+
+    ``inputs`` (``meta``, ``size``, ``model``, ``batch_size``) go to :func:`accuracy_control_inputs`.
+    """
+    import warnings
+
+    from .openvino_core import openvino_core
+
+    accuracy_set, validate = accuracy_control_inputs(nncf, data, **inputs)
+    quantized = nncf.quantize_with_accuracy_control(
+        float_model.clone(), nncf.Dataset(batches), accuracy_set, validate, max_drop=max_ap_drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        **settings, advanced_quantization_parameters=nncf.AdvancedQuantizationParameters(
+            activations_range_estimator_params=ranges),
+    )  # fmt: skip
+    fp32_ap, int8_ap = (validate(openvino_core().compile_model(m, "CPU"), data.records)[0]
+                        for m in (float_model, quantized))  # fmt: skip
+    report = {"max_ap_drop": max_ap_drop, "images": len(data.records), "fp32_ap": round(fp32_ap, 6),
+              "int8_ap": round(int8_ap, 6), "reached": fp32_ap - int8_ap <= max_ap_drop + 1e-9}  # fmt: skip
+    if not report["reached"]:
+        warnings.warn(f"accuracy control: int8 still loses {fp32_ap - int8_ap:.4f} AP on the {len(data.records)} "
+                      f"accuracy images (fp32 {fp32_ap:.4f}, int8 {int8_ap:.4f}), more than --max-ap-drop "
+                      f"{max_ap_drop:g}", AccuracyControlWarning, stacklevel=3)  # fmt: skip
+    return quantized, report
 
 
 def export_openvino(
@@ -206,13 +247,9 @@ def export_openvino(
                                                  activations_range_estimator_params=ranges))  # fmt: skip
                 else:
                     assert accuracy_data is not None  # check_accuracy_data
-                    accuracy_set, validate = accuracy_control_inputs(nncf, accuracy_data, meta, size, model,
-                                                                     batch_size)  # fmt: skip
-                    ov_model = nncf.quantize_with_accuracy_control(
-                        ov_model, nncf.Dataset(batches), accuracy_set, validate, max_drop=max_ap_drop,
-                        drop_type=nncf.DropType.ABSOLUTE,
-                        **settings, advanced_quantization_parameters=nncf.AdvancedQuantizationParameters(
-                            activations_range_estimator_params=ranges),
+                    ov_model, report = quantize_with_ap_control(
+                        nncf, ov_model, batches, settings, ranges, accuracy_data, max_ap_drop,
+                        meta=meta, size=size, model=model, batch_size=batch_size,
                     )  # fmt: skip
             quantization = {
                 "tool": "nncf.quantize" if max_ap_drop is None else "nncf.quantize_with_accuracy_control",
@@ -222,8 +259,7 @@ def export_openvino(
                 "calibration": used,
             }  # fmt: skip
             if max_ap_drop is not None:
-                quantization["accuracy_control"] = {"max_ap_drop": max_ap_drop,
-                                                    "images": len(accuracy_data.records)}  # fmt: skip
+                quantization["accuracy_control"] = report
             meta.update(precision="int8", quantization=quantization)
         ov_model.set_rt_info(json.dumps(meta), METADATA_KEY)
         # written next to the target, then renamed: no half-written IR under the final name
