@@ -369,6 +369,15 @@ def test_accuracy_control_measures_what_int8_costs(tiny_files, tmp_path, capsys)
     line = capsys.readouterr().out.strip()
     assert line.startswith("accuracy control on 4 --accuracy-split images: fp32 AP ") and "--max-ap-drop 0.99" in line
 
+    xml = tmp_path / "cli.xml"  # the CLI reads the accuracy images from a split of --calibration
+    args = ["export", "--checkpoint", str(ckpt), "--output", str(xml), "--format", "openvino", "--int8",
+            "--calibration", str(RACCOON), "--calibration-images", "1", "--max-ap-drop", "0.99",
+            "--accuracy-split", "test"]  # fmt: skip
+    assert main(args) == 0
+    report = read_exported_metadata(xml)["quantization"]["accuracy_control"]
+    assert report["images"] == 40 and report["reached"]
+    assert f"accuracy control on 40 --accuracy-split images: fp32 AP {report['fp32_ap']:.4f}" in capsys.readouterr().out
+
 
 def test_chunked_calibration_keeps_the_minmax_ranges(tiny_files, tmp_path, monkeypatch):
     """Calibration runs in chunks of at most CALIBRATION_CHUNK batches (bounded memory); MinMax ranges merged over

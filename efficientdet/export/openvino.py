@@ -28,7 +28,9 @@ int8: NNCF post-training quantisation (``nncf.quantize``) of the converted model
   ``max_ap_drop`` AP it returns the quantised layers that hurt most (ranked by how far each moves the network's
   outputs on those images from fp32's) to fp32, one group at a time. The official EfficientDet-Lite results lose
   at most 0.4 COCO AP points (0.004) to int8; how much a model loses varies from model to model, and this bounds
-  it on the user's own data.
+  it on the user's own data. The file records both APs measured on those images. NNCF re-ranks every group after
+  a step that made things worse (minutes per pass), so the AP must be steadier than the bound: a few hundred
+  images, not a dozen.
 
 The file's description (the metadata of the ONNX export) is stored in the IR's ``rt_info`` under
 ``efficientdet`` (:func:`efficientdet.runtimes.read_exported_metadata` reads it back).
