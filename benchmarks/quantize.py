@@ -63,7 +63,7 @@ import torch
 
 from efficientdet.data.readers import read_dataset
 from efficientdet.engine.tasks.detection import hold_out
-from efficientdet.evaluation.validate import evaluate_model
+from efficientdet.evaluation.validate import coco_ap, evaluate_model
 from efficientdet.export import export_onnx
 from efficientdet.export.openvino import export_openvino
 from efficientdet.export.quantize import batches_from_paths, export_onnx_int8
@@ -122,7 +122,7 @@ def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, fold
         if args.max_ap_drop is not None:
             jobs[f"openvino int8 ({variant}, max AP drop {args.max_ap_drop:g})"] = partial(
                 export_openvino, model, int8=True, calibration_method=method, fast_bias_correction=bias == "fast-bc",
-                max_ap_drop=args.max_ap_drop, accuracy_data=accuracy_images(args), **calib,
+                max_ap_drop=args.max_ap_drop, accuracy_data=accuracy_images(args), score_ap=coco_ap, **calib,
             )  # fmt: skip
     files = {}
     for label, job in jobs.items():

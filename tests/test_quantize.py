@@ -331,7 +331,7 @@ def test_accuracy_control_measures_what_int8_costs(tiny_files, tmp_path, capsys)
 
     from efficientdet.cli.export import print_accuracy_control
     from efficientdet.data.readers import read_dataset
-    from efficientdet.evaluation.validate import evaluate_model, predict_records
+    from efficientdet.evaluation.validate import coco_ap, evaluate_model, predict_records
     from efficientdet.export.openvino import export_openvino
 
     folder, ckpt = tiny_files
@@ -355,7 +355,7 @@ def test_accuracy_control_measures_what_int8_costs(tiny_files, tmp_path, capsys)
     fp32_ap = ap(export_openvino(model, tmp_path / "fp32.xml"))
     plain = export_openvino(model, tmp_path / "plain.xml", int8=True, **calib)
     controlled = export_openvino(model, tmp_path / "controlled.xml", int8=True, max_ap_drop=0.99,
-                                 accuracy_data=labelled, **calib)  # fmt: skip
+                                 accuracy_data=labelled, score_ap=coco_ap, **calib)  # fmt: skip
     quantization = read_exported_metadata(controlled)["quantization"]
     assert quantization["tool"] == "nncf.quantize_with_accuracy_control"
     report = quantization["accuracy_control"]

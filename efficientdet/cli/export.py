@@ -167,7 +167,9 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) ->
 
         accuracy = {}
         if args.max_ap_drop is not None:
-            accuracy = dict(max_ap_drop=args.max_ap_drop,
+            from ..evaluation.validate import coco_ap
+
+            accuracy = dict(max_ap_drop=args.max_ap_drop, score_ap=coco_ap,
                             accuracy_data=accuracy_images(args.calibration, args.accuracy_split))  # fmt: skip
         return export_openvino(model, args.output, int8=args.int8, fast_bias_correction=args.fast_bias_correction,
                                **accuracy, **calib, **common)  # fmt: skip

@@ -161,6 +161,12 @@ def evaluate_model(
     return broadcast_object(result)
 
 
+def coco_ap(model: Any, data: DetectionData) -> float:
+    """COCO AP (IoU 0.50:0.95) of ``model`` (an :class:`EfficientDet` or an exported network module) on ``data``,
+    with `eval`'s defaults: the score that int8 accuracy control bounds (``export_openvino(score_ap=coco_ap)``)."""
+    return float(evaluate_model(model, data).metrics["AP"])
+
+
 def validate(model: EfficientDet, data: DetectionData, *args: Any, **kwargs: Any) -> dict[str, float]:
     """COCO AP, AP50, AP75, APs, APm, APl of ``model`` on ``data``: the headline of :func:`evaluate_model`, which
     takes the same arguments."""

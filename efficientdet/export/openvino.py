@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ from .quantize import (
     folded_copy,
     resolve_calibration,
 )
+
+APScorer = Callable[[Any, DetectionData], float]  # (network module, labelled images) -> COCO AP
 
 OPENVINO_CALIBRATION_METHODS = ("mean-minmax", "minmax", "percentile", "histogram")
 DEFAULT_OPENVINO_CALIBRATION_METHOD = "mean-minmax"
@@ -98,10 +100,12 @@ def postprocess_ops(model: Any) -> list[str]:
     return list(seen)
 
 
-def check_accuracy_data(data: DetectionData | None, max_ap_drop: float | None, with_nms: bool) -> None:
+def check_accuracy_data(
+    data: DetectionData | None, max_ap_drop: float | None, with_nms: bool, score_ap: APScorer | None
+) -> None:
     """Raise :class:`CalibrationError` (one line) unless accuracy control has what it needs."""
     if max_ap_drop is None:
-        if data is not None:
+        if data is not None or score_ap is not None:
             raise CalibrationError("accuracy images are for accuracy control only: give --max-ap-drop too")
         return
     if not 0 <= max_ap_drop < 1:
@@ -112,22 +116,30 @@ def check_accuracy_data(data: DetectionData | None, max_ap_drop: float | None, w
         raise CalibrationError("--max-ap-drop: the accuracy images have no boxes, so AP is undefined on them")
     if with_nms:
         raise CalibrationError("--max-ap-drop scores the raw-output network; export without --with-nms")
+    if score_ap is None:
+        raise CalibrationError("--max-ap-drop needs score_ap, e.g. efficientdet.evaluation.validate.coco_ap")
 
 
 def accuracy_control_inputs(
-    nncf: Any, data: DetectionData, meta: dict[str, Any], size: Any, model: EfficientDet, batch_size: int
+    nncf: Any,
+    data: DetectionData,
+    score_ap: APScorer,
+    meta: dict[str, Any],
+    size: Any,
+    model: EfficientDet,
+    batch_size: int,
 ) -> tuple[Any, Any]:
     """The accuracy images as NNCF wants them: an ``nncf.Dataset`` of records (each pre-processed, repeated to the
     file's batch, for the runs NNCF makes itself) and the ``validation_fn`` that scores a compiled candidate.
 
-    The score is this project's COCO AP of the candidate on those records (pre- and post-processing as ``eval``).
+    The score is ``score_ap`` of the candidate on those records (``coco_ap``: this project's COCO AP, pre- and
+    post-processing as ``eval``; passed in, because evaluation sits above export in the package's layers).
     With it go the network's raw outputs per image, which puts NNCF in its "logits" mode: it ranks the quantised
     layers by how far each one moves those outputs from fp32's (cheap, and smoother than one image's AP), and
     scores by AP only the models it actually considers.
     """
     from dataclasses import replace
 
-    from ..evaluation.validate import evaluate_model
     from .runtimes import CompiledOpenVinoNetwork
 
     cfg = model.config
@@ -139,7 +151,7 @@ def accuracy_control_inputs(
     def validate(compiled: Any, records: Any) -> tuple[float, list[list[np.ndarray]]]:
         records = list(records)
         network = CompiledOpenVinoNetwork(compiled, meta, "int8 candidate")
-        ap = evaluate_model(network, replace(data, records=records)).metrics["AP"]
+        ap = score_ap(network, replace(data, records=records))
         outputs = [[np.array(o) for o in compiled(network_input(r)).values()] for r in records]
         return max(0.0, ap), outputs
 
@@ -157,10 +169,11 @@ def quantize_with_ap_control(
     settings: dict[str, Any],
     ranges: Any,
     data: DetectionData,
+    score_ap: APScorer,
     max_ap_drop: float,
     **inputs: Any,
 ) -> tuple[Any, dict[str, Any]]:
-    """``nncf.quantize_with_accuracy_control`` scored by COCO AP on ``data``; returns the model and what it
+    """``nncf.quantize_with_accuracy_control`` scored by ``score_ap`` on ``data``; returns the model and what it
     measured: both APs on those images, so the file says what int8 costs there (a warning when above the bound).
 
     ``inputs`` (``meta``, ``size``, ``model``, ``batch_size``) go to :func:`accuracy_control_inputs`.
@@ -169,7 +182,7 @@ def quantize_with_ap_control(
 
     from .openvino_core import openvino_core
 
-    accuracy_set, validate = accuracy_control_inputs(nncf, data, **inputs)
+    accuracy_set, validate = accuracy_control_inputs(nncf, data, score_ap, **inputs)
     quantized = nncf.quantize_with_accuracy_control(
         float_model.clone(), nncf.Dataset(batches), accuracy_set, validate, max_drop=max_ap_drop,
         drop_type=nncf.DropType.ABSOLUTE,
@@ -200,6 +213,7 @@ def export_openvino(
     fast_bias_correction: bool = False,
     max_ap_drop: float | None = None,
     accuracy_data: DetectionData | None = None,
+    score_ap: APScorer | None = None,
     **export_kwargs: Any,
 ) -> Path:
     """Write ``model`` as an OpenVINO IR at ``path`` (``.xml``; the weights go to the ``.bin`` beside it).
@@ -207,9 +221,9 @@ def export_openvino(
     ``export_kwargs`` go to :func:`~efficientdet.export.export_onnx` (``dynamic_batch``, ``with_nms``, ...).
     ``int8`` needs ``calibration``: a dataset or image folder (:func:`~efficientdet.quantize.calibration_batches`)
     or pre-processed float32 ``[batch_size, 3, H, W]`` arrays; ``calibration_method`` and ``fast_bias_correction``
-    as in the module docstring. ``max_ap_drop`` with ``accuracy_data`` (labelled images, e.g. the ``val`` split):
-    accuracy control as in the module docstring. Everything is checked (calibration and accuracy data, packages)
-    before anything is written.
+    as in the module docstring. ``max_ap_drop`` with ``accuracy_data`` (labelled images, e.g. the ``val`` split)
+    and ``score_ap`` (:func:`efficientdet.evaluation.validate.coco_ap`): accuracy control as in the module
+    docstring. Everything is checked (calibration and accuracy data, packages) before anything is written.
     """
     from .exporter import _image_size
 
@@ -219,7 +233,7 @@ def export_openvino(
     check_calibration_method(calibration_method, OPENVINO_CALIBRATION_METHODS, "OpenVINO")
     if not int8 and (max_ap_drop is not None or accuracy_data is not None):
         raise CalibrationError("--max-ap-drop is for --int8 only")
-    check_accuracy_data(accuracy_data, max_ap_drop, bool(export_kwargs.get("with_nms")))
+    check_accuracy_data(accuracy_data, max_ap_drop, bool(export_kwargs.get("with_nms")), score_ap)
     ov = require_openvino()
     nncf = require_nncf() if int8 else None
     size = _image_size(model, img_size)
@@ -248,9 +262,9 @@ def export_openvino(
                                              advanced_parameters=nncf.AdvancedQuantizationParameters(
                                                  activations_range_estimator_params=ranges))  # fmt: skip
                 else:
-                    assert accuracy_data is not None  # check_accuracy_data
+                    assert accuracy_data is not None and score_ap is not None  # check_accuracy_data
                     ov_model, report = quantize_with_ap_control(
-                        nncf, ov_model, batches, settings, ranges, accuracy_data, max_ap_drop,
+                        nncf, ov_model, batches, settings, ranges, accuracy_data, score_ap, max_ap_drop,
                         meta=meta, size=size, model=model, batch_size=batch_size,
                     )  # fmt: skip
             quantization = {
