@@ -43,6 +43,8 @@ share of ``train`` that ``efficientdet train --seed S`` held out and did not tra
     python benchmarks/quantize.py --checkpoint runs/raccoon-plain/seed0/last.pt --models lite0 --no-latency \
         --openvino-methods mean-minmax --max-ap-drop 0.01 --accuracy-seed 0
 
+(On raccoon's 16 held-out images that search did not converge in 30 minutes: docs/int8.md.)
+
 ``--limit N`` evaluates on the first N images only (a smoke run, not a result).
 """
 
