@@ -6,6 +6,7 @@ No timing is asserted (timings belong to benchmarks/speed.py, not to tests).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +105,24 @@ def test_unknown_backend_and_dtype() -> None:
         prepare_network(model, "tensorrt")
     with pytest.raises(ValueError, match="dtype"):
         prepare_network(model, "eager", dtype="int8")
+    with pytest.raises(ValueError, match="the onnxruntime backend runs fp32 only"):
+        prepare_network(model, "onnxruntime", img_size=64, dtype="bf16")
+
+
+def test_openvino_bf16_is_opt_in(tmp_path: Path) -> None:
+    """``--dtype bf16`` with the openvino backend asks OpenVINO for bf16 float layers; fp32 stays fp32 everywhere."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    from efficientdet.utils.device import cpu_has_native_bf16
+
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=2, image_size=64).eval()
+    hints = {}
+    for dtype in ("fp32", "bf16"):
+        net = prepare_network(model, "openvino", img_size=64, threads=1, dtype=dtype, workdir=tmp_path / dtype)
+        hints[dtype] = str(net.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    assert hints["fp32"] == "<Type: 'float32'>"
+    # OpenVINO keeps f32 where the CPU has no bf16 units; where it has them, bf16 is what was asked for
+    assert hints["bf16"] == ("<Type: 'bfloat16'>" if cpu_has_native_bf16() else hints["bf16"])
 
 
 @pytest.fixture(scope="module")

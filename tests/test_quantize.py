@@ -144,6 +144,29 @@ def test_cli_export_openvino_then_predict_eval_bench(tiny_files, capsys):
     assert result["backend"] == "openvino" and result["img_size"] == 128 and result["network"]["median_ms"] > 0
 
 
+def test_openvino_computes_in_fp32_unless_asked(tiny_files, capsys):
+    """OpenVINO's CPU plugin computes in bf16 by default where the CPU has bf16 units (AVX512-BF16, AMX): an fp32
+    file must compute what onnxruntime computes from the same ONNX file (float rounding apart) on every CPU; bf16
+    is opt-in (``compute="bf16"``, ``bench --dtype bf16``) and onnxruntime refuses it."""
+    pytest.importorskip("openvino")
+    from efficientdet.models.factory import load_checkpoint
+
+    folder, ckpt = tiny_files
+    onnx_path = export_onnx(load_checkpoint(ckpt), folder / "tiny_compute.onnx")
+    x = torch.rand(1, 3, 128, 128) * 4 - 2
+    want = [level[0].flatten() for level in load_exported(onnx_path, "onnxruntime")(x)]
+    net = load_exported(onnx_path, "openvino")
+    got = [level[0].flatten() for level in net(x)]
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a, atol=2e-4, rtol=1e-4)
+    assert str(net.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert load_exported(onnx_path, "openvino", compute="bf16").precision == "fp32"  # the file's own precision
+    with pytest.raises(ValueError, match="onnxruntime runs an exported file as written"):
+        load_exported(onnx_path, "onnxruntime", compute="bf16")
+    with pytest.raises(ValueError, match="choose from fp32, bf16"):
+        load_exported(onnx_path, "openvino", compute="fp16")
+
+
 @pytest.mark.slow
 def test_cli_int8_onnx_and_backend_check(tiny_files, capsys):
     folder, ckpt = tiny_files

@@ -64,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--dtype",
         choices=DTYPES,
         default="fp32",
-        help="fp32 (default) or bf16 autocast (opt-in: results change beyond float rounding)",
+        help="fp32 (default) or bf16: autocast for eager/compile, bf16 float layers for openvino (opt-in: results "
+        "change beyond float rounding)",
     )
     p.add_argument(
         "--fold",

@@ -4,7 +4,8 @@ The IR is converted from the ONNX file of :func:`~efficientdet.export.export_onn
 :func:`~efficientdet.quantize.folded_copy`) with ``openvino.convert_model``: one capture path for every format,
 so the IR computes exactly what the ONNX file does. Weights are saved as fp32 (``compress_to_fp16=False``;
 OpenVINO's default would store them as fp16, which the CPU plugin widens again at load: smaller file, rounded
-weights); the CPU plugin still chooses its own inference precision (fp32 on CPUs without bf16/fp16 units).
+weights). The precision a file computes in is chosen when it is compiled: OpenVINO's CPU plugin would pick bf16 on
+CPUs with bf16 units, :class:`~efficientdet.export.runtimes.OpenVinoNetwork` asks for fp32 unless told otherwise.
 
 int8: NNCF post-training quantisation (``nncf.quantize``) of the converted model with
 

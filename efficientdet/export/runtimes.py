@@ -30,6 +30,7 @@ from .exporter import METADATA_KEY, RAW_OUTPUTS
 from .openvino_core import OPENVINO_HINT, openvino_core, require_openvino  # noqa: F401  (re-exported)
 
 RUNTIME_BACKENDS = ("onnxruntime", "openvino")
+OPENVINO_COMPUTE = {"fp32": "f32", "bf16": "bf16"}  # OpenVinoNetwork's compute -> INFERENCE_PRECISION_HINT
 EXPORTED_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
 ONNXRUNTIME_HINT = 'pip install "efficientdet[export]"'
 
@@ -177,10 +178,21 @@ class CompiledOpenVinoNetwork(ExportedNetwork):
 
 
 class OpenVinoNetwork(CompiledOpenVinoNetwork):
-    """An OpenVINO IR (or ONNX file) compiled for the CPU plugin with the latency hint (one request at a time)."""
+    """An OpenVINO IR (or ONNX file) compiled for the CPU plugin with the latency hint (one request at a time).
 
-    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None) -> None:
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    ``compute``: the precision of the layers the file keeps in floating point (every layer of an fp32 file, the
+    unquantised ones of an int8 file). OpenVINO's CPU plugin computes them in bf16 by default on CPUs with bf16
+    units (AVX512-BF16, AMX), which moves boxes and scores beyond float rounding: the default here is ``"fp32"``,
+    so a file computes what eager PyTorch and onnxruntime compute on every CPU; ``"bf16"`` is OpenVINO's faster
+    choice on such CPUs (opt-in, like eager's bf16 autocast).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None, compute: str = "fp32"
+    ) -> None:
+        if compute not in OPENVINO_COMPUTE:
+            raise ValueError(f"OpenVINO compute precision {compute!r}: choose from {', '.join(OPENVINO_COMPUTE)}")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_COMPUTE[compute]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         # the process's one Core: plugins of Cores freed out of order break signal handling (openvino_core)
@@ -207,11 +219,18 @@ def resolve_backend(path: str | os.PathLike, backend: str | None) -> str:
     return backend
 
 
-def load_exported(path: str | os.PathLike, backend: str | None = None, threads: int | None = None) -> ExportedNetwork:
+def load_exported(
+    path: str | os.PathLike, backend: str | None = None, threads: int | None = None, compute: str = "fp32"
+) -> ExportedNetwork:
     """An exported raw-output file as a network module (see the module docstring); ``backend`` default by suffix.
+    ``compute="bf16"``: OpenVINO computes the file's floating-point layers in bf16 (:class:`OpenVinoNetwork`).
 
     >>> det = Detector(load_exported("lite0_int8.onnx"))   # the usual pre- and post-processing around it
     """
     backend = resolve_backend(path, backend)
     metadata = read_exported_metadata(path)
+    if backend == "openvino":
+        return OpenVinoNetwork(path, metadata, threads, compute)
+    if compute != "fp32":
+        raise ValueError(f"--dtype {compute}: onnxruntime runs an exported file as written (fp32 / int8)")
     return _WRAPPERS[backend](path, metadata, threads)

@@ -157,12 +157,13 @@ def exported_network(
     batch_size: int,
     threads: int | None,
     calibration: Sequence[np.ndarray] | None = None,
+    compute: str = "fp32",
 ) -> nn.Module:
     """``model`` exported (fixed size and batch) into ``folder`` and opened in ``backend`` (onnxruntime: an ONNX
     file; openvino: an IR, fp32 weights): :class:`efficientdet.runtimes.ExportedNetwork`, raw outputs as one flat
     level each, the layout post-processing reads. onnxruntime's output buffers are handed over without a copy.
     With ``calibration`` (pre-processed ``[batch_size, 3, S, S]`` arrays) the file is post-training int8
-    (onnxruntime's QDQ quantiser / NNCF)."""
+    (onnxruntime's QDQ quantiser / NNCF). ``compute="bf16"``: OpenVINO computes the float layers in bf16."""
     from ..export.exporter import export_onnx
     from ..export.runtimes import load_exported
 
@@ -178,7 +179,7 @@ def exported_network(
         path = export_onnx_int8(model, folder / f"{name}.onnx", calibration, img_size=img_size, batch_size=batch_size)
     else:
         path = export_onnx(model, folder / f"{name}.onnx", img_size=img_size, batch_size=batch_size)
-    return load_exported(path, backend, threads)
+    return load_exported(path, backend, threads, compute)
 
 
 class AutocastNetwork(nn.Module):
@@ -236,7 +237,7 @@ def prepare_network(
     if backend in EXPORTED_BACKENDS:
         if device.type != "cpu":
             raise ValueError(f"the {backend} backend runs on the CPU only (use --device cpu)")
-        if dtype != "fp32":
+        if dtype != "fp32" and backend != "openvino":
             raise ValueError(f"the {backend} backend runs fp32 only (int8: bench an exported int8 file)")
         size = img_size or model.config.image_size
         if not isinstance(size, int):
@@ -244,7 +245,7 @@ def prepare_network(
         if fold and backend == "onnxruntime":  # the OpenVINO export folds the batch norms itself
             model = fold_same_padding(fold_batchnorm(model), inplace=True)
         folder = Path(workdir or tempfile.mkdtemp(prefix="efficientdet-bench-"))
-        return exported_network(model, backend, folder, size, batch_size, threads)
+        return exported_network(model, backend, folder, size, batch_size, threads, compute=dtype)
     if fold:
         model = optimize_for_inference(model, channels_last=cl)
     elif cl:
@@ -290,7 +291,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
             backend = resolve_backend(cfg.checkpoint, None if cfg.backend == "eager" else cfg.backend)
             cfg = dataclasses.replace(cfg, backend=backend)
             start = time.perf_counter()
-            model = load_exported(cfg.checkpoint, backend, cfg.threads)
+            model = load_exported(cfg.checkpoint, backend, cfg.threads, cfg.dtype)
             setup_s = time.perf_counter() - start
         elif cfg.checkpoint:
             model = load_checkpoint(cfg.checkpoint, cfg.model)
