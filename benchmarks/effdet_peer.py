@@ -16,6 +16,8 @@ chance on the same data and reports it the same way, so the two AP figures can s
   ``efficientdet train`` (SGD with momentum 0.9, weight decay 4e-5 on weights, peak rate 0.24 per 64 images, one
   warm-up epoch then cosine decay, gradient norm clipped at 10, EMA 0.9998 of the weights, evaluated at the end),
   and the same pycocotools evaluation of ``test`` in the annotations' pixels (``eval``'s JSON with per-class AP).
+- **Same precision:** ``--amp auto`` trains in bf16 autocast where ``efficientdet train --amp auto`` does (a CPU
+  with AVX512-BF16 or AMX), else in fp32.
 - **Same time budget:** ``--minutes M`` is the wall-clock training time ours took. The first epoch is timed and
   the schedule is set to the number of epochs that fit in M minutes (``--epochs`` fixes it instead).
 
@@ -45,6 +47,7 @@ from efficientdet.engine.utils import ModelEma, seed_everything
 from efficientdet.evaluation.coco import evaluate_split, format_per_class
 from efficientdet.models.weights import convert_timm_backbone, lite_weights_file, read_backbone_weights
 from efficientdet.ops.postprocess import to_original_pixels
+from efficientdet.utils.device import cpu_has_native_bf16
 
 EFFDET_MODEL = "tf_efficientdet_lite0"
 
@@ -102,7 +105,8 @@ def train(bench: torch.nn.Module, dataset: DetectionDataset, args: argparse.Name
             total = (epochs or 10**6) * steps_per_epoch
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, steps_per_epoch, peak)  # one warm-up epoch
-            loss = bench(batch.images, effdet_targets(batch.targets))["loss"]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+                loss = bench(batch.images, effdet_targets(batch.targets))["loss"].float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(bench.parameters(), CLIP_NORM)
@@ -158,8 +162,13 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=None, help="peak rate (default: efficientdet train's, 0.24 per 64)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", choices=("auto", "off", "bf16"), default="auto",
+                   help="bf16 autocast of forward and loss; auto (as efficientdet train): bf16 on a CPU with "
+                   "AVX512-BF16 or AMX, else off")  # fmt: skip
     p.add_argument("--output", required=True, help="folder for test.json, detections.json and summary.json")
     args = p.parse_args()
+    if args.amp == "auto":
+        args.amp = "bf16" if cpu_has_native_bf16() else "off"
 
     import effdet  # the side environment's; imported late so that --help works without it
 
@@ -178,8 +187,9 @@ def main() -> int:
     tensors = load_imagenet_backbone(bench)
     mean = tuple(255.0 * m for m in bench.config.mean)  # effdet's normalisation of its tf_ Lite models
     std = tuple(255.0 * s for s in bench.config.std)
-    print(f"effdet {EFFDET_MODEL} at {size} px, {classes} classes, ImageNet backbone ({tensors} tensors); "
-          f"train {len(train_data.records)} images, test {len(test_data.records)}", flush=True)  # fmt: skip
+    print(f"effdet {EFFDET_MODEL} at {size} px, {classes} classes, amp {args.amp}, ImageNet backbone "
+          f"({tensors} tensors); train {len(train_data.records)} images, test {len(test_data.records)}",
+          flush=True)  # fmt: skip
     train_set = DetectionDataset(train_data.records, size, mean, std, train=True,
                                  scale_range=DEFAULT_TRAIN_SCALE_RANGE, seed=args.seed)  # fmt: skip
     ema, summary = train(bench, train_set, args)
@@ -187,7 +197,7 @@ def main() -> int:
     test_set = DetectionDataset(test_data.records, size, mean, std, train=False)
     detections, skipped = predict(effdet.DetBenchPredict(ema.module), test_set, args.workers)
     evaluation = evaluate_split(test_data, detections, out / "test.json", out / "detections.json", skipped)
-    summary = {"model": EFFDET_MODEL, "img_size": size, **summary, **evaluation.metrics}
+    summary = {"model": EFFDET_MODEL, "img_size": size, "amp": args.amp, **summary, **evaluation.metrics}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(format_per_class(evaluation))
     print(f"test AP {evaluation.metrics['AP']:.3f}  AP50 {evaluation.metrics['AP50']:.3f}  "

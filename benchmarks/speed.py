@@ -11,7 +11,9 @@ rotating from round to round), so that load from other processes and thermal dri
   of :func:`efficientdet.export.openvino.export_openvino`; ``onnxruntime int8`` / ``openvino int8`` the
   post-training int8 files (onnxruntime's QDQ quantiser / NNCF), calibrated here on ``--calibration-images``
   random images: speed does not depend on the calibration, accuracy does (``benchmarks/quantize.py`` measures
-  it on real data).
+  it on real data). ``openvino bf16`` / ``openvino int8 bf16`` (by default only on CPUs with bf16 units) run the
+  same files with OpenVINO computing the float layers in bf16, its own default on such CPUs (``bench --dtype
+  bf16``); the project runs them in fp32 unless asked.
 - ``effdet``: ``effdet.create_model("tf_efficientdet_d0", bench_task="predict")`` (random weights: speed does not
   depend on them), the same architecture with TF "SAME" padding. ``DetBenchPredict`` takes a normalised tensor,
   so it gets the same pre-processing as ours, timed inside its figure: the end-to-end ratio compares what the
@@ -56,9 +58,13 @@ import efficientdet
 from efficientdet import postprocess as post_module
 from efficientdet.inference import Detector
 from efficientdet.tools.bench import BACKENDS, exported_network, prepare_network, summarize, synthetic_images
+from efficientdet.utils.device import cpu_has_native_bf16
 
 INT8_CONTESTANTS = ("onnxruntime int8", "openvino int8")
-CONTESTANTS = ("plain",) + BACKENDS + INT8_CONTESTANTS
+# OpenVINO computing the float layers in bf16 (its own default on CPUs with bf16 units; ours is fp32): timed by
+# default where the CPU has such units
+BF16_CONTESTANTS = ("openvino bf16", "openvino int8 bf16")
+CONTESTANTS = ("plain",) + BACKENDS + INT8_CONTESTANTS + BF16_CONTESTANTS
 # eager <= 0.75x and post-processing <= 5 ms: the first speed targets; best <= 0.20x with int8 / OpenVINO allowed;
 # the int8 network of Lite0 at 320 px within 8 ms (checked when that is the model and size measured).
 TARGETS = {"eager": 0.75, "best": 0.20, "postprocess_ms": 5.0, "lite0_320_int8_network_ms": 8.0}
@@ -165,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and onnxruntime (default 2)")
     p.add_argument("--iterations", type=int, default=30, help="timed rounds (default 30)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--backends", default=",".join(CONTESTANTS), help=f"ours to time (default {','.join(CONTESTANTS)})")
+    default = CONTESTANTS if cpu_has_native_bf16() else tuple(c for c in CONTESTANTS if c not in BF16_CONTESTANTS)
+    p.add_argument("--backends", default=",".join(default), help=f"ours to time (default {','.join(default)})")
     p.add_argument("--calibration-images", type=int, default=4,
                    help="random images calibrating the int8 contestants (default 4; speed only)")  # fmt: skip
     p.add_argument("--rewarm", type=int, default=1, help="untimed calls before each timed one (default 1)")
@@ -200,13 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if backend == "plain":
             net = model.eval()
-        elif backend in INT8_CONTESTANTS:
+        elif "int8" in backend:
             calibration = [
                 plain_detector.preprocess([image])[0].numpy()
                 for image in synthetic_images(args.calibration_images, (480, 640), seed=1)
             ]
+            compute = "bf16" if backend in BF16_CONTESTANTS else "fp32"
             net = exported_network(model, backend.split()[0], Path(workdir), size, batch_size, args.threads,
-                                   calibration)  # fmt: skip
+                                   calibration, compute=compute)  # fmt: skip
+        elif backend in BF16_CONTESTANTS:
+            net = prepare_network(model, "openvino", "cpu", size, batch_size, args.threads, dtype="bf16",
+                                  workdir=workdir)  # fmt: skip
         else:
             net = prepare_network(model, backend, "cpu", size, batch_size, args.threads, workdir=workdir)
         prepared = time.perf_counter() - start
@@ -297,7 +308,7 @@ def make_report(args: argparse.Namespace, results: dict, post: dict, have_effdet
         if ours:
             best = min(ours, key=ours.get)
             targets["best"] = {"backend": best, "ratio": ours[best], "target": TARGETS["best"]}
-    int8 = {n: r["network"]["median_ms"] for n, r in results.items() if n.endswith("int8")}
+    int8 = {n: r["network"]["median_ms"] for n, r in results.items() if "int8" in n}
     if int8 and args.model == "efficientdet-lite0" and args.img_size == 320:
         fastest = min(int8, key=int8.get)
         targets["lite0_320_int8_network_ms"] = {
