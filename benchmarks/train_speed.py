@@ -13,7 +13,10 @@ Settings (``--settings``, default all):
 - ``d0-512-b4``: D0, 512 px, batch 4, fp32;
 - ``lite0-448-b8-frozen``: ours with what our small-data recipe trains (frozen ImageNet backbone, channels-last,
   448 px) against effdet at 448 px with its backbone's parameters frozen the same way (``requires_grad=False``;
-  effdet has no channels-last training path).
+  effdet has no channels-last training path);
+- ``lite0-448-b8-frozen-bf16``: the same with forward and loss of both under bf16 autocast, which is what
+  ``efficientdet train --amp auto`` runs on a CPU with AVX512-BF16 or AMX (time it on such a CPU only: elsewhere
+  bf16 is emulated and slower than fp32).
 
 It also times the data loader alone (raccoon ``train``, training transforms at 448 px, batch 8) with 0 and 2
 workers: a step can never be faster than the images arrive. effdet needs torchvision and timm, so this runs from
@@ -47,10 +50,11 @@ from efficientdet.ops.losses import BOX_LOSS_WEIGHT, detection_loss
 from efficientdet.ops.postprocess import flatten_outputs
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
-SETTINGS = {  # name: (our model, effdet model, input size, batch, frozen backbone + channels-last)
-    "lite0-320-b8": ("efficientdet-lite0", "tf_efficientdet_lite0", 320, 8, False),
-    "d0-512-b4": ("efficientdet-d0", "tf_efficientdet_d0", 512, 4, False),
-    "lite0-448-b8-frozen": ("efficientdet-lite0", "tf_efficientdet_lite0", 448, 8, True),
+SETTINGS = {  # name: (our model, effdet model, input size, batch, frozen backbone, bf16 autocast)
+    "lite0-320-b8": ("efficientdet-lite0", "tf_efficientdet_lite0", 320, 8, False, False),
+    "d0-512-b4": ("efficientdet-d0", "tf_efficientdet_d0", 512, 4, False, False),
+    "lite0-448-b8-frozen": ("efficientdet-lite0", "tf_efficientdet_lite0", 448, 8, True, False),
+    "lite0-448-b8-frozen-bf16": ("efficientdet-lite0", "tf_efficientdet_lite0", 448, 8, True, True),
 }
 NUM_CLASSES = 1
 BOXES_PER_IMAGE = 3
@@ -72,8 +76,15 @@ class OurStep:
     """Our training step, as ``DetectionTask.prepare`` + ``loss`` and ``Trainer.train_step`` run it."""
 
     def __init__(
-        self, name: str, size: int, frozen: bool, data: tuple[torch.Tensor, ...], channels_last: bool = True
+        self,
+        name: str,
+        size: int,
+        frozen: bool,
+        data: tuple[torch.Tensor, ...],
+        channels_last: bool = True,
+        bf16: bool = False,
     ) -> None:
+        self.bf16 = bf16
         self.model = efficientdet.create_model(name, num_classes=NUM_CLASSES, image_size=size)
         if frozen:
             freeze_backbone(self.model)
@@ -90,7 +101,8 @@ class OurStep:
 
     def __call__(self) -> float:
         targets = self.labeler(self.targets)
-        cls_out, box_out = self.model(self.images)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):  # as the trainer's --amp bf16
+            cls_out, box_out = self.model(self.images)
         cls_flat, box_flat = flatten_outputs(cls_out, box_out, NUM_CLASSES)
         loss = detection_loss(cls_flat, box_flat, targets, NUM_CLASSES, box_weight=BOX_LOSS_WEIGHT)["loss"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -104,9 +116,10 @@ class EffdetStep:
     """effdet's ``DetBenchTrain`` (its anchor labeller run in the step, as ``bench_labeler=True`` does when its loader
     does not label; focal + Huber loss inside) with the same optimiser."""
 
-    def __init__(self, name: str, size: int, frozen: bool, data: tuple[torch.Tensor, ...]) -> None:
+    def __init__(self, name: str, size: int, frozen: bool, data: tuple[torch.Tensor, ...], bf16: bool = False) -> None:
         import effdet
 
+        self.bf16 = bf16
         self.bench = effdet.create_model(
             name, bench_task="train", bench_labeler=True, num_classes=NUM_CLASSES, image_size=(size, size),
             pretrained=False, pretrained_backbone=False,
@@ -124,7 +137,8 @@ class EffdetStep:
         self.target = {"bbox": boxes[..., [1, 0, 3, 2]].clone(), "cls": (labels + 1).float()}
 
     def __call__(self) -> float:
-        loss = self.bench(self.images, self.target)["loss"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.bench(self.images, self.target)["loss"].float()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.bench.parameters(), CLIP_NORM)
@@ -140,20 +154,26 @@ def time_steps(step: Any, steps: int) -> float:
 
 
 def compare(setting: str, rounds: int, steps: int, with_effdet: bool, nchw: bool) -> dict[str, Any]:
-    ours_name, effdet_name, size, batch, frozen = SETTINGS[setting]
+    ours_name, effdet_name, size, batch, frozen, bf16 = SETTINGS[setting]
     data = synthetic_batch(batch, size)
-    contestants = {"ours": OurStep(ours_name, size, frozen, data)}
+    contestants = {"ours": OurStep(ours_name, size, frozen, data, bf16=bf16)}
     if nchw:
-        contestants["ours_nchw"] = OurStep(ours_name, size, frozen, data, channels_last=False)
+        contestants["ours_nchw"] = OurStep(ours_name, size, frozen, data, channels_last=False, bf16=bf16)
     if with_effdet:
-        contestants["effdet"] = EffdetStep(effdet_name, size, frozen, data)
+        contestants["effdet"] = EffdetStep(effdet_name, size, frozen, data, bf16=bf16)
     for step in contestants.values():  # warm-up: allocator, oneDNN primitives
         time_steps(step, 2)
     rates: dict[str, list[float]] = {name: [] for name in contestants}
     for _ in range(rounds):
         for name, step in contestants.items():
             rates[name].append(batch * steps / time_steps(step, steps))
-    row: dict[str, Any] = {"setting": setting, "img_size": size, "batch": batch, "frozen_backbone": frozen}
+    row: dict[str, Any] = {
+        "setting": setting,
+        "img_size": size,
+        "batch": batch,
+        "frozen_backbone": frozen,
+        "bf16": bf16,
+    }
     for name, values in rates.items():
         row[f"{name}_img_per_s"] = round(statistics.median(values), 2)
     if with_effdet:

@@ -209,7 +209,8 @@ def test_two_processes_train_like_one_process_with_twice_the_batch_and_resume_ex
     # a random backbone (as measured; no ImageNet download in tests)
     common = dict(model="efficientdet-d0", data=str(data), format="voc", img_size=128, workers=0, epochs=2,
                   lr=1e-3, warmup_epochs=0.0, scale_range=(0.5, 1.5), hflip=0.5, val_split="val",
-                  model_overrides={"drop_path_rate": 0.0}, channels_last=False, pretrained_backbone=False)  # fmt: skip
+                  model_overrides={"drop_path_rate": 0.0}, channels_last=False, pretrained_backbone=False,
+                  amp="off")  # fmt: skip  # fp32: --amp auto trains in bf16 on CPUs with AVX512-BF16 / AMX
     single = TrainConfig(**common, batch_size=4, output=str(tmp_path / "single"))
     train(single)
 

@@ -198,7 +198,8 @@ def test_segmentation_two_processes_train_like_one_process_with_twice_the_batch(
                   train_masks=str(root / "mask"), val_images=str(root / "img"), val_masks=str(root / "mask"),
                   epochs=2, img_size=48, crop_size=40, scale_range=[0.8, 1.2], hflip=0.5, workers=0, lr=1e-3,
                   warmup_epochs=0.0, channels_last=False, model_overrides={"drop_path_rate": 0.0},
-                  pretrained_backbone=False)  # fmt: skip  # Seg-D0's ImageNet weights would be a download
+                  pretrained_backbone=False, amp="off")  # fmt: skip  # Seg-D0's ImageNet weights would be a
+    # download; fp32: --amp auto trains in bf16 on CPUs with AVX512-BF16 / AMX, whose rounding this test would see
     train_segmentation(SegTrainConfig(**common, batch_size=4, output=str(tmp_path / "single")))
     ddp_out = tmp_path / "ddp"
     ddp = dict(common, batch_size=2, output=str(ddp_out), sync_bn=True, grad_checkpoint=True, max_steps=2)

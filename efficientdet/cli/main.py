@@ -129,7 +129,7 @@ def build_parser(task: str = "detection") -> argparse.ArgumentParser:
     demo.add_argument("--output", help="output folder (default runs/demo)")
     demo.add_argument("--epochs", type=int, default=25)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--workers", type=int, default=None, help="data-loading processes (default: as train's)")
     demo.set_defaults(func=cmd_demo)
     _add_check_data_parser(sub)
     add_predict_parser(sub)

@@ -12,6 +12,7 @@ W*b computes (:mod:`efficientdet.distributed` says how), and rank 0 alone logs a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ from ..utils.distributed import (
 )
 from ..utils.progress import progress_bar
 from .components import Checkpointer, MetricsLog, NonFiniteGuard
-from .recipe import MOMENTUM, TENSORBOARD_DIR, RecipeConfig, default_lr, lr_at, param_groups
+from .recipe import MOMENTUM, TENSORBOARD_DIR, RecipeConfig, default_lr, default_workers, lr_at, param_groups
 from .tensorboard_log import TensorBoardLogger
 from .utils import (
     ModelEma,
@@ -436,6 +437,11 @@ def run_training(cfg: RecipeConfig, make_task: Callable[[Any, DistEnv, torch.dev
     CPU, NCCL on CUDA (device ``cuda:LOCAL_RANK``). All ranks return the same summary.
     """
     with distributed_session(cfg.device, resolve_device) as (env, device):
+        if cfg.workers is None:
+            cfg = dataclasses.replace(cfg, workers=default_workers(device))
+            if cfg.workers == 0:
+                LOG.info("data loading: in the training process (a CPU of few cores, where worker processes would "
+                         "take cores from each step); --workers N overrides")  # fmt: skip
         quiet = logging.getLogger("efficientdet")
         level = quiet.level
         if not env.is_main:  # one copy of each message: rank 0 speaks for the job

@@ -24,7 +24,7 @@ DEMO_EVAL_INTERVAL = 5
 DEMO_DRAWN_IMAGES = 8
 
 
-def run_demo(output: str = "runs/demo", epochs: int = 25, seed: int = 0, workers: int = 2) -> dict:
+def run_demo(output: str = "runs/demo", epochs: int = 25, seed: int = 0, workers: int | None = None) -> dict:
     """Train EfficientDet-Lite0 on a synthetic shapes dataset and write predictions drawn on images."""
     out = Path(output)
     t0 = time.time()
