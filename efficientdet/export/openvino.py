@@ -181,7 +181,7 @@ def quantize_with_ap_control(
     """
     import warnings
 
-    from .openvino_core import openvino_core
+    from .runtimes import compile_for_cpu
 
     accuracy_set, validate = accuracy_control_inputs(nncf, data, score_ap, **inputs)
     quantized = nncf.quantize_with_accuracy_control(
@@ -190,8 +190,7 @@ def quantize_with_ap_control(
         **settings, advanced_quantization_parameters=nncf.AdvancedQuantizationParameters(
             activations_range_estimator_params=ranges),
     )  # fmt: skip
-    fp32_ap, int8_ap = (validate(openvino_core().compile_model(m, "CPU"), data.records)[0]
-                        for m in (float_model, quantized))  # fmt: skip
+    fp32_ap, int8_ap = (validate(compile_for_cpu(m), data.records)[0] for m in (float_model, quantized))
     report = {"max_ap_drop": max_ap_drop, "images": len(data.records), "fp32_ap": round(fp32_ap, 6),
               "int8_ap": round(int8_ap, 6), "reached": fp32_ap - int8_ap <= max_ap_drop + 1e-9}  # fmt: skip
     if not report["reached"]:

@@ -190,13 +190,20 @@ class OpenVinoNetwork(CompiledOpenVinoNetwork):
     def __init__(
         self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None, compute: str = "fp32"
     ) -> None:
-        if compute not in OPENVINO_COMPUTE:
-            raise ValueError(f"OpenVINO compute precision {compute!r}: choose from {', '.join(OPENVINO_COMPUTE)}")
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_COMPUTE[compute]}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        # the process's one Core: plugins of Cores freed out of order break signal handling (openvino_core)
-        super().__init__(openvino_core().compile_model(str(path), "CPU", config), metadata, path)
+        super().__init__(compile_for_cpu(str(path), threads, compute), metadata, path)
+
+
+def compile_for_cpu(model: Any, threads: int | None = None, compute: str = "fp32") -> Any:
+    """``model`` (an ``ov.Model`` or a file) compiled for OpenVINO's CPU plugin with the latency hint, its float
+    layers computed in ``compute`` (see :class:`OpenVinoNetwork`); every OpenVINO model this project runs goes
+    through here, so that what the export measures is what predict, eval and bench run."""
+    if compute not in OPENVINO_COMPUTE:
+        raise ValueError(f"OpenVINO compute precision {compute!r}: choose from {', '.join(OPENVINO_COMPUTE)}")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_COMPUTE[compute]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    # the process's one Core: plugins of Cores freed out of order break signal handling (openvino_core)
+    return openvino_core().compile_model(model, "CPU", config)
 
 
 _WRAPPERS: dict[str, Callable[..., ExportedNetwork]] = {
