@@ -41,7 +41,15 @@ from torch.utils.data import DataLoader
 
 from efficientdet.data.dataset import DetectionDataset, loader_kwargs
 from efficientdet.data.readers import read_dataset
-from efficientdet.engine.recipe import CLIP_NORM, MOMENTUM, WEIGHT_DECAY, default_lr, lr_at, param_groups
+from efficientdet.engine.recipe import (
+    CLIP_NORM,
+    MOMENTUM,
+    WEIGHT_DECAY,
+    default_lr,
+    default_workers,
+    lr_at,
+    param_groups,
+)
 from efficientdet.engine.tasks.detection import DEFAULT_TRAIN_SCALE_RANGE
 from efficientdet.engine.utils import ModelEma, seed_everything
 from efficientdet.evaluation.coco import evaluate_split, format_per_class
@@ -160,7 +168,8 @@ def main() -> int:
     p.add_argument("--img-size", type=int, default=None, help="input size (default: effdet's for the model, 320)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=None, help="peak rate (default: efficientdet train's, 0.24 per 64)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=default_workers(torch.device("cpu")),
+                   help="data-loading processes (default: as efficientdet train on this CPU)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", choices=("auto", "off", "bf16"), default="auto",
                    help="bf16 autocast of forward and loss; auto (as efficientdet train): bf16 on a CPU with "
