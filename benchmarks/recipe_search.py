@@ -31,8 +31,8 @@ from pathlib import Path
 
 # Candidate recipes for small datasets (hundreds of images), as `efficientdet train` flags, each spelled out in
 # full so that a row keeps its meaning when the defaults change. "unfrozen-320-bw50-60ep" was the command's default
-# before the search; "frozen-448-bw200-130ep" is what it chose (engine/tasks/detection_recipe.py); the others are
-# the levers earlier raccoon runs pointed at.
+# before the search; "frozen-448-bw200-60ep" is what it uses now (engine/tasks/detection_recipe.py), after
+# "frozen-448-bw200-130ep"; the others are the levers earlier raccoon runs pointed at ("-color": photometric jitter).
 SETTINGS: dict[str, list[str]] = {
     "unfrozen-320-bw50-60ep": ["--no-freeze-backbone", "--img-size", "320", "--box-loss-weight", "50",
                                "--epochs", "60"],
@@ -44,6 +44,8 @@ SETTINGS: dict[str, list[str]] = {
                                 "--epochs", "60"],
     "frozen-448-bw200-130ep-color": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
                                      "--epochs", "130", "--color-jitter", "0.3"],
+    "frozen-448-bw200-60ep-color": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
+                                    "--epochs", "60", "--color-jitter", "0.3"],
     "frozen-448-bw200-130ep-stage1": ["--freeze-backbone", "--trainable-stages", "1", "--img-size", "448",
                                       "--box-loss-weight", "200", "--epochs", "130"],
 }  # fmt: skip
