@@ -55,7 +55,7 @@ from efficientdet.engine.utils import ModelEma, seed_everything
 from efficientdet.evaluation.coco import evaluate_split, format_per_class
 from efficientdet.models.weights import convert_timm_backbone, lite_weights_file, read_backbone_weights
 from efficientdet.ops.postprocess import to_original_pixels
-from efficientdet.utils.device import cpu_has_native_bf16
+from efficientdet.utils.device import amp_mode
 
 EFFDET_MODEL = "tf_efficientdet_lite0"
 
@@ -176,8 +176,7 @@ def main() -> int:
                    "AVX512-BF16 or AMX, else off")  # fmt: skip
     p.add_argument("--output", required=True, help="folder for test.json, detections.json and summary.json")
     args = p.parse_args()
-    if args.amp == "auto":
-        args.amp = "bf16" if cpu_has_native_bf16() else "off"
+    args.amp = "bf16" if amp_mode(args.amp, torch.device("cpu"))[0] else "off"  # "auto" as efficientdet train
 
     import effdet  # the side environment's; imported late so that --help works without it
 

@@ -137,7 +137,11 @@ class OnnxRuntimeNetwork(ExportedNetwork):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, metadata: dict[str, Any], threads: int | None = None, compute: str = "fp32"
+    ) -> None:
+        if compute != "fp32":
+            raise ValueError(f"--dtype {compute}: onnxruntime runs an exported file as written (fp32 / int8)")
         super().__init__(path, metadata)
         ort = require_onnxruntime()
         options = ort.SessionOptions()
@@ -236,8 +240,4 @@ def load_exported(
     """
     backend = resolve_backend(path, backend)
     metadata = read_exported_metadata(path)
-    if backend == "openvino":
-        return OpenVinoNetwork(path, metadata, threads, compute)
-    if compute != "fp32":
-        raise ValueError(f"--dtype {compute}: onnxruntime runs an exported file as written (fp32 / int8)")
-    return _WRAPPERS[backend](path, metadata, threads)
+    return _WRAPPERS[backend](path, metadata, threads, compute)
