@@ -125,18 +125,54 @@ def naive_topk(class_outputs, num_classes, k):
 
 
 @pytest.mark.parametrize("k", [1, 7, 500, 10_000])
-def test_select_candidates_is_the_exact_topk(k):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_select_candidates_is_the_exact_topk(k, channels_last):
     g = torch.Generator().manual_seed(3)
     c, a = 5, 9
-    shapes = [(8, 8), (4, 4), (2, 2)]
+    shapes = [(8, 6), (4, 3), (2, 2)]  # H != W: the plane-order index arithmetic must not mix them up
     cls = [torch.randn(2, a * c, h, w, generator=g) for h, w in shapes]
     box = [torch.randn(2, a * 4, h, w, generator=g) for h, w in shapes]
+    if channels_last:  # what a channels-last network would hand over
+        cls = [x.contiguous(memory_format=torch.channels_last) for x in cls]
+        box = [x.contiguous(memory_format=torch.channels_last) for x in box]
     _, flat_box = pp.flatten_outputs(cls, box, c)
     for i, (logits, anchor_idx, labels, codes) in enumerate(pp.select_candidates(cls, box, c, k)):
         ref = naive_topk(cls, c, k)[i]
         assert logits.tolist() == ref.values.tolist()
         assert (anchor_idx * c + labels).tolist() == ref.indices.tolist()
         assert torch.equal(codes, flat_box[i, anchor_idx])
+
+
+@pytest.mark.parametrize("k", [7, 500])
+def test_select_candidates_with_a_logit_floor_is_the_topk_above_it(k):
+    g = torch.Generator().manual_seed(4)
+    cls = [torch.randn(1, 9 * 5, h, w, generator=g) for h, w in [(8, 6), (4, 3)]]
+    box = [torch.randn(1, 9 * 4, h, w, generator=g) for h, w in [(8, 6), (4, 3)]]
+    ref = naive_topk(cls, 5, 10_000)[0]
+    for floor in (1.0, 2.5):  # 2.5: fewer pairs above it than k (for k=500)
+        logits, anchor_idx, labels, _ = pp.select_candidates(cls, box, 5, k, min_logit=floor)[0]
+        above = ref.values >= floor
+        assert logits.tolist() == ref.values[above][:k].tolist()
+        assert (anchor_idx * 5 + labels).tolist() == ref.indices[above][:k].tolist()
+
+
+def test_postprocess_score_threshold_keeps_what_an_unthresholded_run_keeps_above_it():
+    """The threshold reaches the candidate selection as a logit floor; hard NMS never lets a lower score
+    suppress a higher one, so the result must be the unthresholded one's boxes at or above the threshold."""
+    g = torch.Generator().manual_seed(5)
+    shapes = [(16, 12), (8, 6), (4, 3)]
+    cls = [torch.randn(1, 9 * 3, h, w, generator=g) - 2 for h, w in shapes]
+    box = [0.3 * torch.randn(1, 9 * 4, h, w, generator=g) for h, w in shapes]
+    n = sum(h * w * 9 for h, w in shapes)
+    corner, size = 200 * torch.rand(n, 2, generator=g), 10 + 50 * torch.rand(n, 2, generator=g)
+    anchors = torch.cat([corner, corner + size], 1)  # (y1, x1, y2, x2), overlapping at random
+    for threshold in (0.2, 0.5, 0.8):
+        full = pp.postprocess(cls, box, anchors, 3, topk=3000, max_det=5000, score_threshold=0.0)[0]
+        cut = pp.postprocess(cls, box, anchors, 3, topk=3000, max_det=5000, score_threshold=threshold)[0]
+        keep = full["scores"] >= threshold
+        assert 0 < int(keep.sum()) < len(keep)
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(cut[key], full[key][keep]), key
 
 
 def test_postprocess_decodes_the_top_candidates():

@@ -197,39 +197,54 @@ def soft_nms(
 
 
 def select_candidates(
-    class_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor], num_classes: int, topk: int = TOPK_CANDIDATES
+    class_outputs: list[torch.Tensor],
+    box_outputs: list[torch.Tensor],
+    num_classes: int,
+    topk: int = TOPK_CANDIDATES,
+    min_logit: float = -math.inf,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The ``topk`` best (anchor, class) logits of each image: (logits, anchor indices, labels, box codes).
+
+    With ``min_logit``, only pairs whose logit is at least that are candidates: the top k of those, which is the
+    top k of all pairs with the lower ones dropped. A score threshold passed this way (as its logit) spares the
+    gathering of every anchor that cannot reach it, most of them for a trained model.
 
     Exact, without ranking all anchors x classes: the k-th best per-anchor maximum ``t`` is a lower bound of the
     k-th best (anchor, class) logit (the k best anchors each hold one logit >= t), so every top-k pair belongs to
     an anchor whose maximum is >= t. Only those anchors' classes are ranked: ~k x C values instead of A x C.
+
+    The work is done in the NCHW outputs' own order (anchor, class, position): the per-anchor maximum reduces over
+    whole class planes, and the chosen anchors are visited plane by plane, so gathering their C logits reads
+    each plane front to back instead of jumping between planes (about half the time of a position-major gather on
+    D0's 4.4M logits). Anchor indices are returned in the order of
+    :func:`efficientdet.anchors.generate_anchors` (level, y, x, anchor).
     """
     b = class_outputs[0].shape[0]
     c = num_classes
-    levels = []  # per level: logits viewed [B, A, C, H, W], box codes [B, A, 4, H, W], per-anchor max [B, H*W*A]
+    levels = []  # per level: logits [B, A, C, H*W], box codes [B, A, 4, H*W], per-anchor max [B, A*H*W]
     for cls, box in zip(class_outputs, box_outputs):
         _, ac, h, w = cls.shape
         a = ac // c
-        cv = cls.view(b, a, c, h, w)
-        levels.append((cv, box.view(b, a, 4, h, w), cv.amax(2).permute(0, 2, 3, 1).reshape(b, -1)))
-    best = torch.cat([lv[2] for lv in levels], 1)  # [B, total anchors], order level, y, x, anchor
+        cv = cls.contiguous().view(b, a, c, h * w)
+        levels.append((cv, box.contiguous().view(b, a, 4, h * w), cv.amax(2).view(b, -1)))
+    total = sum(lv[2].shape[1] for lv in levels)
     results = []
     for i in range(b):
-        if best.shape[1] * c <= topk:
-            threshold = best.new_tensor(-math.inf)
+        best = torch.cat([lv[2][i] for lv in levels])
+        if total * c <= topk or (min_logit > -math.inf and int((best >= min_logit).sum()) <= topk):
+            threshold = min_logit  # at most k anchors can reach it: no k-th best needed
         else:
-            threshold = torch.topk(best[i], min(topk, best.shape[1])).values[-1]
+            kth = torch.kthvalue(best, max(total - topk + 1, 1)).values  # the k-th largest per-anchor max
+            threshold = max(float(kth), min_logit)
         logits_parts, index_parts, code_parts = [], [], []
         offset = 0
         for cv, bv, level_best in levels:
-            _, a, _, h, w = cv.shape
-            idx = torch.nonzero(level_best[i] >= threshold).squeeze(1)  # (y * W + x) * A + anchor
-            yx, anchor = torch.div(idx, a, rounding_mode="floor"), idx % a
-            y, x = torch.div(yx, w, rounding_mode="floor"), yx % w
-            logits_parts.append(cv[i][anchor, :, y, x])
-            code_parts.append(bv[i][anchor, :, y, x])
-            index_parts.append(idx + offset)
+            _, a, _, hw = cv.shape
+            plane_idx = torch.nonzero(level_best[i] >= threshold).squeeze(1)  # anchor * H*W + position, sorted
+            anchor, position = torch.div(plane_idx, hw, rounding_mode="floor"), plane_idx % hw
+            logits_parts.append(cv[i][anchor, :, position])
+            code_parts.append(bv[i][anchor, :, position])
+            index_parts.append(position * a + anchor + offset)
             offset += level_best.shape[1]
         logits, anchor_idx, codes = torch.cat(logits_parts), torch.cat(index_parts), torch.cat(code_parts)
         flat = torch.nonzero(logits.reshape(-1) >= threshold).squeeze(1)  # the top k are all >= t: rank fewer
@@ -262,7 +277,11 @@ def postprocess(
     if nms not in NMS_METHODS:
         raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
     results = []
-    for logits, anchor_idx, labels, codes in select_candidates(class_outputs, box_outputs, num_classes, topk):
+    # candidates need a logit of about logit(score_threshold); a little below, so that float rounding in the
+    # sigmoid cannot lose a box the exact mask below keeps
+    min_logit = math.log(score_threshold / (1 - score_threshold)) - 1e-3 if 0 < score_threshold < 1 else -math.inf
+    candidates = select_candidates(class_outputs, box_outputs, num_classes, topk, min_logit)
+    for logits, anchor_idx, labels, codes in candidates:
         scores = torch.sigmoid(logits.float())
         boxes = decode_boxes(codes.float(), anchors[anchor_idx].to(codes.device).float())
         if score_threshold > 0:
