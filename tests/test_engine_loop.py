@@ -38,7 +38,8 @@ from efficientdet.utils.distributed import DistEnv
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-TIMING = ("images_per_s", "epoch_time_s")  # the only metrics.csv columns that may differ between equal runs
+# the only metrics.csv columns that may differ between equal runs
+TIMING = ("images_per_s", "epoch_time_s", "eval_time_s")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bitwise comparisons with the 1-thread subprocesses
 
@@ -577,3 +578,22 @@ def test_without_patience_every_epoch_runs(tmp_path):
     trainer.task.evaluate = lambda model: ({"score": 0.1}, {"score": 0.1})  # type: ignore[method-assign]
     result = trainer.fit()
     assert not result["stopped_early"] and result["epochs_done"] == 4
+
+
+def test_evaluation_time_is_logged_for_evaluated_epochs_only(tmp_path, capsys):
+    """What validation costs the run is in metrics.csv (``eval_time_s``) and in the epoch line, on the epochs that
+    evaluate (``eval_interval`` 2 over 3 epochs: epochs 2 and 3, the last always)."""
+    cfg = _config(tmp_path, "timed", epochs=3, eval_interval=2)
+    trainer = _trainer(cfg)
+
+    def slow_evaluate(model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        time.sleep(0.05)
+        return {"score": 0.1}, {"score": 0.1}
+
+    trainer.task.evaluate = slow_evaluate  # type: ignore[method-assign]
+    trainer.fit()
+    with open(tmp_path / "timed" / "metrics.csv") as f:
+        times = [r["eval_time_s"] for r in csv.DictReader(f)]
+    assert times[0] == "" and all(float(t) >= 0.05 for t in times[1:])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert ["| eval 0s" in line for line in lines] == [False, True, True]

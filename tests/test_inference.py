@@ -65,8 +65,9 @@ PACKAGE = REPO / "efficientdet"
 @pytest.mark.parametrize("nms", ["hard", "soft"])
 def test_evaluation_detections_are_the_detectors(detector, nms):
     """Evaluation scores what users get: ``predict_records`` (the detections ``evaluate_model`` scores) equals a
-    ``Detector`` with the evaluation's settings called on the same image files. Any drift between the two paths
-    (resize, top-k, thresholds, NMS, mapping back to the image) fails this."""
+    ``Detector`` with the evaluation's settings called on the same image files, running the network as ``predict``
+    does (BN and padding folded, channels-last). Any drift between the two paths (resize, top-k, thresholds, NMS,
+    mapping back to the image) fails this."""
     from efficientdet.data.readers import read_dataset
     from efficientdet.evaluation.validate import EVAL_SCORE_THRESHOLD, predict_records
 
@@ -76,7 +77,7 @@ def test_evaluation_detections_are_the_detectors(detector, nms):
             assert im.size == (rec.width, rec.height)
     model = detector.model  # the parity Lite0: random weights with well-spread scores, 90 classes
     dets, skipped = predict_records(model, records, image_size=128, batch_size=2, nms=nms)
-    reference = Detector(model, image_size=128, score_threshold=EVAL_SCORE_THRESHOLD, nms=nms)
+    reference = Detector(model, image_size=128, score_threshold=EVAL_SCORE_THRESHOLD, nms=nms, optimize=True)
     expected = reference([r.path for r in records[:2]]) + reference([r.path for r in records[2:]])
     assert skipped == 0 and not model.training
     for got, want in zip(dets, expected, strict=True):
@@ -97,6 +98,28 @@ def test_predict_records_restores_training_mode():
 
     dets, skipped = predict_records(model, [ImageRecord("missing.jpg", 1, 10, 10)], batch_size=1)
     assert model.training and skipped == 1 and len(dets[0]["scores"]) == 0
+    # the folded copy that evaluation runs is not the model: the model's own BN layers stay as they were
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_evaluation_runs_a_folded_copy_with_the_models_detections(tmp_path):
+    """Evaluation folds BN and padding (as ``predict`` does) for speed; with ``optimize=False`` it runs the model
+    itself. Both give the same detections up to float rounding, and the model is left as it was."""
+    from efficientdet.data.readers import read_dataset
+    from efficientdet.evaluation.validate import evaluation_detector, predict_records
+
+    torch.manual_seed(0)
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=2, image_size=128).train()
+    records = read_dataset(require_shared(RACCOON), "voc", "test").records[:2]
+    folded, _ = predict_records(model, records, batch_size=2)
+    assert model.training
+    assert evaluation_detector(model).model is not model
+    assert evaluation_detector(model, optimize=False).model is model
+    plain, _ = predict_records(evaluation_detector(model, optimize=False), records)
+    for got, want in zip(folded, plain, strict=True):
+        assert len(got["scores"]) == len(want["scores"]) > 0
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(got["boxes"], want["boxes"], rtol=0, atol=0.05)
 
 
 def test_channels_last_is_detected_in_one_place():

@@ -377,8 +377,10 @@ class Trainer:
             last = stop or epoch + 1 == cfg.epochs
             evaluate_now = task.has_validation and ((epoch + 1) % cfg.eval_interval == 0 or last)
             if evaluate_now:
+                eval_start = time.perf_counter()
                 self.last_metrics, entries = task.evaluate(self.ema.module)
                 row.update(entries)
+                row["eval_time_s"] = time.perf_counter() - eval_start  # what validation costs the run
             self.log.append(row)
             summary = (
                 f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}{task.loss_detail(row)}  "
@@ -387,7 +389,7 @@ class Trainer:
             if row.get("skipped_images"):
                 summary += f"  skipped {row['skipped_images']} unreadable image(s)"
             if evaluate_now:
-                summary += "  | " + task.format_metrics(self.last_metrics)
+                summary += f"  | eval {row['eval_time_s']:.0f}s  " + task.format_metrics(self.last_metrics)
             if env.is_main:
                 print(summary, flush=True)
             improved = evaluate_now and self.checkpoints.offer(float(self.last_metrics[task.metric]))

@@ -300,14 +300,12 @@ class SegmentationTask(Task):
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
-        t0 = time.time()
         metrics = evaluate_segmentation(
             model, self.val_data, self.num_classes, cfg.ignore_index, None, cfg.eval_batch_size or cfg.batch_size,
             cfg.workers, self.device, cfg.amp,
         )  # fmt: skip
         row = {"mIoU": metrics["mIoU"], "pixel_acc": metrics["pixel_acc"]}
         row.update({f"iou_{n}": v for n, v in zip(self.class_names, metrics["per_class_iou"])})
-        row["eval_time_s"] = time.time() - t0
         return metrics, row
 
     def format_metrics(self, metrics: dict[str, Any]) -> str:
