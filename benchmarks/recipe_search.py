@@ -31,23 +31,28 @@ from pathlib import Path
 
 # Candidate recipes for small datasets (hundreds of images), as `efficientdet train` flags, each spelled out in
 # full so that a row keeps its meaning when the defaults change. "unfrozen-320-bw50-60ep" was the command's default
-# before the search; "frozen-448-bw200-60ep" is what it uses now (engine/tasks/detection_recipe.py), after
-# "frozen-448-bw200-130ep"; the others are the levers earlier raccoon runs pointed at ("-color": photometric jitter).
+# before the search; "frozen-448-bw200-60ep-color" is what it uses now (engine/tasks/detection_recipe.py), after
+# "frozen-448-bw200-130ep" and "frozen-448-bw200-60ep"; the others are the levers earlier raccoon runs pointed at
+# ("-color": photometric jitter, which the others switch off explicitly since the recipe turned it on).
+NO_COLOR = ["--color-jitter", "0"]
 SETTINGS: dict[str, list[str]] = {
     "unfrozen-320-bw50-60ep": ["--no-freeze-backbone", "--img-size", "320", "--box-loss-weight", "50",
-                               "--epochs", "60"],
-    "frozen-448-bw200-130ep": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200", "--epochs", "130"],
-    "frozen-448-bw200-60ep": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200", "--epochs", "60"],
-    "frozen-448-bw50-130ep": ["--freeze-backbone", "--img-size", "448", "--epochs", "130"],
-    "frozen-384-bw100-160ep": ["--freeze-backbone", "--img-size", "384", "--box-loss-weight", "100", "--epochs", "160"],
+                               "--epochs", "60", *NO_COLOR],
+    "frozen-448-bw200-130ep": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
+                               "--epochs", "130", *NO_COLOR],
+    "frozen-448-bw200-60ep": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
+                              "--epochs", "60", *NO_COLOR],
+    "frozen-448-bw50-130ep": ["--freeze-backbone", "--img-size", "448", "--epochs", "130", *NO_COLOR],
+    "frozen-384-bw100-160ep": ["--freeze-backbone", "--img-size", "384", "--box-loss-weight", "100",
+                               "--epochs", "160", *NO_COLOR],
     "unfrozen-320-bw200-60ep": ["--no-freeze-backbone", "--img-size", "320", "--box-loss-weight", "200",
-                                "--epochs", "60"],
+                                "--epochs", "60", *NO_COLOR],
     "frozen-448-bw200-130ep-color": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
                                      "--epochs", "130", "--color-jitter", "0.3"],
     "frozen-448-bw200-60ep-color": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
                                     "--epochs", "60", "--color-jitter", "0.3"],
     "frozen-448-bw200-130ep-stage1": ["--freeze-backbone", "--trainable-stages", "1", "--img-size", "448",
-                                      "--box-loss-weight", "200", "--epochs", "130"],
+                                      "--box-loss-weight", "200", "--epochs", "130", *NO_COLOR],
 }  # fmt: skip
 HOLDOUT_FRACTION = 0.2  # 32 of raccoon's 160 training images: enough boxes for AP to mean something
 HOLDOUT_SEED = 0  # the same held-out images for every setting and training seed

@@ -122,16 +122,18 @@ class TrainConfig(RecipeConfig):
         ),
     )
     scale_range: tuple[float, float] = field(default=DEFAULT_TRAIN_SCALE_RANGE, metadata=increasing_pair(0.0))
-    # Photometric augmentation (brightness, contrast, saturation); off by default until a search on held-out
-    # training images shows it helps (benchmarks/recipe_search.py, setting "frozen-448-bw200-130ep-color")
-    color_jitter: float = field(
-        default=0.0,
+    # Photometric augmentation (brightness, contrast, saturation); None: from the data's recipe (detection_recipe:
+    # on for small data, where a search on held-out training images showed it helps; off for the paper's recipe)
+    color_jitter: float | None = field(
+        default=None,
         metadata=option(
             "photometric augmentation: brightness, contrast and saturation each scaled by 1 +- this (0: off)",
-            number_in(0, 1, high_open=True),
+            number_in(0, 1, high_open=True, optional=True),
             metavar="S",
+            default_text=f"from the data: {SMALL_DATA.color_jitter:g} below {SMALL_DATA_IMAGES:,} training images, "
+            f"else {LARGE_DATA.color_jitter:g}",
         ),
-    )
+    )  # fmt: skip
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
     box_loss_weight: float | None = field(
         default=None,
@@ -340,7 +342,7 @@ class DetectionTask(Task):
         if cfg.resume:
             return  # the saved run's settings, chosen when it started
         open_options = {"freeze_backbone": cfg.freeze_backbone, "img_size": cfg.img_size, "epochs": cfg.epochs,
-                        "box_loss_weight": cfg.box_loss_weight}  # fmt: skip
+                        "box_loss_weight": cfg.box_loss_weight, "color_jitter": cfg.color_jitter}  # fmt: skip
         pretrained = bool(cfg.pretrained_backbone or cfg.checkpoint or cfg.pretrained)
         choice = choose_settings(open_options, len(self.train_data), get_config(cfg.model).image_size, pretrained)
         for name, value in choice.values.items():
