@@ -42,8 +42,8 @@ def evaluation_detector(
     ``predict``, it runs an :class:`EfficientDet` as a copy with BN and SAME padding folded, channels-last on the
     CPU (``optimize``; the same outputs up to float rounding): an evaluation pass takes about a third less time
     (BCCD's 87 validation images at 448 px on 2 cores: 9-10 s against 15 s), and those passes had grown to 40% of
-    a small dataset's training run. ``optimize=False`` runs ``model``
-    itself; an exported network always runs as it is.
+    a small dataset's training run. ``optimize=False`` runs ``model`` itself; an exported network always runs
+    as it is.
     """
     return Detector(
         model, device=device, image_size=image_size, score_threshold=score_threshold, iou_threshold=iou_threshold,
@@ -78,13 +78,14 @@ def predict_records(
     Returns the detections and the number of images that could not be read. The model's training mode is
     restored afterwards.
     """
-    network = model.model if isinstance(model, Detector) else model
-    was_training = network.training  # the Detector puts the model in eval mode (and may run a folded copy)
-    detector = (
-        model
-        if isinstance(model, Detector)
-        else evaluation_detector(model, image_size, device, score_threshold, iou_threshold, max_det, nms, flip_tta)
-    )
+    if isinstance(model, Detector):
+        detector, network = model, model.model
+        was_training = network.training
+    else:  # read the mode first: the Detector puts the model in eval mode (and may run a folded copy of it)
+        network, was_training = model, model.training
+        detector = evaluation_detector(
+            model, image_size, device, score_threshold, iou_threshold, max_det, nms, flip_tta
+        )
     cfg = detector.config
     dataset = DetectionDataset(records, detector.image_size, cfg.mean, cfg.std, train=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kwargs(workers))
