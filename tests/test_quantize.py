@@ -119,6 +119,28 @@ def tiny_files(tmp_path_factory):
     return folder, ckpt
 
 
+def test_openvino_outputs_are_the_callers_and_the_input_is_left_alone(tmp_path):
+    """The OpenVINO wrapper lets the runtime write into fresh arrays each call (no copy of its reused buffers):
+    a later call must not change an earlier call's outputs, each call's outputs are what a fresh copy-out of the
+    runtime's own result holds, and the caller's input array is not changed (it is read in place)."""
+    pytest.importorskip("openvino")
+    from efficientdet.export.openvino import export_openvino
+
+    torch.manual_seed(0)
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=3, image_size=64).eval()
+    net = load_exported(export_openvino(model, tmp_path / "tiny.xml"))
+    first, second = (torch.randn(1, 3, 64, 64) for _ in range(2))
+    kept = first.clone()
+    out1 = [a.copy() for a in net.run(first.numpy())]
+    held = net.run(first.numpy())
+    out2 = net.run(second.numpy())
+    assert torch.equal(first, kept)
+    assert all(np.array_equal(a, b) for a, b in zip(held, out1))  # not overwritten by the second call
+    assert not np.array_equal(out2[0], held[0])
+    reference = net.compiled.create_infer_request().infer({0: second.numpy()})  # a request's own buffers
+    assert np.array_equal(reference[net.outputs[0]], out2[0]) and np.array_equal(reference[net.outputs[1]], out2[1])
+
+
 @pytest.mark.slow
 def test_cli_export_openvino_then_predict_eval_bench(tiny_files, capsys):
     pytest.importorskip("openvino")

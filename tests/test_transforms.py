@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from efficientdet.data.transforms import color_jitter, eval_transform, train_transform
+from efficientdet.data.transforms import (
+    color_jitter,
+    eval_transform,
+    normalise,
+    normalise_padded,
+    stack_images,
+    train_transform,
+)
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
@@ -79,6 +86,30 @@ def test_normalisation_uses_pixel_space_statistics():
     img = np.full((4, 4, 3), 127, np.uint8)
     out = eval_transform(img, 4, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
     assert torch.all(out.image == 0)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 64), (80, 30), (1, 64)])
+def test_normalise_padded_is_normalise_then_pad_bit_for_bit(shape):
+    """The row-wise, in-place normalisation gives exactly what broadcasting then padding gives (ImageNet
+    statistics, odd sizes, an image larger than the output along one side, a read-only array as Pillow returns)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    image.flags.writeable = False
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    out = normalise_padded(image, (64, 48), mean, std)
+    expected = torch.zeros(3, 64, 48)
+    h, w = min(shape[0], 64), min(shape[1], 48)
+    expected[:, :h, :w] = normalise(image, mean, std)[:, :h, :w]
+    assert out.shape == (3, 64, 48) and torch.equal(out, expected)
+    assert out.permute(1, 2, 0).is_contiguous()  # HWC memory
+
+
+def test_stacked_batch_is_channels_last_with_the_same_values():
+    rng = np.random.default_rng(1)
+    images = [eval_transform(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), 64, MEAN, STD).image for _ in "ab"]
+    batch = stack_images(images)
+    assert batch.shape == (2, 3, 64, 64) and batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, torch.stack(images))
 
 
 class _Fixed:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from .frames import AnnotationFrame, resolve_frame
 from .images import ImageReadError, load_image_oriented
 from .records import ImageRecord
-from .transforms import DEFAULT_SCALE_RANGE, Resized, eval_transform, train_transform
+from .transforms import DEFAULT_SCALE_RANGE, Resized, eval_transform, stack_images, train_transform
 
 LOG = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class DetectionDataset(Dataset):
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # [B, 3, H, W]
+    images: torch.Tensor  # [B, 3, H, W], channels-last in memory (stack_images)
     targets: list[dict[str, torch.Tensor]]  # boxes (x1y1x2y2 input px), labels, iscrowd
     records: list[ImageRecord]  # copies when built in a worker process: match by ``indices``, not identity
     indices: list[int]  # positions in the dataset
@@ -103,7 +103,7 @@ def collate(samples: list[Sample | None]) -> Batch:
     if not kept:
         return Batch(torch.zeros(0), [], [], [], [], [], len(samples))
     return Batch(
-        torch.stack([s.data.image for s in kept]),
+        stack_images([s.data.image for s in kept]),
         [{"boxes": s.data.boxes, "labels": s.data.labels, "iscrowd": s.data.iscrowd} for s in kept],
         [s.record for s in kept],
         [s.index for s in kept],

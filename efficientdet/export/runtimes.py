@@ -174,11 +174,25 @@ class CompiledOpenVinoNetwork(ExportedNetwork):
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.outputs = [compiled.output(output) for output in RAW_OUTPUTS]
+        ov = require_openvino()
+        self._tensor = ov.Tensor
+        shapes = [port.get_partial_shape() for port in self.outputs]
+        fixed = not any(shape.is_dynamic for shape in shapes)
+        fixed &= all(port.get_element_type() == ov.Type.f32 for port in self.outputs)
+        self._output_shapes = [tuple(shape.to_shape()) for shape in shapes] if fixed else None
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = self.request.infer({0: images})
-        # copies: the request reuses its output buffers at the next call
-        return result[self.outputs[0]].copy(), result[self.outputs[1]].copy()
+        if self._output_shapes is None:  # a free batch or size: outputs sized by the runtime, copied out
+            result = self.request.infer({0: images}, share_inputs=True)
+            return result[self.outputs[0]].copy(), result[self.outputs[1]].copy()
+        # The request reuses its own output buffers at the next call, so their contents would have to be copied
+        # out (D0: 18 MB of logits a call). Instead it writes into fresh arrays of ours, set before every
+        # inference (it keeps only a pointer to them, so they are never reused). The input is read in place.
+        logits, codes = (np.empty(shape, np.float32) for shape in self._output_shapes)
+        for port, array in zip(self.outputs, (logits, codes)):
+            self.request.set_tensor(port, self._tensor(array, shared_memory=True))
+        self.request.infer({0: images}, share_inputs=True)
+        return logits, codes
 
 
 class OpenVinoNetwork(CompiledOpenVinoNetwork):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..data.images import load_image
-from ..data.transforms import eval_transform
+from ..data.transforms import eval_transform, stack_images
 from ..models.detector import EfficientDet
 from ..models.factory import load_checkpoint
 from ..models.fuse import optimize_for_inference, uses_channels_last
@@ -153,19 +153,18 @@ class Detector:
             tensors.append(out.image)
             scales.append(out.scale_xy)
             sizes.append(array.shape[:2])
-        return self.model_input(torch.stack(tensors)), scales, sizes
+        return self.model_input(stack_images(tensors)), scales, sizes
 
     def model_input(self, batch: torch.Tensor) -> torch.Tensor:
-        """``batch`` on the device and in the model's memory layout (channels-last for a channels-last model).
+        """``batch`` on the device and in the model's memory layout (channels-last for a channels-last model, NCHW
+        otherwise).
 
         Every batch the model sees goes through here, whoever pre-processed it (this class, evaluation's data
         loader, a benchmark), so that all of them run the network on the same input layout and get the same
         numbers. A no-op for a batch already there.
         """
-        batch = batch.to(self.device)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return batch.to(self.device).contiguous(memory_format=layout)
 
     @torch.no_grad()
     def network(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
