@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from .images import ImageReadError, image_size, load_image
 from .readers import IMAGE_EXTENSIONS, DatasetError, _images_by_stem, _read_class_file, _read_voc_split
-from .transforms import normalise
+from .transforms import normalise, normalise_padded
 
 LOG = logging.getLogger(__name__)
 
@@ -303,10 +303,9 @@ def train_transform(
     off_x = int(rng.integers(0, hw[1] - cw + 1)) if hw[1] > cw else 0
     image = image[off_y : off_y + ch, off_x : off_x + cw]
     targets = targets[off_y : off_y + ch, off_x : off_x + cw]
-    out_image = torch.zeros(3, ch, cw)
+    out_image = normalise_padded(image, (ch, cw), tuple(mean), tuple(std))
     out_targets = torch.full((ch, cw), IGNORE, dtype=torch.int64)
     vh, vw = targets.shape
-    out_image[:, :vh, :vw] = normalise(image, tuple(mean), tuple(std))
     out_targets[:vh, :vw] = torch.from_numpy(np.ascontiguousarray(targets))
     return out_image, out_targets
 

@@ -18,7 +18,7 @@ from ..data.images import load_image
 from ..data.transforms import eval_transform, stack_images
 from ..models.detector import EfficientDet
 from ..models.factory import load_checkpoint
-from ..models.fuse import optimize_for_inference, uses_channels_last
+from ..models.fuse import optimize_for_inference, to_model_layout, uses_channels_last
 from ..ops.anchors import anchors_for_config
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
 from .class_filter import resolve_classes
@@ -163,8 +163,7 @@ class Detector:
         loader, a benchmark), so that all of them run the network on the same input layout and get the same
         numbers. A no-op for a batch already there.
         """
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        return batch.to(self.device).contiguous(memory_format=layout)
+        return to_model_layout(batch, self.device, self.channels_last)
 
     @torch.no_grad()
     def network(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

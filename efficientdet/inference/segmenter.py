@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..data.segmentation import eval_resize
 from ..data.transforms import normalise
 from ..models.factory import load_checkpoint
-from ..models.fuse import uses_channels_last
+from ..models.fuse import to_model_layout, uses_channels_last
 from ..models.segmenter import EfficientDetSegmentation
 from .detector import ImageInput, _as_rgb_array, as_image_list
 
@@ -62,10 +62,7 @@ class Segmenter:
 
     def model_input(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` on the device and in the model's memory layout (see ``Detector.model_input``)."""
-        batch = batch.to(self.device)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
+        return to_model_layout(batch, self.device, self.channels_last)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

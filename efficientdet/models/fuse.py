@@ -251,6 +251,13 @@ def uses_channels_last(model: nn.Module) -> bool:
     )
 
 
+def to_model_layout(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """``batch`` on ``device`` in the memory layout of a model for which :func:`uses_channels_last` said
+    ``channels_last`` (NCHW otherwise); a no-op for a batch already there. The predictors' ``model_input``."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return batch.to(device).contiguous(memory_format=layout)
+
+
 @torch.no_grad()
 def _keep_nchw_outputs(net: FoldedPredictionNet) -> None:
     """Make the head's last 1x1 conv read and write NCHW, so the network's outputs are plain contiguous NCHW.
