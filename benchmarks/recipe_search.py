@@ -1,10 +1,10 @@
 """Choose a training recipe honestly: on validation images carved from the training split, several seeds each.
 
 Every candidate setting is trained with the plain command users run (``efficientdet train``), on the dataset's
-``train`` split minus a held-out share (``--val-split auto --holdout-fraction F --holdout-seed 0``: the same
-held-out images for every setting and seed), once per training seed. The score of a run is the AP of its *final*
-EMA weights on the held-out images (the last row of ``metrics.csv``), not the best epoch's, which the same images
-chose. The ``test`` split is never read: evaluate the chosen setting on it once, afterwards.
+``train`` split minus a held-out share (``--val-split auto --holdout-fraction F --holdout-seed H``: the same
+held-out images for every setting and seed), once per training seed and held-out draw. The score of a run is
+the AP of its *final* EMA weights on the held-out images (the last row of ``metrics.csv``), not the best epoch's,
+which the same images chose. The ``test`` split is never read: evaluate the chosen setting on it once, afterwards.
 
     python benchmarks/recipe_search.py --data ../shared/datasets/raccoon --seeds 0 1 2 --budget-minutes 600 \\
         --output runs/recipe-search
@@ -13,6 +13,10 @@ writes ``results.json`` and ``results.md`` (setting, val AP mean +- sample stand
 AP of the same final weights with soft-NMS, flip TTA and both, minutes per run) in ``--output``. ``--only NAME
 ...`` runs some settings; ``--extra ARGS`` appends flags to every run (e.g. ``--extra "--amp bf16 --workers 1"``;
 later flags win, so ``--extra "--epochs 1"`` makes a smoke run).
+``--holdout-seeds 0 1 2`` repeats everything on other draws of held-out images (32 images are few: one draw can
+favour a setting that the next does not); each row then also gives the mean per draw, and ``results.md`` ends with
+each setting's AP minus the first setting's, paired by draw and seed. Every setting runs on one (draw, seed)
+before the next, so a search stopped early leaves complete pairs.
 Runs already finished in ``--output`` are read back, not trained again, so a search can be stopped and continued.
 Launch nothing else on the machine meanwhile: the minutes column is part of the result.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import shlex
 import statistics
@@ -55,7 +60,7 @@ SETTINGS: dict[str, list[str]] = {
                                       "--box-loss-weight", "200", "--epochs", "130", *NO_COLOR],
 }  # fmt: skip
 HOLDOUT_FRACTION = 0.2  # 32 of raccoon's 160 training images: enough boxes for AP to mean something
-HOLDOUT_SEED = 0  # the same held-out images for every setting and training seed
+HOLDOUT_SEED = 0  # the default draw: the same held-out images for every setting and training seed
 
 
 def final_metrics(run: Path) -> dict[str, float] | None:
@@ -75,13 +80,13 @@ EVALUATION_VARIANTS = {"soft_nms": {"nms": "soft"}, "flip_tta": {"flip_tta": Tru
                        "flip_tta_soft_nms": {"nms": "soft", "flip_tta": True}}  # fmt: skip
 
 
-def evaluation_variants(data: str, run: Path) -> dict[str, float]:
+def evaluation_variants(data: str, run: Path, holdout_seed: int = HOLDOUT_SEED) -> dict[str, float]:
     """AP of the run's final EMA weights on its held-out images under each of EVALUATION_VARIANTS, cached in
     ``variants.json``: the evaluation levers, scored on validation."""
     cache = run / "variants.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if set(cached["AP"]) == set(EVALUATION_VARIANTS):
+        if set(cached["AP"]) == set(EVALUATION_VARIANTS) and cached.get("holdout_seed", HOLDOUT_SEED) == holdout_seed:
             return cached["AP"]
     from efficientdet.data.readers import read_dataset
     from efficientdet.engine.tasks.detection import hold_out
@@ -89,17 +94,19 @@ def evaluation_variants(data: str, run: Path) -> dict[str, float]:
     from efficientdet.models.factory import load_checkpoint
 
     model = load_checkpoint(str(run / "last.pt"))
-    _, held_out = hold_out(read_dataset(data, None, "train"), HOLDOUT_FRACTION, HOLDOUT_SEED)
+    _, held_out = hold_out(read_dataset(data, None, "train"), HOLDOUT_FRACTION, holdout_seed)
     held_out = held_out.with_class_names(model.class_names)
     aps = {name: validate(model, held_out, **kw)["AP"] for name, kw in EVALUATION_VARIANTS.items()}
-    cache.write_text(json.dumps({"AP": aps, "images": len(held_out)}))
+    cache.write_text(json.dumps({"AP": aps, "images": len(held_out), "holdout_seed": holdout_seed}))
     return aps
 
 
-def train_once(data: str, setting: list[str], seed: int, run: Path, extra: list[str]) -> float:
-    """Train one run with the plain command; return its wall minutes."""
+def train_once(
+    data: str, setting: list[str], seed: int, run: Path, extra: list[str], holdout_seed: int = HOLDOUT_SEED
+) -> float:
+    """Train one run with the plain command, holding out draw ``holdout_seed``; return its wall minutes."""
     cmd = [sys.executable, "-m", "efficientdet", "train", "--data", data, "--val-split", "auto",
-           "--holdout-fraction", str(HOLDOUT_FRACTION), "--holdout-seed", str(HOLDOUT_SEED), "--seed", str(seed),
+           "--holdout-fraction", str(HOLDOUT_FRACTION), "--holdout-seed", str(holdout_seed), "--seed", str(seed),
            "--output", str(run), *setting, *extra]  # fmt: skip
     start = time.perf_counter()
     run.mkdir(parents=True, exist_ok=True)
@@ -110,6 +117,22 @@ def train_once(data: str, setting: list[str], seed: int, run: Path, extra: list[
     minutes = (time.perf_counter() - start) / 60
     (run / "minutes.txt").write_text(f"{minutes:.2f}\n")
     return minutes
+
+
+def run_folder(out: Path, setting: str, holdout_seed: int, seed: int) -> Path:
+    """``SETTING/seedS`` on the default draw of held-out images (where earlier searches left their runs),
+    ``SETTING/holdoutH/seedS`` on another."""
+    folder = out / setting if holdout_seed == HOLDOUT_SEED else out / setting / f"holdout{holdout_seed}"
+    return folder / f"seed{seed}"
+
+
+def paired_difference(runs: list[dict], reference: list[dict]) -> dict:
+    """AP of ``runs`` minus ``reference``'s on the same held-out draw and training seed: settings this close differ
+    by less than one draw's or one seed's spread, and pairing takes both out."""
+    ref = {(r["holdout_seed"], r["seed"]): r["AP"] for r in reference}
+    diffs = [r["AP"] - ref[key] for r in runs if (key := (r["holdout_seed"], r["seed"])) in ref]
+    return {"pairs": len(diffs), "differences": diffs, "mean": statistics.fmean(diffs) if diffs else None,
+            "sd": statistics.stdev(diffs) if len(diffs) > 1 else None}  # fmt: skip
 
 
 def summarise(name: str, runs: list[dict]) -> dict:
@@ -127,13 +150,19 @@ def summarise(name: str, runs: list[dict]) -> dict:
         },
         "minutes_per_run": statistics.fmean(r["minutes"] for r in runs) if runs else None,
         "seeds": [r["seed"] for r in runs],
+        "holdout_seeds": [r["holdout_seed"] for r in runs],
+        "val_AP_by_holdout": {
+            str(h): statistics.fmean(r["AP"] for r in runs if r["holdout_seed"] == h)
+            for h in sorted({r["holdout_seed"] for r in runs})
+        },
     }
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| setting | flags | runs | val AP (mean +- sd) | val AP50 | val AP: soft-NMS | flip TTA | both | min/run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setting | flags | runs | val AP (mean +- sd) | per held-out draw | val AP50 | val AP: soft-NMS | flip TTA "
+        "| both | min/run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -(r["val_AP_mean"] if r["val_AP_mean"] is not None else -1)):
         ap = "not run" if r["val_AP_mean"] is None else f"{r['val_AP_mean']:.3f}"
@@ -143,8 +172,9 @@ def table(rows: list[dict]) -> str:
         variants = " | ".join("" if r.get(f"val_AP_{n}_mean") is None else f"{r[f'val_AP_{n}_mean']:.3f}"
                               for n in EVALUATION_VARIANTS)  # fmt: skip
         minutes = "" if r["minutes_per_run"] is None else f"{r['minutes_per_run']:.1f}"
-        lines.append(f"| {r['setting']} | `{r['flags'] or '(defaults)'}` | {r['runs']} | {ap} | {ap50} | {variants} | "
-                     f"{minutes} |")  # fmt: skip
+        draws = ", ".join(f"{h}: {v:.3f}" for h, v in r.get("val_AP_by_holdout", {}).items())
+        lines.append(f"| {r['setting']} | `{r['flags'] or '(defaults)'}` | {r['runs']} | {ap} | {draws} | {ap50} | "
+                     f"{variants} | {minutes} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -152,36 +182,54 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset folder; its train split is searched, never its test")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per setting")
+    p.add_argument(
+        "--holdout-seeds",
+        type=int,
+        nargs="+",
+        default=[HOLDOUT_SEED],
+        help=f"draws of held-out images, each a separate validation set (default {HOLDOUT_SEED})",
+    )
     p.add_argument("--only", nargs="+", choices=list(SETTINGS), help="run these settings only")
     p.add_argument("--extra", default="", help='flags appended to every run, e.g. "--amp bf16 --workers 1"')
     p.add_argument("--budget-minutes", type=float, default=float("inf"), help="start no run after this many")
     p.add_argument("--output", default="runs/recipe-search")
     args = p.parse_args()
     out, extra = Path(args.output), shlex.split(args.extra)
-    start, rows = time.perf_counter(), []
-    for name in args.only or list(SETTINGS):
-        runs = []
-        for seed in args.seeds:
-            run = out / name / f"seed{seed}"
+    start = time.perf_counter()
+    names = args.only or list(SETTINGS)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    # every setting on one (draw, seed) before the next: a search stopped early leaves complete pairs
+    for holdout_seed, seed in itertools.product(args.holdout_seeds, args.seeds):
+        for name in names:
+            run = run_folder(out, name, holdout_seed, seed)
+            label = f"{name} seed {seed}" + (f" (held-out draw {holdout_seed})" if holdout_seed != HOLDOUT_SEED else "")
             if final_metrics(run) is None:
                 if (time.perf_counter() - start) / 60 > args.budget_minutes:
-                    print(f"{name} seed {seed}: not run (budget spent)", flush=True)
+                    print(f"{label}: not run (budget spent)", flush=True)
                     continue
-                train_once(args.data, SETTINGS[name], seed, run, extra)
+                train_once(args.data, SETTINGS[name], seed, run, extra, holdout_seed)
             metrics = final_metrics(run)
             if metrics is None:
-                print(f"{name} seed {seed}: no evaluated epoch (see {run / 'train.log'})", flush=True)
+                print(f"{label}: no evaluated epoch (see {run / 'train.log'})", flush=True)
                 continue
             minutes = float((run / "minutes.txt").read_text()) if (run / "minutes.txt").is_file() else float("nan")
-            variants = evaluation_variants(args.data, run)
-            runs.append({**metrics, **variants, "seed": seed, "minutes": minutes})
-            print(f"{name} seed {seed}: val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}, {minutes:.1f} min; "
+            variants = evaluation_variants(args.data, run, holdout_seed)
+            runs[name].append({**metrics, **variants, "seed": seed, "holdout_seed": holdout_seed, "minutes": minutes})
+            print(f"{label}: val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}, {minutes:.1f} min; "
                   + ", ".join(f"{k} {v:.3f}" for k, v in variants.items()), flush=True)  # fmt: skip
-        rows.append(summarise(name, runs))
+    rows = [summarise(name, runs[name]) for name in names]
+    paired = {name: paired_difference(runs[name], runs[names[0]]) for name in names[1:]}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "holdout_fraction": HOLDOUT_FRACTION,
-                                                  "command": " ".join(sys.argv)}, indent=2))  # fmt: skip
+    summary = {"rows": rows, "holdout_fraction": HOLDOUT_FRACTION, "holdout_seeds": args.holdout_seeds,
+               "paired_with": names[0], "paired": paired, "command": " ".join(sys.argv)}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
     text = table(rows)
+    for name, diff in paired.items():
+        if diff["pairs"]:
+            spread = f" +- {diff['sd']:.3f}" if diff["sd"] is not None else ""
+            each = ", ".join(f"{d:+.3f}" for d in diff["differences"])
+            text += (f"\n\n{name} minus {names[0]}, paired by held-out draw and seed ({diff['pairs']} pairs): "
+                     f"{diff['mean']:+.3f}{spread} AP ({each})")  # fmt: skip
     (out / "results.md").write_text(text + "\n")
     print(text)
     return 0

@@ -19,22 +19,34 @@ def test_search_scores_settings_on_held_out_training_images(tmp_path):
     (data / "ImageSets" / "Main" / "val.txt").unlink()  # a dataset with train (and test) only, like raccoon
     out = tmp_path / "search"
     settings = ["unfrozen-320-bw50-60ep", "frozen-448-bw200-130ep"]
-    cmd = [sys.executable, str(REPO / "benchmarks" / "recipe_search.py"), "--data", str(data), "--seeds", "0", "1",
-           "--only", *settings, "--extra", SMOKE, "--output", str(out)]  # fmt: skip
+    cmd = [sys.executable, str(REPO / "benchmarks" / "recipe_search.py"), "--data", str(data), "--seeds", "0",
+           "--holdout-seeds", "0", "1", "--only", *settings, "--extra", SMOKE, "--output", str(out)]  # fmt: skip
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     rows = {r["setting"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert set(rows) == set(settings)
     assert all(r["runs"] == 2 and r["val_AP_mean"] is not None and r["val_AP_std"] is not None for r in rows.values())
+    assert all(set(r["val_AP_by_holdout"]) == {"0", "1"} for r in rows.values())
     for variant in ("soft_nms", "flip_tta", "flip_tta_soft_nms"):  # evaluation levers, on the same images
         assert all(r[f"val_AP_{variant}_mean"] is not None for r in rows.values())
-    assert all(json.loads((run / "variants.json").read_text())["images"] == 4 for run in out.glob("*/seed*"))
-    for run in out.glob("*/seed*"):  # every run evaluated the same 4 held-out images (holdout seed 0)
-        assert "holding out 4 of 20 'train' images (seed 0, --holdout-fraction 0.2)" in (run / "train.log").read_text()
+    # each draw's runs held out (and were scored on) that draw's 4 images: draw 0's in SETTING/seed0, draw 1's in
+    # SETTING/holdout1/seed0, the same for every setting
+    for name in settings:
+        for draw, run in ((0, out / name / "seed0"), (1, out / name / "holdout1" / "seed0")):
+            log = (run / "train.log").read_text()
+            assert f"holding out 4 of 20 'train' images (seed {draw}, --holdout-fraction 0.2)" in log
+            assert json.loads((run / "variants.json").read_text()) | {"AP": None} == {
+                "AP": None, "images": 4, "holdout_seed": draw}  # fmt: skip
     stamp = (out / "unfrozen-320-bw50-60ep" / "seed0" / "last.pt").stat().st_mtime
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)  # finished runs are read back
     assert again.returncode == 0 and (out / "unfrozen-320-bw50-60ep" / "seed0" / "last.pt").stat().st_mtime == stamp
     assert "| unfrozen-320-bw50-60ep |" in (out / "results.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["paired_with"] == settings[0] and results["paired"][settings[1]]["pairs"] == 2  # same draws, seed
+    a, b = (rows[name]["val_AP_by_holdout"] for name in settings)  # one seed: a draw's mean is its one run
+    assert results["paired"][settings[1]]["differences"] == pytest.approx([b["0"] - a["0"], b["1"] - a["1"]])
+    text = (out / "results.md").read_text()
+    assert "0: " in text and "1: " in text and f"{settings[1]} minus {settings[0]}, paired" in text
 
 
 @pytest.mark.slow
