@@ -36,9 +36,10 @@ from pathlib import Path
 
 # Candidate recipes for small datasets (hundreds of images), as `efficientdet train` flags, each spelled out in
 # full so that a row keeps its meaning when the defaults change. "unfrozen-320-bw50-60ep" was the command's default
-# before the search; "frozen-448-bw200-60ep-color" is what it uses now (engine/tasks/detection_recipe.py), after
-# "frozen-448-bw200-130ep" and "frozen-448-bw200-60ep"; the others are the levers earlier raccoon runs pointed at
-# ("-color": photometric jitter, which the others switch off explicitly since the recipe turned it on).
+# before the search; "frozen-448-bw200-60ep" is what it uses now (engine/tasks/detection_recipe.py), after
+# "frozen-448-bw200-130ep" and, for a few hours, "frozen-448-bw200-60ep-color"; the others are the levers earlier
+# raccoon runs pointed at ("-color": photometric jitter, which the others switch off explicitly, as they did while
+# the recipe had it on).
 NO_COLOR = ["--color-jitter", "0"]
 SETTINGS: dict[str, list[str]] = {
     "unfrozen-320-bw50-60ep": ["--no-freeze-backbone", "--img-size", "320", "--box-loss-weight", "50",
