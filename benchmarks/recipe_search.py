@@ -3,16 +3,17 @@
 Every candidate setting is trained with the plain command users run (``efficientdet train``), on the dataset's
 ``train`` split minus a held-out share (``--val-split auto --holdout-fraction F --holdout-seed H``: the same
 held-out images for every setting and seed), once per training seed and held-out draw. The score of a run is
-the AP of its *final* EMA weights on the held-out images (the last row of ``metrics.csv``), not the best epoch's,
-which the same images chose. The ``test`` split is never read: evaluate the chosen setting on it once, afterwards.
+the AP of its *final* EMA weights on the held-out images with ``eval``'s default evaluation (soft-NMS), not the best
+epoch's, which the same images chose. The ``test`` split is never read: evaluate the chosen setting on it once,
+afterwards.
 
     python benchmarks/recipe_search.py --data ../shared/datasets/raccoon --seeds 0 1 2 --budget-minutes 600 \\
         --output runs/recipe-search
 
 writes ``results.json`` and ``results.md`` (setting, val AP mean +- sample standard deviation over seeds, AP50,
-AP of the same final weights with soft-NMS, flip TTA and both, minutes per run) in ``--output``. ``--only NAME
-...`` runs some settings; ``--extra ARGS`` appends flags to every run (e.g. ``--extra "--amp bf16 --workers 1"``;
-later flags win, so ``--extra "--epochs 1"`` makes a smoke run).
+AP of the same final weights with hard NMS, soft-NMS and flip TTA with each, minutes per run) in ``--output``.
+``--only NAME ...`` runs some settings; ``--extra ARGS`` appends flags to every run (e.g. ``--extra "--amp bf16
+--workers 1"``; later flags win, so ``--extra "--epochs 1"`` makes a smoke run).
 ``--holdout-seeds 0 1 2`` repeats everything on other draws of held-out images (32 images are few: one draw can
 favour a setting that the next does not); each row then also gives the mean per draw, and ``results.md`` ends with
 each setting's AP minus the first setting's, paired by draw and seed. Every setting runs on one (draw, seed)
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from efficientdet.evaluation.validate import EVAL_NMS
 
 # Candidate recipes for small datasets (hundreds of images), as `efficientdet train` flags, each spelled out in
 # full so that a row keeps its meaning when the defaults change. "unfrozen-320-bw50-60ep" was the command's default
@@ -59,13 +62,18 @@ SETTINGS: dict[str, list[str]] = {
                                     "--epochs", "60", "--color-jitter", "0.3"],
     "frozen-448-bw200-130ep-stage1": ["--freeze-backbone", "--trainable-stages", "1", "--img-size", "448",
                                       "--box-loss-weight", "200", "--epochs", "130", *NO_COLOR],
+    "lite1-frozen-448-bw200-60ep": ["--model", "efficientdet-lite1", "--freeze-backbone", "--img-size", "448",
+                                    "--box-loss-weight", "200", "--epochs", "60", *NO_COLOR],
+    "lite2-frozen-448-bw200-60ep": ["--model", "efficientdet-lite2", "--freeze-backbone", "--img-size", "448",
+                                    "--box-loss-weight", "200", "--epochs", "60", *NO_COLOR],
 }  # fmt: skip
 HOLDOUT_FRACTION = 0.2  # 32 of raccoon's 160 training images: enough boxes for AP to mean something
 HOLDOUT_SEED = 0  # the default draw: the same held-out images for every setting and training seed
 
 
 def final_metrics(run: Path) -> dict[str, float] | None:
-    """AP and AP50 of the last evaluated epoch of a finished run (None when it did not finish)."""
+    """AP and AP50 of the last evaluated epoch of a finished run (None when it did not finish): the training's own
+    evaluation, used to tell finished runs; the scores of the search are :func:`evaluation_variants`'."""
     if not (run / "last.pt").is_file() or not (run / "metrics.csv").is_file():
         return None
     with open(run / "metrics.csv") as f:
@@ -75,20 +83,24 @@ def final_metrics(run: Path) -> dict[str, float] | None:
     return {"AP": float(rows[-1]["AP"]), "AP50": float(rows[-1]["AP50"]), "epochs": int(rows[-1]["epoch"])}
 
 
-# Evaluation-time levers, scored on the same held-out images with each run's final weights (training evaluates with
-# hard NMS and no augmentation): Gaussian soft-NMS (the paper's evaluation) and horizontal-flip TTA.
-EVALUATION_VARIANTS = {"soft_nms": {"nms": "soft"}, "flip_tta": {"flip_tta": True},
+# Each run's final EMA weights are scored on its held-out images under each of these evaluations: hard NMS, Gaussian
+# soft-NMS (the paper's evaluation) and horizontal-flip TTA with each. A run's "val AP" is the one `eval` uses by
+# default (EVAL_NMS), whichever the training's own evaluation used when the run was trained.
+EVALUATION_VARIANTS = {"hard_nms": {"nms": "hard"}, "soft_nms": {"nms": "soft"},
+                       "flip_tta_hard_nms": {"nms": "hard", "flip_tta": True},
                        "flip_tta_soft_nms": {"nms": "soft", "flip_tta": True}}  # fmt: skip
+DEFAULT_VARIANT = f"{EVAL_NMS}_nms"
 
 
-def evaluation_variants(data: str, run: Path, holdout_seed: int = HOLDOUT_SEED) -> dict[str, float]:
-    """AP of the run's final EMA weights on its held-out images under each of EVALUATION_VARIANTS, cached in
-    ``variants.json``: the evaluation levers, scored on validation."""
+def evaluation_variants(data: str, run: Path, holdout_seed: int = HOLDOUT_SEED) -> dict[str, dict[str, float]]:
+    """AP and AP50 of the run's final EMA weights on its held-out images under each of EVALUATION_VARIANTS
+    (``{"AP": {variant: ap}, "AP50": {...}}``), cached in ``variants.json``."""
     cache = run / "variants.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if set(cached["AP"]) == set(EVALUATION_VARIANTS) and cached.get("holdout_seed", HOLDOUT_SEED) == holdout_seed:
-            return cached["AP"]
+        if (set(cached["AP"]) == set(EVALUATION_VARIANTS) and "AP50" in cached
+                and cached.get("holdout_seed", HOLDOUT_SEED) == holdout_seed):  # fmt: skip
+            return {"AP": cached["AP"], "AP50": cached["AP50"]}
     from efficientdet.data.readers import read_dataset
     from efficientdet.engine.tasks.detection import hold_out
     from efficientdet.evaluation.validate import validate
@@ -97,9 +109,10 @@ def evaluation_variants(data: str, run: Path, holdout_seed: int = HOLDOUT_SEED) 
     model = load_checkpoint(str(run / "last.pt"))
     _, held_out = hold_out(read_dataset(data, None, "train"), HOLDOUT_FRACTION, holdout_seed)
     held_out = held_out.with_class_names(model.class_names)
-    aps = {name: validate(model, held_out, **kw)["AP"] for name, kw in EVALUATION_VARIANTS.items()}
-    cache.write_text(json.dumps({"AP": aps, "images": len(held_out), "holdout_seed": holdout_seed}))
-    return aps
+    metrics = {name: validate(model, held_out, **kw) for name, kw in EVALUATION_VARIANTS.items()}
+    scores = {key: {name: m[key] for name, m in metrics.items()} for key in ("AP", "AP50")}
+    cache.write_text(json.dumps({**scores, "images": len(held_out), "holdout_seed": holdout_seed}))
+    return scores
 
 
 def train_once(
@@ -161,9 +174,9 @@ def summarise(name: str, runs: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| setting | flags | runs | val AP (mean +- sd) | per held-out draw | val AP50 | val AP: soft-NMS | flip TTA "
-        "| both | min/run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| setting | flags | runs | val AP (mean +- sd; {EVAL_NMS}-NMS) | per held-out draw | val AP50 "
+        "| val AP: hard NMS | soft-NMS | flip TTA, hard NMS | flip TTA, soft-NMS | min/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -(r["val_AP_mean"] if r["val_AP_mean"] is not None else -1)):
         ap = "not run" if r["val_AP_mean"] is None else f"{r['val_AP_mean']:.3f}"
@@ -214,10 +227,12 @@ def main() -> int:
                 print(f"{label}: no evaluated epoch (see {run / 'train.log'})", flush=True)
                 continue
             minutes = float((run / "minutes.txt").read_text()) if (run / "minutes.txt").is_file() else float("nan")
-            variants = evaluation_variants(args.data, run, holdout_seed)
-            runs[name].append({**metrics, **variants, "seed": seed, "holdout_seed": holdout_seed, "minutes": minutes})
-            print(f"{label}: val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}, {minutes:.1f} min; "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in variants.items()), flush=True)  # fmt: skip
+            scores = evaluation_variants(args.data, run, holdout_seed)
+            ap, ap50 = scores["AP"][DEFAULT_VARIANT], scores["AP50"][DEFAULT_VARIANT]
+            runs[name].append({"AP": ap, "AP50": ap50, **scores["AP"], "epochs": metrics["epochs"], "seed": seed,
+                               "holdout_seed": holdout_seed, "minutes": minutes})  # fmt: skip
+            print(f"{label}: val AP {ap:.3f}, AP50 {ap50:.3f} ({DEFAULT_VARIANT}), {minutes:.1f} min; "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in scores["AP"].items()), flush=True)  # fmt: skip
     rows = [summarise(name, runs[name]) for name in names]
     paired = {name: paired_difference(runs[name], runs[names[0]]) for name in names[1:]}
     out.mkdir(parents=True, exist_ok=True)

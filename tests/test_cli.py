@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,7 @@ def test_help_shows_each_tasks_own_defaults(capsys):
     assert "--box-loss-weight" in detection and "--box-loss-weight" not in segmentation
     assert "--crop-size" in segmentation and "--crop-size" not in detection
     assert "--masks" in _help(capsys, "eval", "--task", "segmentation") and "--masks" not in _help(capsys, "eval")
+    assert re.search(r"--nms \{hard,soft\}.*?\(default: soft\)", _help(capsys, "eval"), re.S)  # paper's evaluation
 
 
 def test_every_config_field_is_a_flag_with_help():

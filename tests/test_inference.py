@@ -10,6 +10,7 @@ from conftest import PARITY_DIR, REPO, SHARED, require_shared
 from PIL import Image
 
 import efficientdet
+from efficientdet.data.readers import read_dataset
 from efficientdet.inference import Detector
 
 
@@ -89,6 +90,21 @@ def test_evaluation_detections_are_the_detectors(detector, nms):
     again, _ = predict_records(reference, records, batch_size=2)
     for got, want in zip(again, dets):
         assert torch.equal(got["boxes"], want["boxes"]) and torch.equal(got["scores"], want["scores"])
+
+
+def test_evaluation_deduplicates_with_soft_nms_by_default(detector):
+    """`eval` and the evaluation during training score soft-NMS detections (the paper's evaluation) unless told
+    otherwise; `predict` and `Detector` keep hard NMS."""
+    from efficientdet.evaluation.validate import predict_records
+
+    records = read_dataset(require_shared(RACCOON), "voc", "test").records[:2]
+    default, _ = predict_records(detector.model, records, image_size=128)
+    soft, _ = predict_records(detector.model, records, image_size=128, nms="soft")
+    hard, _ = predict_records(detector.model, records, image_size=128, nms="hard")
+    for d, s, h in zip(default, soft, hard, strict=True):
+        assert torch.equal(d["boxes"], s["boxes"]) and torch.equal(d["scores"], s["scores"])
+        assert not torch.equal(d["scores"], h["scores"])  # the parity Lite0's overlapping boxes: the two differ
+    assert Detector(detector.model).nms == "hard"
 
 
 def test_predict_records_restores_training_mode():

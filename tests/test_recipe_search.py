@@ -27,16 +27,18 @@ def test_search_scores_settings_on_held_out_training_images(tmp_path):
     assert set(rows) == set(settings)
     assert all(r["runs"] == 2 and r["val_AP_mean"] is not None and r["val_AP_std"] is not None for r in rows.values())
     assert all(set(r["val_AP_by_holdout"]) == {"0", "1"} for r in rows.values())
-    for variant in ("soft_nms", "flip_tta", "flip_tta_soft_nms"):  # evaluation levers, on the same images
+    for variant in ("hard_nms", "soft_nms", "flip_tta_hard_nms", "flip_tta_soft_nms"):  # evaluations, same images
         assert all(r[f"val_AP_{variant}_mean"] is not None for r in rows.values())
+    # a run's score is its final weights' AP under eval's default evaluation (soft-NMS), whatever training used
+    assert all(r["val_AP_mean"] == pytest.approx(r["val_AP_soft_nms_mean"]) for r in rows.values())
     # each draw's runs held out (and were scored on) that draw's 4 images: draw 0's in SETTING/seed0, draw 1's in
     # SETTING/holdout1/seed0, the same for every setting
     for name in settings:
         for draw, run in ((0, out / name / "seed0"), (1, out / name / "holdout1" / "seed0")):
             log = (run / "train.log").read_text()
             assert f"holding out 4 of 20 'train' images (seed {draw}, --holdout-fraction 0.2)" in log
-            assert json.loads((run / "variants.json").read_text()) | {"AP": None} == {
-                "AP": None, "images": 4, "holdout_seed": draw}  # fmt: skip
+            assert json.loads((run / "variants.json").read_text()) | {"AP": None, "AP50": None} == {
+                "AP": None, "AP50": None, "images": 4, "holdout_seed": draw}  # fmt: skip
     stamp = (out / "unfrozen-320-bw50-60ep" / "seed0" / "last.pt").stat().st_mtime
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)  # finished runs are read back
     assert again.returncode == 0 and (out / "unfrozen-320-bw50-60ep" / "seed0" / "last.pt").stat().st_mtime == stamp

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.tasks.detection import DATASET_OPTION, FORMAT_OPTION
+from ..evaluation.validate import EVAL_NMS
 from ..utils.atomic import atomic_open
 from ..utils.fields import OptionError, check_fields, int_at_least, one_of, option, optional_int
 from .common import setup_logging
@@ -58,9 +59,10 @@ class DetectionEvalOptions(EvalOptions):
         ),
     )
     nms: str = field(
-        default="hard",
+        default=EVAL_NMS,
         metadata=option(
-            "hard: NMS at IoU 0.5 (effdet's default); soft: Gaussian soft-NMS (the official evaluation)",
+            "soft: Gaussian soft-NMS, sigma 0.5 (the paper's evaluation; also the evaluation during training); "
+            "hard: greedy NMS at IoU 0.5 (effdet's evaluation)",
             one_of(NMS_CHOICES),
         ),
     )
