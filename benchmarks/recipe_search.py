@@ -71,16 +71,13 @@ HOLDOUT_FRACTION = 0.2  # 32 of raccoon's 160 training images: enough boxes for 
 HOLDOUT_SEED = 0  # the default draw: the same held-out images for every setting and training seed
 
 
-def final_metrics(run: Path) -> dict[str, float] | None:
-    """AP and AP50 of the last evaluated epoch of a finished run (None when it did not finish): the training's own
-    evaluation, used to tell finished runs; the scores of the search are :func:`evaluation_variants`'."""
+def finished(run: Path) -> bool:
+    """The run saved its final weights and evaluated at least one epoch (its scores are
+    :func:`evaluation_variants`', not the training's own evaluation)."""
     if not (run / "last.pt").is_file() or not (run / "metrics.csv").is_file():
-        return None
+        return False
     with open(run / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("AP") not in (None, "")]
-    if not rows:
-        return None
-    return {"AP": float(rows[-1]["AP"]), "AP50": float(rows[-1]["AP50"]), "epochs": int(rows[-1]["epoch"])}
+        return any(r.get("AP") not in (None, "") for r in csv.DictReader(f))
 
 
 # Each run's final EMA weights are scored on its held-out images under each of these evaluations: hard NMS, Gaussian
@@ -217,20 +214,19 @@ def main() -> int:
         for name in names:
             run = run_folder(out, name, holdout_seed, seed)
             label = f"{name} seed {seed}" + (f" (held-out draw {holdout_seed})" if holdout_seed != HOLDOUT_SEED else "")
-            if final_metrics(run) is None:
+            if not finished(run):
                 if (time.perf_counter() - start) / 60 > args.budget_minutes:
                     print(f"{label}: not run (budget spent)", flush=True)
                     continue
                 train_once(args.data, SETTINGS[name], seed, run, extra, holdout_seed)
-            metrics = final_metrics(run)
-            if metrics is None:
+            if not finished(run):
                 print(f"{label}: no evaluated epoch (see {run / 'train.log'})", flush=True)
                 continue
             minutes = float((run / "minutes.txt").read_text()) if (run / "minutes.txt").is_file() else float("nan")
             scores = evaluation_variants(args.data, run, holdout_seed)
             ap, ap50 = scores["AP"][DEFAULT_VARIANT], scores["AP50"][DEFAULT_VARIANT]
-            runs[name].append({"AP": ap, "AP50": ap50, **scores["AP"], "epochs": metrics["epochs"], "seed": seed,
-                               "holdout_seed": holdout_seed, "minutes": minutes})  # fmt: skip
+            runs[name].append({"AP": ap, "AP50": ap50, **scores["AP"], "seed": seed, "holdout_seed": holdout_seed,
+                               "minutes": minutes})  # fmt: skip
             print(f"{label}: val AP {ap:.3f}, AP50 {ap50:.3f} ({DEFAULT_VARIANT}), {minutes:.1f} min; "
                   + ", ".join(f"{k} {v:.3f}" for k, v in scores["AP"].items()), flush=True)  # fmt: skip
     rows = [summarise(name, runs[name]) for name in names]
