@@ -62,6 +62,8 @@ SETTINGS: dict[str, list[str]] = {
                                     "--epochs", "60", "--color-jitter", "0.3"],
     "frozen-448-bw200-130ep-stage1": ["--freeze-backbone", "--trainable-stages", "1", "--img-size", "448",
                                       "--box-loss-weight", "200", "--epochs", "130", *NO_COLOR],
+    "frozen-448-bw200-60ep-mosaic": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
+                                     "--epochs", "60", "--mosaic", "0.5", *NO_COLOR],
     "lite1-frozen-448-bw200-60ep": ["--model", "efficientdet-lite1", "--freeze-backbone", "--img-size", "448",
                                     "--box-loss-weight", "200", "--epochs", "60", *NO_COLOR],
     "lite2-frozen-448-bw200-60ep": ["--model", "efficientdet-lite2", "--freeze-backbone", "--img-size", "448",

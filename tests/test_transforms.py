@@ -5,6 +5,7 @@ import torch
 from efficientdet.data.transforms import (
     color_jitter,
     eval_transform,
+    mosaic,
     normalise,
     normalise_padded,
     stack_images,
@@ -156,3 +157,72 @@ def test_color_jitter_leaves_boxes_and_geometry_alone(seed):
     images_of = [torch.unique(after[before == v]) for v in values]
     assert all(len(v) == 1 for v in images_of)  # a function of the pixel's own value
     assert torch.all(torch.diff(torch.cat(images_of)) >= 0)  # increasing: bright stays bright
+
+
+class CentreAt:
+    """A stand-in generator for :func:`mosaic` whose centre draw lands at ``where`` of its range (0: low, 1: high)."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def uniform(self, low, high):
+        return low + self.where * (high - low)
+
+
+def test_mosaic_places_each_image_in_its_quadrant_by_hand():
+    parts = []
+    for label, (h, w) in enumerate([(100, 100), (100, 100), (100, 100), (50, 200)]):
+        img, boxes = marked_image(h, w, (20, 10, 60, 50))
+        parts.append((img, boxes, np.array([label]), np.array([False])))
+    out = mosaic(parts, 100, (0, 0, 0), CentreAt(0.5), min_visible=0.0)  # centre (100, 100) of a 200x200 canvas
+    assert out.image.shape == (200, 200, 3) and out.labels.tolist() == [0, 1, 2, 3]
+    # top-left, top-right, bottom-left as they are; the 50x200 image is halved to 25x100 at (100, 100)
+    expected = [[20, 10, 60, 50], [120, 10, 160, 50], [20, 110, 60, 150], [110, 105, 130, 125]]
+    assert np.allclose(out.boxes, expected)
+    outside = np.ones((200, 200), bool)
+    for x1, y1, x2, y2 in expected:
+        assert (out.image[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] > 127).all()  # inside: white (edges resampled)
+        outside[y1 - 1 : y2 + 1, x1 - 1 : x2 + 1] = False
+    assert (out.image[outside] <= 127).all()  # no white outside the boxes
+    assert (out.image[125:, 100:] == 0).all()  # below the flat image: fill
+
+
+def test_mosaic_cuts_boxes_at_the_canvas_edge_and_drops_those_mostly_gone():
+    img, _ = marked_image(100, 100, (0, 0, 1, 1))
+    boxes = np.array([[20, 10, 60, 50], [40, 40, 90, 90]], np.float32)
+    parts = [(img, boxes, np.array([0, 1]), np.array([False, False]))]
+    parts += [(np.zeros((0, 0, 3), np.uint8), np.zeros((0, 4), np.float32), np.zeros(0, int), np.zeros(0, bool))] * 3
+    # centre (50, 50): the top-left image starts at (-50, -50); its first box is wholly off the canvas
+    kept = mosaic(parts, 100, (127, 127, 127), CentreAt(0.0), min_visible=0.5)
+    assert kept.labels.tolist() == [1] and kept.boxes.tolist() == [[0, 0, 40, 40]]  # 64% of (-10, -10, 40, 40)
+    assert mosaic(parts, 100, (127, 127, 127), CentreAt(0.0), min_visible=0.7).labels.tolist() == []
+    assert (kept.image[60:, :] == 127).all() and (kept.image[:, 60:] == 127).all()  # empty quadrants: fill
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mosaic_then_crop_boxes_follow_the_pixels(seed):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for label in range(4):
+        h, w = (int(v) for v in rng.integers(60, 200, size=2))
+        x1, y1 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        img, boxes = marked_image(h, w, (x1, y1, x1 + w // 3, y1 + h // 3))
+        parts.append((img, boxes, np.array([label]), np.array([False])))
+    tiled = mosaic(parts, 96, (0, 0, 0), rng)
+    out = train_transform(tiled.image, tiled.boxes, tiled.labels, tiled.iscrowd, 96, MEAN, STD, rng, (1.0, 3.0))
+    white = out.image[0] > 127
+    covered = torch.zeros_like(white)
+    for x1, y1, x2, y2 in out.boxes.tolist():
+        assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+        inner = white[round(y1) + 1 : round(y2) - 1, round(x1) + 1 : round(x2) - 1]
+        assert inner.numel() == 0 or inner.float().mean() > 0.9  # the box holds its white rectangle
+        covered[max(0, int(y1) - 1) : int(y2) + 2, max(0, int(x1) - 1) : int(x2) + 2] = True
+    assert not (white & ~covered).any()  # every white pixel lies in a box: none was lost
+
+
+def test_train_transform_drops_boxes_mostly_cropped_away_when_asked():
+    img, _ = marked_image(100, 100, (0, 0, 1, 1))
+    boxes = np.array([[80, 0, 120, 40]], np.float32)  # half outside the image already: 50% visible
+    args = (img, boxes, np.array([0]), np.array([False]), 100, MEAN, STD)
+    assert len(train_transform(*args, np.random.default_rng(0), (1.0, 1.0), 0.0, min_visible=0.4).boxes) == 1
+    assert len(train_transform(*args, np.random.default_rng(0), (1.0, 1.0), 0.0, min_visible=0.6).boxes) == 0

@@ -18,9 +18,13 @@ from torch.utils.data import Dataset
 from .frames import AnnotationFrame, resolve_frame
 from .images import ImageReadError, load_image_oriented
 from .records import ImageRecord
-from .transforms import DEFAULT_SCALE_RANGE, Resized, eval_transform, stack_images, train_transform
+from .transforms import DEFAULT_SCALE_RANGE, Resized, eval_transform, mosaic, stack_images, train_transform
 
 LOG = logging.getLogger(__name__)
+
+# A box cut by a mosaic's or crop's edge to less than this share of its area is dropped rather than kept as a
+# sliver the detector could not recognise (YOLOv5's box_candidates keeps boxes above 10% of their area).
+MOSAIC_MIN_VISIBLE = 0.1
 
 
 @dataclass
@@ -45,6 +49,8 @@ class DetectionDataset(Dataset):
         hflip: float = 0.5,
         seed: int = 0,
         color_strength: float = 0.0,
+        mosaic: float = 0.0,
+        mosaic_epochs: int | None = None,
     ) -> None:
         self.records = records
         self.image_size = image_size
@@ -53,6 +59,8 @@ class DetectionDataset(Dataset):
         self.scale_range = scale_range
         self.hflip = hflip
         self.color_strength = color_strength
+        self.mosaic = mosaic  # probability of a sample being a 4-image mosaic (training only)
+        self.mosaic_epochs = mosaic_epochs  # epochs (from 0) below this one may mosaic; None: every epoch
         self.seed = seed
         self.epoch = 0
 
@@ -63,7 +71,8 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Sample | None:
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, AnnotationFrame] | None:
+        """The decoded image, its boxes in its pixels and the frame between them; None (warned) if unreadable."""
         rec = self.records[index]
         try:
             image, orientation = load_image_oriented(rec.path)
@@ -72,16 +81,60 @@ class DetectionDataset(Dataset):
             return None
         # annotations may state another size than the file's, or be drawn on the stored (EXIF-unturned) pixels
         frame = resolve_frame((rec.width, rec.height), (image.shape[1], image.shape[0]), orientation)
-        boxes = frame.to_image(rec.boxes)
+        return image, frame.to_image(rec.boxes), frame
+
+    def _mosaic_now(self, index: int) -> np.random.Generator | None:
+        """The mosaic's own random draws if sample ``index`` is a mosaic this epoch, else None.
+
+        A generator apart from the sample's, so that the other augmentations draw the same with and without
+        ``mosaic``."""
+        if self.mosaic <= 0 or len(self.records) < 2:
+            return None
+        if self.mosaic_epochs is not None and self.epoch >= self.mosaic_epochs:
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        return rng if rng.random() < self.mosaic else None
+
+    def __getitem__(self, index: int) -> Sample | None:
+        rec = self.records[index]
+        loaded = self._load(index)
+        if loaded is None:
+            return None
+        image, boxes, frame = loaded
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
+            labels, iscrowd, min_visible, scale_range = rec.labels, rec.iscrowd, 0.0, self.scale_range
+            mosaic_rng = self._mosaic_now(index)
+            if mosaic_rng is not None:
+                image, boxes, labels, iscrowd = self._mosaic(index, image, boxes, mosaic_rng)
+                # the canvas is twice the input size: twice the jitter factor keeps objects at their usual scale
+                min_visible, scale_range = MOSAIC_MIN_VISIBLE, (2 * scale_range[0], 2 * scale_range[1])
             data = train_transform(
-                image, boxes, rec.labels, rec.iscrowd, self.image_size, self.mean, self.std, rng, self.scale_range,
-                self.hflip, color_strength=self.color_strength,
+                image, boxes, labels, iscrowd, self.image_size, self.mean, self.std, rng, scale_range,
+                self.hflip, color_strength=self.color_strength, min_visible=min_visible,
             )  # fmt: skip
         else:
             data = eval_transform(image, self.image_size, self.mean, self.std, boxes, rec.labels, rec.iscrowd)
         return Sample(index, rec, data, frame)
+
+    def _mosaic(
+        self, index: int, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample ``index`` tiled with three others drawn by ``rng`` (an unreadable one leaves its quadrant empty)."""
+        rec = self.records[index]
+        others = rng.choice([i for i in range(len(self.records)) if i != index], size=3, replace=len(self) < 4)
+        parts = [(image, boxes, rec.labels, rec.iscrowd)]
+        for other in others:
+            loaded = self._load(int(other))
+            other_rec = self.records[int(other)]
+            if loaded is None:
+                parts.append((np.zeros((0, 0, 3), np.uint8), np.zeros((0, 4), np.float32), other_rec.labels[:0],
+                              other_rec.iscrowd[:0]))  # fmt: skip
+            else:
+                parts.append((loaded[0], loaded[1], other_rec.labels, other_rec.iscrowd))
+        rng.shuffle(parts)  # the sample itself lands in any quadrant
+        tiled = mosaic(parts, self.image_size, self.mean, rng, MOSAIC_MIN_VISIBLE)
+        return tiled.image, tiled.boxes, tiled.labels, tiled.iscrowd
 
 
 @dataclass

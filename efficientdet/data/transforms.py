@@ -144,10 +144,12 @@ def train_transform(
     hflip: float = 0.5,
     min_box_size: float = 1.0,
     color_strength: float = 0.0,
+    min_visible: float = 0.0,
 ) -> Resized:
     """Flip, scale-jitter, random-crop and pad one training sample (official "resize_and_crop").
 
-    Boxes are clipped to the crop; boxes left narrower or shorter than ``min_box_size`` input pixels are dropped.
+    Boxes are clipped to the crop; boxes left narrower or shorter than ``min_box_size`` input pixels are dropped,
+    and so are boxes keeping less than ``min_visible`` of their area (0: only the size rule).
     ``color_strength`` > 0 adds :func:`color_jitter` to the crop; its draws come after the geometric ones, so the
     boxes of a sample are the same with and without it.
     """
@@ -170,10 +172,13 @@ def train_transform(
     # boxes: scale by the actual resize ratio per axis, shift by the crop, clip to the visible image part
     sy, sx = rh / h, rw / w
     boxes = boxes * np.array([sx, sy, sx, sy], np.float32) - np.array([off_x, off_y, off_x, off_y], np.float32)
+    unclipped = boxes.copy()
     vis_h, vis_w = crop.shape[:2]
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, vis_w)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, vis_h)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_box_size)
+    if min_visible > 0:
+        keep &= _area(boxes) >= min_visible * _area(unclipped)
     return Resized(
         tensor,
         torch.from_numpy(boxes[keep]),
@@ -183,3 +188,66 @@ def train_transform(
         (float(off_x), float(off_y)),
         (float(sx), float(sy)),
     )
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+
+
+@dataclass
+class Mosaic:
+    """Four training images tiled on one canvas, with their boxes in canvas pixels."""
+
+    image: np.ndarray  # [2H, 2W, 3] uint8
+    boxes: np.ndarray  # [N, 4] x1y1x2y2 canvas pixels
+    labels: np.ndarray  # [N]
+    iscrowd: np.ndarray  # [N]
+
+
+def mosaic(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    size: int | tuple[int, int],
+    fill: tuple[float, ...],
+    rng: np.random.Generator,
+    min_visible: float = 0.0,
+) -> Mosaic:
+    """Tile four (image, boxes, labels, iscrowd) samples around a random centre of a 2H x 2W canvas (YOLOv4's
+    mosaic, Bochkovskiy et al. 2020, section 3.3): each image is resized to fit H x W and placed in its quadrant
+    touching the centre (top-left, top-right, bottom-left, bottom-right), cut where it leaves the canvas; the rest
+    is ``fill``.
+
+    A small dataset shows every object with the same surroundings in every epoch; the mosaic puts objects beside
+    other images' objects and backgrounds, cut at random edges. Boxes are clipped to the placed part; boxes keeping
+    less than ``min_visible`` of their area there are dropped. :func:`train_transform` then crops H x W from it.
+    """
+    if len(parts) != 4:
+        raise ValueError(f"a mosaic tiles 4 images, got {len(parts)}")
+    h, w = _size_hw(size)
+    canvas = np.empty((2 * h, 2 * w, 3), np.uint8)
+    canvas[:] = np.round(np.asarray(fill, np.float32)).clip(0, 255).astype(np.uint8)
+    cy, cx = int(rng.uniform(0.5 * h, 1.5 * h)), int(rng.uniform(0.5 * w, 1.5 * w))
+    all_boxes, all_labels, all_crowd = [], [], []
+    for quadrant, (image, boxes, labels, iscrowd) in enumerate(parts):
+        if image.size == 0:  # an image that could not be read: its quadrant stays empty
+            continue
+        scale = min(h / image.shape[0], w / image.shape[1])
+        resized = _resize(np.ascontiguousarray(image), scale)
+        ih, iw = resized.shape[:2]
+        # the image's top-left corner on the canvas: it touches the centre with its inner corner
+        x0 = cx - iw if quadrant in (0, 2) else cx
+        y0 = cy - ih if quadrant in (0, 1) else cy
+        cx1, cy1 = max(x0, 0), max(y0, 0)
+        cx2, cy2 = min(x0 + iw, 2 * w), min(y0 + ih, 2 * h)
+        canvas[cy1:cy2, cx1:cx2] = resized[cy1 - y0 : cy2 - y0, cx1 - x0 : cx2 - x0]
+        sx, sy = iw / image.shape[1], ih / image.shape[0]
+        placed = boxes.astype(np.float32) * np.array([sx, sy, sx, sy], np.float32)
+        placed += np.array([x0, y0, x0, y0], np.float32)
+        clipped = placed.copy()
+        clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(cx1, cx2)
+        clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(cy1, cy2)
+        keep = (_area(clipped) > 0) & (_area(clipped) >= min_visible * _area(placed))
+        all_boxes.append(clipped[keep])
+        all_labels.append(np.asarray(labels)[keep])
+        all_crowd.append(np.asarray(iscrowd)[keep])
+    return Mosaic(canvas, np.concatenate(all_boxes).reshape(-1, 4), np.concatenate(all_labels),
+                  np.concatenate(all_crowd))  # fmt: skip

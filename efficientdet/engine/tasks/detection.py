@@ -57,6 +57,8 @@ DEFAULT_VALIDATION_SPLIT = "val"
 # (a seeded random 10%, at least one image), so that best.pt and the printed AP measure images the model did not
 # train on.
 DEFAULT_HOLDOUT_FRACTION = 0.1
+# The final epochs see whole images only, as the evaluation does (YOLOv8's close_mosaic: the last 10 of 100).
+MOSAIC_CLOSE_FRACTION = 0.1
 MIN_HOLDOUT_IMAGES = 10  # fewer training images than this: no holdout, train on all (and say so)
 # --data and --format of `train` and `eval` (one wording, one check)
 DATASET_OPTION = option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
@@ -64,6 +66,13 @@ FORMAT_OPTION = option("dataset format", one_of(DATASET_FORMATS, optional=True),
 PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
 TENSORBOARD_IMAGES = 4  # validation images drawn with the EMA model's detections at each evaluation
 TENSORBOARD_SCORE_THRESHOLD = 0.3  # as `efficientdet predict` draws: lower scores only clutter the picture
+
+
+def mosaic_epochs(epochs: int) -> int:
+    """The epochs (from the first) that may train on mosaics: all but the last MOSAIC_CLOSE_FRACTION, at least
+    one closing epoch when there are two or more."""
+    closing = max(1, round(MOSAIC_CLOSE_FRACTION * epochs)) if epochs > 1 else 0
+    return epochs - closing
 
 
 @dataclass
@@ -134,6 +143,16 @@ class TrainConfig(RecipeConfig):
             f"{SMALL_DATA_IMAGES:,} training images), {LARGE_DATA.color_jitter:g} for large",
         ),
     )  # fmt: skip
+    # YOLOv4's mosaic (four images on one canvas), off for the last MOSAIC_CLOSE_FRACTION of the epochs
+    mosaic: float = field(
+        default=0.0,
+        metadata=option(
+            "probability that a training sample is a mosaic of four images (0: off); the last "
+            f"{MOSAIC_CLOSE_FRACTION:.0%} of the epochs train without it",
+            number_in(0, 1),
+            metavar="P",
+        ),
+    )
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
     box_loss_weight: float | None = field(
         default=None,
@@ -367,6 +386,7 @@ class DetectionTask(Task):
         return DetectionDataset(
             self.train_data.records, size, model_cfg.mean, model_cfg.std, train=True,
             scale_range=tuple(cfg.scale_range), hflip=cfg.hflip, seed=cfg.seed, color_strength=cfg.color_jitter,
+            mosaic=cfg.mosaic, mosaic_epochs=mosaic_epochs(cfg.epochs),
         )  # fmt: skip
 
     def loader_kwargs(self, workers: int) -> dict[str, Any]:
