@@ -195,3 +195,11 @@ def test_flip_tta_predicts_what_the_tta_detector_returns(checkpoint, images, ful
     assert [e["score"] for e in written] == pytest.approx(expected["scores"].tolist(), abs=1e-5)
     plain = [e["score"] for e in detections(full_run) if e["file_name"] == "wide.png"]
     assert plain != pytest.approx([e["score"] for e in written], abs=1e-5)
+
+
+def test_predict_names_the_nms_methods_it_knows(tmp_path):
+    from efficientdet.inference.predict import predict
+
+    with pytest.raises(ValueError, match="nms must be one of hard, soft, got 'linear'"):
+        predict([str(tmp_path / "none.jpg")], torch.nn.Identity(), tmp_path / "out", nms="linear")
+    assert not (tmp_path / "out").exists()  # checked before anything is written

@@ -15,13 +15,12 @@ from typing import Any
 
 from ..engine.tasks.detection import DATASET_OPTION, FORMAT_OPTION
 from ..evaluation.validate import EVAL_NMS
+from ..ops.postprocess import NMS_METHODS
 from ..utils.atomic import atomic_open
 from ..utils.fields import OptionError, check_fields, int_at_least, one_of, option, optional_int
 from .common import setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
-
-NMS_CHOICES = ("hard", "soft")
 
 
 @dataclass
@@ -63,7 +62,7 @@ class DetectionEvalOptions(EvalOptions):
         metadata=option(
             "soft: Gaussian soft-NMS, sigma 0.5 (the paper's evaluation; also the evaluation during training); "
             "hard: greedy NMS at IoU 0.5 (effdet's evaluation)",
-            one_of(NMS_CHOICES),
+            one_of(NMS_METHODS),
         ),
     )
     flip_tta: bool = field(

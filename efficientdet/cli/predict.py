@@ -18,7 +18,7 @@ from ..inference.predict import (
 )
 from ..inference.tiling import DEFAULT_TILE_OVERLAP
 from ..inference.video import VIDEO_EXTENSIONS
-from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
+from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
 from .argtypes import fraction, non_negative_int, overlap_arg, positive_int, tile_arg
 from .weights_options import add_backend_option, add_weights_options, load_model_from_options
 
@@ -102,7 +102,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
     p.add_argument("--score-threshold", type=fraction, default=DEFAULT_SCORE_THRESHOLD,
                    help=f"keep detections scoring at least this (default {DEFAULT_SCORE_THRESHOLD})")  # fmt: skip
-    p.add_argument("--nms", choices=["hard", "soft"], default="hard",
+    p.add_argument("--nms", choices=NMS_METHODS, default="hard",
                    help="hard: greedy NMS at --iou (default); soft: Gaussian soft-NMS, sigma 0.5")  # fmt: skip
     p.add_argument("--iou", type=fraction, default=NMS_IOU, help=f"hard-NMS IoU threshold (default {NMS_IOU})")
     p.add_argument("--class-agnostic", action="store_true", help="boxes of different classes suppress each other")

@@ -66,7 +66,7 @@ from PIL import Image
 from ..data.coco_format import detections_to_coco
 from ..data.images import ImageReadError, image_size, load_image
 from ..models.detector import EfficientDet
-from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
+from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
 from ..utils.atomic import atomic_open
 from ..viz.draw import draw_detections
 from .files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
@@ -303,8 +303,8 @@ def _check_options(score_threshold: float, iou_threshold: float, max_det: int, b
         raise ValueError(f"IoU threshold must be in [0, 1], got {iou_threshold}")
     if max_det < 1 or batch_size < 1:
         raise ValueError(f"max_det and batch_size must be at least 1, got {max_det} and {batch_size}")
-    if nms not in ("hard", "soft"):
-        raise ValueError(f"nms must be 'hard' or 'soft', got {nms!r}")
+    if nms not in NMS_METHODS:
+        raise ValueError(f"nms must be one of {', '.join(NMS_METHODS)}, got {nms!r}")
 
 
 def predict(
