@@ -145,7 +145,7 @@ class TrainConfig(RecipeConfig):
     )  # fmt: skip
     # YOLOv4's mosaic (four images on one canvas), off for the last MOSAIC_CLOSE_FRACTION of the epochs. Off by
     # default: on three draws of images held out of raccoon's train split at 0.5 it gained ~0.02 AP on two, lost
-    # 0.066 on the third (docs/recipe.md)
+    # 0.066 on the third; on BCCD's val split it lost 0.009 (docs/recipe.md)
     mosaic: float = field(
         default=0.0,
         metadata=option(
