@@ -122,7 +122,9 @@ class DetectionDataset(Dataset):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Sample ``index`` tiled with three others drawn by ``rng`` (an unreadable one leaves its quadrant empty)."""
         rec = self.records[index]
-        others = rng.choice([i for i in range(len(self.records)) if i != index], size=3, replace=len(self) < 4)
+        # three of the other positions without listing them (a list per sample would cost O(dataset) each time)
+        drawn = rng.choice(len(self.records) - 1, size=3, replace=len(self) < 4)
+        others = drawn + (drawn >= index)
         parts = [(image, boxes, rec.labels, rec.iscrowd)]
         for other in others:
             loaded = self._load(int(other))
