@@ -215,13 +215,13 @@ def test_ema_decay_warms_up():
 def test_mosaic_tiles_other_images_until_its_closing_epochs(tmp_path):
     data = raccoon_subset(tmp_path, n_train=6)
     cfg = tiny_config(tmp_path, data, max_steps=1, mosaic=1.0, epochs=20)
-    from efficientdet.engine.tasks.detection import DetectionTask, mosaic_epochs
+    from efficientdet.engine.tasks.detection import DetectionTask, mixing_epochs
     from efficientdet.utils.distributed import DistEnv
 
     task = DetectionTask(cfg, DistEnv(), torch.device("cpu"))
     task.read_data()
     dataset = task.train_dataset(task.build_model())
-    assert (dataset.mosaic, dataset.mosaic_epochs) == (1.0, 18)  # the last 10% of 20 epochs: whole images
+    assert (dataset.mosaic, dataset.mixing_epochs) == (1.0, 18)  # the last 10% of 20 epochs: whole images
     one_box_each = [len(r.boxes) for r in dataset.records] == [1] * 6  # each of these raccoon images has one box
     assert one_box_each
     tiled = [len(dataset[i].data.boxes) for i in range(6)]
@@ -233,9 +233,37 @@ def test_mosaic_tiles_other_images_until_its_closing_epochs(tmp_path):
     plain_set = plain.train_dataset(plain.build_model())
     plain_set.set_epoch(18)
     assert torch.equal(plain_set[0].data.image, dataset[0].data.image)  # the other draws do not move
-    assert (mosaic_epochs(60), mosaic_epochs(5), mosaic_epochs(1)) == (54, 4, 1)
+    assert (mixing_epochs(60), mixing_epochs(5), mixing_epochs(1)) == (54, 4, 1)
     with pytest.raises(ValueError, match="--mosaic must be a finite number >= 0 and <= 1"):
         tiny_config(tmp_path, data, mosaic=1.5)
+
+
+def test_mixup_blends_in_another_image_until_the_closing_epochs_and_erasing_reaches_the_dataset(tmp_path):
+    data = raccoon_subset(tmp_path, n_train=6)
+    from efficientdet.engine.tasks.detection import DetectionTask
+    from efficientdet.utils.distributed import DistEnv
+
+    def dataset_of(**kw):
+        task = DetectionTask(tiny_config(tmp_path, data, max_steps=1, epochs=20, **kw), DistEnv(), torch.device("cpu"))
+        task.read_data()
+        return task.train_dataset(task.build_model())
+
+    mixed, plain = dataset_of(mixup=1.0), dataset_of()
+    assert [len(r.boxes) for r in mixed.records] == [1] * 6  # each of these raccoon images has one box
+    for i in range(6):
+        sample, alone = mixed[i].data, plain[i].data
+        assert len(sample.boxes) == 2 and torch.equal(sample.boxes[0], alone.boxes[0])  # its own box comes first
+        assert not torch.equal(sample.boxes[1], alone.boxes[0])  # the other is another image's raccoon
+        assert not torch.allclose(sample.image, alone.image)
+    mixed.set_epoch(18)
+    plain.set_epoch(18)
+    assert all(torch.equal(mixed[i].data.image, plain[i].data.image) for i in range(6))  # closed: one image each
+    erased = dataset_of(erase=1.0)
+    assert erased.erase == 1.0 and torch.equal(erased[0].data.boxes, plain[0].data.boxes)
+    assert not torch.equal(erased[0].data.image, plain[0].data.image)
+    for option in ("mixup", "erase"):
+        with pytest.raises(ValueError, match=f"--{option} must be a finite number >= 0 and <= 1"):
+            tiny_config(tmp_path, data, **{option: -0.1})
 
 
 def test_color_jitter_reaches_the_training_data(tmp_path):

@@ -1,10 +1,15 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from efficientdet.data.transforms import (
+    Resized,
     color_jitter,
+    erase_in_boxes,
     eval_transform,
+    mix,
     mosaic,
     normalise,
     normalise_padded,
@@ -226,3 +231,72 @@ def test_train_transform_drops_boxes_mostly_cropped_away_when_asked():
     args = (img, boxes, np.array([0]), np.array([False]), 100, MEAN, STD)
     assert len(train_transform(*args, np.random.default_rng(0), (1.0, 1.0), 0.0, min_visible=0.4).boxes) == 1
     assert len(train_transform(*args, np.random.default_rng(0), (1.0, 1.0), 0.0, min_visible=0.6).boxes) == 0
+
+
+class MidRange:
+    """A stand-in generator for :func:`erase_in_boxes`: every box is erased, every range drawn at its middle,
+    every erased pixel 255."""
+
+    def random(self):
+        return 0.0
+
+    def uniform(self, low, high):
+        return low + 0.5 * (high - low)
+
+    def integers(self, low, high, size, dtype):
+        return np.full(size, 255, dtype)
+
+
+def test_erase_in_boxes_by_hand():
+    image = np.zeros((100, 100, 3), np.uint8)
+    out = erase_in_boxes(image, np.array([[20, 10, 60, 50]], np.float32), 1.0, MidRange())
+    # 21% of the 40 x 40 box (the middle of 2%-40%), square (the middle of log 0.3 .. log 1/0.3): 18.33 px a side,
+    # centred in the box at (30.83, 20.83): whole pixels 31..48 across, 21..38 down
+    assert (out[21:39, 31:49] == 255).all()
+    assert out.sum() == 18 * 18 * 3 * 255
+    assert not image.any()  # the input is not written to
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_erase_in_boxes_stays_inside_each_box_and_below_its_share(seed):
+    rng = np.random.default_rng(seed)
+    image = np.full((120, 160, 3), 7, np.uint8)
+    boxes = np.array([[0, 0, 30, 90], [50.5, 20.2, 150.7, 40.9], [100, 60, 160, 120]], np.float32)
+    out = erase_in_boxes(image, boxes, 1.0, rng)
+    changed = (out != image).any(axis=2)
+    inside = np.zeros_like(changed)
+    for x1, y1, x2, y2 in boxes:
+        box = np.zeros_like(changed)
+        box[int(np.ceil(y1)) : int(y2), int(np.ceil(x1)) : int(x2)] = True
+        share = (changed & box).sum() / ((x2 - x1) * (y2 - y1))
+        assert 0 < share <= 0.4  # every box got a patch, none more than 40% of its area
+        inside |= box
+    assert not (changed & ~inside).any()  # nothing outside the boxes
+    assert erase_in_boxes(image, boxes, 0.0, rng) is image  # probability 0: untouched
+
+
+def test_train_transform_erasing_changes_only_pixels_inside_the_boxes():
+    img, boxes = marked_image(96, 96, (20, 10, 60, 50))
+    args = (img, boxes, np.array([0]), np.array([False]), 96, MEAN, STD)
+    plain = train_transform(*args, np.random.default_rng(3), (1.0, 1.0), 0.5)
+    erased = train_transform(*args, np.random.default_rng(3), (1.0, 1.0), 0.5, erase=1.0)
+    assert torch.equal(plain.boxes, erased.boxes) and plain.offset == erased.offset
+    changed = (plain.image != erased.image).any(dim=0)
+    assert changed.any()
+    x1, y1, x2, y2 = (int(v) for v in erased.boxes[0].tolist())
+    changed[y1:y2, x1:x2] = False
+    assert not changed.any()
+
+
+def test_mix_blends_inputs_and_keeps_both_box_sets():
+    def constant(value, box, label):
+        return Resized(torch.full((3, 8, 8), float(value)), torch.tensor([box], dtype=torch.float32),
+                       torch.tensor([label]), torch.tensor([False]), 0.5, (1.0, 2.0), (0.5, 0.5))  # fmt: skip
+
+    first, second = constant(4.0, [0, 0, 4, 4], 0), constant(-8.0, [2, 2, 8, 8], 1)
+    mixed = mix(first, second, 0.25)
+    assert torch.allclose(mixed.image, torch.full((3, 8, 8), 0.25 * 4.0 - 0.75 * 8.0))
+    assert mixed.boxes.tolist() == [[0, 0, 4, 4], [2, 2, 8, 8]] and mixed.labels.tolist() == [0, 1]
+    assert (mixed.scale, mixed.offset, mixed.scale_xy) == (0.5, (1.0, 2.0), (0.5, 0.5))  # maps back to the first
+    with pytest.raises(ValueError, match="mixup needs inputs of one size"):
+        mix(first, replace(second, image=torch.zeros(3, 8, 9)), 0.5)

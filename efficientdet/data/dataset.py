@@ -18,13 +18,16 @@ from torch.utils.data import Dataset
 from .frames import AnnotationFrame, resolve_frame
 from .images import ImageReadError, load_image_oriented
 from .records import ImageRecord
-from .transforms import DEFAULT_SCALE_RANGE, Resized, eval_transform, mosaic, stack_images, train_transform
+from .transforms import DEFAULT_SCALE_RANGE, Resized, eval_transform, mix, mosaic, stack_images, train_transform
 
 LOG = logging.getLogger(__name__)
 
 # A box cut by a mosaic's or crop's edge to less than this share of its area is dropped rather than kept as a
 # sliver the detector could not recognise (YOLOv5's box_candidates keeps boxes above 10% of their area).
 MOSAIC_MIN_VISIBLE = 0.1
+# Mixup's blending ratio is drawn from Beta(a, a): a = 32 keeps it near 0.5 (YOLOv5 and YOLOX), so that both images
+# are visible enough for their boxes to keep full weight in the loss.
+MIXUP_BETA = 32.0
 
 
 @dataclass
@@ -50,7 +53,9 @@ class DetectionDataset(Dataset):
         seed: int = 0,
         color_strength: float = 0.0,
         mosaic: float = 0.0,
-        mosaic_epochs: int | None = None,
+        mixing_epochs: int | None = None,
+        mixup: float = 0.0,
+        erase: float = 0.0,
     ) -> None:
         self.records = records
         self.image_size = image_size
@@ -60,7 +65,9 @@ class DetectionDataset(Dataset):
         self.hflip = hflip
         self.color_strength = color_strength
         self.mosaic = mosaic  # probability of a sample being a 4-image mosaic (training only)
-        self.mosaic_epochs = mosaic_epochs  # epochs (from 0) below this one may mosaic; None: every epoch
+        self.mixup = mixup  # probability of a sample being blended with another (training only)
+        self.mixing_epochs = mixing_epochs  # epochs (from 0) below this one may mosaic or mix; None: every epoch
+        self.erase = erase  # probability of each box getting a randomly erased patch (training only)
         self.seed = seed
         self.epoch = 0
 
@@ -83,17 +90,23 @@ class DetectionDataset(Dataset):
         frame = resolve_frame((rec.width, rec.height), (image.shape[1], image.shape[0]), orientation)
         return image, frame.to_image(rec.boxes), frame
 
-    def _mosaic_now(self, index: int) -> np.random.Generator | None:
-        """The mosaic's own random draws if sample ``index`` is a mosaic this epoch, else None.
+    def _mixing_now(self, index: int, probability: float, stream: int) -> np.random.Generator | None:
+        """The random draws of a mixing augmentation (stream 1: mosaic, 2: mixup) if sample ``index`` gets it this
+        epoch, else None.
 
-        A generator apart from the sample's, so that the other augmentations draw the same with and without
-        ``mosaic``."""
-        if self.mosaic <= 0 or len(self.records) < 2:
+        A generator apart from the sample's, so that the other augmentations draw the same with and without it."""
+        if probability <= 0 or len(self.records) < 2:
             return None
-        if self.mosaic_epochs is not None and self.epoch >= self.mosaic_epochs:
+        if self.mixing_epochs is not None and self.epoch >= self.mixing_epochs:
             return None
-        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-        return rng if rng.random() < self.mosaic else None
+        rng = np.random.default_rng([self.seed, self.epoch, index, stream])
+        return rng if rng.random() < probability else None
+
+    def _others(self, index: int, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` dataset positions other than ``index`` (distinct while the dataset has enough)."""
+        # drawn over n - 1 positions and shifted past ``index``: a list of the others would cost O(dataset) each time
+        drawn = rng.choice(len(self.records) - 1, size=count, replace=len(self) <= count)
+        return drawn + (drawn >= index)
 
     def __getitem__(self, index: int) -> Sample | None:
         rec = self.records[index]
@@ -104,15 +117,18 @@ class DetectionDataset(Dataset):
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             labels, iscrowd, min_visible, scale_range = rec.labels, rec.iscrowd, 0.0, self.scale_range
-            mosaic_rng = self._mosaic_now(index)
+            mosaic_rng = self._mixing_now(index, self.mosaic, 1)
             if mosaic_rng is not None:
                 image, boxes, labels, iscrowd = self._mosaic(index, image, boxes, mosaic_rng)
                 # the canvas is twice the input size: twice the jitter factor keeps objects at their usual scale
                 min_visible, scale_range = MOSAIC_MIN_VISIBLE, (2 * scale_range[0], 2 * scale_range[1])
             data = train_transform(
                 image, boxes, labels, iscrowd, self.image_size, self.mean, self.std, rng, scale_range,
-                self.hflip, color_strength=self.color_strength, min_visible=min_visible,
+                self.hflip, color_strength=self.color_strength, min_visible=min_visible, erase=self.erase,
             )  # fmt: skip
+            mixup_rng = self._mixing_now(index, self.mixup, 2)
+            if mixup_rng is not None:
+                data = self._mixup(index, data, mixup_rng)
         else:
             data = eval_transform(image, self.image_size, self.mean, self.std, boxes, rec.labels, rec.iscrowd)
         return Sample(index, rec, data, frame)
@@ -122,9 +138,7 @@ class DetectionDataset(Dataset):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Sample ``index`` tiled with three others drawn by ``rng`` (an unreadable one leaves its quadrant empty)."""
         rec = self.records[index]
-        # three of the other positions without listing them (a list per sample would cost O(dataset) each time)
-        drawn = rng.choice(len(self.records) - 1, size=3, replace=len(self) < 4)
-        others = drawn + (drawn >= index)
+        others = self._others(index, 3, rng)
         parts = [(image, boxes, rec.labels, rec.iscrowd)]
         for other in others:
             loaded = self._load(int(other))
@@ -137,6 +151,20 @@ class DetectionDataset(Dataset):
         rng.shuffle(parts)  # the sample itself lands in any quadrant
         tiled = mosaic(parts, self.image_size, self.mean, rng, MOSAIC_MIN_VISIBLE)
         return tiled.image, tiled.boxes, tiled.labels, tiled.iscrowd
+
+    def _mixup(self, index: int, data: Resized, rng: np.random.Generator) -> Resized:
+        """``data`` blended with another training image, augmented on its own draws from ``rng`` (an unreadable
+        one: ``data`` unchanged)."""
+        other = int(self._others(index, 1, rng)[0])
+        loaded = self._load(other)
+        if loaded is None:
+            return data
+        rec = self.records[other]
+        partner = train_transform(
+            loaded[0], loaded[1], rec.labels, rec.iscrowd, self.image_size, self.mean, self.std, rng,
+            self.scale_range, self.hflip, color_strength=self.color_strength, erase=self.erase,
+        )  # fmt: skip
+        return mix(data, partner, float(rng.beta(MIXUP_BETA, MIXUP_BETA)))
 
 
 @dataclass

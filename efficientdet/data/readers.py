@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..utils.boxes import box_areas
 from .images import ImageReadError, image_size
 from .records import DetectionData, ImageRecord
 
@@ -70,8 +71,8 @@ def _make_record(
     fixes["zero_area_boxes"] += int(np.count_nonzero(~keep))
     area_array = None
     if areas is not None:
-        box_areas = (box_array[:, 2] - box_array[:, 0]) * (box_array[:, 3] - box_array[:, 1])
-        area_array = np.array([box_areas[i] if a is None else a for i, a in enumerate(areas)], np.float64)[keep]
+        annotated = box_areas(box_array)
+        area_array = np.array([annotated[i] if a is None else a for i, a in enumerate(areas)], np.float64)[keep]
     return ImageRecord(
         path=os.path.abspath(path),
         image_id=image_id,

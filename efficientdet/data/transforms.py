@@ -8,11 +8,13 @@ Images are normalised after resizing and padded with zeros, i.e. with the mean c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..utils.boxes import box_areas
 
 DEFAULT_SCALE_RANGE = (0.1, 2.0)  # paper, section 5.1 and appendix: scale jittering [0.1, 2.0]
 
@@ -145,13 +147,14 @@ def train_transform(
     min_box_size: float = 1.0,
     color_strength: float = 0.0,
     min_visible: float = 0.0,
+    erase: float = 0.0,
 ) -> Resized:
     """Flip, scale-jitter, random-crop and pad one training sample (official "resize_and_crop").
 
     Boxes are clipped to the crop; boxes left narrower or shorter than ``min_box_size`` input pixels are dropped,
     and so are boxes keeping less than ``min_visible`` of their area (0: only the size rule).
-    ``color_strength`` > 0 adds :func:`color_jitter` to the crop; its draws come after the geometric ones, so the
-    boxes of a sample are the same with and without it.
+    ``color_strength`` > 0 adds :func:`color_jitter` to the crop, ``erase`` > 0 :func:`erase_in_boxes`; their
+    draws come after the geometric ones, so the boxes of a sample are the same with and without them.
     """
     out_h, out_w = _size_hw(size)
     h, w = image.shape[:2]
@@ -168,7 +171,6 @@ def train_transform(
     crop = resized[off_y : off_y + out_h, off_x : off_x + out_w]
     if color_strength > 0:
         crop = color_jitter(crop, color_strength, rng)
-    tensor = normalise_padded(crop, (out_h, out_w), mean, std)
     # boxes: scale by the actual resize ratio per axis, shift by the crop, clip to the visible image part
     sy, sx = rh / h, rw / w
     boxes = boxes * np.array([sx, sy, sx, sy], np.float32) - np.array([off_x, off_y, off_x, off_y], np.float32)
@@ -178,9 +180,11 @@ def train_transform(
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, vis_h)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_box_size)
     if min_visible > 0:
-        keep &= _area(boxes) >= min_visible * _area(unclipped)
+        keep &= box_areas(boxes) >= min_visible * box_areas(unclipped)
+    if erase > 0:
+        crop = erase_in_boxes(crop, boxes[keep], erase, rng)
     return Resized(
-        tensor,
+        normalise_padded(crop, (out_h, out_w), mean, std),
         torch.from_numpy(boxes[keep]),
         torch.from_numpy(labels[keep].astype(np.int64)),
         torch.from_numpy(iscrowd[keep].astype(bool)),
@@ -190,8 +194,59 @@ def train_transform(
     )
 
 
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+# Object-aware random erasing (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020, section 3.2 and its
+# detection experiments): the erased share of a box's area and the patch's height/width ratio are drawn from these.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def erase_in_boxes(image: np.ndarray, boxes: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """With ``probability`` per box, replace a random rectangle inside the box by random pixels (Zhong et al.'s
+    object-aware random erasing); the image is copied before the first write, the boxes stay as they are.
+
+    A small dataset shows each object whole and unoccluded in every epoch; hiding a random part of it (at most
+    ``ERASE_AREA[1]`` of its area, so the object stays recognisable and its box right) makes the detector use
+    all of its parts instead of the most telling one.
+    """
+    out = image
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64):
+        if rng.random() >= probability:
+            continue
+        box_w, box_h = x2 - x1, y2 - y1
+        area = rng.uniform(*ERASE_AREA) * box_w * box_h
+        aspect = np.exp(rng.uniform(np.log(ERASE_ASPECT[0]), np.log(ERASE_ASPECT[1])))  # h / w, as likely as w / h
+        patch_w, patch_h = min(box_w, np.sqrt(area / aspect)), min(box_h, np.sqrt(area * aspect))
+        px, py = x1 + rng.uniform(0, box_w - patch_w), y1 + rng.uniform(0, box_h - patch_h)
+        # whole pixels inside the box: the patch never reaches past it
+        ix1, iy1 = int(np.ceil(px)), int(np.ceil(py))
+        ix2, iy2 = int(np.floor(px + patch_w)), int(np.floor(py + patch_h))
+        if ix2 <= ix1 or iy2 <= iy1:
+            continue
+        if out is image:
+            out = image.copy()  # the crop may be a view of the decoded image
+        out[iy1:iy2, ix1:ix2] = rng.integers(0, 256, size=(iy2 - iy1, ix2 - ix1, 3), dtype=np.uint8)
+    return out
+
+
+def mix(first: Resized, second: Resized, ratio: float) -> Resized:
+    """``ratio`` of ``first``'s input plus ``1 - ratio`` of ``second``'s, with the boxes of both (mixup for
+    detection: Zhang et al., "Bag of Freebies for Training Object Detection Neural Networks", 2019, section 3.1;
+    with equal label weights and a ratio near 0.5, as YOLOX trains). Both must be of one input size; the result
+    maps back to ``first``'s image.
+
+    Inputs are normalised and zero-padded, and normalising is affine, so this is the normalised blend of the two
+    padded pictures; padding blends with the mean colour.
+    """
+    if first.image.shape != second.image.shape:
+        sizes = f"{tuple(first.image.shape)} and {tuple(second.image.shape)}"
+        raise ValueError(f"mixup needs inputs of one size, got {sizes}")
+    return replace(
+        first,
+        image=first.image * ratio + second.image * (1 - ratio),
+        boxes=torch.cat([first.boxes, second.boxes]),
+        labels=torch.cat([first.labels, second.labels]),
+        iscrowd=torch.cat([first.iscrowd, second.iscrowd]),
+    )
 
 
 @dataclass
@@ -245,7 +300,7 @@ def mosaic(
         clipped = placed.copy()
         clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(cx1, cx2)
         clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(cy1, cy2)
-        keep = (_area(clipped) > 0) & (_area(clipped) >= min_visible * _area(placed))
+        keep = (box_areas(clipped) > 0) & (box_areas(clipped) >= min_visible * box_areas(placed))
         all_boxes.append(clipped[keep])
         all_labels.append(np.asarray(labels)[keep])
         all_crowd.append(np.asarray(iscrowd)[keep])

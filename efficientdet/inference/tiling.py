@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..ops.postprocess import batched_nms
+from ..utils.boxes import box_areas, box_intersections
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -110,30 +111,19 @@ def cut_boxes(boxes: torch.Tensor, rect: Rect, image_hw: tuple[int, int]) -> tor
     return cut
 
 
-def _areas(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``[len(a), len(b)]`` intersection areas of x1y1x2y2 boxes."""
-    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    return np.clip(w, 0, None) * np.clip(h, 0, None)
-
-
 def pieces_of_larger_boxes(
     boxes: torch.Tensor, groups: torch.Tensor | None, rows: torch.Tensor, threshold: float = IOS_THRESHOLD
 ) -> torch.Tensor:
     """For each index in ``rows``: is more than ``threshold`` of that box inside a larger box of its group?"""
     b = boxes.double().cpu().numpy()
     g = None if groups is None else groups.cpu().numpy()
-    areas = _areas(b)
+    areas = box_areas(b)
     idx = rows.cpu().numpy()
     out = np.zeros(len(idx), dtype=bool)
     for start in range(0, len(idx), PAIR_CHUNK):
         r = idx[start : start + PAIR_CHUNK]
         with np.errstate(invalid="ignore", divide="ignore"):  # zero-area boxes: NaN, never a piece
-            inside = _intersections(b[r], b) / areas[r, None] > threshold
+            inside = box_intersections(b[r], b) / areas[r, None] > threshold
         inside &= areas[None, :] > areas[r, None]
         if g is not None:
             inside &= g[r, None] == g[None, :]
@@ -151,13 +141,13 @@ def drop_cross_source_duplicates(
     b = boxes.double().numpy()[order]
     src = sources.numpy()[order]
     g = None if groups is None else groups.numpy()[order]
-    areas = _areas(b)
+    areas = box_areas(b)
     alive = np.ones(len(order), dtype=bool)
     for i in range(len(order)):
         if not alive[i]:
             continue
         rest = np.arange(i + 1, len(order))[alive[i + 1 :]]
-        inter = _intersections(b[i : i + 1], b[rest])[0]
+        inter = box_intersections(b[i : i + 1], b[rest])[0]
         with np.errstate(invalid="ignore", divide="ignore"):
             dup = inter / (areas[i] + areas[rest] - inter) > iou
         dup &= src[rest] != src[i]

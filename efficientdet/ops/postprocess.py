@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from ..utils.boxes import box_areas, box_intersections
 from .anchors import decode_boxes
 
 try:  # optional accelerator, never required
@@ -79,14 +80,12 @@ def box_iou_one_to_many(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def _columns(boxes: np.ndarray) -> np.ndarray:
     """``[N, 4]`` (x1, y1, x2, y2) -> ``[N, 5]`` with the area appended: what the IoU loops index."""
-    return np.concatenate([boxes, ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]], 1)
+    return np.concatenate([boxes, box_areas(boxes)[:, None]], 1)
 
 
 def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every ``a`` box against every ``b`` box (rows from :func:`_columns`); 0/0 gives NaN."""
-    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    inter = box_intersections(a, b)
     with np.errstate(invalid="ignore", divide="ignore"):  # point boxes: NaN, which never suppresses
         return inter / (a[:, None, 4] + b[None, :, 4] - inter)
 

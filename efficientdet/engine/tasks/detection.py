@@ -57,8 +57,9 @@ DEFAULT_VALIDATION_SPLIT = "val"
 # (a seeded random 10%, at least one image), so that best.pt and the printed AP measure images the model did not
 # train on.
 DEFAULT_HOLDOUT_FRACTION = 0.1
-# The final epochs see whole images only, as the evaluation does (YOLOv8's close_mosaic: the last 10 of 100).
-MOSAIC_CLOSE_FRACTION = 0.1
+# The final epochs see single, unblended images only, as the evaluation does (YOLOv8's close_mosaic: the last 10 of
+# 100 epochs; YOLOX: the last 15 of 300 without mosaic and mixup).
+MIXING_CLOSE_FRACTION = 0.1
 MIN_HOLDOUT_IMAGES = 10  # fewer training images than this: no holdout, train on all (and say so)
 # --data and --format of `train` and `eval` (one wording, one check)
 DATASET_OPTION = option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
@@ -68,10 +69,15 @@ TENSORBOARD_IMAGES = 4  # validation images drawn with the EMA model's detection
 TENSORBOARD_SCORE_THRESHOLD = 0.3  # as `efficientdet predict` draws: lower scores only clutter the picture
 
 
-def mosaic_epochs(epochs: int) -> int:
-    """The epochs (from the first) that may train on mosaics: all but the last MOSAIC_CLOSE_FRACTION, at least
-    one closing epoch when there are two or more."""
-    closing = max(1, round(MOSAIC_CLOSE_FRACTION * epochs)) if epochs > 1 else 0
+def _augmentation_probability(text: str) -> dict[str, Any]:
+    """The option of an augmentation applied with probability P (0: off, the default)."""
+    return option(text, number_in(0, 1), metavar="P")
+
+
+def mixing_epochs(epochs: int) -> int:
+    """The epochs (from the first) that may train on mosaics and mixups: all but the last MIXING_CLOSE_FRACTION,
+    at least one closing epoch when there are two or more."""
+    closing = max(1, round(MIXING_CLOSE_FRACTION * epochs)) if epochs > 1 else 0
     return epochs - closing
 
 
@@ -143,16 +149,29 @@ class TrainConfig(RecipeConfig):
             f"{SMALL_DATA_IMAGES:,} training images), {LARGE_DATA.color_jitter:g} for large",
         ),
     )  # fmt: skip
-    # YOLOv4's mosaic (four images on one canvas), off for the last MOSAIC_CLOSE_FRACTION of the epochs. Off by
+    # YOLOv4's mosaic (four images on one canvas), off for the last MIXING_CLOSE_FRACTION of the epochs. Off by
     # default: on three draws of images held out of raccoon's train split at 0.5 it gained ~0.02 AP on two, lost
     # 0.066 on the third; on BCCD's val split it lost 0.009 (docs/recipe.md)
     mosaic: float = field(
         default=0.0,
-        metadata=option(
+        metadata=_augmentation_probability(
             "probability that a training sample is a mosaic of four images (0: off); the last "
-            f"{MOSAIC_CLOSE_FRACTION:.0%} of the epochs train without it",
-            number_in(0, 1),
-            metavar="P",
+            f"{MIXING_CLOSE_FRACTION:.0%} of the epochs train without it"
+        ),
+    )
+    # Mixup (two training images blended, the boxes of both), off for the last MIXING_CLOSE_FRACTION of the epochs.
+    mixup: float = field(
+        default=0.0,
+        metadata=_augmentation_probability(
+            "probability that a training sample is blended with another training image, keeping the boxes of "
+            f"both (0: off); the last {MIXING_CLOSE_FRACTION:.0%} of the epochs train without it"
+        ),
+    )
+    # Object-aware random erasing: a random patch of up to 40% of a box's area replaced by noise.
+    erase: float = field(
+        default=0.0,
+        metadata=_augmentation_probability(
+            "probability that each training box gets a random patch inside it erased (0: off)"
         ),
     )
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
@@ -388,7 +407,7 @@ class DetectionTask(Task):
         return DetectionDataset(
             self.train_data.records, size, model_cfg.mean, model_cfg.std, train=True,
             scale_range=tuple(cfg.scale_range), hflip=cfg.hflip, seed=cfg.seed, color_strength=cfg.color_jitter,
-            mosaic=cfg.mosaic, mosaic_epochs=mosaic_epochs(cfg.epochs),
+            mosaic=cfg.mosaic, mixup=cfg.mixup, mixing_epochs=mixing_epochs(cfg.epochs), erase=cfg.erase,
         )  # fmt: skip
 
     def loader_kwargs(self, workers: int) -> dict[str, Any]:
