@@ -1,0 +1,143 @@
+"""Video throughput of `efficientdet predict` against single-image throughput, in one process (CPU).
+
+    python benchmarks/video_speed.py --checkpoint runs/raccoon/seed0/last.pt --threads 2 --frames 200
+
+Writes a 640x480 H.264 clip of raccoon photos (PyAV, 25 fps, each photo held for four frames) to a temporary folder,
+then, alternating over ``--rounds`` rounds, times:
+
+- **single image**: the predict Detector (BN-folded, channels-last, predict's score threshold) on the clip's
+  frames one at a time, as decoded arrays: pre-processing, network, post-processing;
+- **video**: ``predict_videos`` on the clip as ``efficientdet predict clip.mp4`` runs it: decoding, the same
+  Detector on batches of ``--batch-size`` frames, ``detections.jsonl`` and the drawn H.264 video;
+- **video, no drawing**: the same with ``--no-draw`` (the JSONL only);
+- with ``--x264 OPTIONS ...``, the video run once more per set of libx264 options (``preset=ultrafast``,
+  ``preset=veryfast:threads=1``, ...) in place of the project's ``X264_OPTIONS``: what the encoder costs.
+
+and once, for reference, ``efficientdet bench``'s end-to-end throughput of the same model (one synthetic 640x480
+image, score threshold 0: all 5000 candidates reach NMS). Prints frames/s (medians over the rounds) and each video
+figure over the single-image one. Without ``--checkpoint`` the model is a randomly initialised Lite0 at 448 px
+(1 class). Run with nothing else on the machine: the figures are throughputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
+FRAME_SIZE = (640, 480)  # (W, H): a typical camera frame
+FPS = 25
+HOLD = 4  # frames per photo: consecutive frames alike, as in a real video (H.264 encodes the changes)
+
+
+def write_clip(path: Path, frames: int, photos: Path) -> list[np.ndarray]:
+    """The clip at ``path`` (H.264 where PyAV has it) and its frames as RGB arrays."""
+    from efficientdet.inference.video import VideoWriter
+
+    files = sorted(photos.glob("*.jpg"))[: -(-frames // HOLD)]
+    if not files:
+        sys.exit(f"{photos}: no .jpg photos to build the clip from (give --photos)")
+    images = [np.asarray(Image.open(f).convert("RGB").resize(FRAME_SIZE, Image.BILINEAR)) for f in files]
+    clip = [images[(i // HOLD) % len(images)] for i in range(frames)]
+    writer = VideoWriter(path, *FRAME_SIZE, Fraction(FPS))
+    for frame in clip:
+        writer.write(frame)
+    writer.close()
+    return clip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="a trained checkpoint (default: random Lite0 at 448 px)")
+    p.add_argument("--photos", default=str(RACCOON / "JPEGImages"), help="folder of .jpg photos for the clip")
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8, help="frames per network call in the video runs")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--x264",
+        nargs="*",
+        default=[],
+        metavar="OPTIONS",
+        help="more video runs, each with these libx264 options (key=value:key=value)",
+    )
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args()
+
+    from efficientdet.inference import video
+    from efficientdet.inference.detector import Detector
+    from efficientdet.inference.predict import DEFAULT_SCORE_THRESHOLD
+    from efficientdet.models.factory import create_model, load_checkpoint
+    from efficientdet.tools.bench import BenchConfig, run_benchmark
+
+    torch.set_num_threads(args.threads)
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        model = create_model("efficientdet-lite0", num_classes=1, image_size=448)
+    model.eval()
+    detector = Detector(model, device="cpu", optimize=True, score_threshold=DEFAULT_SCORE_THRESHOLD)
+    bench = BenchConfig(checkpoint=args.checkpoint, threads=args.threads, iterations=30)
+    if not args.checkpoint:
+        bench = BenchConfig(model="efficientdet-lite0", img_size=448, num_classes=1, threads=args.threads,
+                            iterations=30)  # fmt: skip
+    bench_fps = run_benchmark(bench)["end_to_end"]["throughput_ips"]
+
+    def fail(source: str, message: str) -> None:
+        raise SystemExit(f"{source}: {message}")
+
+    variants = {"video": (True, video.X264_OPTIONS), "video, no drawing": (False, video.X264_OPTIONS)}
+    for text in args.x264:
+        variants[f"video, x264 {text}"] = (True, dict(kv.split("=", 1) for kv in text.split(":")))
+    figures: dict[str, list[float]] = {"single image": [], **{name: [] for name in variants}}
+    project_options = dict(video.X264_OPTIONS)
+    with tempfile.TemporaryDirectory(prefix="video-speed-") as tmp:
+        clip_path = Path(tmp) / "clip.mp4"
+        frames = write_clip(clip_path, args.frames, Path(args.photos))
+        with torch.inference_mode():
+            detector(frames[:2])  # warm-up: anchors, first calls
+        for r in range(args.rounds):
+            with torch.inference_mode():
+                start = time.perf_counter()
+                for frame in frames:
+                    detector(frame)
+                figures["single image"].append(len(frames) / (time.perf_counter() - start))
+            for i, (name, (draw, options)) in enumerate(variants.items()):
+                video.X264_OPTIONS.clear()
+                video.X264_OPTIONS.update(options)
+                start = time.perf_counter()
+                run = video.predict_videos(detector, [clip_path], Path(tmp) / f"out{r}-{i}", fail,
+                                           batch_size=args.batch_size, draw=draw)  # fmt: skip
+                figures[name].append(run.frames / (time.perf_counter() - start))
+                video.X264_OPTIONS.clear()
+                video.X264_OPTIONS.update(project_options)
+                if run.frames != len(frames):
+                    sys.exit(f"predict read {run.frames} of the clip's {len(frames)} frames")
+    single = statistics.median(figures["single image"])
+    print(f"{args.frames} frames of {FRAME_SIZE[0]}x{FRAME_SIZE[1]}, {args.threads} threads, "
+          f"model {'from ' + args.checkpoint if args.checkpoint else 'random Lite0 448 px'}")  # fmt: skip
+    print(f"efficientdet bench, end to end (one synthetic image, threshold 0): {bench_fps:.2f} images/s")
+    rows = {}
+    for name, values in figures.items():
+        median = statistics.median(values)
+        rows[name] = {"fps": median, "rounds": values, "vs_single": median / single}
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{name:<40} {median:6.2f} frames/s  ({runs})  {median / single:.2f}x single image")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bench_end_to_end_fps": bench_fps, **rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
