@@ -26,6 +26,7 @@ from efficientdet.inference.video import (
     jsonl_record,
     output_folders,
     parse_source,
+    predict_videos,
     require_av,
 )
 
@@ -215,6 +216,27 @@ def test_unreadable_and_missing_videos_are_named_and_leave_no_output(clip, check
     assert any("missing.mkv: no such file" in line for line in err)
     assert sorted(p.name for p in output.iterdir()) == ["clip"]  # the good source still ran
     assert sorted(p.name for p in (output / "clip").iterdir()) == [JSONL_FILE]  # --no-draw: no video
+
+
+def test_drawing_runs_beside_the_model_and_a_writing_error_reaches_the_caller(clip, checkpoint, tmp_path, monkeypatch):
+    writers, original = [], VideoWriter.write
+
+    def failing_on_the_third_frame(self, image):
+        writers.append(threading.current_thread().name)
+        if len(writers) == 3:
+            raise OSError("No space left on device")
+        original(self, image)
+
+    monkeypatch.setattr(VideoWriter, "write", failing_on_the_third_frame)
+
+    def fail(source, message):
+        raise AssertionError(f"{source}: {message}")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        predict_videos(detector(checkpoint), [clip], tmp_path / "out", fail, batch_size=2)
+    assert set(writers) == {"encode clip.mp4"}  # drawn and encoded in a thread of its own
+    assert len(writers) == 3  # nothing written after the error
+    assert list((tmp_path / "out" / "clip").iterdir()) == []  # neither the video nor the JSONL is left
 
 
 def test_sources_are_needed_and_a_camera_index_goes_through_source(checkpoint, tmp_path, capsys, monkeypatch):

@@ -505,6 +505,60 @@ def draw_frame(result: FrameResult, class_names: Sequence[str]) -> np.ndarray:
     return np.asarray(draw_detections(result.image, det["boxes"], det["labels"], det["scores"], class_names))
 
 
+class DrawingThread:
+    """Draws each frame's detections and encodes the frame into a :class:`VideoWriter` in a thread of its own, at
+    most ``limit`` frames behind the caller.
+
+    Drawing (PIL) and H.264 encoding (FFmpeg) release the GIL for most of their work, so they run beside the
+    network's next batch instead of adding to every frame's time, as the decoding thread of :class:`FrameReader`
+    does on the input side. An error while writing is raised by the next ``put`` or by ``finish``; frames after it
+    are dropped (and the caller then discards the file).
+    """
+
+    def __init__(self, writer: VideoWriter, class_names: Sequence[str], limit: int) -> None:
+        self._writer, self._names = writer, class_names
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, limit))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"encode {writer.path.name}", daemon=True)
+        self._thread.start()
+
+    def put(self, result: FrameResult) -> None:
+        self._raise_error()
+        self._queue.put(result)  # the thread never stops before _END, so room always comes
+
+    def finish(self) -> None:
+        """Returns once every frame put so far is written; raises the thread's error, if there was one."""
+        self._queue.put(_END)
+        self._thread.join()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _END:
+            if self._error is None:
+                try:
+                    self._writer.write(draw_frame(item, self._names))
+                except BaseException as exc:  # raised in the caller's thread
+                    self._error = exc
+
+
+@contextlib.contextmanager
+def drawing_thread(writer: VideoWriter, class_names: Sequence[str], limit: int) -> Iterator[DrawingThread]:
+    """A :class:`DrawingThread` that has written every frame put when the block ends (or raised the block's
+    error, after letting the thread finish: the writer must not be closed under it)."""
+    drawing = DrawingThread(writer, class_names, limit)
+    try:
+        yield drawing
+    except BaseException:
+        with contextlib.suppress(Exception):  # the block's own error is the one to report
+            drawing.finish()
+        raise
+    drawing.finish()
+
+
 @dataclass
 class VideoRun:
     """What :func:`predict_videos` did: frames processed, detections, outputs, and whether Ctrl-C ended it."""
@@ -573,10 +627,11 @@ def predict_videos(
         bar = progress_bar(total=total, desc=folder.name, enabled=progress, unit="frame", file=progress_file)
         with reader, bar, contextlib.ExitStack() as files:
             lines = files.enter_context(atomic_open(folder / JSONL_FILE, "w", encoding="utf-8", newline="\n"))
-            writer = None
-            if draw:
+            drawing = None
+            if draw:  # closed in reverse: the thread finishes, then the writer closes (or both are discarded)
                 path = folder / f"{folder.name}.mp4"
                 writer = files.enter_context(video_writer(path, reader.width, reader.height, reader.rate / vid_stride))
+                drawing = files.enter_context(drawing_thread(writer, detector.class_names, QUEUE_BATCHES * batch_size))
             run.videos += 1
             try:
                 for result in detect_frames(detector, reader, batch_size):
@@ -586,8 +641,8 @@ def predict_videos(
                         rows = yolo_lines(det["boxes"], det["labels"], det["scores"] if save_conf else None,
                                           result.image.shape[:2])  # fmt: skip
                         write_label_file(label_path(folder, f"{folder.name}_{result.index:06d}"), rows)
-                    if writer is not None:
-                        writer.write(draw_frame(result, detector.class_names))
+                    if drawing is not None:
+                        drawing.put(result)
                     run.frames += 1
                     run.detections += len(det["labels"])
                     bar.update(1)
