@@ -8,7 +8,8 @@ then, alternating over ``--rounds`` rounds, times:
 - **single image**: the predict Detector (BN-folded, channels-last, predict's score threshold) on the clip's
   frames one at a time, as decoded arrays: pre-processing, network, post-processing;
 - **video**: ``predict_videos`` on the clip as ``efficientdet predict clip.mp4`` runs it: decoding, the same
-  Detector on batches of ``--batch-size`` frames, ``detections.jsonl`` and the drawn H.264 video;
+  Detector on batches of ``--batch-size`` frames (default: predict's, one frame on a CPU), ``detections.jsonl``
+  and the drawn H.264 video;
 - **video, no drawing**: the same with ``--no-draw`` (the JSONL only);
 - with ``--x264 OPTIONS ...``, the video run once more per set of libx264 options (``preset=ultrafast``,
   ``preset=veryfast:threads=1``, ...) in place of the project's ``X264_OPTIONS``: what the encoder costs.
@@ -62,7 +63,7 @@ def main() -> int:
     p.add_argument("--photos", default=str(RACCOON / "JPEGImages"), help="folder of .jpg photos for the clip")
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8, help="frames per network call in the video runs")
+    p.add_argument("--batch-size", type=int, help="frames per network call in the video runs (default: predict's)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument(
         "--x264",

@@ -128,7 +128,8 @@ def test_detections_json_is_coco_results_equal_to_the_detector(raccoon_run, chec
     # what predict runs: the BN-folded, channels-last copy (optimize=True)
     detector = Detector(load_checkpoint(checkpoint), score_threshold=0.3, optimize=True)
     grouped = by_image(results)
-    for path, det in zip(paths, detector([str(p) for p in paths])):  # the same single batch as the run
+    # one image per forward pass, as predict runs on a CPU by default (batches round differently: 1e-6 apart)
+    for path, det in zip(paths, [detector(str(p))[0] for p in paths]):
         entries = grouped.get(path.as_posix(), [])
         assert len(entries) == len(det["scores"])
         if not entries:
@@ -231,8 +232,12 @@ def test_score_threshold_filters(checkpoint, tmp_path):
     low_results, high_results = read_results(tmp_path / "low"), read_results(tmp_path / "high")
     assert 0 < high.detections < low.detections
     assert all(e["score"] >= 0.6 for e in high_results)
-    # hard NMS never lets a lower score suppress a higher one: the high run is exactly the top of the low run
-    assert high_results == [e for e in low_results if e["score"] >= 0.6]
+    # hard NMS never lets a lower score suppress a higher one: the high run is exactly the top of the low run (the
+    # scores up to float rounding: torch's vectorised sigmoid rounds the last bit by position in its input, and the
+    # two thresholds leave different numbers of candidates)
+    top_of_low = [e for e in low_results if e["score"] >= 0.6]
+    assert [{**e, "score": None} for e in high_results] == [{**e, "score": None} for e in top_of_low]
+    np.testing.assert_allclose([e["score"] for e in high_results], [e["score"] for e in top_of_low], rtol=1e-6)
     assert not (tmp_path / "low" / "0.png").exists()  # draw=False: only detections.json
 
 

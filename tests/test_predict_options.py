@@ -203,3 +203,24 @@ def test_predict_names_the_nms_methods_it_knows(tmp_path):
     with pytest.raises(ValueError, match="nms must be one of hard, soft, got 'linear'"):
         predict([str(tmp_path / "none.jpg")], torch.nn.Identity(), tmp_path / "out", nms="linear")
     assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_predict_runs_one_image_per_forward_pass_on_a_cpu_unless_told(checkpoint, images, tmp_path, monkeypatch):
+    from efficientdet.inference.detector import default_batch_size
+
+    passes = []
+    original = Detector.predict_tensor
+
+    def recorded(self, batch, *args, **kwargs):
+        passes.append(len(batch))
+        return original(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "predict_tensor", recorded)
+    count = len(list(images.iterdir()))
+    assert run(tmp_path / "default", checkpoint, images) == 0
+    assert passes == [1] * count  # the CPU default: one image at a time (faster per image there)
+    passes.clear()
+    assert run(tmp_path / "batched", checkpoint, images, extra=("--batch-size", "8")) == 0
+    assert max(passes) > 1
+    assert (default_batch_size("cpu"), default_batch_size("cuda:1")) == (1, 8)
+    assert Detector(load_checkpoint(checkpoint)).batch_size == 1

@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from ..data.images import ImageReadError
+from ..inference.detector import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 from ..inference.predict import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PIXELS,
     DEFAULT_OUTPUT,
     DEFAULT_SCORE_THRESHOLD,
@@ -110,8 +110,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="test-time augmentation: also run each image mirrored, merge the detections")  # fmt: skip
     p.add_argument("--max-det", type=positive_int, default=MAX_DETECTIONS,
                    help=f"detections kept per image (default {MAX_DETECTIONS})")  # fmt: skip
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                   help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}; large images go alone)")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"images, frames or tiles per forward pass (default {CPU_BATCH_SIZE} on a CPU, where one at a "
+                   f"time ran fastest, {GPU_BATCH_SIZE} on a GPU; large images go alone)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--img-size", type=positive_int, help="input size (default: the model's own)")
     p.add_argument("--recursive", action="store_true", help="also take images from subfolders of folder sources")

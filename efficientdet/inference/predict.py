@@ -77,7 +77,6 @@ from .video import check_video_options, is_video_source, predict_videos
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DEFAULT_OUTPUT = "runs/predict"
 DEFAULT_SCORE_THRESHOLD = 0.3  # drawn images are for looking at: 0.05 (the Detector's default) clutters them
-DEFAULT_BATCH_SIZE = 8
 # Pillow's DecompressionBombError limit (2 x Image.MAX_IMAGE_PIXELS); 10000 x 10000 is below it.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 # A batch is closed early once its decoded images hold this many pixels (3 bytes each): one 10000 x 10000 image
@@ -296,12 +295,14 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
-def _check_options(score_threshold: float, iou_threshold: float, max_det: int, batch_size: int, nms: str) -> None:
+def _check_options(
+    score_threshold: float, iou_threshold: float, max_det: int, batch_size: int | None, nms: str
+) -> None:
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"IoU threshold must be in [0, 1], got {iou_threshold}")
-    if max_det < 1 or batch_size < 1:
+    if max_det < 1 or (batch_size is not None and batch_size < 1):
         raise ValueError(f"max_det and batch_size must be at least 1, got {max_det} and {batch_size}")
     if nms not in NMS_METHODS:
         raise ValueError(f"nms must be one of {', '.join(NMS_METHODS)}, got {nms!r}")
@@ -318,7 +319,7 @@ def predict(
     nms: str = "hard",
     class_agnostic: bool = False,
     max_det: int = MAX_DETECTIONS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     device: str | torch.device = "auto",
     image_size: int | None = None,
     recursive: bool = False,
@@ -347,7 +348,8 @@ def predict(
         output: folder for the drawn images and ``detections.json`` (created; see the module docstring for names).
         score_threshold, iou_threshold, nms, class_agnostic, max_det, image_size, class_names: passed to
             :class:`~efficientdet.inference.Detector` (``nms="soft"``: Gaussian soft-NMS, sigma 0.5).
-        batch_size: images per forward pass (fewer when they are large, see ``BATCH_PIXEL_BUDGET``).
+        batch_size: images per forward pass (fewer when they are large, see ``BATCH_PIXEL_BUDGET``); default
+            :func:`~efficientdet.inference.detector.default_batch_size`: 1 on a CPU, 8 on a GPU.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, ...
         classes: keep only these classes: names (case-insensitive) or 0-based indices, a list or ``"cat,2"``.
         draw: ``False`` writes no drawn images.
@@ -396,6 +398,7 @@ def predict(
         class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
         flip_tta=flip_tta,
     )  # fmt: skip
+    batch_size = detector.batch_size
     images, source_errors = expand_sources(sources, recursive, exclude=out)
     summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
     bar = progress_bar(total=len(images), enabled=progress is not False, unit="img")
