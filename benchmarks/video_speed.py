@@ -89,10 +89,9 @@ def main() -> int:
         model = create_model("efficientdet-lite0", num_classes=1, image_size=448)
     model.eval()
     detector = Detector(model, device="cpu", optimize=True, score_threshold=DEFAULT_SCORE_THRESHOLD)
-    bench = BenchConfig(checkpoint=args.checkpoint, threads=args.threads, iterations=30)
-    if not args.checkpoint:
-        bench = BenchConfig(model="efficientdet-lite0", img_size=448, num_classes=1, threads=args.threads,
-                            iterations=30)  # fmt: skip
+    same_model = {"checkpoint": args.checkpoint} if args.checkpoint else {
+        "model": "efficientdet-lite0", "img_size": 448, "num_classes": 1}  # fmt: skip
+    bench = BenchConfig(**same_model, threads=args.threads, iterations=30)
     bench_fps = run_benchmark(bench)["end_to_end"]["throughput_ips"]
 
     def fail(source: str, message: str) -> None:

@@ -345,7 +345,7 @@ class FrameResult:
     detections: dict[str, Any] = field(default_factory=dict)
 
 
-def detect_frames(detector: Any, reader: FrameReader, batch_size: int = 8) -> Iterator[FrameResult]:
+def detect_frames(detector: Any, reader: FrameReader, batch_size: int) -> Iterator[FrameResult]:
     """Run ``detector`` over the reader's frames, ``batch_size`` at a time; ``VideoError`` at the end on damage.
 
     Files fill every batch; for cameras and streams a batch is whatever has arrived (at least one frame), so a slow

@@ -10,7 +10,7 @@ import numpy as np
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
-    """``[N]`` areas of ``[N, 4]`` boxes (at least two dimensions: ``[..., 4]`` gives ``[...]``)."""
+    """Areas of ``[..., 4]`` boxes, shaped ``[...]`` (``[N, 4]`` gives ``[N]``)."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
