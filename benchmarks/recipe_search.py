@@ -68,6 +68,8 @@ SETTINGS: dict[str, list[str]] = {
                                     "--epochs", "60", "--mixup", "0.5", *NO_COLOR],
     "frozen-448-bw200-60ep-erase": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
                                     "--epochs", "60", "--erase", "0.5", *NO_COLOR],
+    "frozen-448-bw200-60ep-giou8": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
+                                    "--epochs", "60", "--iou-loss-weight", "8", *NO_COLOR],
     "lite1-frozen-448-bw200-60ep": ["--model", "efficientdet-lite1", "--freeze-backbone", "--img-size", "448",
                                     "--box-loss-weight", "200", "--epochs", "60", *NO_COLOR],
     "lite2-frozen-448-bw200-60ep": ["--model", "efficientdet-lite2", "--freeze-backbone", "--img-size", "448",

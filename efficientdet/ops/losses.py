@@ -1,16 +1,27 @@
-"""Focal loss for classes and Huber loss for boxes (paper, section 5.1; official code: det_model_fn.py)."""
+"""Focal loss for classes and Huber loss for boxes (paper, section 5.1; official code: det_model_fn.py).
+
+An optional generalized-IoU box loss (Rezatofighi et al. 2019) can be added to the Huber loss, as the official
+code's ``iou_loss_type`` / ``iou_loss_weight`` hyper-parameters do (off there by default, as here).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
+from .anchors import decode_boxes
 from .labeler import IGNORE, Targets
 
 FOCAL_ALPHA = 0.25  # paper, section 5.1
 FOCAL_GAMMA = 1.5  # paper, section 5.1
 HUBER_DELTA = 0.1  # official code: hparams_config.py, delta
 BOX_LOSS_WEIGHT = 50.0  # official code: hparams_config.py, box_loss_weight
+IOU_LOSS_WEIGHT = 0.0  # official code: hparams_config.py, iou_loss_type None (off)
+# Largest log-scale code decoded for the IoU loss: a box 1000/16 times its anchor (the bound detectron2 and
+# torchvision clip to); an untrained head's large outputs would otherwise overflow exp()
+MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
 def focal_loss(
@@ -31,6 +42,30 @@ def huber_loss(pred: torch.Tensor, target: torch.Tensor, delta: float = HUBER_DE
     return 0.5 * quadratic**2 + delta * (err - quadratic)
 
 
+def generalized_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - GIoU`` of matching (x1, y1, x2, y2) boxes ``[..., 4]``, not reduced: 0 for identical boxes, up to 2.
+
+    GIoU (Rezatofighi et al. 2019) is IoU minus the share of the smallest enclosing box that neither box covers,
+    so it still has a gradient when the boxes do not overlap.
+    """
+    area_p = (pred[..., 2] - pred[..., 0]).clamp(min=0) * (pred[..., 3] - pred[..., 1]).clamp(min=0)
+    area_t = (target[..., 2] - target[..., 0]).clamp(min=0) * (target[..., 3] - target[..., 1]).clamp(min=0)
+    low, high = torch.maximum(pred[..., :2], target[..., :2]), torch.minimum(pred[..., 2:], target[..., 2:])
+    overlap = (high - low).clamp(min=0)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    union = (area_p + area_t - intersection).clamp(min=1e-9)
+    hull = torch.maximum(pred[..., 2:], target[..., 2:]) - torch.minimum(pred[..., :2], target[..., :2])
+    hull_area = (hull[..., 0] * hull[..., 1]).clamp(min=1e-9)
+    giou = intersection / union - (hull_area - union) / hull_area
+    return 1.0 - giou
+
+
+def _decode_for_iou(codes: torch.Tensor, anchors_yxyx: torch.Tensor) -> torch.Tensor:
+    """Boxes (x1, y1, x2, y2) of regression codes, the log-scale codes clipped at :data:`MAX_LOG_SCALE`."""
+    codes = torch.cat([codes[..., :2], codes[..., 2:].clamp(max=MAX_LOG_SCALE)], dim=-1)
+    return decode_boxes(codes, anchors_yxyx)
+
+
 def detection_loss(
     cls_logits: torch.Tensor,
     box_codes: torch.Tensor,
@@ -40,11 +75,16 @@ def detection_loss(
     gamma: float = FOCAL_GAMMA,
     delta: float = HUBER_DELTA,
     box_weight: float = BOX_LOSS_WEIGHT,
+    iou_weight: float = IOU_LOSS_WEIGHT,
+    anchors: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Total, class and box loss for a batch of flattened outputs (``[B, A, C]`` logits, ``[B, A, 4]`` codes).
 
     Class loss: focal, summed over non-ignored anchors, divided by (positives in the batch + 1). Box loss: Huber
     over positive anchors, divided by (positives + 1) * 4. Total = class + box_weight (the paper: 50) * box.
+    With ``iou_weight`` > 0 (``anchors`` ``[A, 4]`` y1x1y2x2 needed to decode the codes) an ``iou_loss`` joins
+    them: ``1 - GIoU`` of the decoded boxes over positive anchors, divided by (positives + 1) * 4 like the box loss
+    (the official code's normaliser), and the total adds iou_weight * iou_loss.
     """
     normaliser = targets.num_positives.sum() + 1.0
     cls_t = targets.cls
@@ -54,4 +94,13 @@ def detection_loss(
     cls_loss = (focal_loss(cls_logits.float(), one_hot.float(), alpha, gamma) * valid.unsqueeze(-1)).sum() / normaliser
     box_err = huber_loss(box_codes.float(), targets.box, delta) * positive.unsqueeze(-1)
     box_loss = box_err.sum() / (normaliser * 4.0)
-    return {"loss": cls_loss + box_weight * box_loss, "cls_loss": cls_loss, "box_loss": box_loss}
+    losses = {"loss": cls_loss + box_weight * box_loss, "cls_loss": cls_loss, "box_loss": box_loss}
+    if iou_weight > 0:
+        if anchors is None:
+            raise ValueError("the IoU loss decodes boxes: give the anchors")
+        pred = _decode_for_iou(box_codes.float()[positive], anchors.expand_as(box_codes)[positive])
+        target = decode_boxes(targets.box[positive], anchors.expand_as(box_codes)[positive])
+        iou_loss = generalized_iou_loss(pred, target).sum() / (normaliser * 4.0)
+        losses["loss"] = losses["loss"] + iou_weight * iou_loss
+        losses["iou_loss"] = iou_loss
+    return losses

@@ -33,7 +33,7 @@ from ...models.hub import detection_weights_file, resolve_weights
 from ...models.weights import load_weights, read_checkpoint
 from ...ops.anchors import anchors_for_config
 from ...ops.labeler import AnchorLabeler
-from ...ops.losses import BOX_LOSS_WEIGHT, detection_loss
+from ...ops.losses import BOX_LOSS_WEIGHT, IOU_LOSS_WEIGHT, detection_loss
 from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
 from ...utils.distributed import DistEnv, all_reduce_sum
@@ -185,6 +185,16 @@ class TrainConfig(RecipeConfig):
             f"images, else the paper's {BOX_LOSS_WEIGHT:g}",
         ),
     )  # fmt: skip
+    # A generalized-IoU loss on the decoded boxes beside the Huber loss on their codes (the official code's
+    # iou_loss_type='giou' with iou_loss_weight); 0, the official default, leaves the paper's losses alone
+    iou_loss_weight: float = field(
+        default=IOU_LOSS_WEIGHT,
+        metadata=option(
+            "weight of a generalized-IoU loss on the decoded boxes, added to the box loss (0: off)",
+            number_in(0),
+            metavar="W",
+        ),
+    )
     # ImageNet backbone weights for a fresh start (packaged for Lite0-2, else downloaded once): a detector trained
     # from a random backbone on a small dataset is a trap nobody asks for. Unused with checkpoint / pretrained.
     pretrained_backbone: bool = True
@@ -342,6 +352,8 @@ class DetectionTask(Task):
         self.val_data: DetectionData | None = None
         self.evaluation: Any = None  # the last evaluation (its COCO tables feed the plots)
         self.preview = Path(cfg.output) / "train_batch0.jpg" if env.is_main and not cfg.resume else None
+        if cfg.iou_loss_weight > 0:
+            self.loss_names = (*self.loss_names, "iou_loss")
 
     def read_data(self) -> None:
         cfg, env = self.cfg, self.env
@@ -443,7 +455,8 @@ class DetectionTask(Task):
             cls_out, box_out = net(images)
         k = self.model_cfg.num_classes
         cls_flat, box_flat = flatten_outputs(cls_out, box_out, k)
-        return detection_loss(cls_flat, box_flat, targets, k, box_weight=self.cfg.box_loss_weight)
+        return detection_loss(cls_flat, box_flat, targets, k, box_weight=self.cfg.box_loss_weight,
+                              iou_weight=self.cfg.iou_loss_weight, anchors=self.labeler.anchors_yxyx)  # fmt: skip
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
@@ -454,7 +467,8 @@ class DetectionTask(Task):
         return self.evaluation.metrics, dict(self.evaluation.metrics)
 
     def loss_detail(self, row: dict[str, Any]) -> str:
-        return f" (cls {row['train_cls_loss']:.4f}, box {row['train_box_loss']:.5f})"
+        iou = f", iou {row['train_iou_loss']:.4f}" if "train_iou_loss" in row else ""
+        return f" (cls {row['train_cls_loss']:.4f}, box {row['train_box_loss']:.5f}{iou})"
 
     def format_metrics(self, metrics: dict[str, Any]) -> str:
         return format_metrics(metrics)
