@@ -6,7 +6,8 @@ For each seed this runs exactly what a user types, with nothing tuned by hand:
     efficientdet eval --checkpoint OUT/seedS/last.pt --data RACCOON --split test --json OUT/seedS/test.json
 
 `train` chooses its settings from the data (small data: frozen ImageNet backbone, 448 px, 60 epochs, box weight
-200; the "recipe:" line of its log) and, raccoon having no `val` split, holds out 10% of `train` to evaluate on.
+200, GIoU loss 8; the "recipe:" line of its log) and, raccoon having no `val` split, holds out 10% of `train` to
+evaluate on.
 The final EMA weights (`last.pt`) are evaluated once on `test` (40 images) with `eval`'s default NMS; the test
 split chooses nothing. Prints AP, AP50 and training minutes per seed and their mean; seeds already evaluated in
 OUT are read back. Run from the repository root, with nothing else running:

@@ -7,7 +7,7 @@ import torch
 
 from efficientdet.ops.anchors import decode_boxes
 from efficientdet.ops.labeler import IGNORE, NEGATIVE, AnchorLabeler, Targets, box_iou
-from efficientdet.ops.losses import detection_loss, focal_loss, huber_loss
+from efficientdet.ops.losses import detection_loss, focal_loss, generalized_iou_loss, huber_loss
 
 # three anchors (y1, x1, y2, x2): A0 at the origin, A1 shifted right by 5, A2 far away
 ANCHORS = torch.tensor([[0.0, 0, 10, 10], [0, 5, 10, 15], [50, 50, 60, 60]])
@@ -103,3 +103,43 @@ def test_detection_loss_normalisation_and_weights():
     assert out["cls_loss"].item() == pytest.approx(expected_cls)
     assert out["box_loss"].item() == pytest.approx(expected_box)
     assert out["loss"].item() == pytest.approx(expected_cls + 50 * expected_box)
+
+
+def test_generalized_iou_loss_hand_values():
+    pred = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 1, 1]])
+    target = torch.tensor([[0.0, 0, 2, 2], [1, 1, 3, 3], [2, 2, 3, 3]])
+    # identical: GIoU 1; overlap 1 of union 7 in a 3x3 hull: 1/7 - 2/9; apart: IoU 0, hull 9, union 2: -7/9
+    expected = [0.0, 1 - (1 / 7 - 2 / 9), 1 + 7 / 9]
+    assert generalized_iou_loss(pred, target).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_detection_loss_adds_the_giou_of_the_decoded_boxes_of_positive_anchors():
+    targets = Targets(
+        cls=torch.tensor([[1, NEGATIVE, IGNORE]]),
+        box=torch.tensor([[[0.2, 0.0, 0.0, 0.0], [0.0] * 4, [0.0] * 4]]),  # anchor 0's box: 2 px lower
+        num_positives=torch.tensor([1.0]),
+    )
+    logits = torch.zeros(1, 3, 2)
+    codes = torch.zeros(1, 3, 4, requires_grad=True)
+    plain = detection_loss(logits, codes, targets, num_classes=2)
+    assert "iou_loss" not in plain
+    with pytest.raises(ValueError, match="anchors"):
+        detection_loss(logits, codes, targets, num_classes=2, iou_weight=2.0)
+    out = detection_loss(logits, codes, targets, num_classes=2, iou_weight=2.0, anchors=ANCHORS)
+    # predicted box = anchor 0 (x 0-10, y 0-10), target y 2-12: intersection 80, union 120, hull 120 -> GIoU 2/3;
+    # the ignored and the negative anchors add nothing; normalised like the box loss by (positives + 1) * 4
+    expected_iou = (1 - 2 / 3) / ((1 + 1) * 4)
+    assert out["iou_loss"].item() == pytest.approx(expected_iou)
+    assert out["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * expected_iou)
+    out["iou_loss"].backward()
+    assert codes.grad[0, 0, 0] < 0  # moving the box down (positive ty) raises the GIoU
+    assert not codes.grad[0, 1:].any()
+
+
+def test_giou_loss_stays_finite_for_an_untrained_heads_huge_scale_codes():
+    targets = Targets(cls=torch.tensor([[0]]), box=torch.zeros(1, 1, 4), num_positives=torch.tensor([1.0]))
+    codes = torch.tensor([[[0.0, 0.0, 300.0, 300.0]]], requires_grad=True)  # exp(300) overflows float32
+    out = detection_loss(torch.zeros(1, 1, 1), codes, targets, 1, iou_weight=1.0, anchors=ANCHORS[:1])
+    out["loss"].backward()
+    assert math.isfinite(out["iou_loss"].item()) and 0 < out["iou_loss"].item() < 2
+    assert torch.isfinite(codes.grad).all()

@@ -174,11 +174,23 @@ def test_trainable_stages_train_the_last_convs_with_bn_frozen(tmp_path):
 def test_box_loss_weight_sets_the_share_of_the_box_loss(tmp_path):
     data = raccoon_subset(tmp_path)
     for weight in (0.0, 120.0):
-        cfg = tiny_config(tmp_path, data, output=str(tmp_path / f"w{weight}"), max_steps=1, box_loss_weight=weight)
+        cfg = tiny_config(tmp_path, data, output=str(tmp_path / f"w{weight}"), max_steps=1, box_loss_weight=weight,
+                          iou_loss_weight=0.0)  # fmt: skip
         train(cfg)
         row = history(cfg.output)[0]
         loss, cls, box = (float(row[k]) for k in ("train_loss", "train_cls_loss", "train_box_loss"))
         assert box > 0 and loss == pytest.approx(cls + weight * box, rel=1e-5)
+        assert "train_iou_loss" not in row  # no IoU loss: no column
+
+
+def test_iou_loss_weight_adds_a_logged_giou_loss_to_the_total(tmp_path):
+    data = raccoon_subset(tmp_path)
+    cfg = tiny_config(tmp_path, data, max_steps=1, box_loss_weight=50.0, iou_loss_weight=3.0)
+    train(cfg)
+    row = history(cfg.output)[0]
+    loss, cls, box, iou = (float(row[k]) for k in ("train_loss", "train_cls_loss", "train_box_loss", "train_iou_loss"))
+    assert 0 < iou < 0.5  # (1 - GIoU) / 4 per positive anchor: at most 0.5
+    assert loss == pytest.approx(cls + 50.0 * box + 3.0 * iou, rel=1e-5)
 
 
 def test_learning_rate_schedule():

@@ -13,7 +13,7 @@ from ..data.synthetic import make_synthetic_dataset
 from ..engine.train import TrainConfig, train
 from ..evaluation.validate import predict_records
 from ..models.factory import load_checkpoint
-from ..ops.losses import BOX_LOSS_WEIGHT
+from ..ops.losses import BOX_LOSS_WEIGHT, IOU_LOSS_WEIGHT
 from ..viz.draw import draw_detections
 
 LOG = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ def run_demo(output: str = "runs/demo", epochs: int = 25, seed: int = 0, workers
         epochs=epochs, batch_size=8, img_size=DEMO_IMAGE_SIZE, output=str(out), pretrained_backbone=pretrained,
         lr=DEMO_LR, scale_range=(0.7, 1.3), eval_interval=DEMO_EVAL_INTERVAL, workers=workers, seed=seed,
         # synthetic shapes are not ImageNet photos: the whole network trains (not the small-data recipe's frozen
-        # backbone), with the paper's box weight
-        freeze_backbone=False, box_loss_weight=BOX_LOSS_WEIGHT,
+        # backbone), with the paper's box loss
+        freeze_backbone=False, box_loss_weight=BOX_LOSS_WEIGHT, iou_loss_weight=IOU_LOSS_WEIGHT,
     )  # fmt: skip
     result = train(cfg)
     model = load_checkpoint(result["best"]).eval()

@@ -186,13 +186,16 @@ class TrainConfig(RecipeConfig):
         ),
     )  # fmt: skip
     # A generalized-IoU loss on the decoded boxes beside the Huber loss on their codes (the official code's
-    # iou_loss_type='giou' with iou_loss_weight); 0, the official default, leaves the paper's losses alone
-    iou_loss_weight: float = field(
-        default=IOU_LOSS_WEIGHT,
+    # iou_loss_type='giou' with iou_loss_weight); None: from the data's recipe (detection_recipe: on for small data,
+    # where it won on validation; off, the official default, for large)
+    iou_loss_weight: float | None = field(
+        default=None,
         metadata=option(
             "weight of a generalized-IoU loss on the decoded boxes, added to the box loss (0: off)",
-            number_in(0),
+            number_in(0, optional=True),
             metavar="W",
+            default_text=f"from the data: {SMALL_DATA.iou_loss_weight:g} below {SMALL_DATA_IMAGES:,} training "
+            f"images, else the official code's {IOU_LOSS_WEIGHT:g}",
         ),
     )
     # ImageNet backbone weights for a fresh start (packaged for Lite0-2, else downloaded once): a detector trained
@@ -343,7 +346,6 @@ class DetectionTask(Task):
 
     name = "detection"
     metric = "AP"
-    loss_names = ("loss", "cls_loss", "box_loss")
     divergence_hint = "Try a lower --lr, check the data for degenerate boxes, or --amp off."
     reports_skipped_images = True
 
@@ -352,8 +354,11 @@ class DetectionTask(Task):
         self.val_data: DetectionData | None = None
         self.evaluation: Any = None  # the last evaluation (its COCO tables feed the plots)
         self.preview = Path(cfg.output) / "train_batch0.jpg" if env.is_main and not cfg.resume else None
-        if cfg.iou_loss_weight > 0:
-            self.loss_names = (*self.loss_names, "iou_loss")
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The losses logged per epoch; ``iou_loss`` once the run has one (known after the recipe is chosen)."""
+        return ("loss", "cls_loss", "box_loss") + (("iou_loss",) if self.cfg.iou_loss_weight else ())
 
     def read_data(self) -> None:
         cfg, env = self.cfg, self.env
@@ -396,7 +401,8 @@ class DetectionTask(Task):
         if cfg.resume:
             return  # the saved run's settings, chosen when it started
         open_options = {"freeze_backbone": cfg.freeze_backbone, "img_size": cfg.img_size, "epochs": cfg.epochs,
-                        "box_loss_weight": cfg.box_loss_weight, "color_jitter": cfg.color_jitter}  # fmt: skip
+                        "box_loss_weight": cfg.box_loss_weight, "color_jitter": cfg.color_jitter,
+                        "iou_loss_weight": cfg.iou_loss_weight}  # fmt: skip
         pretrained = bool(cfg.pretrained_backbone or cfg.checkpoint or cfg.pretrained)
         choice = choose_settings(open_options, len(self.train_data), get_config(cfg.model).image_size, pretrained)
         for name, value in choice.values.items():
@@ -455,8 +461,9 @@ class DetectionTask(Task):
             cls_out, box_out = net(images)
         k = self.model_cfg.num_classes
         cls_flat, box_flat = flatten_outputs(cls_out, box_out, k)
-        return detection_loss(cls_flat, box_flat, targets, k, box_weight=self.cfg.box_loss_weight,
-                              iou_weight=self.cfg.iou_loss_weight, anchors=self.labeler.anchors_yxyx)  # fmt: skip
+        cfg = self.cfg
+        return detection_loss(cls_flat, box_flat, targets, k, box_weight=cfg.box_loss_weight,
+                              iou_weight=cfg.iou_loss_weight or 0.0, anchors=self.labeler.anchors_yxyx)  # fmt: skip
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
