@@ -59,11 +59,9 @@ JSONL_FILE = "detections.jsonl"
 DEFAULT_FPS = Fraction(30)  # a camera or stream that reports no frame rate (the usual webcam rate)
 QUEUE_BATCHES = 2  # decoded frames held ahead of the model: two batches keep it busy without holding a whole video
 NETWORK_TIMEOUT_S = 10.0  # a stream that sends nothing for this long ends (with a warning) instead of hanging
-# x264's "ultrafast" preset trades compression for the fastest encoding: the drawn video is for looking at, and
-# encoding it must not hold the detector back. On 2 cores (640x480) it takes 4.5 ms of CPU a frame against
-# "veryfast"'s 6.3 and raised the drawn video's throughput by 15-20% in each round of benchmarks/video_speed.py,
-# for files about 1.7x larger. Quality: x264's default CRF 23.
-X264_OPTIONS = {"preset": "ultrafast"}
+# x264's "veryfast" preset trades some compression for much faster encoding than its default "medium": the drawn
+# video is for looking at, and encoding it must not hold the detector back. Quality: x264's default CRF 23.
+X264_OPTIONS = {"preset": "veryfast"}
 # A file counts as truncated when its last decoded frame ends more than this many frame intervals before the
 # duration in its header (one interval of slack for rounding of the declared duration).
 TRUNCATION_SLACK_FRAMES = 1.5
