@@ -41,10 +41,9 @@ from efficientdet.evaluation.validate import EVAL_NMS
 # full so that a row keeps its meaning when the defaults change. "unfrozen-320-bw50-60ep" was the command's default
 # before the search; "frozen-448-bw200-60ep-giou8" is what it uses now (engine/tasks/detection_recipe.py), after
 # "frozen-448-bw200-60ep", "frozen-448-bw200-130ep" and, for a few hours, "frozen-448-bw200-60ep-color"; the others
-# are the levers earlier
-# raccoon runs pointed at ("-color": photometric jitter, which the others switch off explicitly, as they did while
-# the recipe had it on). "-giou8" adds the generalized-IoU box loss, which the small-data recipe has used since;
-# every setting without it switches it off, as it was when they ran.
+# are the levers earlier raccoon runs pointed at ("-color": photometric jitter, which the others switch off
+# explicitly, as they did while the recipe had it on). "-giou8" adds the generalized-IoU box loss, which the
+# small-data recipe has used since; every setting without it switches it off, as it was when they ran.
 NO_COLOR = ["--color-jitter", "0"]
 NO_GIOU = ["--iou-loss-weight", "0"]
 _SETTINGS: dict[str, list[str]] = {
