@@ -98,8 +98,9 @@ def detection_loss(
     if iou_weight > 0:
         if anchors is None:
             raise ValueError("the IoU loss decodes boxes: give the anchors")
-        pred = _decode_for_iou(box_codes.float()[positive], anchors.expand_as(box_codes)[positive])
-        target = decode_boxes(targets.box[positive], anchors.expand_as(box_codes)[positive])
+        positive_anchors = anchors.expand_as(box_codes)[positive]
+        pred = _decode_for_iou(box_codes.float()[positive], positive_anchors)
+        target = decode_boxes(targets.box[positive], positive_anchors)
         iou_loss = generalized_iou_loss(pred, target).sum() / (normaliser * 4.0)
         losses["loss"] = losses["loss"] + iou_weight * iou_loss
         losses["iou_loss"] = iou_loss
