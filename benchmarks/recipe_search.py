@@ -43,7 +43,8 @@ from efficientdet.evaluation.validate import EVAL_NMS
 # "frozen-448-bw200-60ep", "frozen-448-bw200-130ep" and, for a few hours, "frozen-448-bw200-60ep-color"; the others
 # are the levers earlier raccoon runs pointed at ("-color": photometric jitter, which the others switch off
 # explicitly, as they did while the recipe had it on). "-giou8" adds the generalized-IoU box loss, which the
-# small-data recipe has used since; every setting without it switches it off, as it was when they ran.
+# small-data recipe has used since; every setting without it switches it off, as it was when they ran. "-giou16"
+# and "frozen-512-" vary the default's GIoU weight and input size one at a time.
 NO_COLOR = ["--color-jitter", "0"]
 NO_GIOU = ["--iou-loss-weight", "0"]
 _SETTINGS: dict[str, list[str]] = {
@@ -71,6 +72,10 @@ _SETTINGS: dict[str, list[str]] = {
     "frozen-448-bw200-60ep-erase": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
                                     "--epochs", "60", "--erase", "0.5", *NO_COLOR],
     "frozen-448-bw200-60ep-giou8": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
+                                    "--epochs", "60", "--iou-loss-weight", "8", *NO_COLOR],
+    "frozen-448-bw200-60ep-giou16": ["--freeze-backbone", "--img-size", "448", "--box-loss-weight", "200",
+                                     "--epochs", "60", "--iou-loss-weight", "16", *NO_COLOR],
+    "frozen-512-bw200-60ep-giou8": ["--freeze-backbone", "--img-size", "512", "--box-loss-weight", "200",
                                     "--epochs", "60", "--iou-loss-weight", "8", *NO_COLOR],
     "lite1-frozen-448-bw200-60ep": ["--model", "efficientdet-lite1", "--freeze-backbone", "--img-size", "448",
                                     "--box-loss-weight", "200", "--epochs", "60", *NO_COLOR],
