@@ -42,9 +42,9 @@ from efficientdet.evaluation.validate import EVAL_NMS
 # before the search; "frozen-448-bw200-60ep-giou8" is what it uses now (engine/tasks/detection_recipe.py), after
 # "frozen-448-bw200-60ep", "frozen-448-bw200-130ep" and, for a few hours, "frozen-448-bw200-60ep-color"; the others
 # are the levers earlier raccoon runs pointed at ("-color": photometric jitter, which the others switch off
-# explicitly, as they did while the recipe had it on). "-giou8" adds the generalized-IoU box loss, which the
-# small-data recipe has used since; every setting without it switches it off, as it was when they ran. "-giou16"
-# and "frozen-512-" vary the default's GIoU weight and input size one at a time.
+# explicitly, as they did while the recipe had it on). "-giouW" adds the generalized-IoU box loss at weight W, which
+# the small-data recipe has used since; every setting without it switches it off, as it was when they ran.
+# "-giou16" (not adopted) doubles the default's weight; "frozen-512-" raises its input size.
 NO_COLOR = ["--color-jitter", "0"]
 NO_GIOU = ["--iou-loss-weight", "0"]
 _SETTINGS: dict[str, list[str]] = {
