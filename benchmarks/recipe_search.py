@@ -3,15 +3,16 @@
 Every candidate setting is trained with the plain command users run (``efficientdet train``), on the dataset's
 ``train`` split minus a held-out share (``--val-split auto --holdout-fraction F --holdout-seed H``: the same
 held-out images for every setting and seed), once per training seed and held-out draw. The score of a run is
-the AP of its *final* EMA weights on the held-out images with ``eval``'s default evaluation (soft-NMS), not the best
-epoch's, which the same images chose. The ``test`` split is never read: evaluate the chosen setting on it once,
-afterwards.
+the AP of its *final* EMA weights on the held-out images with ``eval``'s default evaluation (soft-NMS), not the
+best epoch's, which the same images chose. The ``test`` split is never read: evaluate the chosen setting on it
+once, afterwards.
 
     python benchmarks/recipe_search.py --data ../shared/datasets/raccoon --seeds 0 1 2 --budget-minutes 600 \\
         --output runs/recipe-search
 
 writes ``results.json`` and ``results.md`` (setting, val AP mean +- sample standard deviation over seeds, AP50,
-AP of the same final weights with hard NMS, soft-NMS and flip TTA with each, minutes per run) in ``--output``.
+AP of the same final weights with hard NMS, soft-NMS, flip TTA with each and box voting after each NMS, minutes
+per run) in ``--output``.
 ``--only NAME ...`` runs some settings; ``--extra ARGS`` appends flags to every run (e.g. ``--extra "--amp bf16
 --workers 1"``; later flags win, so ``--extra "--epochs 1"`` makes a smoke run).
 ``--holdout-seeds 0 1 2`` repeats everything on other draws of held-out images (32 images are few: one draw can
@@ -97,11 +98,20 @@ def finished(run: Path) -> bool:
 
 
 # Each run's final EMA weights are scored on its held-out images under each of these evaluations: hard NMS, Gaussian
-# soft-NMS (the paper's evaluation) and horizontal-flip TTA with each. A run's "val AP" is the one `eval` uses by
-# default (EVAL_NMS), whichever the training's own evaluation used when the run was trained.
-EVALUATION_VARIANTS = {"hard_nms": {"nms": "hard"}, "soft_nms": {"nms": "soft"},
-                       "flip_tta_hard_nms": {"nms": "hard", "flip_tta": True},
-                       "flip_tta_soft_nms": {"nms": "soft", "flip_tta": True}}  # fmt: skip
+# soft-NMS (the paper's evaluation), horizontal-flip TTA with each, and each NMS followed by box voting (`eval
+# --box-voting 0.8`). A run's "val AP" is the one `eval` uses by default (EVAL_NMS, no voting), whichever the
+# training's own evaluation used when the run was trained.
+VOTE_IOU = 0.8
+EVALUATION_VARIANTS = {
+    "hard_nms": {"nms": "hard", "vote_iou": None},
+    "soft_nms": {"nms": "soft", "vote_iou": None},
+    "flip_tta_hard_nms": {"nms": "hard", "flip_tta": True, "vote_iou": None},
+    "flip_tta_soft_nms": {"nms": "soft", "flip_tta": True, "vote_iou": None},
+    "hard_nms_vote": {"nms": "hard", "vote_iou": VOTE_IOU},
+    "soft_nms_vote": {"nms": "soft", "vote_iou": VOTE_IOU},
+}
+VARIANT_TITLES = ["hard NMS", "soft-NMS", "flip TTA, hard NMS", "flip TTA, soft-NMS", "hard NMS, voting",
+                  "soft-NMS, voting"]  # fmt: skip
 DEFAULT_VARIANT = f"{EVAL_NMS}_nms"
 
 
@@ -187,9 +197,9 @@ def summarise(name: str, runs: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        f"| setting | flags | runs | val AP (mean +- sd; {EVAL_NMS}-NMS) | per held-out draw | val AP50 "
-        "| val AP: hard NMS | soft-NMS | flip TTA, hard NMS | flip TTA, soft-NMS | min/run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| setting | flags | runs | val AP (mean +- sd; {DEFAULT_VARIANT}) | per held-out draw | val AP50 "
+        f"| val AP: {' | '.join(VARIANT_TITLES)} | min/run |",
+        "|---|---|---|---|---|---|" + "---|" * len(VARIANT_TITLES) + "---|",
     ]
     for r in sorted(rows, key=lambda r: -(r["val_AP_mean"] if r["val_AP_mean"] is not None else -1)):
         ap = "not run" if r["val_AP_mean"] is None else f"{r['val_AP_mean']:.3f}"

@@ -70,7 +70,7 @@ def test_evaluation_detections_are_the_detectors(detector, nms):
     does (BN and padding folded, channels-last). Any drift between the two paths (resize, top-k, thresholds, NMS,
     mapping back to the image) fails this."""
     from efficientdet.data.readers import read_dataset
-    from efficientdet.evaluation.validate import EVAL_SCORE_THRESHOLD, predict_records
+    from efficientdet.evaluation.validate import EVAL_SCORE_THRESHOLD, EVAL_VOTE_IOU, predict_records
 
     records = read_dataset(require_shared(RACCOON), "voc", "test").records[:4]
     for rec in records:  # annotations in the file's own pixels, so both sides are in image pixels
@@ -78,7 +78,9 @@ def test_evaluation_detections_are_the_detectors(detector, nms):
             assert im.size == (rec.width, rec.height)
     model = detector.model  # the parity Lite0: random weights with well-spread scores, 90 classes
     dets, skipped = predict_records(model, records, image_size=128, batch_size=2, nms=nms)
-    reference = Detector(model, image_size=128, score_threshold=EVAL_SCORE_THRESHOLD, nms=nms, optimize=True)
+    reference = Detector(
+        model, image_size=128, score_threshold=EVAL_SCORE_THRESHOLD, nms=nms, optimize=True, vote_iou=EVAL_VOTE_IOU
+    )
     expected = reference([r.path for r in records[:2]]) + reference([r.path for r in records[2:]])
     assert skipped == 0 and not model.training
     for got, want in zip(dets, expected, strict=True):
@@ -105,6 +107,21 @@ def test_evaluation_deduplicates_with_soft_nms_by_default(detector):
         assert torch.equal(d["boxes"], s["boxes"]) and torch.equal(d["scores"], s["scores"])
         assert not torch.equal(d["scores"], h["scores"])  # the parity Lite0's overlapping boxes: the two differ
     assert Detector(detector.model).nms == "hard"
+
+
+def test_evaluation_votes_boxes_only_when_asked(detector):
+    """Box voting is an option of evaluation (``vote_iou``), off by default as in ``Detector``; when asked, the
+    threshold reaches the post-processing."""
+    from efficientdet.evaluation.validate import EVAL_VOTE_IOU, predict_records
+
+    assert EVAL_VOTE_IOU is None and Detector(detector.model).vote_iou is None
+    records = read_dataset(require_shared(RACCOON), "voc", "test").records[:2]
+    default, _ = predict_records(detector.model, records, image_size=128)
+    plain, _ = predict_records(detector.model, records, image_size=128, vote_iou=None)
+    voted, _ = predict_records(detector.model, records, image_size=128, vote_iou=0.5)
+    for d, p, v in zip(default, plain, voted, strict=True):
+        assert torch.equal(d["boxes"], p["boxes"]) and torch.equal(v["scores"], p["scores"])
+        assert not torch.equal(v["boxes"], p["boxes"])
 
 
 def test_predict_records_restores_training_mode():

@@ -203,3 +203,44 @@ def test_postprocess_nms_options_on_a_real_model():
     assert len(agnostic["scores"]) < len(per_class["scores"])
     with pytest.raises(ValueError, match="unknown NMS method"):
         pp.postprocess(cls, box, anchors, 4, nms="linear")
+
+
+def test_box_voting_moves_a_kept_box_to_the_score_weighted_mean_of_its_cluster():
+    # box 0 is kept; box 1 overlaps it by IoU 0.9 (votes), box 2 by 0.6 (does not vote at 0.8), box 3 is another
+    # class (never votes for box 0), box 4 is far away and kept itself
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 6], [0, 0, 10, 10], [50, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.3, 0.8, 0.95, 0.5])
+    classes = torch.tensor([0, 0, 0, 1, 0])
+    kept = torch.tensor([0, 4])
+    voted = pp.vote_boxes(kept, boxes, scores, classes, iou_threshold=0.8)
+    assert iou(boxes[0].tolist(), boxes[1].tolist()) == pytest.approx(0.9)
+    assert iou(boxes[0].tolist(), boxes[2].tolist()) == pytest.approx(0.6)
+    y2 = (0.9 * 10 + 0.3 * 9) / (0.9 + 0.3)
+    assert voted.tolist() == [pytest.approx([0, 0, 10, y2]), pytest.approx([50, 50, 60, 60])]
+    voted = pp.vote_boxes(kept, boxes, scores, classes, iou_threshold=0.5)  # now box 2 votes too
+    y2 = (0.9 * 10 + 0.3 * 9 + 0.8 * 6) / (0.9 + 0.3 + 0.8)
+    assert voted[0].tolist() == pytest.approx([0, 0, 10, y2])
+    voted = pp.vote_boxes(kept, boxes, scores, None, iou_threshold=0.8)  # class-agnostic: box 3 votes as well
+    y2 = (0.9 * 10 + 0.3 * 9 + 0.95 * 10) / (0.9 + 0.3 + 0.95)
+    assert voted[0].tolist() == pytest.approx([0, 0, 10, y2])
+    assert pp.vote_boxes(torch.tensor([], dtype=torch.long), boxes, scores, classes, 0.8).shape == (0, 4)
+
+
+def test_postprocess_with_box_voting_keeps_the_same_detections_with_voted_corners():
+    from efficientdet import create_model
+    from efficientdet.ops.anchors import anchors_for_config
+
+    torch.manual_seed(0)
+    model = create_model("efficientdet-lite0", num_classes=3).eval()
+    with torch.no_grad():
+        cls, box = model(torch.randn(1, 3, 128, 128))
+    anchors = anchors_for_config(model.config, (128, 128))
+    for nms in pp.NMS_METHODS:
+        plain = pp.postprocess(cls, box, anchors, 3, max_det=20, nms=nms)[0]
+        voted = pp.postprocess(cls, box, anchors, 3, max_det=20, nms=nms, vote_iou=0.5)[0]
+        assert torch.equal(voted["scores"], plain["scores"]) and torch.equal(voted["labels"], plain["labels"])
+        moved = (voted["boxes"] - plain["boxes"]).abs().amax(1) > 1e-4
+        assert 0 < int(moved.sum()) < len(moved)  # some boxes had close neighbours of their class, some not
+        # a voted box is a mean of boxes overlapping the kept one by IoU >= 0.5: it stays near it
+        sizes = plain["boxes"][:, 2:] - plain["boxes"][:, :2]
+        assert (voted["boxes"] - plain["boxes"]).abs().max() < 0.25 * sizes.max()

@@ -277,6 +277,23 @@ def test_soft_and_hard_nms(checkpoint, tmp_path, capsys):
         assert same_class_overlap(soft) > 0.5  # overlapping boxes are down-weighted, not removed
 
 
+def test_box_voting_moves_boxes_and_keeps_scores(checkpoint, tmp_path, capsys):
+    images = [str(random_image(tmp_path / f"in/{i}.png", seed=i)) for i in range(2)]
+    runs = {}
+    for name, extra in (("plain", ()), ("voted", ("--box-voting", "0.5"))):
+        out = tmp_path / name
+        code, _, _ = run_cli(capsys, *images, "--checkpoint", str(checkpoint), "--output", str(out),
+                             "--score-threshold", "0.05", *extra)  # fmt: skip
+        assert code == 0
+        runs[name] = read_results(out)
+    plain, voted = runs["plain"], runs["voted"]
+    assert [e["score"] for e in plain] == [e["score"] for e in voted]
+    assert [e["bbox"] for e in plain] != [e["bbox"] for e in voted]
+    code, _, err = run_cli(capsys, images[0], "--checkpoint", str(checkpoint), "--output", str(tmp_path / "x"),
+                           "--box-voting", "0")  # fmt: skip
+    assert code == 1 and "--box-voting" in err and not (tmp_path / "x").exists()
+
+
 def test_class_agnostic_nms_lets_classes_suppress_each_other(checkpoint, tmp_path):
     images = [random_image(tmp_path / f"in/{i}.png", seed=i) for i in range(2)]
     for agnostic in (False, True):

@@ -27,7 +27,8 @@ def test_search_scores_settings_on_held_out_training_images(tmp_path):
     assert set(rows) == set(settings)
     assert all(r["runs"] == 2 and r["val_AP_mean"] is not None and r["val_AP_std"] is not None for r in rows.values())
     assert all(set(r["val_AP_by_holdout"]) == {"0", "1"} for r in rows.values())
-    for variant in ("hard_nms", "soft_nms", "flip_tta_hard_nms", "flip_tta_soft_nms"):  # evaluations, same images
+    variants = ("hard_nms", "soft_nms", "flip_tta_hard_nms", "flip_tta_soft_nms", "hard_nms_vote", "soft_nms_vote")
+    for variant in variants:  # evaluations of the same weights on the same images
         assert all(r[f"val_AP_{variant}_mean"] is not None for r in rows.values())
     # a run's score is its final weights' AP under eval's default evaluation (soft-NMS), whatever training used
     assert all(r["val_AP_mean"] == pytest.approx(r["val_AP_soft_nms_mean"]) for r in rows.values())

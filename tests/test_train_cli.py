@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 from test_train import history, raccoon_subset
 
 from efficientdet.cli import main
@@ -123,6 +124,30 @@ def test_eval_refuses_bad_numbers(tmp_path, capsys, option, value):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and f"{option} must be an integer" in err[0], err
+
+
+def test_eval_box_voting_option(tmp_path, capsys):
+    """``--box-voting IOU`` sets the voting threshold (``none``: off); the detections written move with it."""
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=2)
+    ckpt = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=128), ckpt,
+                            ["raccoon"])  # fmt: skip
+    boxes = {}
+    for value in ("none", "0.5"):
+        report = tmp_path / f"eval-{value}.json"
+        rc = main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "val", "--workers", "0",
+                   "--json", str(report), "--box-voting", value])  # fmt: skip
+        assert rc == 0
+        with open(json.loads(report.read_text())["detections"]) as f:
+            boxes[value] = [d["bbox"] for d in json.load(f)]
+    assert len(boxes["none"]) == len(boxes["0.5"]) and boxes["none"] != boxes["0.5"]
+    capsys.readouterr()
+    rc = main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--box-voting", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--box-voting must be" in err[0], err
 
 
 def test_train_reports_bad_data_clearly(tmp_path, capsys):

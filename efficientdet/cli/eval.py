@@ -14,10 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.tasks.detection import DATASET_OPTION, FORMAT_OPTION
-from ..evaluation.validate import EVAL_NMS
+from ..evaluation.validate import EVAL_NMS, EVAL_VOTE_IOU
 from ..ops.postprocess import NMS_METHODS
 from ..utils.atomic import atomic_open
-from ..utils.fields import OptionError, check_fields, int_at_least, one_of, option, optional_int
+from ..utils.fields import (
+    OptionError,
+    check_fields,
+    int_at_least,
+    number_in,
+    one_of,
+    option,
+    optional_float,
+    optional_int,
+)
 from .common import setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
@@ -68,6 +77,17 @@ class DetectionEvalOptions(EvalOptions):
     flip_tta: bool = field(
         default=False,
         metadata=option("test-time augmentation: each image also runs mirrored, detections merged (2x the time)"),
+    )
+    box_voting: float | None = field(
+        default=EVAL_VOTE_IOU,
+        metadata=option(
+            "after NMS, move each box to the score-weighted mean of the candidates of its class overlapping it by "
+            "at least this IoU (box voting, e.g. 0.8); 'none': off",
+            number_in(0, 1, low_open=True, optional=True),
+            parse=optional_float,
+            metavar="IOU",
+            default_text="none",
+        ),
     )
 
 
@@ -174,6 +194,7 @@ def _eval_detection(args: argparse.Namespace, options: DetectionEvalOptions) -> 
         dets_path,
         nms=options.nms,
         flip_tta=options.flip_tta,
+        vote_iou=options.box_voting,
     )
     print(format_per_class(result.coco))
     print(format_metrics(result.metrics))

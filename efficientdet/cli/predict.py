@@ -44,7 +44,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
             max_pixels=args.max_pixels, classes=args.classes, save_txt=args.save_txt,
             save_conf=args.save_conf, save_crop=args.save_crop, progress=None, tile=args.tile,
-            tile_overlap=args.tile_overlap, flip_tta=args.flip_tta,
+            tile_overlap=args.tile_overlap, flip_tta=args.flip_tta, vote_iou=args.box_voting,
         )  # fmt: skip
     except UnknownClassError as e:  # a usage error, like argparse's own (exit 2), found before anything is written
         print(f"efficientdet predict: --classes: {e}", file=sys.stderr)
@@ -108,6 +108,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--class-agnostic", action="store_true", help="boxes of different classes suppress each other")
     p.add_argument("--flip-tta", action="store_true",
                    help="test-time augmentation: also run each image mirrored, merge the detections")  # fmt: skip
+    p.add_argument("--box-voting", type=fraction, default=None, metavar="IOU",
+                   help="after NMS, move each box to the score-weighted mean of the candidates of its class "
+                   "overlapping it by at least this IoU, e.g. 0.8 (default: off)")  # fmt: skip
     p.add_argument("--max-det", type=positive_int, default=MAX_DETECTIONS,
                    help=f"detections kept per image (default {MAX_DETECTIONS})")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=None,

@@ -27,6 +27,11 @@ EVAL_SCORE_THRESHOLD = 0.001  # the official evaluation keeps detections down to
 # draws; mean +0.010 AP, -0.003 to +0.024). `predict` and `Detector` keep hard NMS: soft-NMS keeps overlapping
 # low-score boxes that AP forgives and a drawn picture does not.
 EVAL_NMS = "soft"
+# Box voting after the NMS (`--box-voting IOU`: each kept box moves to the score-weighted mean of its class's
+# candidates overlapping it by that IoU; `ops.postprocess.vote_boxes`) is an option, off by default: on the final
+# weights of eleven validation runs (held-out draws of raccoon `train`, BCCD `val`) voting at IoU 0.8 moved soft-NMS
+# AP by -0.021 to +0.017, mean -0.001 (docs/recipe.md, "Box voting").
+EVAL_VOTE_IOU: float | None = None
 
 
 def evaluation_detector(
@@ -39,9 +44,10 @@ def evaluation_detector(
     nms: str = EVAL_NMS,
     flip_tta: bool = False,
     optimize: bool = True,
+    vote_iou: float | None = EVAL_VOTE_IOU,
 ) -> Detector:
     """The :class:`Detector` that evaluation predicts with, with the official evaluation's settings (top 5000
-    candidates, score threshold 0.001, per-class NMS).
+    candidates, score threshold 0.001, per-class NMS; box voting only when asked).
 
     Evaluation builds one rather than running the network itself so that the scores it reports are those of
     the predictions users get from ``Detector`` and ``efficientdet predict`` with the same settings. Like
@@ -54,7 +60,7 @@ def evaluation_detector(
     return Detector(
         model, device=device, image_size=image_size, score_threshold=score_threshold, iou_threshold=iou_threshold,
         max_det=max_det, topk=TOPK_CANDIDATES, nms=nms, flip_tta=flip_tta,
-        optimize=optimize and isinstance(model, EfficientDet),
+        optimize=optimize and isinstance(model, EfficientDet), vote_iou=vote_iou,
     )  # fmt: skip
 
 
@@ -71,6 +77,7 @@ def predict_records(
     max_det: int = MAX_DETECTIONS,
     nms: str = EVAL_NMS,
     flip_tta: bool = False,
+    vote_iou: float | None = EVAL_VOTE_IOU,
 ) -> tuple[list[dict[str, torch.Tensor]], int]:
     """Detections per record in the pixels of its annotation (aligned with ``records``; unreadable images get none).
 
@@ -90,7 +97,7 @@ def predict_records(
     else:  # read the mode first: the Detector puts the model in eval mode (and may run a folded copy of it)
         network, was_training = model, model.training
         detector = evaluation_detector(
-            model, image_size, device, score_threshold, iou_threshold, max_det, nms, flip_tta
+            model, image_size, device, score_threshold, iou_threshold, max_det, nms, flip_tta, vote_iou=vote_iou
         )
     cfg = detector.config
     dataset = DetectionDataset(records, detector.image_size, cfg.mean, cfg.std, train=False)
@@ -140,9 +147,11 @@ def evaluate_model(
     nms: str = EVAL_NMS,
     distributed: bool = False,
     flip_tta: bool = False,
+    vote_iou: float | None = EVAL_VOTE_IOU,
 ) -> ModelEvaluation:
     """Predict every image of ``data`` and score the detections with pycocotools (``nms="soft"``: the official
-    evaluation). Images that cannot be read get no detections (their boxes count as missed) and are counted.
+    evaluation; ``vote_iou``: box voting after it, None for none). Images that cannot be read get no detections
+    (their boxes count as missed) and are counted.
 
     ``distributed``: all ranks of an initialised process group call this; the work is split between them and
     every rank returns the same result (computed once, on rank 0, from all detections).
@@ -156,13 +165,29 @@ def evaluate_model(
     env = current_env()
     if not (distributed and env.distributed):
         dets, skipped = predict_records(
-            model, data.records, image_size, batch_size, workers, device, nms=nms, flip_tta=flip_tta
+            model,
+            data.records,
+            image_size,
+            batch_size,
+            workers,
+            device,
+            nms=nms,
+            flip_tta=flip_tta,
+            vote_iou=vote_iou,
         )
         coco = evaluate_split(data, dets, json_path, detections_path, unreadable_images=skipped)
         return ModelEvaluation(coco, dets, skipped)
     mine = list(range(env.rank, len(data.records), env.world_size))  # strided: image sizes spread evenly
     dets, skipped = predict_records(
-        model, [data.records[i] for i in mine], image_size, batch_size, workers, device, nms=nms, flip_tta=flip_tta
+        model,
+        [data.records[i] for i in mine],
+        image_size,
+        batch_size,
+        workers,
+        device,
+        nms=nms,
+        flip_tta=flip_tta,
+        vote_iou=vote_iou,
     )
     parts = all_gather_objects((list(zip(mine, dets)), skipped))
     result = None

@@ -339,6 +339,7 @@ def predict(
     max_frames: int | None = None,
     optimize: bool = True,
     flip_tta: bool = False,
+    vote_iou: float | None = None,
 ) -> PredictSummary:
     """Detect objects in every image that ``sources`` name; write drawn copies and ``detections.json`` to ``output``.
 
@@ -370,6 +371,7 @@ def predict(
             times it: ~1.6x faster on a 2-core CPU (Lite0 448 px), boxes equal to the unfolded network's within
             float rounding (~1e-3 px). Exported files run as they are.
         flip_tta: each image also runs mirrored left-right, the detections merged (twice the network time).
+        vote_iou: box voting after NMS at this IoU (:class:`~efficientdet.inference.Detector`); None: off.
 
     Raises ``ValueError`` for invalid options (``UnknownClassError``, a subclass, for an unknown class) and
     ``CheckpointError`` / ``FileNotFoundError`` for a bad model file, before any image is read or any file written.
@@ -396,7 +398,7 @@ def predict(
         optimize=optimize and isinstance(model, EfficientDet), score_threshold=score_threshold,
         iou_threshold=iou_threshold, max_det=max_det, class_names=class_names, nms=nms,
         class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
-        flip_tta=flip_tta,
+        flip_tta=flip_tta, vote_iou=vote_iou,
     )  # fmt: skip
     batch_size = detector.batch_size
     images, source_errors = expand_sources(sources, recursive, exclude=out)

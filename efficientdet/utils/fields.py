@@ -119,6 +119,11 @@ def optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
+def optional_float(text: str) -> float | None:
+    """``parse`` of an optional number (``--box-voting``): ``none`` (any case) means None."""
+    return None if text.lower() == "none" else float(text)
+
+
 def option(
     help: str,
     constraint: dict[str, Any] | None = None,
