@@ -184,15 +184,20 @@ def test_postprocess_decodes_the_top_candidates():
     assert out[0]["scores"].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
 
 
-def test_postprocess_nms_options_on_a_real_model():
+def random_lite0_outputs(num_classes: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """A randomly initialised Lite0's raw outputs for one 128 px noise image, and its anchors."""
     from efficientdet import create_model
     from efficientdet.ops.anchors import anchors_for_config
 
     torch.manual_seed(0)
-    model = create_model("efficientdet-lite0", num_classes=4).eval()
+    model = create_model("efficientdet-lite0", num_classes=num_classes).eval()
     with torch.no_grad():
         cls, box = model(torch.randn(1, 3, 128, 128))
-    anchors = anchors_for_config(model.config, (128, 128))
+    return cls, box, anchors_for_config(model.config, (128, 128))
+
+
+def test_postprocess_nms_options_on_a_real_model():
+    cls, box, anchors = random_lite0_outputs(4)
     hard = pp.postprocess(cls, box, anchors, 4, max_det=50)[0]
     soft = pp.postprocess(cls, box, anchors, 4, max_det=50, nms="soft")[0]
     agnostic = pp.postprocess(cls, box, anchors, 4, max_det=100_000, class_agnostic=True)[0]
@@ -227,14 +232,7 @@ def test_box_voting_moves_a_kept_box_to_the_score_weighted_mean_of_its_cluster()
 
 
 def test_postprocess_with_box_voting_keeps_the_same_detections_with_voted_corners():
-    from efficientdet import create_model
-    from efficientdet.ops.anchors import anchors_for_config
-
-    torch.manual_seed(0)
-    model = create_model("efficientdet-lite0", num_classes=3).eval()
-    with torch.no_grad():
-        cls, box = model(torch.randn(1, 3, 128, 128))
-    anchors = anchors_for_config(model.config, (128, 128))
+    cls, box, anchors = random_lite0_outputs(3)
     for nms in pp.NMS_METHODS:
         plain = pp.postprocess(cls, box, anchors, 3, max_det=20, nms=nms)[0]
         voted = pp.postprocess(cls, box, anchors, 3, max_det=20, nms=nms, vote_iou=0.5)[0]

@@ -162,33 +162,15 @@ def evaluate_model(
     """
     if getattr(model, "class_names", None):
         data = data.with_class_names(list(model.class_names), getattr(model, "category_ids", None))
+    settings = (image_size, batch_size, workers, device)
+    post: dict[str, Any] = {"nms": nms, "flip_tta": flip_tta, "vote_iou": vote_iou}
     env = current_env()
     if not (distributed and env.distributed):
-        dets, skipped = predict_records(
-            model,
-            data.records,
-            image_size,
-            batch_size,
-            workers,
-            device,
-            nms=nms,
-            flip_tta=flip_tta,
-            vote_iou=vote_iou,
-        )
+        dets, skipped = predict_records(model, data.records, *settings, **post)
         coco = evaluate_split(data, dets, json_path, detections_path, unreadable_images=skipped)
         return ModelEvaluation(coco, dets, skipped)
     mine = list(range(env.rank, len(data.records), env.world_size))  # strided: image sizes spread evenly
-    dets, skipped = predict_records(
-        model,
-        [data.records[i] for i in mine],
-        image_size,
-        batch_size,
-        workers,
-        device,
-        nms=nms,
-        flip_tta=flip_tta,
-        vote_iou=vote_iou,
-    )
+    dets, skipped = predict_records(model, [data.records[i] for i in mine], *settings, **post)
     parts = all_gather_objects((list(zip(mine, dets)), skipped))
     result = None
     if env.is_main:
