@@ -174,6 +174,28 @@ def test_old_detection_last_pt_resumes(tmp_path):
         resume_segmentation_config(str(last))
 
 
+def test_detection_last_pt_saved_before_the_giou_and_jitter_options_resumes_without_them(tmp_path):
+    """A run saved before ``iou_loss_weight`` and ``color_jitter`` existed trained without a GIoU loss and without
+    jitter; resumed, it goes on that way (0, not the small-data recipe's values, not an unset None), and its next
+    checkpoint says so."""
+    from efficientdet.data.synthetic import make_synthetic_dataset
+    from efficientdet.engine.train import TrainConfig, resume_config, train
+
+    data = make_synthetic_dataset(tmp_path / "shapes", n_train=4, n_val=2)
+    cfg = TrainConfig(data=str(data), img_size=64, batch_size=2, workers=0, epochs=1, val_split=None,
+                      pretrained_backbone=False, iou_loss_weight=0.0, color_jitter=0.0,
+                      output=str(tmp_path / "run"))  # fmt: skip
+    train(cfg)
+    last = tmp_path / "run" / "last.pt"
+    _to_old_layout(last, "best_ap", ("iou_loss_weight", "color_jitter"))
+    resumed = resume_config(str(last), epochs=2)
+    train(resumed)
+    saved = read_file(last)["train_state"]["train_config"]
+    assert saved["iou_loss_weight"] == 0.0 and saved["color_jitter"] == 0.0
+    rows = _history(tmp_path / "run")
+    assert len(rows) == 2 and all(not r.get("train_iou_loss") for r in rows)
+
+
 def _seg_worker(config_json: str) -> None:
     """torchrun's entry (``tests/test_engine.py seg <json>``): train, or resume with ``changes``."""
     fields = json.loads(config_json)

@@ -65,6 +65,10 @@ MIN_HOLDOUT_IMAGES = 10  # fewer training images than this: no holdout, train on
 DATASET_OPTION = option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
 FORMAT_OPTION = option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
 PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
+# Options of the data's recipe that a checkpoint may lack, because its run was saved before they existed, and what
+# that run did without them; a resumed run goes on that way (None would be "choose from the data", which a resumed
+# run never does)
+BEFORE_THE_OPTION: dict[str, float] = {"color_jitter": 0.0, "iou_loss_weight": 0.0}
 TENSORBOARD_IMAGES = 4  # validation images drawn with the EMA model's detections at each evaluation
 TENSORBOARD_SCORE_THRESHOLD = 0.3  # as `efficientdet predict` draws: lower scores only clutter the picture
 
@@ -398,8 +402,11 @@ class DetectionTask(Task):
     def _choose_recipe(self) -> None:
         """Fill the options left open from the training split's size (:mod:`.detection_recipe`); say what."""
         cfg = self.cfg
-        if cfg.resume:
-            return  # the saved run's settings, chosen when it started
+        if cfg.resume:  # the saved run's settings, chosen when it started
+            for name, value in BEFORE_THE_OPTION.items():  # ... by code older than some options: as it ran then
+                if getattr(cfg, name) is None:
+                    setattr(cfg, name, value)
+            return
         open_options = {"freeze_backbone": cfg.freeze_backbone, "img_size": cfg.img_size, "epochs": cfg.epochs,
                         "box_loss_weight": cfg.box_loss_weight, "color_jitter": cfg.color_jitter,
                         "iou_loss_weight": cfg.iou_loss_weight}  # fmt: skip
@@ -463,7 +470,7 @@ class DetectionTask(Task):
         cls_flat, box_flat = flatten_outputs(cls_out, box_out, k)
         cfg = self.cfg
         return detection_loss(cls_flat, box_flat, targets, k, box_weight=cfg.box_loss_weight,
-                              iou_weight=cfg.iou_loss_weight or 0.0, anchors=self.labeler.anchors_yxyx)  # fmt: skip
+                              iou_weight=cfg.iou_loss_weight, anchors=self.labeler.anchors_yxyx)  # fmt: skip
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
