@@ -292,3 +292,19 @@ def test_voc_missing_and_malformed_xml_name_the_file(tmp_path):
     (root / "Annotations" / "img1.xml").unlink()
     with pytest.raises(DatasetError, match=r"img1\.xml: annotation file not found"):
         read_voc(root, "train")
+
+
+def test_voc_missing_split_names_the_split_files_there_are(tmp_path):
+    """A VOC set with trainval.txt / test.txt only (a common layout): asked for 'train', the error names the file
+    looked for and the splits the folder has, so the user knows what to pass."""
+    root = _voc_dataset(tmp_path, _voc_xml("bird", (2, 2, 20, 20)))
+    main = root / "ImageSets" / "Main"
+    (main / "train.txt").rename(main / "trainval.txt")
+    (main / "test.txt").write_text("img1\n")
+    (main / "bird_trainval.txt").write_text("img1  1\n")  # VOC's per-class lists are not splits
+    with pytest.raises(DatasetError, match=r"train\.txt: split file not found \(the splits here: test, trainval\)"):
+        read_voc(root, "train")
+    for other in main.iterdir():
+        other.unlink()
+    with pytest.raises(DatasetError, match=r"train\.txt: split file not found \(no split files in "):
+        read_voc(root, "train")

@@ -162,10 +162,16 @@ def read_voc(root: str | os.PathLike, split: str) -> DetectionData:
     return DetectionData(records=records, class_names=class_names, format="voc", fixes=fixes)
 
 
+_PER_CLASS_SPLIT = re.compile(r".+_(train|val|trainval|test)")
+
+
 def _read_voc_split(path: Path) -> list[str]:
     """Image ids of a split file: the first word of each non-blank line (VOC's ``<id>  1`` class lists included)."""
     if not path.is_file():
-        raise DatasetError(f"{path}: split file not found")
+        # VOC's own ImageSets/Main also holds a <class>_<split>.txt per class and split: not splits to offer
+        there = sorted(p.stem for p in path.parent.glob("*.txt") if not _PER_CLASS_SPLIT.fullmatch(p.stem))
+        hint = f"the splits here: {', '.join(there)}" if there else f"no split files in {path.parent}"
+        raise DatasetError(f"{path}: split file not found ({hint})")
     return [line.split()[0] for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
 
 
