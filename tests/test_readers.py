@@ -149,6 +149,29 @@ def test_coco_folder_layout_is_detected(tmp_path):
     assert data.format == "coco" and data.records[0].path == str((tmp_path / "val2017" / "a.jpg").resolve())
 
 
+def test_roboflow_coco_export_layout_is_detected_with_valid_as_the_val_split(tmp_path):
+    """Roboflow's COCO export: a folder per split (train/, valid/, test/), each with _annotations.coco.json and its
+    images beside it."""
+    from efficientdet.data.readers import has_split
+
+    for folder, names in (("train", ["a.jpg", "b.jpg"]), ("valid", ["c.jpg"])):
+        content = {
+            "images": [{"id": i, "file_name": n, "width": 100, "height": 50} for i, n in enumerate(names)],
+            "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [1, 2, 30, 20]}],
+        }
+        for name in names:
+            _image(tmp_path / folder / name)
+        (tmp_path / folder / "_annotations.coco.json").write_text(json.dumps(content))
+    train = read_dataset(tmp_path)
+    assert train.format == "coco" and [Path(r.path).name for r in train.records] == ["a.jpg", "b.jpg"]
+    assert train.records[0].path == str((tmp_path / "train" / "a.jpg").resolve())
+    assert has_split(tmp_path, None, "val") and not has_split(tmp_path, None, "test")
+    assert [Path(r.path).parent.name for r in read_dataset(tmp_path, split="val").records] == ["valid"]
+    with pytest.raises(DatasetError, match=r"no COCO annotation file for split 'test'.*test/_annotations\.coco\.json"):
+        read_dataset(tmp_path, "coco", "test")
+
+
 def test_unknown_layout_names_path_and_what_was_looked_for(tmp_path):
     with pytest.raises(DatasetError, match=r"data\.yaml.*Annotations.*instances_train\.json"):
         read_dataset(tmp_path)

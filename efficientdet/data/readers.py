@@ -550,8 +550,8 @@ def read_dataset(path: str | os.PathLike, format: str | None = None, split: str 
     """Read any supported dataset, detecting the format when ``format`` is None.
 
     Detection: a ``.json`` file is COCO; a ``.yaml``/``.yml`` file or a folder with ``data.yaml`` is YOLO; a folder
-    with ``Annotations/`` is VOC; a folder with ``annotations/instances_<split>.json``, ``annotations/<split>.json``
-    or ``<split>.json`` is COCO.
+    with ``Annotations/`` is VOC; a folder with ``annotations/instances_<split>.json``, ``annotations/<split>.json``,
+    ``<split>.json`` or ``<split>/_annotations.coco.json`` (Roboflow; ``valid/`` for ``val``) is COCO.
     """
     path = Path(path)
     fmt = format.lower() if format else _detect_format(path, split)
@@ -585,10 +585,15 @@ def has_split(path: str | os.PathLike, format: str | None, split: str) -> bool:
     return False
 
 
+ROBOFLOW_COCO_JSON = "_annotations.coco.json"  # Roboflow's COCO export: <split>/_annotations.coco.json + images
+
+
 def _coco_json_candidates(folder: Path, split: str) -> list[Path]:
-    """Where a COCO JSON for ``split`` is looked for inside a dataset folder."""
+    """Where a COCO JSON for ``split`` is looked for inside a dataset folder: the COCO layout, a JSON per split, and
+    Roboflow's export (a folder per split, the validation one named ``valid``)."""
     annotations = folder / "annotations"
-    return [annotations / f"instances_{split}.json", annotations / f"{split}.json", folder / f"{split}.json"]
+    roboflow = [folder / name / ROBOFLOW_COCO_JSON for name in ((split, "valid") if split == "val" else (split,))]
+    return [annotations / f"instances_{split}.json", annotations / f"{split}.json", folder / f"{split}.json", *roboflow]
 
 
 def _coco_json_for(path: Path, split: str) -> Path:
