@@ -172,6 +172,28 @@ def test_roboflow_coco_export_layout_is_detected_with_valid_as_the_val_split(tmp
         read_dataset(tmp_path, "coco", "test")
 
 
+def test_roboflow_parent_category_without_boxes_is_not_a_class(tmp_path, caplog):
+    """Roboflow's COCO exports list the project as category 0, the supercategory of the real classes, with no boxes:
+    it is left out of the classes (said once in the log); the real classes keep their ids."""
+    _image(tmp_path / "a.jpg")
+    categories = [{"id": 0, "name": "animals", "supercategory": "none"},
+                  {"id": 1, "name": "cat", "supercategory": "animals"},
+                  {"id": 2, "name": "dog", "supercategory": "animals"}]  # fmt: skip
+    content = {"images": [{"id": 0, "file_name": "a.jpg", "width": 100, "height": 50}], "categories": categories,
+               "annotations": [{"id": 1, "image_id": 0, "category_id": 2, "bbox": [1, 2, 30, 20]}]}  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps(content))
+    with caplog.at_level("INFO"):
+        data = read_coco(tmp_path / "ann.json")
+    assert data.class_names == ["cat", "dog"] and data.category_ids == [1, 2]
+    assert data.records[0].labels.tolist() == [1]
+    assert "'animals'" in caplog.text and "supercategory" in caplog.text
+    # a category that is also a supercategory but has boxes stays a class; so does COCO's person (its own parent)
+    content["annotations"].append({"id": 2, "image_id": 0, "category_id": 0, "bbox": [5, 5, 10, 10]})
+    content["categories"].append({"id": 3, "name": "person", "supercategory": "person"})
+    (tmp_path / "ann.json").write_text(json.dumps(content))
+    assert read_coco(tmp_path / "ann.json").class_names == ["animals", "cat", "dog", "person"]
+
+
 def test_unknown_layout_names_path_and_what_was_looked_for(tmp_path):
     with pytest.raises(DatasetError, match=r"data\.yaml.*Annotations.*instances_train\.json"):
         read_dataset(tmp_path)

@@ -10,6 +10,7 @@ missing annotation files) raise ``DatasetError`` naming the file, and the line o
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -24,6 +25,8 @@ import yaml
 from ..utils.boxes import box_areas
 from .images import ImageReadError, image_size
 from .records import DetectionData, ImageRecord
+
+LOG = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FORMATS = ("coco", "voc", "yolo")
@@ -251,7 +254,9 @@ def read_coco(annotation_json: str | os.PathLike, image_dir: str | os.PathLike |
 
     ``class_names`` are ordered by category id and ``category_ids`` holds the id of each class, so label ``i`` is
     COCO category ``category_ids[i]`` (COCO ids have gaps: 1..90 for 80 classes). Boxes ``[x, y, w, h]`` become
-    ``[x, y, x + w, y + h]``; ``iscrowd`` defaults to 0. Images without annotations are kept as negatives.
+    ``[x, y, x + w, y + h]``; ``iscrowd`` defaults to 0. Images without annotations are kept as negatives. A category
+    that other categories name as their ``supercategory`` and that no box uses is not a class (Roboflow's exports
+    list the project so, as category 0), unless it is the only kind of category there is.
 
     ``image_dir`` defaults to the first of these folders that holds the first image's ``file_name``: ``images/``
     beside the JSON; for the COCO layout ``<root>/annotations/instances_<split>.json``, ``<root>/<split>``,
@@ -261,6 +266,10 @@ def read_coco(annotation_json: str | os.PathLike, image_dir: str | os.PathLike |
     json_path = Path(annotation_json)
     content = _load_json(json_path)
     categories = _coco_categories(json_path, content)
+    parents = _unused_parent_categories(json_path, content)
+    for cat_id in parents if len(parents) < len(categories) else ():
+        LOG.info("%s: category %s %r is the supercategory of the others and has no boxes (as Roboflow exports "
+                 "write the project's name): not a class", json_path, cat_id, categories.pop(cat_id))  # fmt: skip
     category_ids = sorted(categories)
     label_of = {cat_id: label for label, cat_id in enumerate(category_ids)}
     images = _coco_images(json_path, content)
@@ -322,6 +331,15 @@ def _coco_categories(path: Path, content: dict[str, Any]) -> dict[int, str]:
     if not categories:
         raise DatasetError(f"{path}: no categories")
     return categories
+
+
+def _unused_parent_categories(path: Path, content: dict[str, Any]) -> list[int]:
+    """Ids of categories that another category names as its ``supercategory`` and that no annotation uses."""
+    entries = [c for c in _coco_list(path, content, "categories") if isinstance(c, dict)]
+    annotations = _coco_list(path, content, "annotations", required=False)
+    used = {a.get("category_id") for a in annotations if isinstance(a, dict)}
+    named_as_parent = {c.get("supercategory") for c in entries if c.get("supercategory") != c["name"]}
+    return [c["id"] for c in entries if c["name"] in named_as_parent and c["id"] not in used]
 
 
 def _coco_images(path: Path, content: dict[str, Any]) -> list[dict[str, Any]]:
