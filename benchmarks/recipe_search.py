@@ -102,16 +102,15 @@ def finished(run: Path) -> bool:
 # --box-voting 0.8`). A run's "val AP" is the one `eval` uses by default (EVAL_NMS, no voting), whichever the
 # training's own evaluation used when the run was trained.
 VOTE_IOU = 0.8
+# name: (column title, `validate` arguments)
 EVALUATION_VARIANTS = {
-    "hard_nms": {"nms": "hard", "vote_iou": None},
-    "soft_nms": {"nms": "soft", "vote_iou": None},
-    "flip_tta_hard_nms": {"nms": "hard", "flip_tta": True, "vote_iou": None},
-    "flip_tta_soft_nms": {"nms": "soft", "flip_tta": True, "vote_iou": None},
-    "hard_nms_vote": {"nms": "hard", "vote_iou": VOTE_IOU},
-    "soft_nms_vote": {"nms": "soft", "vote_iou": VOTE_IOU},
+    "hard_nms": ("hard NMS", {"nms": "hard", "vote_iou": None}),
+    "soft_nms": ("soft-NMS", {"nms": "soft", "vote_iou": None}),
+    "flip_tta_hard_nms": ("flip TTA, hard NMS", {"nms": "hard", "flip_tta": True, "vote_iou": None}),
+    "flip_tta_soft_nms": ("flip TTA, soft-NMS", {"nms": "soft", "flip_tta": True, "vote_iou": None}),
+    "hard_nms_vote": ("hard NMS, voting", {"nms": "hard", "vote_iou": VOTE_IOU}),
+    "soft_nms_vote": ("soft-NMS, voting", {"nms": "soft", "vote_iou": VOTE_IOU}),
 }
-VARIANT_TITLES = ["hard NMS", "soft-NMS", "flip TTA, hard NMS", "flip TTA, soft-NMS", "hard NMS, voting",
-                  "soft-NMS, voting"]  # fmt: skip
 DEFAULT_VARIANT = f"{EVAL_NMS}_nms"
 
 
@@ -132,7 +131,7 @@ def evaluation_variants(data: str, run: Path, holdout_seed: int = HOLDOUT_SEED) 
     model = load_checkpoint(str(run / "last.pt"))
     _, held_out = hold_out(read_dataset(data, None, "train"), HOLDOUT_FRACTION, holdout_seed)
     held_out = held_out.with_class_names(model.class_names)
-    metrics = {name: validate(model, held_out, **kw) for name, kw in EVALUATION_VARIANTS.items()}
+    metrics = {name: validate(model, held_out, **kw) for name, (_, kw) in EVALUATION_VARIANTS.items()}
     scores = {key: {name: m[key] for name, m in metrics.items()} for key in ("AP", "AP50")}
     cache.write_text(json.dumps({**scores, "images": len(held_out), "holdout_seed": holdout_seed}))
     return scores
@@ -198,8 +197,8 @@ def summarise(name: str, runs: list[dict]) -> dict:
 def table(rows: list[dict]) -> str:
     lines = [
         f"| setting | flags | runs | val AP (mean +- sd; {DEFAULT_VARIANT}) | per held-out draw | val AP50 "
-        f"| val AP: {' | '.join(VARIANT_TITLES)} | min/run |",
-        "|---|---|---|---|---|---|" + "---|" * len(VARIANT_TITLES) + "---|",
+        f"| val AP: {' | '.join(title for title, _ in EVALUATION_VARIANTS.values())} | min/run |",
+        "|---|---|---|---|---|---|" + "---|" * len(EVALUATION_VARIANTS) + "---|",
     ]
     for r in sorted(rows, key=lambda r: -(r["val_AP_mean"] if r["val_AP_mean"] is not None else -1)):
         ap = "not run" if r["val_AP_mean"] is None else f"{r['val_AP_mean']:.3f}"
