@@ -23,6 +23,13 @@ def test_small_data_gets_the_frozen_448px_recipe():
     assert "--iou-loss-weight)" in choice.line
 
 
+def test_counts_of_one_read_in_the_singular():
+    choice = choose_settings({**OPEN, "epochs": 1}, 1, model_size=320, backbone_pretrained=True)
+    assert "recipe: small data (1 training image, fewer than 1,000) -> frozen backbone, 448 px, 1 epoch (given)," in (
+        choice.line
+    )
+
+
 def test_large_data_gets_the_papers_recipe_at_the_models_size():
     choice = choose_settings(OPEN, SMALL_DATA_IMAGES, model_size=512, backbone_pretrained=True)
     assert choice.values == {"freeze_backbone": False, "img_size": 512, "epochs": 60, "box_loss_weight": 50.0,

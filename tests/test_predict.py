@@ -111,7 +111,7 @@ def test_summary_line_names_counts(checkpoint, tmp_path, capsys):
     code, out, err = run_cli(capsys, str(image), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "o"))
     assert code == 0 and err == ""
     detections = len(read_results(tmp_path / "o"))
-    assert f"predict: 1 images, {detections} detections, 0 failed" in out and " s; results in " in out
+    assert f"predict: 1 image, {detections} detections, 0 failed" in out and " s; results in " in out
 
 
 def test_detections_json_is_coco_results_equal_to_the_detector(raccoon_run, checkpoint):
@@ -176,7 +176,7 @@ def test_unreadable_files_are_reported_by_name_and_skipped(checkpoint, tmp_path,
         assert f"{folder / name}: cannot read image" in err
     assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err
     assert f"{tmp_path / 'none-*.jpg'}: matches nothing" in err
-    assert "1 images" in out and "4 failed" in out
+    assert "predict: 1 image," in out and "4 failed" in out
     assert (output / "good.png").is_file() and not (output / "broken.jpg").exists()
     assert {e["file_name"] for e in read_results(output)} == {good.as_posix()}
 

@@ -97,7 +97,7 @@ def test_validation_split_without_boxes_is_said(tmp_path, caplog):
     rc = main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--workers", "0", "--epochs", "1",
                "--img-size", "64", "--max-steps", "1"])  # fmt: skip
     assert rc == 0
-    assert "validation split 'val' has 1 images but no boxes" in caplog.text
+    assert "validation split 'val' has 1 image but no boxes" in caplog.text
 
 
 def test_eval_counts_unreadable_images(tmp_path, capsys):

@@ -19,6 +19,7 @@ from ..inference.predict import (
 from ..inference.tiling import DEFAULT_TILE_OVERLAP
 from ..inference.video import VIDEO_EXTENSIONS
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
+from ..utils.text import counted
 from .argtypes import fraction, non_negative_int, overlap_arg, positive_int, tile_arg
 from .weights_options import add_backend_option, add_weights_options, load_model_from_options
 
@@ -78,7 +79,7 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
         except (ImageReadError, OSError) as e:
             failures.append((str(image.path), str(e)))
             print(f"{image.path}: {e}", file=sys.stderr)
-    print(f"predict: {done} images segmented, {len(failures)} failed, {time.perf_counter() - start:.1f} s; "
+    print(f"predict: {counted(done, 'image')} segmented, {len(failures)} failed, {time.perf_counter() - start:.1f} s; "
           f"overlays and masks in {args.output}")  # fmt: skip
     return 1 if failures else 0
 

@@ -68,6 +68,7 @@ from ..data.images import ImageReadError, image_size, load_image
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
 from ..utils.atomic import atomic_open
+from ..utils.text import counted
 from ..viz.draw import draw_detections
 from .files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
 from .tiling import DEFAULT_TILE_OVERLAP
@@ -116,10 +117,11 @@ class PredictSummary:
     def line(self) -> str:
         """The one-line summary the command prints."""
         where = f"; results in {self.output}" if self.output is not None else ""
-        videos = f"{self.frames} frames of {self.videos} video{'s' * (self.videos > 1)}, " if self.videos else ""
+        videos = f"{counted(self.frames, 'frame')} of {counted(self.videos, 'video')}, " if self.videos else ""
         stopped = " (stopped by Ctrl-C)" if self.interrupted else ""
         return (
-            f"predict: {self.images} images, {videos}{self.detections} detections, {len(self.failures)} failed, "
+            f"predict: {counted(self.images, 'image')}, {videos}{counted(self.detections, 'detection')}, "
+            f"{len(self.failures)} failed, "
             f"{self.seconds:.1f} s{where}{stopped}"
         )
 

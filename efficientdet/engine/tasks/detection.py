@@ -38,6 +38,7 @@ from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
 from ...utils.distributed import DistEnv, all_reduce_sum
 from ...utils.fields import increasing_pair, int_at_least, number_in, one_of, option, optional_text
+from ...utils.text import counted
 from ...viz.draw import draw_batch, draw_detections
 from ...viz.plot import plot_training_metrics
 from ..recipe import RecipeConfig
@@ -340,8 +341,8 @@ def _check_validation_split(cfg: TrainConfig, split: str, val_data: Any, speak: 
         )
     if speak and not any(len(r.boxes) for r in val_data.records):
         LOG.warning(
-            "validation split %r has %d images but no boxes: AP is undefined (-1) at every evaluation",
-            split, len(val_data),
+            "validation split %r has %s but no boxes: AP is undefined (-1) at every evaluation",
+            split, counted(len(val_data), "image"),
         )  # fmt: skip
 
 

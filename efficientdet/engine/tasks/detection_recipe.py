@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...ops.losses import BOX_LOSS_WEIGHT, IOU_LOSS_WEIGHT
+from ...utils.text import counted
 
 SMALL_DATA_IMAGES = 1000  # training images (after any held-out share): fewer is "small data"
 SMALL_DATA_MIN_SIZE = 448  # px: boxes placed better than at Lite0's 320; a frozen backbone trains ~1.6x faster
@@ -87,14 +88,14 @@ def choose_settings(
     words = {
         "freeze_backbone": "frozen backbone" if final["freeze_backbone"] else "backbone trained",
         "img_size": f"{final['img_size']} px",
-        "epochs": f"{final['epochs']} epochs",
+        "epochs": counted(final["epochs"], "epoch"),
         "box_loss_weight": f"box weight {final['box_loss_weight']:g}",
         "color_jitter": f"colour jitter {final['color_jitter']:g}" if final["color_jitter"] else "no colour jitter",
         "iou_loss_weight": f"GIoU loss {final['iou_loss_weight']:g}" if final["iou_loss_weight"] else "no GIoU loss",
     }
     parts = [words[name] + ("" if name in values else " (given)") for name in words]
     bound = "fewer" if recipe is SMALL_DATA else "not fewer"
-    line = (f"recipe: {recipe.kind} ({num_images:,} training images, {bound} than {SMALL_DATA_IMAGES:,}) -> "
+    line = (f"recipe: {recipe.kind} ({counted(num_images, 'training image')}, {bound} than {SMALL_DATA_IMAGES:,}) -> "
             f"{', '.join(parts)}")  # fmt: skip
     if recipe.freeze_backbone and not backbone_pretrained and given.get("freeze_backbone") is None:
         line += "; backbone trained because it starts from random weights"
