@@ -32,6 +32,7 @@ from ..models.config import ModelConfig, aspect_pairs, aspect_ratio_values, get_
 from ..ops.anchors import anchors_for_config, feature_sizes
 from ..ops.labeler import MATCH_IOU
 from ..utils.atomic import atomic_open
+from ..utils.text import counted
 
 DEFAULT_SPLITS = ("train", "val", "test", "trainval")
 IOU_BIN_EDGES = tuple(i / 10 for i in range(11))  # best-anchor IoU histogram: 0-0.1, 0.1-0.2, ..., 0.9-1.0
@@ -381,8 +382,8 @@ def data_summary(data: DetectionData, split: str, config: ModelConfig, image_siz
     if sum(1 for n in counts if n) > shown:
         classes += f", {sum(1 for n in counts if n) - shown} more classes"
     text = (
-        f"data: {split} {_count(len(data), 'image')} ({check.images_without_boxes:,} without boxes), "
-        f"{_count(len(check.boxes), 'box')}: {classes or 'none'}"
+        f"data: {split} {counted(len(data), 'image')} ({check.images_without_boxes:,} without boxes), "
+        f"{counted(len(check.boxes), 'box')}: {classes or 'none'}"
     )
     empty = [check.class_names[c] for c in range(len(counts)) if not counts[c]]
     if empty:
@@ -529,11 +530,6 @@ FORCE_MATCH_NOTE = (
 )
 
 
-def _count(n: int, noun: str) -> str:
-    """``1 box``, ``2,805 boxes``."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}{'es' if noun.endswith(('s', 'x')) else 's'}"
-
-
 def _pct(share: float | None) -> str:
     """A share as a percentage, with the digits it takes not to round 1 box in 5,000 to 0.0% or 100.0%."""
     if share is None:
@@ -562,9 +558,9 @@ def _split_lines(check: SplitCheck, size: int, max_listed: int) -> list[str]:
     data, counts, per_class = check.data, check.boxes_per_class, check.class_coverage()
     total = len(check.boxes)
     lines = [
-        f"== {check.name}: {_count(len(data), 'image')} ({check.images_without_boxes:,} without boxes), "
-        f"{_count(total, 'box')} in {sum(1 for n in counts if n)} of {_count(len(counts), 'class')}"
-        + (f", {_count(check.crowd_boxes, 'crowd region')} (never targets)" if check.crowd_boxes else "")
+        f"== {check.name}: {counted(len(data), 'image')} ({check.images_without_boxes:,} without boxes), "
+        f"{counted(total, 'box')} in {sum(1 for n in counts if n)} of {counted(len(counts), 'class')}"
+        + (f", {counted(check.crowd_boxes, 'crowd region')} (never targets)" if check.crowd_boxes else "")
     ]
     width = max([len("class")] + [len(n) for n in check.class_names])
     lines.append(f"  {'class':{width}s}  {'boxes':>8s}  {'share':>6s}  {'IoU>=' + format(MATCH_IOU, 'g'):>8s}")

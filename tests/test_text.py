@@ -1,0 +1,11 @@
+"""The wording helper of the printed summary lines."""
+
+from efficientdet.utils.text import counted
+
+
+def test_counted_is_singular_for_one_and_plural_with_thousands_otherwise():
+    assert counted(1, "image") == "1 image"
+    assert counted(0, "image") == "0 images"
+    assert counted(1818, "training image") == "1,818 training images"
+    assert counted(1, "box") == "1 box" and counted(2805, "box") == "2,805 boxes"
+    assert counted(3, "class") == "3 classes"
