@@ -8,9 +8,11 @@ then, alternating over ``--rounds`` rounds, times:
 - **single image**: the predict Detector (BN-folded, channels-last, predict's score threshold) on the clip's
   frames one at a time, as decoded arrays: pre-processing, network, post-processing;
 - **video**: ``predict_videos`` on the clip as ``efficientdet predict clip.mp4`` runs it: decoding, the same
-  Detector on batches of ``--batch-size`` frames (default: predict's, one frame on a CPU), ``detections.jsonl``
-  and the drawn H.264 video;
+  Detector on batches of ``--batch-size`` frames (default: predict's, one frame on a CPU), two batches at once on a
+  CPU (``--parallel-frames``), ``detections.jsonl`` and the drawn H.264 video;
 - **video, no drawing**: the same with ``--no-draw`` (the JSONL only);
+- **video, one frame at a time** (with and without drawing): both again with ``--parallel-frames 1``, the network
+  on one frame at a time on every thread (the default runs two frames side by side on a CPU, one thread each);
 - with ``--x264 OPTIONS ...``, the video run once more per set of libx264 options (``preset=ultrafast``,
   ``preset=veryfast:threads=1``, ...) in place of the project's ``X264_OPTIONS``: what the encoder costs.
 
@@ -97,9 +99,15 @@ def main() -> int:
     def fail(source: str, message: str) -> None:
         raise SystemExit(f"{source}: {message}")
 
-    variants = {"video": (True, video.X264_OPTIONS), "video, no drawing": (False, video.X264_OPTIONS)}
+    parallel = detector.parallel_frames
+    variants = {
+        "video": (True, video.X264_OPTIONS, parallel),
+        "video, no drawing": (False, video.X264_OPTIONS, parallel),
+        "video, one frame at a time": (True, video.X264_OPTIONS, 1),
+        "video, one frame at a time, no drawing": (False, video.X264_OPTIONS, 1),
+    }
     for text in args.x264:
-        variants[f"video, x264 {text}"] = (True, dict(kv.split("=", 1) for kv in text.split(":")))
+        variants[f"video, x264 {text}"] = (True, dict(kv.split("=", 1) for kv in text.split(":")), parallel)
     figures: dict[str, list[float]] = {"single image": [], **{name: [] for name in variants}}
     project_options = dict(video.X264_OPTIONS)
     with tempfile.TemporaryDirectory(prefix="video-speed-") as tmp:
@@ -113,12 +121,13 @@ def main() -> int:
                 for frame in frames:
                     detector(frame)
                 figures["single image"].append(len(frames) / (time.perf_counter() - start))
-            for i, (name, (draw, options)) in enumerate(variants.items()):
+            for i, (name, (draw, options, frames_at_once)) in enumerate(variants.items()):
                 video.X264_OPTIONS.clear()
                 video.X264_OPTIONS.update(options)
                 start = time.perf_counter()
                 run = video.predict_videos(detector, [clip_path], Path(tmp) / f"out{r}-{i}", fail,
-                                           batch_size=args.batch_size, draw=draw)  # fmt: skip
+                                           batch_size=args.batch_size, parallel_frames=frames_at_once,
+                                           draw=draw)  # fmt: skip
                 figures[name].append(run.frames / (time.perf_counter() - start))
                 video.X264_OPTIONS.clear()
                 video.X264_OPTIONS.update(project_options)

@@ -16,6 +16,7 @@ from conftest import tiny_detector_checkpoint
 
 from efficientdet.cli import main
 from efficientdet.inference import Detector
+from efficientdet.inference.detector import CPU_PARALLEL_FRAMES, default_parallel_frames
 from efficientdet.inference.video import (
     JSONL_FILE,
     VideoDependencyError,
@@ -187,6 +188,42 @@ def test_stream_yields_what_predict_writes(clip, checkpoint, full_run):
     assert [(r.index, r.time) for r in few] == [(0, 0.0), (4, pytest.approx(4 / RATE))]
 
 
+def test_frames_run_side_by_side_give_the_same_outputs(clip, checkpoint, full_run, tmp_path):
+    """``--parallel-frames``: batches run in threads at once, results written in order, identical to one at a time."""
+    assert predict(tmp_path, checkpoint, clip, extra=("--batch-size", "2", "--parallel-frames", "3")) == 0
+    assert records(tmp_path / "clip") == records(full_run)
+    assert len(decode(tmp_path / "clip" / "clip.mp4")[0]) == FRAMES
+    threads = set()
+    original = Detector.predict_tensor
+
+    def recording(self, *args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Detector, "predict_tensor", recording)
+        results = list(detector(checkpoint).stream(clip, parallel_frames=2))
+    assert [jsonl_record(r) for r in results] == records(full_run)
+    assert len(threads) == 2 and all(name.startswith("detect") for name in threads)
+
+
+def test_parallel_frames_default_to_two_for_the_torch_network_on_a_cpu(checkpoint):
+    model = detector(checkpoint).model
+    threads = torch.get_num_threads()  # 1 in this module
+    assert default_parallel_frames(model, "cpu") == 1  # one thread to share: nothing to run side by side
+    torch.set_num_threads(2)
+    try:
+        assert default_parallel_frames(model, "cpu") == CPU_PARALLEL_FRAMES == 2
+        assert default_parallel_frames(model, "cuda") == 1  # a GPU takes batches
+        assert default_parallel_frames(torch.nn.Identity(), "cpu") == 1  # e.g. an exported file's runtime
+        assert Detector.from_checkpoint(checkpoint).parallel_frames == 2
+        assert Detector.from_checkpoint(checkpoint, parallel_frames=3).parallel_frames == 3
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="parallel_frames must be at least 1"):
+        Detector.from_checkpoint(checkpoint, parallel_frames=0)
+
+
 def test_ctrl_c_ends_with_closed_playable_outputs(clip, checkpoint, tmp_path, monkeypatch, capsys):
     calls = []
     original = Detector.predict_tensor
@@ -203,6 +240,27 @@ def test_ctrl_c_ends_with_closed_playable_outputs(clip, checkpoint, tmp_path, mo
     assert len(records(tmp_path / "clip")) == 4
     assert len(decode(tmp_path / "clip" / "clip.mp4")[0]) == 4
     assert not (tmp_path / "clip_2").exists()  # the second source is not started
+
+
+def test_ctrl_c_while_frames_run_side_by_side(clip, checkpoint, tmp_path, monkeypatch, capsys):
+    """Ctrl-C reaches the main thread while two batches are in the workers: the outputs hold the frames written
+    before it, and no worker thread is left running."""
+    from efficientdet.inference import video
+
+    written, original = [], video.jsonl_record
+
+    def interrupted_on_the_fifth_frame(*args, **kwargs):
+        written.append(1)
+        if len(written) == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(video, "jsonl_record", interrupted_on_the_fifth_frame)
+    assert predict(tmp_path, checkpoint, clip, extra=("--batch-size", "2", "--parallel-frames", "2")) == 0
+    assert "stopped by Ctrl-C" in capsys.readouterr().out
+    assert len(records(tmp_path / "clip")) == 4
+    assert len(decode(tmp_path / "clip" / "clip.mp4")[0]) == 4
+    assert not [t for t in threading.enumerate() if t.name.startswith("detect")]
 
 
 def test_unreadable_and_missing_videos_are_named_and_leave_no_output(clip, checkpoint, tmp_path, capsys):

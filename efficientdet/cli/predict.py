@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..data.images import ImageReadError
-from ..inference.detector import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+from ..inference.detector import CPU_BATCH_SIZE, CPU_PARALLEL_FRAMES, GPU_BATCH_SIZE
 from ..inference.predict import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_OUTPUT,
@@ -39,7 +39,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model = load_model_from_options(args.checkpoint, args.model, args.pretrained, args.backend)
         summary = predict(
             args.sources, model, args.output, model_name=args.model, video_sources=args.source or (),
-            vid_stride=args.vid_stride, max_frames=args.max_frames,
+            vid_stride=args.vid_stride, max_frames=args.max_frames, parallel_frames=args.parallel_frames,
             score_threshold=args.score_threshold, iou_threshold=args.iou, nms=args.nms,
             class_agnostic=args.class_agnostic, max_det=args.max_det, batch_size=args.batch_size,
             device=args.device, image_size=args.img_size, recursive=args.recursive, draw=args.draw,
@@ -137,6 +137,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"skip larger images (default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; 0: none)")  # fmt: skip
     p.add_argument("--vid-stride", type=positive_int, default=1, help="videos: process every Nth frame (default 1)")
     p.add_argument("--max-frames", type=positive_int, help="videos: stop each source after N processed frames")
+    p.add_argument("--parallel-frames", type=positive_int, default=None, metavar="N",
+                   help=f"videos: frames run at once, each in a thread with its share of the CPU threads (default "
+                   f"{CPU_PARALLEL_FRAMES} on a CPU, 1 on a GPU and for exported files)")  # fmt: skip
     p.add_argument("--task", choices=["detection", "segmentation"], default="detection",
                    help="segmentation: write <stem>_overlay.png and <stem>_mask.png (class ids) per image")  # fmt: skip
     p.set_defaults(func=cmd_predict)

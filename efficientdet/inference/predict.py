@@ -339,6 +339,7 @@ def predict(
     video_sources: Sequence[str | os.PathLike] = (),
     vid_stride: int = 1,
     max_frames: int | None = None,
+    parallel_frames: int | None = None,
     optimize: bool = True,
     flip_tta: bool = False,
     vote_iou: float | None = None,
@@ -369,6 +370,8 @@ def predict(
         video_sources: video files, cameras (``0``, ``/dev/video0``) or stream URLs, whatever their names (video
             files, ``/dev/video*`` and URLs in ``sources`` are found by name); needs PyAV.
         vid_stride, max_frames: videos: process every ``vid_stride``-th frame, at most ``max_frames`` per source.
+        parallel_frames: videos: frames run at once, each in a thread with its share of torch's threads
+            (default: 2 for the torch network on a CPU, else 1; :mod:`efficientdet.inference.parallel`).
         optimize: run a copy of the network with BN and SAME pads folded (channels-last on the CPU), as ``bench``
             times it: ~1.6x faster on a 2-core CPU (Lite0 448 px), boxes equal to the unfolded network's within
             float rounding (~1e-3 px). Exported files run as they are.
@@ -400,7 +403,7 @@ def predict(
         optimize=optimize and isinstance(model, EfficientDet), score_threshold=score_threshold,
         iou_threshold=iou_threshold, max_det=max_det, class_names=class_names, nms=nms,
         class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
-        flip_tta=flip_tta, vote_iou=vote_iou,
+        flip_tta=flip_tta, vote_iou=vote_iou, parallel_frames=parallel_frames,
     )  # fmt: skip
     batch_size = detector.batch_size
     images, source_errors = expand_sources(sources, recursive, exclude=out)

@@ -52,6 +52,7 @@ import numpy as np
 from ..utils.atomic import atomic_open
 from ..viz.draw import draw_detections
 from .files import label_path, write_label_file, yolo_lines
+from .parallel import ordered_map
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
@@ -345,25 +346,33 @@ class FrameResult:
     detections: dict[str, Any] = field(default_factory=dict)
 
 
-def detect_frames(detector: Any, reader: FrameReader, batch_size: int) -> Iterator[FrameResult]:
-    """Run ``detector`` over the reader's frames, ``batch_size`` at a time; ``VideoError`` at the end on damage.
-
-    Files fill every batch; for cameras and streams a batch is whatever has arrived (at least one frame), so a slow
-    model adds no waiting on top.
-    """
+def frame_batches(reader: FrameReader, batch_size: int) -> Iterator[list[DecodedFrame]]:
+    """The reader's frames in batches of ``batch_size``: files fill every batch; for cameras and streams a batch is
+    whatever has arrived (at least one frame), so a slow model adds no waiting on top."""
     frames = iter(reader)
     while True:
         first = next(frames, None)
         if first is None:
-            break
+            return
         batch = [first]
         if reader.source.live:
             batch += reader.get_ready(batch_size - 1)
         else:
             batch += [f for _, f in zip(range(batch_size - 1), frames)]
+        yield batch
+
+
+def detect_frames(detector: Any, reader: FrameReader, batch_size: int, parallel: int = 1) -> Iterator[FrameResult]:
+    """Run ``detector`` over the reader's frames, ``batch_size`` at a time and ``parallel`` batches at once (in
+    threads, :func:`~efficientdet.inference.parallel.ordered_map`), in order; ``VideoError`` at the end on damage.
+    """
+
+    def detect(batch: list[DecodedFrame]) -> list[FrameResult]:
         dets = detector([f.image for f in batch])
-        for frame, det in zip(batch, dets):
-            yield FrameResult(frame.index, frame.time, frame.image, det)
+        return [FrameResult(f.index, f.time, f.image, det) for f, det in zip(batch, dets)]
+
+    for results in ordered_map(detect, frame_batches(reader, batch_size), parallel):
+        yield from results
     if reader.damage is not None:
         raise VideoError(reader.damage)
 
@@ -374,15 +383,26 @@ def stream(
     batch_size: int | None = None,
     vid_stride: int = 1,
     max_frames: int | None = None,
+    parallel_frames: int | None = None,
 ) -> Iterator[FrameResult]:
     """``Detector.stream``: open, detect frame by frame, close (also when the caller stops early); ``batch_size``
-    frames per forward pass, by default the detector's."""
+    frames per forward pass and ``parallel_frames`` passes at once, by default the detector's."""
     batch_size = detector.batch_size if batch_size is None else batch_size
+    parallel = _parallel_frames(detector, parallel_frames)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     reader = FrameReader(source, vid_stride, max_frames, QUEUE_BATCHES * batch_size)
     with reader:
-        yield from detect_frames(detector, reader, batch_size)
+        yield from detect_frames(detector, reader, batch_size, parallel)
+
+
+def _parallel_frames(detector: Any, parallel_frames: int | None) -> int:
+    """``parallel_frames`` checked, or the detector's when not given."""
+    if parallel_frames is None:
+        return detector.parallel_frames
+    if parallel_frames < 1:
+        raise ValueError(f"parallel_frames must be at least 1, got {parallel_frames}")
+    return parallel_frames
 
 
 def _encoder(av: Any) -> str:
@@ -571,6 +591,7 @@ def predict_videos(
     fail: Callable[[str, str], None],
     *,
     batch_size: int | None = None,
+    parallel_frames: int | None = None,
     vid_stride: int = 1,
     max_frames: int | None = None,
     draw: bool = True,
@@ -583,11 +604,12 @@ def predict_videos(
 
     A source that cannot be opened or is damaged is reported through ``fail(source, message)``; the frames before
     the damage are kept. Ctrl-C closes the current source's files (playable) and skips the remaining sources.
-    ``batch_size``: frames per forward pass, by default the detector's.
+    ``batch_size``: frames per forward pass, ``parallel_frames``: passes run at once; by default the detector's.
     """
     from ..utils.progress import progress_bar
 
     batch_size = detector.batch_size if batch_size is None else batch_size
+    parallel = _parallel_frames(detector, parallel_frames)
 
     run = VideoRun()
     parsed: list[VideoSource] = []
@@ -616,7 +638,7 @@ def predict_videos(
                 drawing = files.enter_context(drawing_thread(writer, detector.class_names, QUEUE_BATCHES * batch_size))
             run.videos += 1
             try:
-                for result in detect_frames(detector, reader, batch_size):
+                for result in detect_frames(detector, reader, batch_size, parallel):
                     lines.write(json.dumps(jsonl_record(result, detector.class_names)) + "\n")
                     det = result.detections
                     if save_txt:
