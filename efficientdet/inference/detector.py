@@ -72,9 +72,9 @@ def default_batch_size(device: str | torch.device) -> int:
 
 
 # Video frames run side by side on a CPU, each in its own thread with its share of torch's threads (see
-# efficientdet.inference.parallel): on a 2-core EPYC, Lite0 at 448 px ran 27.0 frames/s two at a time on one thread
-# each against 17.1 one at a time on both. Two only: more was not measured, and each frame in flight adds latency
-# for a live camera. Exported runtimes (onnxruntime, OpenVINO) keep their own thread pools: one frame at a time.
+# efficientdet.inference.parallel): on a 2-core EPYC, 1.05-1.6x the frames/s of one at a time on both threads
+# (Lite0 at 320 and 448 px, D0); the drawn video 1.16-1.38x. Two only: more was not measured, and each frame in
+# flight adds latency for a live camera. Exported runtimes (onnxruntime, OpenVINO) keep their own thread pools.
 CPU_PARALLEL_FRAMES = 2
 
 

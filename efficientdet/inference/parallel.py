@@ -1,11 +1,13 @@
 """Several frames through the network at once on a CPU: a few threads, each with its share of torch's threads.
 
-On a CPU a small detector's single image does not keep several cores busy: its many small layers (depthwise
-convolutions, the BiFPN's resampling and fusion nodes, 5 feature levels) leave the intra-op threads waiting on each
-other. Measured on a 2-core AVX-512 EPYC (Lite0 at 448 px, BN-folded and channels-last, as ``predict`` runs it),
-frames per second: one thread 15.4, one image on two threads 17.1, two images at once on one thread each 27.0.
-For a video, where frames come faster than one at a time finishes, running them side by side is the faster use of
-the cores; for one image (``bench``, a single photo) the latency of one image on every thread is what counts.
+On a CPU a small detector's single image does not always keep several cores busy: its many small layers
+(depthwise convolutions, the BiFPN's resampling and fusion nodes, 5 feature levels) can leave the intra-op threads
+waiting on each other. Measured on a 2-core AVX-512 EPYC (BN-folded, channels-last, as ``predict`` runs it),
+frames per second one at a time on both threads against two at a time on one thread each: Lite0 at 320 px 29-31
+against 42, D0 at 512 px 13 against 16-17, Lite0 at 448 px between 17 against 27 and 23 against 25 (the gain
+varied between runs of the same script, never below 1.05x). For a video, where frames come faster than one at a
+time finishes, running them side by side is the better use of the cores; for one image (``bench``, a single photo)
+the latency of one image on every thread is what counts.
 
 torch's intra-op thread count is per thread under OpenMP (torch's CPU builds on Linux, Windows and macOS), so each
 worker sets its own share without touching the caller's; a build where it is process-wide (all workers end up with
