@@ -6,7 +6,9 @@ background thread and handed over through a bounded queue (``QUEUE_BATCHES`` bat
 model while memory stays at a few frames, whatever the length of the video. The frames are resized and normalised
 by the model's own thread, as ``Detector`` does for images: torch operations in a second thread start a second
 pool of intra-op threads, and on a CPU of few cores the two pools wait for each other (measured on 2 cores: half
-the throughput of the model alone; with pre-processing moved out of the decoding thread, 0.9 of it).
+the throughput of the model alone; with pre-processing moved out of the decoding thread, 0.9 of it). On a CPU two
+batches run at once (``parallel_frames``, :mod:`efficientdet.inference.parallel`), each resized, normalised and
+detected by a thread of its own with its share of torch's threads; results come out in frame order.
 
 ``efficientdet predict`` writes, per video, into ``OUTPUT/<name>/`` (``<name>``: the file's stem, ``camera0``, or
 the stream's host and path; ``_2``, ... when two sources share a name):
