@@ -23,6 +23,13 @@ def pool_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("detect")]
 
 
+def counted(taken: list[int], n: int = 100):
+    """0, 1, ..., n - 1, each appended to ``taken`` as it is handed out."""
+    for i in range(n):
+        taken.append(i)
+        yield i
+
+
 def test_split_threads():
     assert [split_threads(p, 4) for p in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
     assert split_threads(2, 1) == 1
@@ -49,14 +56,8 @@ def test_one_at_a_time_runs_in_the_callers_thread(four_torch_threads):
 
 
 def test_at_most_parallel_plus_one_items_are_taken_ahead():
-    taken = []
-
-    def items():
-        for i in range(100):
-            taken.append(i)
-            yield i
-
-    results = ordered_map(lambda i: i, items(), parallel=2)
+    taken: list[int] = []
+    results = ordered_map(lambda i: i, counted(taken), parallel=2)
     assert next(results) == 0
     assert taken == [0, 1, 2]  # a camera or a long video is never read far ahead of the results
     results.close()
@@ -64,12 +65,7 @@ def test_at_most_parallel_plus_one_items_are_taken_ahead():
 
 
 def test_an_error_is_raised_at_its_items_turn_and_stops_the_run():
-    taken = []
-
-    def items():
-        for i in range(100):
-            taken.append(i)
-            yield i
+    taken: list[int] = []
 
     def work(i: int) -> int:
         if i == 3:
@@ -78,7 +74,7 @@ def test_an_error_is_raised_at_its_items_turn_and_stops_the_run():
 
     got = []
     with pytest.raises(ValueError, match="item 3 is bad"):
-        for result in ordered_map(work, items(), parallel=2):
+        for result in ordered_map(work, counted(taken), parallel=2):
             got.append(result)
     assert got == [0, 1, 2]  # everything before the bad item, nothing after it
     assert len(taken) <= 3 + 3 and not pool_threads()
