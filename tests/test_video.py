@@ -364,13 +364,14 @@ def test_stream_decodes_ahead_and_stops_when_the_caller_does(clip, checkpoint):
     assert not decoding()
 
 
-def test_live_sources_batch_what_has_arrived(clip, checkpoint, full_run):
+@pytest.mark.parametrize("parallel_frames", [1, 2])
+def test_live_sources_batch_what_has_arrived(clip, checkpoint, full_run, parallel_frames):
     """The live path (cameras, streams: batches of whatever is decoded, times from the first frame) on a local file.
 
     A real camera or RTSP server is not available here; FFmpeg opens the file as it would a stream URL.
     """
     live = VideoSource(str(clip), "stream", str(clip))
-    results = list(detector(checkpoint).stream(live, batch_size=4))
+    results = list(detector(checkpoint).stream(live, batch_size=4, parallel_frames=parallel_frames))
     expected = records(full_run)
     assert [r.index for r in results] == list(range(FRAMES))
     assert [r.time for r in results] == pytest.approx([line["time"] for line in expected])
