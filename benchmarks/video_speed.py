@@ -16,9 +16,10 @@ then, alternating over ``--rounds`` rounds, times:
 - with ``--x264 OPTIONS ...``, the video run once more per set of libx264 options (``preset=ultrafast``,
   ``preset=veryfast:threads=1``, ...) in place of the project's ``X264_OPTIONS``: what the encoder costs.
 
-and once, for reference, ``efficientdet bench``'s end-to-end throughput of the same model (one synthetic 640x480
-image, score threshold 0: all 5000 candidates reach NMS). Prints frames/s (medians over the rounds) and each video
-figure over the single-image one. Without ``--checkpoint`` the model is a randomly initialised Lite0 at 448 px
+and, in every round too, ``efficientdet bench``'s end-to-end throughput of the same model (one synthetic 640x480
+image, score threshold 0: all 5000 candidates reach NMS), so that the machine's drift over a run (measured: 20%
+between rounds) meets every figure alike. Prints frames/s (medians over the rounds) and each video
+figure over the single-image one and over `bench`. Without ``--checkpoint`` the model is a randomly initialised Lite0 at 448 px
 (1 class). Run with nothing else on the machine: the figures are throughputs.
 """
 
@@ -94,7 +95,6 @@ def main() -> int:
     same_model = {"checkpoint": args.checkpoint} if args.checkpoint else {
         "model": "efficientdet-lite0", "img_size": 448, "num_classes": 1}  # fmt: skip
     bench = BenchConfig(**same_model, threads=args.threads, iterations=30)
-    bench_fps = run_benchmark(bench)["end_to_end"]["throughput_ips"]
 
     def fail(source: str, message: str) -> None:
         raise SystemExit(f"{source}: {message}")
@@ -109,6 +109,7 @@ def main() -> int:
     for text in args.x264:
         variants[f"video, x264 {text}"] = (True, dict(kv.split("=", 1) for kv in text.split(":")), parallel)
     figures: dict[str, list[float]] = {"single image": [], **{name: [] for name in variants}}
+    bench_rounds: list[float] = []
     project_options = dict(video.X264_OPTIONS)
     with tempfile.TemporaryDirectory(prefix="video-speed-") as tmp:
         clip_path = Path(tmp) / "clip.mp4"
@@ -116,6 +117,7 @@ def main() -> int:
         with torch.inference_mode():
             detector(frames[:2])  # warm-up: anchors, first calls
         for r in range(args.rounds):
+            bench_rounds.append(run_benchmark(bench)["end_to_end"]["throughput_ips"])
             with torch.inference_mode():
                 start = time.perf_counter()
                 for frame in frames:
@@ -134,17 +136,21 @@ def main() -> int:
                 if run.frames != len(frames):
                     sys.exit(f"predict read {run.frames} of the clip's {len(frames)} frames")
     single = statistics.median(figures["single image"])
+    bench_fps = statistics.median(bench_rounds)
     print(f"{args.frames} frames of {FRAME_SIZE[0]}x{FRAME_SIZE[1]}, {args.threads} threads, "
           f"model {'from ' + args.checkpoint if args.checkpoint else 'random Lite0 448 px'}")  # fmt: skip
-    print(f"efficientdet bench, end to end (one synthetic image, threshold 0): {bench_fps:.2f} images/s")
+    print(f"efficientdet bench, end to end (one synthetic image, threshold 0): {bench_fps:.2f} images/s  "
+          f"({', '.join(f'{v:.2f}' for v in bench_rounds)})")  # fmt: skip
     rows = {}
     for name, values in figures.items():
         median = statistics.median(values)
-        rows[name] = {"fps": median, "rounds": values, "vs_single": median / single}
+        rows[name] = {"fps": median, "rounds": values, "vs_single": median / single, "vs_bench": median / bench_fps}
         runs = ", ".join(f"{v:.2f}" for v in values)
-        print(f"{name:<40} {median:6.2f} frames/s  ({runs})  {median / single:.2f}x single image")
+        print(f"{name:<40} {median:6.2f} frames/s  ({runs})  {median / single:.2f}x single image  "
+              f"{median / bench_fps:.2f}x bench")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"bench_end_to_end_fps": bench_fps, **rows}, indent=2))
+        summary = {"bench_end_to_end_fps": bench_fps, "bench_rounds": bench_rounds, **rows}
+        Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
 
 
