@@ -18,9 +18,9 @@ then, alternating over ``--rounds`` rounds, times:
 
 and, in every round too, ``efficientdet bench``'s end-to-end throughput of the same model (one synthetic 640x480
 image, score threshold 0: all 5000 candidates reach NMS), so that the machine's drift over a run (measured: 20%
-between rounds) meets every figure alike. Prints frames/s (medians over the rounds) and each video
-figure over the single-image one and over `bench`. Without ``--checkpoint`` the model is a randomly initialised Lite0 at 448 px
-(1 class). Run with nothing else on the machine: the figures are throughputs.
+between rounds) meets every figure alike. Prints frames/s (medians over the rounds) and each video figure over
+the single-image one and over ``bench``. Without ``--checkpoint`` the model is a randomly initialised Lite0 at
+448 px (1 class). Run with nothing else on the machine: the figures are throughputs.
 """
 
 from __future__ import annotations
