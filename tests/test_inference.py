@@ -257,3 +257,52 @@ def test_flip_tta_keeps_the_best_box_of_each_object_once(detector):
         same = out["labels"] == out["labels"][i]
         same[i] = False
         assert not (box_iou_one_to_many(out["boxes"][i], out["boxes"][same]) > tta.iou_threshold).any()
+
+
+class _ForeignRuntime(torch.nn.Module):
+    """A network that says, as an exported file does, on how many torch threads the work around it should run;
+    it records the count it was called under."""
+
+    host_threads = 1
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.config, self.seen = model, model.config, []
+
+    def forward(self, images: torch.Tensor):
+        self.seen.append(torch.get_num_threads())
+        return self.inner(images)
+
+
+def test_pre_and_post_processing_run_on_the_networks_host_threads(detector, monkeypatch):
+    """Around a network in another runtime's thread pool, the Detector's torch work runs on ``host_threads``
+    (torch's spinning OpenMP workers would take the cores the runtime wants next), with the same detections (up to the
+    float rounding a thread count changes), and the caller's thread count is restored."""
+    from efficientdet.export.runtimes import ExportedNetwork
+    from efficientdet.inference import detector as detector_module
+
+    assert ExportedNetwork.host_threads == 1  # every exported file (onnxruntime, OpenVINO) asks for one
+    image = np.random.default_rng(2).integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    foreign = Detector(_ForeignRuntime(detector.model), image_size=128, score_threshold=0.0, max_det=20)
+    assert foreign.host_threads == 1 and detector.host_threads is None
+    seen_by_steps = []
+
+    def recording(step):
+        def run(*args, **kwargs):
+            seen_by_steps.append(torch.get_num_threads())
+            return step(*args, **kwargs)
+
+        return run
+
+    for name in ("eval_transform", "postprocess"):
+        monkeypatch.setattr(detector_module, name, recording(getattr(detector_module, name)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got, expected = foreign(image)[0], detector(image)[0]
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(threads)
+    assert foreign.model.seen == [1]
+    assert seen_by_steps == [1, 1, 2, 2]  # the foreign network's pre- and post-processing, then the torch model's
+    assert torch.equal(got["labels"], expected["labels"]) and torch.allclose(got["boxes"], expected["boxes"], atol=1e-3)

@@ -78,3 +78,17 @@ def test_an_error_is_raised_at_its_items_turn_and_stops_the_run():
             got.append(result)
     assert got == [0, 1, 2]  # everything before the bad item, nothing after it
     assert len(taken) <= 3 + 3 and not pool_threads()
+
+
+def test_torch_threads_sets_the_count_for_a_block_and_restores_it(four_torch_threads):
+    from efficientdet.utils.threads import torch_threads
+
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 4
+    with pytest.raises(KeyError), torch_threads(2):
+        raise KeyError("an error inside the block")
+    assert torch.get_num_threads() == 4
+    for unchanged in (None, 0, 4):
+        with torch_threads(unchanged):
+            assert torch.get_num_threads() == 4

@@ -3,7 +3,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED, require_shared
+from PIL import Image
 
+from efficientdet.data.images import load_image
 from efficientdet.data.transforms import (
     Resized,
     color_jitter,
@@ -13,6 +16,7 @@ from efficientdet.data.transforms import (
     mosaic,
     normalise,
     normalise_padded,
+    resize_image,
     stack_images,
     train_transform,
 )
@@ -31,6 +35,34 @@ def marked_image(h=100, w=200, box=(20, 10, 60, 50)):
 def white_extent(t: torch.Tensor) -> tuple[int, int, int, int]:
     ys, xs = torch.nonzero(t[0] > 127, as_tuple=True)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+@pytest.mark.parametrize("scale", [0.37, 0.8, 1.0, 1.6])
+def test_resize_image_is_pils_bilinear_filter_to_within_two_levels(scale):
+    """torch's antialiased uint8 kernel stands in for PIL's BILINEAR (the filter the models were first trained
+    with): on a real photo, shrunk (the support widens with the scale) and enlarged, every value is within 2 of
+    PIL's and nearly all are equal."""
+    image = load_image(require_shared(SHARED / "datasets" / "raccoon" / "JPEGImages" / "raccoon-1.jpg"))
+    h, w = image.shape[:2]
+    hw = (round(h * scale), round(w * scale))
+    ours = resize_image(image, hw)
+    pil = np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+    assert ours.dtype == np.uint8 and ours.shape == (*hw, 3) and ours.flags.c_contiguous
+    diff = np.abs(ours.astype(np.int16) - pil)
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.15
+    if scale == 1.0:
+        assert ours is image  # nothing to do: the caller's array itself
+
+
+def test_resize_image_takes_read_only_and_strided_arrays_and_leaves_them_alone():
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    flipped = image[:, ::-1]  # a view with a negative stride, as a horizontal flip gives
+    frozen = image.copy()
+    frozen.flags.writeable = False  # as np.asarray(PIL image) gives
+    before = image.copy()
+    assert np.array_equal(resize_image(flipped, (20, 30)), resize_image(np.ascontiguousarray(flipped), (20, 30)))
+    assert np.array_equal(resize_image(frozen, (20, 30)), resize_image(image, (20, 30)))
+    assert np.array_equal(image, before)
 
 
 def test_eval_transform_resizes_longer_side_and_pads_bottom_right():

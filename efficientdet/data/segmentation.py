@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from .images import ImageReadError, image_size, load_image
 from .readers import IMAGE_EXTENSIONS, DatasetError, _images_by_stem, _read_class_file, _read_voc_split
-from .transforms import normalise, normalise_padded
+from .transforms import normalise, normalise_padded, resize_image
 
 LOG = logging.getLogger(__name__)
 
@@ -250,12 +250,6 @@ def mask_statistics(
 # --------------------------------------------------------------------------------------------------- transforms
 
 
-def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == hw:
-        return image
-    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
-
-
 def resize_nearest(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize by index arithmetic (pixel centres), exact for any integer label type.
 
@@ -297,7 +291,7 @@ def train_transform(
     h, w = image.shape[:2]
     scale = img_size / max(h, w) * rng.uniform(*scale_range)
     hw = (max(1, round(h * scale)), max(1, round(w * scale)))
-    image = _resize_image(np.ascontiguousarray(image), hw)
+    image = resize_image(np.ascontiguousarray(image), hw)
     targets = resize_nearest(np.ascontiguousarray(targets), hw)
     off_y = int(rng.integers(0, hw[0] - ch + 1)) if hw[0] > ch else 0
     off_x = int(rng.integers(0, hw[1] - cw + 1)) if hw[1] > cw else 0
@@ -316,7 +310,7 @@ def eval_resize(image: np.ndarray, img_size: int | None) -> np.ndarray:
         return image
     h, w = image.shape[:2]
     scale = img_size / max(h, w)
-    return _resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
 # --------------------------------------------------------------------------------------------------- dataset

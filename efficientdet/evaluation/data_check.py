@@ -33,6 +33,7 @@ from ..ops.anchors import anchors_for_config, feature_sizes
 from ..ops.labeler import MATCH_IOU
 from ..utils.atomic import atomic_open
 from ..utils.text import counted
+from ..utils.threads import torch_threads
 
 DEFAULT_SPLITS = ("train", "val", "test", "trainval")
 IOU_BIN_EDGES = tuple(i / 10 for i in range(11))  # best-anchor IoU histogram: 0-0.1, 0.1-0.2, ..., 0.9-1.0
@@ -263,12 +264,8 @@ def propose_anchors(
         return int(np.count_nonzero(best >= MATCH_IOU)), float(best.mean())
 
     base = best_anchor_iou(boxes, config, image_size)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # anchor generation on small tensors: one thread is several times faster on busy CPUs
-    try:
+    with torch_threads(1):  # anchor generation on small tensors: one thread is several times faster on busy CPUs
         candidates = [(score(r, s), r, s) for r in (clustered, default_ratios) for s in SCALE_GRID]
-    finally:
-        torch.set_num_threads(threads)
     (hits, mean_iou), chosen, scale = max(candidates, key=lambda c: c[0])
     return AnchorProposal(
         aspect_ratios=list(chosen), anchor_scale=scale, coverage=hits / len(boxes), mean_iou=mean_iou,

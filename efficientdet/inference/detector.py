@@ -21,6 +21,7 @@ from ..models.factory import load_checkpoint
 from ..models.fuse import optimize_for_inference, to_model_layout, uses_channels_last
 from ..ops.anchors import anchors_for_config
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
+from ..utils.threads import torch_threads
 from .class_filter import resolve_classes
 from .tiling import DEFAULT_TILE_OVERLAP, check_tile, detect_tiled, merge_detections
 
@@ -161,6 +162,9 @@ class Detector:
             self.model = optimize_for_inference(self.model, channels_last=self.device.type == "cpu")
         # inputs are handed over in the model's own memory layout (no conversion inside the first conv)
         self.channels_last = uses_channels_last(self.model)
+        # torch's threads for the pre- and post-processing around a network that runs in another runtime's thread
+        # pool on the CPU (an exported file says how many: ExportedNetwork.host_threads); None: torch's own count
+        self.host_threads = getattr(self.model, "host_threads", None) if self.device.type == "cpu" else None
         self.config = model.config
         self.image_size = image_size or self.config.image_size
         self.score_threshold = score_threshold
@@ -194,13 +198,14 @@ class Detector:
         """Batch tensor (on the device, in the model's memory layout), per-image (x, y) scale (input px per
         original px, exact) and original (H, W): what :meth:`predict_tensor` takes."""
         tensors, scales, sizes = [], [], []
-        for image in images:
-            array = _as_rgb_array(image)
-            out = eval_transform(array, self.image_size, self.config.mean, self.config.std)
-            tensors.append(out.image)
-            scales.append(out.scale_xy)
-            sizes.append(array.shape[:2])
-        return self.model_input(stack_images(tensors)), scales, sizes
+        with torch_threads(self.host_threads):
+            for image in images:
+                array = _as_rgb_array(image)
+                out = eval_transform(array, self.image_size, self.config.mean, self.config.std)
+                tensors.append(out.image)
+                scales.append(out.scale_xy)
+                sizes.append(array.shape[:2])
+            return self.model_input(stack_images(tensors)), scales, sizes
 
     def model_input(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` on the device and in the model's memory layout (channels-last for a channels-last model, NCHW
@@ -252,18 +257,19 @@ class Detector:
 
         ``filter_classes=False`` skips the ``classes`` filter (tiling applies it once, after merging the tiles).
         """
-        if self.flip_tta:
-            dets = self._flip_merged(batch)
-        else:
-            cls, box = self.network(batch)
-            dets = self.detections(cls, box, tuple(batch.shape[-2:]))
-        results = []
-        for i, det in enumerate(dets):
-            boxes = det["boxes"]
-            if scales is not None:
-                boxes = to_original_pixels(boxes, scales[i], None if sizes is None else sizes[i])
-            results.append(self.result(boxes, det["scores"], det["labels"], filter_classes))
-        return results
+        with torch_threads(self.host_threads):
+            if self.flip_tta:
+                dets = self._flip_merged(batch)
+            else:
+                cls, box = self.network(batch)
+                dets = self.detections(cls, box, tuple(batch.shape[-2:]))
+            results = []
+            for i, det in enumerate(dets):
+                boxes = det["boxes"]
+                if scales is not None:
+                    boxes = to_original_pixels(boxes, scales[i], None if sizes is None else sizes[i])
+                results.append(self.result(boxes, det["scores"], det["labels"], filter_classes))
+            return results
 
     def _flip_merged(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Detections (input pixels) of ``batch`` and of its mirror image, mapped back and merged per image."""

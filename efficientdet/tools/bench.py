@@ -25,14 +25,13 @@ code, onnxruntime's arena). Where the restart is impossible it falls back to the
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from ..utils.threads import torch_threads
 
 BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 EXPORTED_BACKENDS = ("onnxruntime", "openvino")  # run an exported file (efficientdet.runtimes)
@@ -257,17 +258,6 @@ def prepare_network(
     return net
 
 
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def synthetic_images(batch_size: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
     """``batch_size`` random uint8 HxWx3 images (content does not change the cost of resize / normalise)."""
     rng = np.random.default_rng(seed)
@@ -284,7 +274,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
     rss_before = _proc_status_mb("VmRSS") or max_rss_mb()
     peak_reset = False
-    with _threads(cfg.threads), tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:
+    with torch_threads(cfg.threads), tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:
         torch.manual_seed(cfg.seed)
         exported = is_exported_file(cfg.checkpoint)
         if exported:  # the file is the network: no export, no folding; eager (the default) means "by suffix"
