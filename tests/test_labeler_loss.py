@@ -7,7 +7,13 @@ import torch
 
 from efficientdet.ops.anchors import decode_boxes
 from efficientdet.ops.labeler import IGNORE, NEGATIVE, AnchorLabeler, Targets, box_iou
-from efficientdet.ops.losses import detection_loss, focal_loss, generalized_iou_loss, huber_loss
+from efficientdet.ops.losses import (
+    detection_loss,
+    focal_loss,
+    generalized_iou_loss,
+    huber_loss,
+    quality_focal_loss,
+)
 
 # three anchors (y1, x1, y2, x2): A0 at the origin, A1 shifted right by 5, A2 far away
 ANCHORS = torch.tensor([[0.0, 0, 10, 10], [0, 5, 10, 15], [50, 50, 60, 60]])
@@ -143,3 +149,33 @@ def test_giou_loss_stays_finite_for_an_untrained_heads_huge_scale_codes():
     out["loss"].backward()
     assert math.isfinite(out["iou_loss"].item()) and 0 < out["iou_loss"].item() < 2
     assert torch.isfinite(codes.grad).all()
+
+
+def test_quality_focal_loss_hand_values():
+    # logit 0 -> p = 0.5 and a cross-entropy of ln 2 for any target t: |t - 0.5|^2 ln 2
+    qfl = quality_focal_loss(torch.zeros(3), torch.tensor([1.0, 2 / 3, 0.0]))
+    assert qfl.tolist() == pytest.approx([0.25 * math.log(2), (1 / 6) ** 2 * math.log(2), 0.25 * math.log(2)])
+    assert quality_focal_loss(torch.tensor([20.0, -20.0]), torch.tensor([1.0, 0.0])).max() < 1e-8  # already right
+
+
+def test_detection_loss_with_quality_focal_targets_the_iou_of_each_positive_box():
+    targets = Targets(
+        cls=torch.tensor([[1, NEGATIVE, IGNORE]]),
+        box=torch.tensor([[[0.2, 0.0, 0.0, 0.0], [0.0] * 4, [0.0] * 4]]),  # anchor 0's box: 2 px lower
+        num_positives=torch.tensor([1.0]),
+    )
+    logits = torch.zeros(1, 3, 2, requires_grad=True)
+    codes = torch.zeros(1, 3, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="anchors"):
+        detection_loss(logits, codes, targets, num_classes=2, quality_focal=True)
+    out = detection_loss(logits, codes, targets, num_classes=2, quality_focal=True, anchors=ANCHORS)
+    # anchor 0 predicts the anchor itself, IoU 2/3 with its object: class 1's target is 2/3, class 0's 0; anchor 1
+    # has two targets of 0; the ignored anchor adds nothing. Each term |t - 0.5|^2 ln 2, over (positives + 1)
+    expected = ((1 / 6) ** 2 + 3 * 0.25) * math.log(2) / 2
+    assert out["cls_loss"].item() == pytest.approx(expected)
+    plain = detection_loss(logits, codes, targets, num_classes=2)
+    assert out["box_loss"].item() == pytest.approx(plain["box_loss"].item())
+    out["cls_loss"].backward()
+    assert codes.grad is None or not codes.grad.any()  # the IoU target is a target, not a path for gradients
+    assert logits.grad[0, 0, 1] < 0 and logits.grad[0, 0, 0] > 0 and logits.grad[0, 1].gt(0).all()
+    assert not logits.grad[0, 2].any()

@@ -19,6 +19,7 @@ FOCAL_GAMMA = 1.5  # paper, section 5.1
 HUBER_DELTA = 0.1  # official code: hparams_config.py, delta
 BOX_LOSS_WEIGHT = 50.0  # official code: hparams_config.py, box_loss_weight
 IOU_LOSS_WEIGHT = 0.0  # official code: hparams_config.py, iou_loss_type None (off)
+QFL_BETA = 2.0  # Li et al. 2020 (Generalized Focal Loss), the quality focal loss's beta
 # Largest log-scale code decoded for the IoU loss: a box 1000/16 times its anchor (the bound detectron2 and
 # torchvision clip to); an untrained head's large outputs would otherwise overflow exp()
 MAX_LOG_SCALE = math.log(1000.0 / 16)
@@ -42,12 +43,21 @@ def huber_loss(pred: torch.Tensor, target: torch.Tensor, delta: float = HUBER_DE
     return 0.5 * quadratic**2 + delta * (err - quadratic)
 
 
-def generalized_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1 - GIoU`` of matching (x1, y1, x2, y2) boxes ``[..., 4]``, not reduced: 0 for identical boxes, up to 2.
+def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float = QFL_BETA) -> torch.Tensor:
+    """Element-wise quality focal loss (Li et al., Generalized Focal Loss, NeurIPS 2020), not reduced.
 
-    GIoU (Rezatofighi et al. 2019) is IoU minus the share of the smallest enclosing box that neither box covers,
-    so it still has a gradient when the boxes do not overlap.
+    Binary cross-entropy towards soft targets in [0, 1] (here: the IoU of a positive anchor's predicted box with
+    its object for that object's class, 0 elsewhere), scaled by ``|target - p| ** beta`` so that, as in the focal
+    loss, the well-predicted majority weighs little. A score trained this way estimates how well its box fits, and
+    the NMS and the AP ranking then prefer the better-placed of two boxes.
     """
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (targets - p).abs().pow(beta) * ce
+
+
+def _pair_overlap(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Intersection, union and enclosing-box area of matching (x1, y1, x2, y2) boxes ``[..., 4]``."""
     area_p = (pred[..., 2] - pred[..., 0]).clamp(min=0) * (pred[..., 3] - pred[..., 1]).clamp(min=0)
     area_t = (target[..., 2] - target[..., 0]).clamp(min=0) * (target[..., 3] - target[..., 1]).clamp(min=0)
     low, high = torch.maximum(pred[..., :2], target[..., :2]), torch.minimum(pred[..., 2:], target[..., 2:])
@@ -56,6 +66,22 @@ def generalized_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     union = (area_p + area_t - intersection).clamp(min=1e-9)
     hull = torch.maximum(pred[..., 2:], target[..., 2:]) - torch.minimum(pred[..., :2], target[..., :2])
     hull_area = (hull[..., 0] * hull[..., 1]).clamp(min=1e-9)
+    return intersection, union, hull_area
+
+
+def paired_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of matching (x1, y1, x2, y2) boxes ``[..., 4]``."""
+    intersection, union, _ = _pair_overlap(pred, target)
+    return intersection / union
+
+
+def generalized_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - GIoU`` of matching (x1, y1, x2, y2) boxes ``[..., 4]``, not reduced: 0 for identical boxes, up to 2.
+
+    GIoU (Rezatofighi et al. 2019) is IoU minus the share of the smallest enclosing box that neither box covers,
+    so it still has a gradient when the boxes do not overlap.
+    """
+    intersection, union, hull_area = _pair_overlap(pred, target)
     giou = intersection / union - (hull_area - union) / hull_area
     return 1.0 - giou
 
@@ -77,6 +103,7 @@ def detection_loss(
     box_weight: float = BOX_LOSS_WEIGHT,
     iou_weight: float = IOU_LOSS_WEIGHT,
     anchors: torch.Tensor | None = None,
+    quality_focal: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Total, class and box loss for a batch of flattened outputs (``[B, A, C]`` logits, ``[B, A, 4]`` codes).
 
@@ -85,22 +112,32 @@ def detection_loss(
     With ``iou_weight`` > 0 (``anchors`` ``[A, 4]`` y1x1y2x2 needed to decode the codes) an ``iou_loss`` joins
     them: ``1 - GIoU`` of the decoded boxes over positive anchors, divided by (positives + 1) * 4 like the box loss
     (the official code's normaliser), and the total adds iou_weight * iou_loss.
+
+    ``quality_focal``: the class loss is :func:`quality_focal_loss` instead, its target at a positive anchor the
+    IoU of the anchor's decoded box with its object (no gradient through the target; ``anchors`` needed too).
     """
     normaliser = targets.num_positives.sum() + 1.0
     cls_t = targets.cls
     valid = cls_t != IGNORE
     positive = cls_t >= 0
-    one_hot = F.one_hot(cls_t.clamp(min=0), num_classes).to(cls_logits.dtype) * positive.unsqueeze(-1)
-    cls_loss = (focal_loss(cls_logits.float(), one_hot.float(), alpha, gamma) * valid.unsqueeze(-1)).sum() / normaliser
+    one_hot = F.one_hot(cls_t.clamp(min=0), num_classes).to(torch.float32) * positive.unsqueeze(-1)
+    if (iou_weight > 0 or quality_focal) and anchors is None:
+        raise ValueError("the IoU loss and the quality focal loss decode boxes: give the anchors")
+    if iou_weight > 0 or quality_focal:
+        positive_anchors = anchors.expand_as(box_codes)[positive]
+        pred = _decode_for_iou(box_codes.float()[positive], positive_anchors)
+        target = decode_boxes(targets.box[positive], positive_anchors)
+    if quality_focal:
+        soft = one_hot.clone()
+        soft[positive] *= paired_iou(pred.detach(), target).clamp(0, 1).unsqueeze(-1)
+        cls_err = quality_focal_loss(cls_logits.float(), soft)
+    else:
+        cls_err = focal_loss(cls_logits.float(), one_hot, alpha, gamma)
+    cls_loss = (cls_err * valid.unsqueeze(-1)).sum() / normaliser
     box_err = huber_loss(box_codes.float(), targets.box, delta) * positive.unsqueeze(-1)
     box_loss = box_err.sum() / (normaliser * 4.0)
     losses = {"loss": cls_loss + box_weight * box_loss, "cls_loss": cls_loss, "box_loss": box_loss}
     if iou_weight > 0:
-        if anchors is None:
-            raise ValueError("the IoU loss decodes boxes: give the anchors")
-        positive_anchors = anchors.expand_as(box_codes)[positive]
-        pred = _decode_for_iou(box_codes.float()[positive], positive_anchors)
-        target = decode_boxes(targets.box[positive], positive_anchors)
         iou_loss = generalized_iou_loss(pred, target).sum() / (normaliser * 4.0)
         losses["loss"] = losses["loss"] + iou_weight * iou_loss
         losses["iou_loss"] = iou_loss

@@ -203,6 +203,12 @@ class TrainConfig(RecipeConfig):
             f"images, else the official code's {IOU_LOSS_WEIGHT:g}",
         ),
     )
+    # The class score as an estimate of the box's IoU with its object (Li et al. 2020, quality focal loss); off:
+    # the paper's focal loss
+    quality_focal: bool = field(
+        default=False,
+        metadata=option("train the class scores towards each box's IoU with its object (quality focal loss)"),
+    )
     # ImageNet backbone weights for a fresh start (packaged for Lite0-2, else downloaded once): a detector trained
     # from a random backbone on a small dataset is a trap nobody asks for. Unused with checkpoint / pretrained.
     pretrained_backbone: bool = True
@@ -471,7 +477,8 @@ class DetectionTask(Task):
         cls_flat, box_flat = flatten_outputs(cls_out, box_out, k)
         cfg = self.cfg
         return detection_loss(cls_flat, box_flat, targets, k, box_weight=cfg.box_loss_weight,
-                              iou_weight=cfg.iou_loss_weight, anchors=self.labeler.anchors_yxyx)  # fmt: skip
+                              iou_weight=cfg.iou_loss_weight, anchors=self.labeler.anchors_yxyx,
+                              quality_focal=cfg.quality_focal)  # fmt: skip
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
