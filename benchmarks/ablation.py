@@ -30,6 +30,7 @@ import torch
 from efficientdet.models.config import get_config
 from efficientdet.models.detector import EfficientDet
 from efficientdet.models.flops import count_multiply_adds
+from efficientdet.utils.threads import torch_threads
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 
@@ -148,12 +149,10 @@ def main() -> int:
     size = args.img_size or get_config(args.model).image_size
     names = list(dict.fromkeys(args.variants))
     rows: dict[str, dict[str, Any]] = {n: counts(args.model, n, size, 1) for n in names}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or threads)  # for the latency part only; training uses every core
-    for n, t in latencies(args.model, names, size, args.runs, 1).items():
-        rows[n].update({"ms": t["model"], "fpn_ms": t["fpn"]})
-    latency_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    with torch_threads(args.threads):  # for the latency part only; training uses every core
+        for n, t in latencies(args.model, names, size, args.runs, 1).items():
+            rows[n].update({"ms": t["model"], "fpn_ms": t["fpn"]})
+        latency_threads = torch.get_num_threads()
     if not args.skip_train:
         for n in names:
             print(f"training {n} for {args.epochs} epochs ...", flush=True)

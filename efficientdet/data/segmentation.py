@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from .images import ImageReadError, image_size, load_image
 from .readers import IMAGE_EXTENSIONS, DatasetError, _images_by_stem, _read_class_file, _read_voc_split
-from .transforms import normalise, normalise_padded, resize_image
+from .transforms import normalise, normalise_padded, rescale_image, resize_image, scaled_size
 
 LOG = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def train_transform(
         image, targets = image[:, ::-1], targets[:, ::-1]
     h, w = image.shape[:2]
     scale = img_size / max(h, w) * rng.uniform(*scale_range)
-    hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+    hw = scaled_size((h, w), scale)
     image = resize_image(np.ascontiguousarray(image), hw)
     targets = resize_nearest(np.ascontiguousarray(targets), hw)
     off_y = int(rng.integers(0, hw[0] - ch + 1)) if hw[0] > ch else 0
@@ -308,9 +308,7 @@ def eval_resize(image: np.ndarray, img_size: int | None) -> np.ndarray:
     """The longer side to ``img_size`` (aspect kept); ``None`` keeps the image as it is."""
     if img_size is None:
         return image
-    h, w = image.shape[:2]
-    scale = img_size / max(h, w)
-    return resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return rescale_image(image, img_size / max(image.shape[:2]))
 
 
 # --------------------------------------------------------------------------------------------------- dataset

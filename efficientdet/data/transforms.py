@@ -63,9 +63,14 @@ def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return resized[0].permute(1, 2, 0).contiguous().numpy()
 
 
-def _resize(image: np.ndarray, scale: float) -> np.ndarray:
-    h, w = image.shape[:2]
-    return resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+def scaled_size(hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) times ``scale``, rounded to whole pixels, at least 1 each."""
+    return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
+
+
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """:func:`resize_image` to the image's own size times ``scale``."""
+    return resize_image(image, scaled_size(image.shape[:2], scale))
 
 
 def normalise_padded(
@@ -113,7 +118,7 @@ def eval_transform(
     out_h, out_w = _size_hw(size)
     h, w = image.shape[:2]
     scale = min(out_h / h, out_w / w)
-    resized = _resize(image, scale)
+    resized = rescale_image(image, scale)
     tensor = normalise_padded(resized, (out_h, out_w), mean, std)
     sx, sy = resized.shape[1] / w, resized.shape[0] / h
     b = np.zeros((0, 4), np.float32) if boxes is None else boxes.astype(np.float32) * np.array([sx, sy] * 2, np.float32)
@@ -178,7 +183,7 @@ def train_transform(
         boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
     factor = rng.uniform(*scale_range)
     scale = min(factor * out_h / h, factor * out_w / w)
-    resized = _resize(np.ascontiguousarray(image), scale)
+    resized = rescale_image(np.ascontiguousarray(image), scale)
     rh, rw = resized.shape[:2]
     off_y = int(rng.integers(0, rh - out_h + 1)) if rh > out_h else 0
     off_x = int(rng.integers(0, rw - out_w + 1)) if rw > out_w else 0
@@ -300,7 +305,7 @@ def mosaic(
         if image.size == 0:  # an image that could not be read: its quadrant stays empty
             continue
         scale = min(h / image.shape[0], w / image.shape[1])
-        resized = _resize(np.ascontiguousarray(image), scale)
+        resized = rescale_image(np.ascontiguousarray(image), scale)
         ih, iw = resized.shape[:2]
         # the image's top-left corner on the canvas: it touches the centre with its inner corner
         x0 = cx - iw if quadrant in (0, 2) else cx

@@ -121,9 +121,9 @@ def detection_loss(
     valid = cls_t != IGNORE
     positive = cls_t >= 0
     one_hot = F.one_hot(cls_t.clamp(min=0), num_classes).to(torch.float32) * positive.unsqueeze(-1)
-    if (iou_weight > 0 or quality_focal) and anchors is None:
-        raise ValueError("the IoU loss and the quality focal loss decode boxes: give the anchors")
-    if iou_weight > 0 or quality_focal:
+    if iou_weight > 0 or quality_focal:  # both need the positive anchors' decoded boxes
+        if anchors is None:
+            raise ValueError("the IoU loss and the quality focal loss decode boxes: give the anchors")
         positive_anchors = anchors.expand_as(box_codes)[positive]
         pred = _decode_for_iou(box_codes.float()[positive], positive_anchors)
         target = decode_boxes(targets.box[positive], positive_anchors)
