@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         prepared = time.perf_counter() - start
         det = Detector(net, image_size=size, score_threshold=0.0)
         name = f"ours {backend}"
-        network[name] = lambda net=net: net(batch)
+        net_batch = det.model_input(batch)  # the layout its Detector feeds it (channels-last where it reads NHWC)
+        network[name] = lambda net=net, net_batch=net_batch: net(net_batch)
         end_to_end[name] = (lambda det=det: det(images)) if args.torchvision_nms else with_torch_nms(det, images)
         setup[name] = {"setup_s": prepared}
     shutil.rmtree(workdir, ignore_errors=True)  # onnxruntime holds the model in memory

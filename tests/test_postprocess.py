@@ -156,6 +156,39 @@ def test_select_candidates_with_a_logit_floor_is_the_topk_above_it(k):
         assert (anchor_idx * 5 + labels).tolist() == ref.indices[above][:k].tolist()
 
 
+def flat_outputs_with_maxima(seed=6, batch=2, anchors=300, classes=5):
+    """One flat level, as an exported file returns it, with each anchor's best logit as a runtime computes it."""
+    g = torch.Generator().manual_seed(seed)
+    cls = torch.randn(batch, anchors * classes, 1, 1, generator=g).round(decimals=1)  # ties, as int8 logits have
+    box = torch.randn(batch, anchors * 4, 1, 1, generator=g)
+    return pp.ClassOutputs([cls], cls.view(batch, anchors, classes).amax(2)), [box]
+
+
+@pytest.mark.parametrize("k", [7, 100, 5000])
+@pytest.mark.parametrize("floor", [-math.inf, 1.5, 2.8])
+def test_select_candidates_from_a_networks_anchor_maxima_is_the_exact_topk(k, floor):
+    """With the per-anchor maxima computed by the network: the same candidates as from a plain list (ties at the
+    k-th best included), which are the exact top k."""
+    cls, box = flat_outputs_with_maxima()
+    given = pp.select_candidates(cls, box, 5, k, min_logit=floor)
+    plain = pp.select_candidates(list(cls), box, 5, k, min_logit=floor)
+    for i, (got, ref) in enumerate(zip(given, plain)):
+        for a, b in zip(got, ref):
+            assert torch.equal(a, b)
+        top = naive_topk(list(cls), 5, 10_000)[i]
+        above = top.values >= floor
+        assert got[0].tolist() == top.values[above][:k].tolist()
+
+
+def test_select_candidates_takes_the_networks_anchor_maxima():
+    """The shortcut is taken, not just tolerated: maxima that hide the best anchor lose its pairs."""
+    cls, box = flat_outputs_with_maxima(batch=1)
+    best = int(cls.anchor_maxima[0].argmax())
+    cls.anchor_maxima[0, best] = -math.inf
+    assert best not in pp.select_candidates(cls, box, 5, 10)[0][1].tolist()
+    assert best in pp.select_candidates(list(cls), box, 5, 10)[0][1].tolist()
+
+
 def test_postprocess_score_threshold_keeps_what_an_unthresholded_run_keeps_above_it():
     """The threshold reaches the candidate selection as a logit floor; hard NMS never lets a lower score
     suppress a higher one, so the result must be the unthresholded one's boxes at or above the threshold."""

@@ -129,7 +129,8 @@ def test_openvino_outputs_are_the_callers_and_the_input_is_left_alone(tmp_path):
     torch.manual_seed(0)
     model = efficientdet.create_model("efficientdet-lite0", num_classes=3, image_size=64).eval()
     net = load_exported(export_openvino(model, tmp_path / "tiny.xml"))
-    first, second = (torch.randn(1, 3, 64, 64) for _ in range(2))
+    assert net.channels_last_input
+    first, second = (torch.randn(1, 64, 64, 3) for _ in range(2))  # NHWC, as the wrapper hands them over
     kept = first.clone()
     out1 = [a.copy() for a in net.run(first.numpy())]
     held = net.run(first.numpy())
@@ -139,6 +140,37 @@ def test_openvino_outputs_are_the_callers_and_the_input_is_left_alone(tmp_path):
     assert not np.array_equal(out2[0], held[0])
     reference = net.compiled.create_infer_request().infer({0: second.numpy()})  # a request's own buffers
     assert np.array_equal(reference[net.outputs[0]], out2[0]) and np.array_equal(reference[net.outputs[1]], out2[1])
+
+
+def test_openvino_gives_anchor_maxima_and_reads_nhwc_and_detections_stay_the_same(tmp_path):
+    """At load time an OpenVINO network adds each anchor's best class logit to its graph's outputs and reads NHWC
+    images (the layout of the project's pre-processed batches): the raw outputs are those of the file as written,
+    the maxima are theirs, and a Detector (which now hands over channels-last batches) finds the very detections
+    of the file as written, with and without a score threshold."""
+    pytest.importorskip("openvino")
+    from efficientdet.export.openvino import export_openvino
+    from efficientdet.export.runtimes import OpenVinoNetwork
+
+    torch.manual_seed(0)
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=3, image_size=64).eval()
+    path = export_openvino(model, tmp_path / "tiny.xml")  # 774 anchors
+    metadata = read_exported_metadata(path)
+    as_written = OpenVinoNetwork(path, metadata, anchor_maxima=False, channels_last_input=False)
+    loaded = OpenVinoNetwork(path, metadata)
+    assert len(as_written.run(np.zeros((1, 3, 64, 64), np.float32))) == 2
+    images = torch.rand(2, 3, 64, 64)
+    (cls, *_), box = as_written(images)
+    loaded_cls, loaded_box = loaded(images.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(loaded_cls[0], cls) and torch.equal(loaded_box[0], box[0])
+    assert as_written(images)[0].anchor_maxima is None
+    assert torch.equal(loaded_cls.anchor_maxima, cls.view(2, -1, 3).amax(2))
+    for threshold in (0.0, 0.01):
+        detectors = [Detector(net, topk=50, score_threshold=threshold) for net in (as_written, loaded)]
+        assert [d.channels_last for d in detectors] == [False, True]
+        found = [d(images) for d in detectors]
+        assert sum(len(r["boxes"]) for r in found[0]) > 0
+        for a, b in zip(*found):
+            assert all(torch.equal(a[key], b[key]) for key in ("boxes", "scores", "labels"))
 
 
 @pytest.mark.slow

@@ -243,8 +243,10 @@ def uses_channels_last(model: nn.Module) -> bool:
 
     The one test of the layout, for the predictors that feed a model (``Detector``, ``Segmenter``): a 4-D weight
     that is channels-last contiguous but not NCHW contiguous (a 1x1 or single-channel weight is both, and says
-    nothing). A module without parameters (an exported file run in a runtime) is not channels-last.
+    nothing). An exported file run in a runtime (no parameters) says itself, by ``channels_last_input``.
     """
+    if not any(True for _ in model.parameters()):
+        return bool(getattr(model, "channels_last_input", False))
     return any(
         p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
         for p in model.parameters()

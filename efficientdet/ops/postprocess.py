@@ -219,6 +219,22 @@ def vote_boxes(
     return torch.as_tensor(voted, dtype=boxes.dtype, device=boxes.device)
 
 
+class ClassOutputs(list):
+    """A network's per-level class logits (the list every network returns), with each anchor's best logit where
+    the network computed it.
+
+    ``anchor_maxima``: ``[B, A]``, the maximum over the classes of each anchor's logits, for a network that returns
+    one flat level (``[B, A*C, 1, 1]``, an exported file): the reduction :func:`select_candidates` would otherwise
+    run over every logit on the host. An OpenVINO network computes it inside its graph, on the runtime's own
+    threads (:class:`efficientdet.runtimes.OpenVinoNetwork`). Only a shortcut: code that builds a plain list
+    instead loses it and gets the same candidates the long way.
+    """
+
+    def __init__(self, levels: list[torch.Tensor], anchor_maxima: torch.Tensor | None = None) -> None:
+        super().__init__(levels)
+        self.anchor_maxima = anchor_maxima
+
+
 def select_candidates(
     class_outputs: list[torch.Tensor],
     box_outputs: list[torch.Tensor],
@@ -234,7 +250,8 @@ def select_candidates(
 
     Exact, without ranking all anchors x classes: the k-th best per-anchor maximum ``t`` is a lower bound of the
     k-th best (anchor, class) logit (the k best anchors each hold one logit >= t), so every top-k pair belongs to
-    an anchor whose maximum is >= t. Only those anchors' classes are ranked: ~k x C values instead of A x C.
+    an anchor whose maximum is >= t. Only those anchors' classes are ranked: ~k x C values instead of A x C. A
+    network that computed the per-anchor maxima itself (:class:`ClassOutputs`) spares their reduction here.
 
     The work is done in the NCHW outputs' own order (anchor, class, position): the per-anchor maximum reduces over
     whole class planes, and the chosen anchors are visited plane by plane, so gathering their C logits reads
@@ -244,16 +261,19 @@ def select_candidates(
     """
     b = class_outputs[0].shape[0]
     c = num_classes
-    levels = []  # per level: logits [B, A, C, H*W], box codes [B, A, 4, H*W], per-anchor max [B, A*H*W]
+    levels = []  # per level: logits [B, A, C, H*W], box codes [B, A, 4, H*W]
     for cls, box in zip(class_outputs, box_outputs):
         _, ac, h, w = cls.shape
-        a = ac // c
-        cv = cls.contiguous().view(b, a, c, h * w)
-        levels.append((cv, box.contiguous().view(b, a, 4, h * w), cv.amax(2).view(b, -1)))
-    total = sum(lv[2].shape[1] for lv in levels)
+        levels.append((cls.contiguous().view(b, ac // c, c, h * w), box.contiguous().view(b, ac // c, 4, h * w)))
+    total = sum(cv.shape[1] * cv.shape[3] for cv, _ in levels)
+    given = getattr(class_outputs, "anchor_maxima", None)
+    if given is not None and len(levels) == 1 and levels[0][0].shape[3] == 1:  # one flat level: anchor = plane idx
+        maxima = [given.reshape(b, -1)]
+    else:
+        maxima = [cv.amax(2).view(b, -1) for cv, _ in levels]  # per level: each anchor's best logit [B, A*H*W]
     results = []
     for i in range(b):
-        best = torch.cat([lv[2][i] for lv in levels])
+        best = torch.cat([level_best[i] for level_best in maxima])
         if total * c <= topk or (min_logit > -math.inf and int((best >= min_logit).sum()) <= topk):
             threshold = min_logit  # at most k anchors can reach it: no k-th best needed
         else:
@@ -261,14 +281,19 @@ def select_candidates(
             threshold = max(float(kth), min_logit)
         logits_parts, index_parts, code_parts = [], [], []
         offset = 0
-        for cv, bv, level_best in levels:
+        for (cv, bv), level_best in zip(levels, maxima):
             _, a, _, hw = cv.shape
             plane_idx = torch.nonzero(level_best[i] >= threshold).squeeze(1)  # anchor * H*W + position, sorted
-            anchor, position = torch.div(plane_idx, hw, rounding_mode="floor"), plane_idx % hw
-            logits_parts.append(cv[i][anchor, :, position])
-            code_parts.append(bv[i][anchor, :, position])
-            index_parts.append(position * a + anchor + offset)
-            offset += level_best.shape[1]
+            if hw == 1:  # a flat level (an exported file's): rows of one [A, C] matrix
+                logits_parts.append(cv[i, :, :, 0].index_select(0, plane_idx))
+                code_parts.append(bv[i, :, :, 0].index_select(0, plane_idx))
+                index_parts.append(plane_idx + offset)
+            else:
+                anchor, position = torch.div(plane_idx, hw, rounding_mode="floor"), plane_idx % hw
+                logits_parts.append(cv[i][anchor, :, position])
+                code_parts.append(bv[i][anchor, :, position])
+                index_parts.append(position * a + anchor + offset)
+            offset += a * hw
         logits, anchor_idx, codes = torch.cat(logits_parts), torch.cat(index_parts), torch.cat(code_parts)
         flat = torch.nonzero(logits.reshape(-1) >= threshold).squeeze(1)  # the top k are all >= t: rank fewer
         top, pos = torch.topk(logits.reshape(-1)[flat], min(topk, flat.numel()))
