@@ -7,6 +7,7 @@ plus decompositions), so the CLI-made ONNX file is shared by the tests that read
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 
 import pytest
@@ -28,6 +29,7 @@ from efficientdet.export import (
     run_onnx,
     verify_exported,
 )
+from efficientdet.export.runtimes import load_exported
 from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.postprocess import flatten_outputs, postprocess
 
@@ -170,6 +172,16 @@ def test_cli_onnx_with_nms_equals_postprocess(lite0, cli_onnx_with_nms):
 
 
 @pytest.mark.slow
+def test_a_file_with_nms_inside_is_refused_by_the_runtime_wrappers_with_one_clear_message(cli_onnx_with_nms):
+    """predict / eval / bench run raw-output files; a --with-nms file gets the reason, in either runtime (OpenVINO's
+    load-time additions to the graph must not fail first on the outputs it lacks)."""
+    _, _, path = cli_onnx_with_nms
+    backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for backend in backends:
+        with pytest.raises(ValueError, match="NMS inside"):
+            load_exported(path, backend)
+
+
 def test_cli_onnx_reports_and_describes_the_file(cli_onnx_with_nms):
     import onnx
 

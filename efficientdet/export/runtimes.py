@@ -279,6 +279,8 @@ def add_anchor_maxima(model: Any) -> None:
     except ImportError:  # OpenVINO 2024.0-2024.x
         from openvino.runtime import opset13 as ops
 
+    if RAW_OUTPUTS[0] not in {name for port in model.outputs for name in port.get_names()}:
+        return  # not a raw-output file: ExportedNetwork says what it is
     logits = model.output(RAW_OUTPUTS[0]).get_node().input_value(0)  # what the Result node reads: [B, A, C]
     maxima = ops.reduce_max(logits, ops.constant(np.array([-1], np.int64)), False)
     maxima.output(0).set_names({ANCHOR_MAXIMA_OUTPUT})
