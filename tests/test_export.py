@@ -182,6 +182,7 @@ def test_a_file_with_nms_inside_is_refused_by_the_runtime_wrappers_with_one_clea
             load_exported(path, backend)
 
 
+@pytest.mark.slow
 def test_cli_onnx_reports_and_describes_the_file(cli_onnx_with_nms):
     import onnx
 
