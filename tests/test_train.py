@@ -171,6 +171,32 @@ def test_trainable_stages_train_the_last_convs_with_bn_frozen(tmp_path):
         train(tiny_config(tmp_path, data, freeze_backbone=True, trainable_stages=8))
 
 
+def test_unfreeze_epochs_train_the_backbone_convs_in_the_closing_epochs_and_resume_exactly(tmp_path):
+    data = raccoon_subset(tmp_path)  # 8 images, batch 8: one step per epoch
+    kw = dict(epochs=3, freeze_backbone=True, unfreeze_epochs=2, pretrained_backbone=True, ema_decay=0.0, lr=0.01)
+    fresh = build_model(TrainConfig(model="efficientdet-lite0", pretrained_backbone=True), ["raccoon"]).state_dict()
+    conv, stem, bn = "backbone.blocks.3.0.dw.conv.weight", "backbone.stem.conv.weight", "backbone.blocks.3.0.dw.bn"
+    straight = read_file(train(tiny_config(tmp_path, data, output=str(tmp_path / "a"), **kw))["last"])
+    first_epoch = read_file(train(tiny_config(tmp_path, data, output=str(tmp_path / "b"), max_steps=1, **kw))["last"])
+    assert torch.equal(first_epoch["train_state"]["model"][conv], fresh[conv])  # epoch 1 of 3: still frozen
+    assert len(first_epoch["train_state"]["optimizer"]["param_groups"]) == 2
+    trained = straight["train_state"]["model"]
+    for key in (conv, stem):
+        assert not torch.equal(trained[key], fresh[key]), key  # epochs 2-3: every backbone conv trains
+    for key in (f"{bn}.weight", f"{bn}.running_mean", f"{bn}.running_var"):
+        assert torch.equal(trained[key], fresh[key]), key  # BN stays frozen
+    # resumed before the unfreezing (b) and after it (c, whose optimiser already holds the backbone's groups)
+    train(tiny_config(tmp_path, data, output=str(tmp_path / "c"), max_steps=2, **kw))
+    for name in ("b", "c"):
+        resumed = read_file(train(resume_config(str(tmp_path / name / "last.pt"), max_steps=None))["last"])
+        resumed = resumed["state_dict"]
+        assert all(torch.allclose(straight["state_dict"][k].float(), resumed[k].float(), atol=1e-6) for k in resumed)
+    with pytest.raises(TrainingError, match="only applies with freeze_backbone"):
+        train(tiny_config(tmp_path, data, unfreeze_epochs=1))
+    with pytest.raises(TrainingError, match="more than the 3 epochs"):
+        train(tiny_config(tmp_path, data, freeze_backbone=True, epochs=3, unfreeze_epochs=4))
+
+
 def test_box_loss_weight_sets_the_share_of_the_box_loss(tmp_path):
     data = raccoon_subset(tmp_path)
     for weight in (0.0, 120.0):

@@ -85,10 +85,13 @@ def default_lr(global_batch: int) -> float:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on conv/linear weights only: not on BN, biases or fusion weights (official code's filter)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    return decay_groups([p for p in model.parameters() if p.requires_grad], weight_decay)
+
+
+def decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """``params`` in two optimiser groups: with weight decay (conv/linear weights) and without (the rest)."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -171,6 +174,18 @@ class RecipeConfig:
         metadata=option(
             "with --freeze-backbone: the convs of the backbone's last N of 7 stages train too, its BN "
             "layers stay frozen",
+            int_at_least(0),
+            metavar="N",
+        ),
+    )
+    # With freeze_backbone: linear probing then fine-tuning (Kumar et al., "Fine-Tuning can Distort Pretrained
+    # Features and Underperform Out-of-Distribution", ICLR 2022): the heads first learn on the frozen features, then
+    # every backbone conv trains for the closing epochs, at the low rates the cosine schedule has reached by then.
+    unfreeze_epochs: int = field(
+        default=0,
+        metadata=option(
+            "with --freeze-backbone: the last N epochs train every backbone conv too (its BN layers stay frozen), "
+            "after the heads have learnt on the frozen features",
             int_at_least(0),
             metavar="N",
         ),

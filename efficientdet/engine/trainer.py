@@ -37,7 +37,16 @@ from ..utils.distributed import (
 )
 from ..utils.progress import progress_bar
 from .components import Checkpointer, MetricsLog, NonFiniteGuard
-from .recipe import MOMENTUM, TENSORBOARD_DIR, RecipeConfig, default_lr, default_workers, lr_at, param_groups
+from .recipe import (
+    MOMENTUM,
+    TENSORBOARD_DIR,
+    RecipeConfig,
+    decay_groups,
+    default_lr,
+    default_workers,
+    lr_at,
+    param_groups,
+)
 from .tensorboard_log import TensorBoardLogger
 from .utils import (
     ModelEma,
@@ -49,6 +58,7 @@ from .utils import (
     seed_everything,
     set_rng_state,
     set_train_mode,
+    unfreeze_backbone_convs,
 )
 
 LOG = logging.getLogger(__name__)
@@ -164,8 +174,15 @@ class Trainer:
             raise TrainingError("--patience stops on the validation metric, and this run has no validation split")
         if cfg.trainable_stages and not cfg.freeze_backbone:
             raise TrainingError("trainable_stages only applies with freeze_backbone (without it every stage trains)")
+        if cfg.unfreeze_epochs and not cfg.freeze_backbone:
+            raise TrainingError("unfreeze_epochs only applies with freeze_backbone (without it every stage trains)")
+        if cfg.unfreeze_epochs > cfg.epochs:
+            raise TrainingError(f"unfreeze_epochs is {cfg.unfreeze_epochs}, more than the {cfg.epochs} epochs")
         if cfg.freeze_backbone:
             freeze_backbone(model, cfg.trainable_stages)
+        # the epoch (0-based) from which the backbone's convs train; None: never
+        self.unfreeze_epoch = cfg.epochs - cfg.unfreeze_epochs if cfg.unfreeze_epochs else None
+        self.backbone_unfrozen = False
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         task.memory_format = self.memory_format
         model = model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
@@ -198,9 +215,27 @@ class Trainer:
         if cfg.resume:
             self.load_state_dict(read_file(cfg.resume))
             LOG.info("resumed from %s at epoch %d (step %d)", cfg.resume, self.start_epoch, self.step)
-        self.net: nn.Module = model
-        if env.distributed:
-            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net: nn.Module = self._wrap(model)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module the steps run: DDP around ``model`` under torchrun (over the parameters that train now)."""
+        if not self.env.distributed:
+            return model
+        device = self.device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def _unfreeze_if_due(self, epoch: int) -> None:
+        """From ``unfreeze_epoch`` on, the backbone's convs train: they join the optimiser (and DDP) once."""
+        if self.unfreeze_epoch is None or epoch < self.unfreeze_epoch or self.backbone_unfrozen:
+            return
+        woken = unfreeze_backbone_convs(self.model)
+        for group in decay_groups(woken, self.cfg.weight_decay):
+            self.optimizer.add_param_group(group)
+        self.backbone_unfrozen = True
+        if hasattr(self, "net"):  # not yet while a resumed run loads its state
+            self.net = self._wrap(self.model)
+        if self.env.is_main:
+            LOG.info("epoch %d: the backbone's convs train from here on (--unfreeze-epochs)", epoch + 1)
 
     # --------------------------------------------------------------------------------------------- state
 
@@ -229,6 +264,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(saved["state_dict"])  # the file's main weights are the EMA weights
         self.ema.updates = state["ema_updates"]
+        self._unfreeze_if_due(state["epoch"] - 1)  # the saved optimiser holds the backbone's groups already
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch, self.step = state["epoch"], state["step"]
         self.checkpoints.load_state_dict(state)
@@ -329,6 +365,7 @@ class Trainer:
         """One pass over the training set; the epoch's metrics.csv row (before evaluation)."""
         cfg, env, task = self.cfg, self.env, self.task
         self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        self._unfreeze_if_due(epoch)
         loader = self._loader(epoch)
         set_train_mode(self.model, cfg.freeze_backbone, self.net)
         sums = dict.fromkeys(task.loss_names, 0.0)

@@ -85,6 +85,18 @@ def freeze_backbone(model: nn.Module, trainable_stages: int = 0) -> None:
                     p.requires_grad_(True)
 
 
+def unfreeze_backbone_convs(model: nn.Module) -> list[nn.Parameter]:
+    """Let every conv of ``model.backbone`` train (its BN layers stay frozen); the parameters that were frozen."""
+    woken = []
+    for m in model.backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            for p in m.parameters():
+                if not p.requires_grad:
+                    p.requires_grad_(True)
+                    woken.append(p)
+    return woken
+
+
 def set_train_mode(model: nn.Module, frozen_backbone: bool, net: nn.Module | None = None) -> None:
     """Train mode for ``net`` (the DDP wrapper, when there is one), with a frozen backbone's BN kept in eval."""
     (net if net is not None else model).train()
@@ -103,4 +115,5 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "set_train_mode",
+    "unfreeze_backbone_convs",
 ]
