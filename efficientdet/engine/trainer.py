@@ -224,15 +224,16 @@ class Trainer:
         device = self.device
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def _unfreeze_if_due(self, epoch: int) -> None:
-        """From ``unfreeze_epoch`` on, the backbone's convs train: they join the optimiser (and DDP) once."""
+    def _unfreeze_if_due(self, epoch: int, rewrap: bool = True) -> None:
+        """From ``unfreeze_epoch`` on, the backbone's convs train: they join the optimiser (and, ``rewrap``, DDP,
+        which averages only the parameters that trained when it was built) once."""
         if self.unfreeze_epoch is None or epoch < self.unfreeze_epoch or self.backbone_unfrozen:
             return
         woken = unfreeze_backbone_convs(self.model)
         for group in decay_groups(woken, self.cfg.weight_decay):
             self.optimizer.add_param_group(group)
         self.backbone_unfrozen = True
-        if hasattr(self, "net"):  # not yet while a resumed run loads its state
+        if rewrap:
             self.net = self._wrap(self.model)
         if self.env.is_main:
             LOG.info("epoch %d: the backbone's convs train from here on (--unfreeze-epochs)", epoch + 1)
@@ -264,7 +265,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(saved["state_dict"])  # the file's main weights are the EMA weights
         self.ema.updates = state["ema_updates"]
-        self._unfreeze_if_due(state["epoch"] - 1)  # the saved optimiser holds the backbone's groups already
+        # the saved optimiser holds the backbone's groups already; setup wraps the model for DDP after this
+        self._unfreeze_if_due(state["epoch"] - 1, rewrap=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch, self.step = state["epoch"], state["step"]
         self.checkpoints.load_state_dict(state)
