@@ -285,8 +285,8 @@ def test_backbone_convs_unfrozen_mid_run_are_averaged_across_processes(tmp_path)
     train(TrainConfig(**common, batch_size=4, output=str(tmp_path / "single")))
     with torch_threads(1 if torch.get_num_threads() > 1 else 2):
         train(TrainConfig(**common, batch_size=4, output=str(tmp_path / "rounded")))
-    ddp = dict(common, batch_size=2, sync_bn=True, output=str(tmp_path / "ddp"))
-    torchrun([str(Path(__file__)), "train", json.dumps(ddp)])
+    ddp_config = dict(common, batch_size=2, sync_bn=True, output=str(tmp_path / "ddp"))
+    torchrun([str(Path(__file__)), "train", json.dumps(ddp_config)])
 
     def backbone_convs(run):
         state = read_file(tmp_path / run / "last.pt")["train_state"]["model"]
