@@ -197,6 +197,36 @@ def test_unfreeze_epochs_train_the_backbone_convs_in_the_closing_epochs_and_resu
         train(tiny_config(tmp_path, data, freeze_backbone=True, epochs=3, unfreeze_epochs=4))
 
 
+def test_backbone_lr_scale_slows_the_trainable_backbone_only_and_resumes_exactly(tmp_path):
+    """One SGD step from the same weights on the same batch: the trainable backbone convs move by the scale times
+    what they move at scale 1, the BiFPN exactly as much; the groups' scales survive a resume."""
+    data = raccoon_subset(tmp_path)  # 8 images, batch 8: one step per epoch
+    kw = dict(freeze_backbone=True, trainable_stages=1, pretrained_backbone=True, ema_decay=0.0, lr=0.1,
+              warmup_epochs=0.0)  # fmt: skip
+    fresh = build_model(TrainConfig(model="efficientdet-lite0", pretrained_backbone=True), ["raccoon"]).state_dict()
+    conv, fpn = "backbone.blocks.6.0.project.conv.weight", "fpn.cells.0.nodes.0.conv.pointwise.weight"
+    moved = {}
+    for scale in (1.0, 0.25):
+        run = tiny_config(tmp_path, data, output=str(tmp_path / f"s{scale}"), max_steps=1, backbone_lr_scale=scale,
+                          **kw)  # fmt: skip
+        saved = read_file(train(run)["last"])["train_state"]
+        moved[scale] = {k: saved["model"][k] - fresh[k] for k in (conv, fpn)}
+        scales = sorted(g.get("lr_scale", 1.0) for g in saved["optimizer"]["param_groups"])
+        assert scales == ([1.0, 1.0] if scale == 1.0 else [scale, scale, 1.0, 1.0])  # two groups when unscaled
+    assert moved[1.0][conv].abs().max() > 0
+    # (the differences of float32 weights carry their rounding: ~1e-8 at these magnitudes)
+    assert torch.allclose(moved[0.25][conv], 0.25 * moved[1.0][conv], rtol=1e-3, atol=1e-7)
+    assert torch.allclose(moved[0.25][fpn], moved[1.0][fpn], rtol=1e-4, atol=1e-7)
+    # two epochs straight, and one epoch then a resume, end the same
+    straight = read_file(train(tiny_config(tmp_path, data, output=str(tmp_path / "a"), epochs=2, backbone_lr_scale=0.25,
+                                           **kw))["last"])["state_dict"]  # fmt: skip
+    train(tiny_config(tmp_path, data, output=str(tmp_path / "b"), epochs=2, max_steps=1, backbone_lr_scale=0.25, **kw))
+    resumed = read_file(train(resume_config(str(tmp_path / "b" / "last.pt"), max_steps=None))["last"])["state_dict"]
+    assert all(torch.allclose(straight[k].float(), resumed[k].float(), atol=1e-6) for k in resumed)
+    with pytest.raises(ValueError, match="--backbone-lr-scale must be a finite number > 0"):
+        tiny_config(tmp_path, data, backbone_lr_scale=0.0)
+
+
 def test_box_loss_weight_sets_the_share_of_the_box_loss(tmp_path):
     data = raccoon_subset(tmp_path)
     for weight in (0.0, 120.0):
@@ -217,6 +247,25 @@ def test_iou_loss_weight_adds_a_logged_giou_loss_to_the_total(tmp_path):
     loss, cls, box, iou = (float(row[k]) for k in ("train_loss", "train_cls_loss", "train_box_loss", "train_iou_loss"))
     assert 0 < iou < 0.5  # (1 - GIoU) / 4 per positive anchor: at most 0.5
     assert loss == pytest.approx(cls + 50.0 * box + 3.0 * iou, rel=1e-5)
+
+
+def test_match_iou_sets_which_anchors_train_as_positives(tmp_path):
+    """A stricter matching IoU leaves fewer positives on the same raccoon image; every box keeps its best anchor."""
+    from efficientdet.engine.tasks.detection import DetectionTask
+    from efficientdet.utils.distributed import DistEnv
+
+    data = raccoon_subset(tmp_path)
+    positives = {}
+    for match_iou in (0.5, 0.6, 1.0):
+        task = DetectionTask(tiny_config(tmp_path, data, match_iou=match_iou), DistEnv(), torch.device("cpu"))
+        task.read_data()
+        sample = task.train_dataset(task.build_model())[0].data
+        assert task.labeler.match_iou == match_iou
+        positives[match_iou] = task.labeler.label_image(sample.boxes, sample.labels)[2]
+    assert positives[0.5] > positives[0.6] > positives[1.0] == len(sample.boxes) >= 1, positives
+    assert TrainConfig(data="x").match_iou == 0.5  # the official matcher's threshold by default
+    with pytest.raises(ValueError, match="--match-iou must be a finite number > 0 and <= 1"):
+        tiny_config(tmp_path, data, match_iou=0.0)
 
 
 def test_learning_rate_schedule():

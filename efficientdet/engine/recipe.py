@@ -39,6 +39,7 @@ MOMENTUM = 0.9  # paper, section 5.1
 WEIGHT_DECAY = 4e-5  # paper, section 5.1
 CLIP_NORM = 10.0  # official code: gradient norm clipped at 10
 EMA_DECAY = 0.9998  # paper, section 5.1 (with ModelEma's warm-up so that short runs work)
+LR_SCALE = "lr_scale"  # an optimiser group's multiplier of the schedule's rate
 MAX_BAD_STEPS = 20  # consecutive non-finite steps before training stops
 TENSORBOARD_DIR = "tensorboard"  # under the output folder
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
@@ -83,16 +84,36 @@ def default_lr(global_batch: int) -> float:
     return DEFAULT_LR_PER_64 * global_batch / BASE_BATCH
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only: not on BN, biases or fusion weights (official code's filter)."""
-    return decay_groups([p for p in model.parameters() if p.requires_grad], weight_decay)
+def param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only: not on BN, biases or fusion weights (official code's filter).
+
+    With ``backbone_lr_scale`` != 1 the backbone's trainable parameters form groups of their own, whose rate is
+    the schedule's times that scale (:func:`scaled_lr`); with 1 there are two groups, as in runs saved before.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if backbone_lr_scale == 1.0:
+        return decay_groups(trainable, weight_decay)
+    in_backbone = {id(p) for p in model.backbone.parameters()}
+    rest = [p for p in trainable if id(p) not in in_backbone]
+    backbone = [p for p in trainable if id(p) in in_backbone]
+    slowed = decay_groups(backbone, weight_decay, backbone_lr_scale) if backbone else []
+    return decay_groups(rest, weight_decay) + slowed
 
 
-def decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """``params`` in two optimiser groups: with weight decay (conv/linear weights) and without (the rest)."""
+def decay_groups(params: list[nn.Parameter], weight_decay: float, lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """``params`` in two optimiser groups: with weight decay (conv/linear weights) and without (the rest), each
+    at ``lr_scale`` times the schedule's rate."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, LR_SCALE: lr_scale},
+        {"params": no_decay, "weight_decay": 0.0, LR_SCALE: lr_scale},
+    ]
+
+
+def scaled_lr(group: dict[str, Any], lr: float) -> float:
+    """An optimiser group's rate at schedule rate ``lr`` (groups saved before the scale existed: 1)."""
+    return lr * group.get(LR_SCALE, 1.0)
 
 
 @dataclass
@@ -190,6 +211,17 @@ class RecipeConfig:
             metavar="N",
         ),
     )
+    # The backbone's trainable convs (--trainable-stages, --unfreeze-epochs, an unfrozen backbone) at a fraction of
+    # the rate of the freshly initialised BiFPN and heads: pretrained features change slowly (discriminative
+    # fine-tuning, Howard and Ruder, ACL 2018)
+    backbone_lr_scale: float = field(
+        default=1.0,
+        metadata=option(
+            "the backbone's trainable parameters learn at this multiple of the learning rate",
+            number_in(0, low_open=True),
+            metavar="F",
+        ),
+    )
     # None: default_workers(device) once the device is known
     workers: int | None = field(
         default=None,
@@ -285,4 +317,5 @@ __all__ = [
     "default_lr",
     "lr_at",
     "param_groups",
+    "scaled_lr",
 ]

@@ -46,6 +46,7 @@ from .recipe import (
     default_workers,
     lr_at,
     param_groups,
+    scaled_lr,
 )
 from .tensorboard_log import TensorBoardLogger
 from .utils import (
@@ -202,7 +203,8 @@ class Trainer:
         elif cfg.sync_bn:
             LOG.info("--sync-bn: a single process already normalises over its whole batch; nothing to synchronise")
         self.model = model
-        self.optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=self.peak_lr, momentum=MOMENTUM)
+        groups = param_groups(model, cfg.weight_decay, cfg.backbone_lr_scale)
+        self.optimizer = torch.optim.SGD(groups, lr=self.peak_lr, momentum=MOMENTUM)
         self.use_amp, self.amp_dtype = amp_mode(cfg.amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.guard = NonFiniteGuard(task.divergence_hint)
@@ -230,7 +232,7 @@ class Trainer:
         if self.unfreeze_epoch is None or epoch < self.unfreeze_epoch or self.backbone_unfrozen:
             return
         woken = unfreeze_backbone_convs(self.model)
-        for group in decay_groups(woken, self.cfg.weight_decay):
+        for group in decay_groups(woken, self.cfg.weight_decay, self.cfg.backbone_lr_scale):
             self.optimizer.add_param_group(group)
         self.backbone_unfrozen = True
         if rewrap:
@@ -324,7 +326,7 @@ class Trainer:
             return None
         lr = self._lr(self.step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = scaled_lr(group, lr)
         # the forward pass moves BN's running statistics before anyone knows whether the step is kept: a skipped
         # step must not leave NaN statistics behind (they would poison every later evaluation and the EMA)
         statistics = [b.detach().clone() for b in self.model.buffers()]

@@ -32,7 +32,7 @@ from ...models.finetune import describe_mapping, shared_classes, transfer_state
 from ...models.hub import detection_weights_file, resolve_weights
 from ...models.weights import load_weights, read_checkpoint
 from ...ops.anchors import anchors_for_config
-from ...ops.labeler import AnchorLabeler
+from ...ops.labeler import MATCH_IOU, AnchorLabeler
 from ...ops.losses import BOX_LOSS_WEIGHT, IOU_LOSS_WEIGHT, detection_loss
 from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
@@ -201,6 +201,15 @@ class TrainConfig(RecipeConfig):
             metavar="W",
             default_text=f"from the data: {SMALL_DATA.iou_loss_weight:g} below {SMALL_DATA_IMAGES:,} training "
             f"images, else the official code's {IOU_LOSS_WEIGHT:g}",
+        ),
+    )
+    # The IoU at which an anchor becomes a positive of a ground-truth box (the official matcher's 0.5; below it a
+    # negative, and each box keeps its best anchor whatever the IoU)
+    match_iou: float = field(
+        default=MATCH_IOU,
+        metadata=option(
+            "IoU with a ground-truth box from which an anchor trains as that box's positive (below: background)",
+            number_in(0, 1, low_open=True),
         ),
     )
     # The class score as an estimate of the box's IoU with its object (Li et al. 2020, quality focal loss); off:
@@ -435,7 +444,7 @@ class DetectionTask(Task):
         cfg = self.cfg
         self.model_cfg = model_cfg = model.config
         size = model_cfg.image_size
-        self.labeler = AnchorLabeler(anchors_for_config(model_cfg, (size, size)).to(self.device))
+        self.labeler = AnchorLabeler(anchors_for_config(model_cfg, (size, size)).to(self.device), cfg.match_iou)
         if self.env.is_main:
             LOG.info(data_summary(self.train_data, cfg.train_split, model_cfg, size))
         return DetectionDataset(
