@@ -9,9 +9,11 @@ from efficientdet.ops.anchors import decode_boxes
 from efficientdet.ops.labeler import IGNORE, NEGATIVE, AnchorLabeler, Targets, box_iou
 from efficientdet.ops.losses import (
     detection_loss,
+    distance_iou_loss,
     focal_loss,
     generalized_iou_loss,
     huber_loss,
+    iou_loss,
     quality_focal_loss,
 )
 
@@ -140,6 +142,47 @@ def test_detection_loss_adds_the_giou_of_the_decoded_boxes_of_positive_anchors()
     out["iou_loss"].backward()
     assert codes.grad[0, 0, 0] < 0  # moving the box down (positive ty) raises the GIoU
     assert not codes.grad[0, 1:].any()
+
+
+def test_distance_and_complete_iou_loss_hand_values():
+    pred = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 4, 4]])
+    target = torch.tensor([[0.0, 0, 2, 2], [1, 0, 3, 2], [0, 0, 4, 2], [1, 1, 3, 3]])
+    # identical: 0. Same shape shifted by 1: IoU 2/6, centres 1 apart, hull 3 x 2 (diagonal^2 13); CIoU adds nothing.
+    # 2x2 against 4x2 at one corner: IoU 4/8, centres 1 apart, hull 4 x 2 (diagonal^2 20), aspect term
+    # v = 4/pi^2 (atan 2 - atan 1)^2 with alpha = v / (1 - IoU + v).
+    # A box inside a box with the same centre: DIoU = 1 - IoU (4/16) exactly, like GIoU (its hull is the outer box)
+    v = 4 / math.pi**2 * (math.atan(2.0) - math.atan(1.0)) ** 2
+    diou = [0.0, 1 - 1 / 3 + 1 / 13, 1 - 0.5 + 1 / 20, 1 - 0.25]
+    ciou = [0.0, 1 - 1 / 3 + 1 / 13, 1 - 0.5 + 1 / 20 + v / (0.5 + v) * v, 1 - 0.25]
+    assert distance_iou_loss(pred, target).tolist() == pytest.approx(diou, abs=1e-6)
+    assert distance_iou_loss(pred, target, aspect=True).tolist() == pytest.approx(ciou, abs=1e-6)
+    assert iou_loss(pred, target, "CIoU").tolist() == pytest.approx(ciou, abs=1e-6)
+    assert torch.equal(iou_loss(pred, target, "giou"), generalized_iou_loss(pred, target))
+    with pytest.raises(ValueError, match="expected one of giou, diou, ciou"):
+        iou_loss(pred, target, "siou")
+
+
+def test_distance_iou_pulls_the_centres_together_where_giou_is_flat():
+    """A small box inside a large one, off-centre: GIoU (its hull is the large box) does not care where it sits,
+    DIoU moves it towards the large box's centre."""
+    target = torch.tensor([[0.0, 0, 10, 10]])
+    for kind, moves in (("giou", False), ("diou", True), ("ciou", True)):
+        pred = torch.tensor([[1.0, 1, 3, 3]], requires_grad=True)
+        iou_loss(pred, target, kind).sum().backward()
+        shift = -(pred.grad[0, :2] + pred.grad[0, 2:])  # the descent direction of the box's centre
+        assert bool((shift > 1e-6).all()) == moves, (kind, pred.grad)
+
+
+def test_detection_loss_uses_the_iou_loss_type():
+    targets = Targets(cls=torch.tensor([[1]]), box=torch.tensor([[[0.2, 0.1, 0.3, 0.0]]]),
+                      num_positives=torch.tensor([1.0]))  # fmt: skip
+    codes = torch.zeros(1, 1, 4)
+    pred = decode_boxes(codes[0], ANCHORS[:1])[:, [1, 0, 3, 2]]  # (x1, y1, x2, y2)
+    target = decode_boxes(targets.box[0], ANCHORS[:1])[:, [1, 0, 3, 2]]
+    for kind in ("giou", "diou", "ciou"):
+        out = detection_loss(torch.zeros(1, 1, 2), codes, targets, 2, iou_weight=1.0, anchors=ANCHORS[:1],
+                             iou_type=kind)  # fmt: skip
+        assert out["iou_loss"].item() == pytest.approx(iou_loss(pred, target, kind).item() / 8, rel=1e-5)
 
 
 def test_giou_loss_stays_finite_for_an_untrained_heads_huge_scale_codes():

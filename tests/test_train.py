@@ -247,6 +247,15 @@ def test_iou_loss_weight_adds_a_logged_giou_loss_to_the_total(tmp_path):
     loss, cls, box, iou = (float(row[k]) for k in ("train_loss", "train_cls_loss", "train_box_loss", "train_iou_loss"))
     assert 0 < iou < 0.5  # (1 - GIoU) / 4 per positive anchor: at most 0.5
     assert loss == pytest.approx(cls + 50.0 * box + 3.0 * iou, rel=1e-5)
+    # the same first step with the distance-IoU loss: the same class and box losses, another IoU loss
+    cfg = tiny_config(tmp_path, data, output=str(tmp_path / "diou"), max_steps=1, box_loss_weight=50.0,
+                      iou_loss_weight=3.0, iou_loss_type="diou")  # fmt: skip
+    train(cfg)
+    row = history(cfg.output)[0]
+    assert (float(row["train_cls_loss"]), float(row["train_box_loss"])) == pytest.approx((cls, box), rel=1e-5)
+    assert 0 < float(row["train_iou_loss"]) != pytest.approx(iou, rel=1e-3)
+    with pytest.raises(ValueError, match="--iou-loss-type must be one of giou, diou, ciou"):
+        tiny_config(tmp_path, data, iou_loss_type="siou")
 
 
 def test_match_iou_sets_which_anchors_train_as_positives(tmp_path):

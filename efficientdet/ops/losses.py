@@ -1,7 +1,8 @@
 """Focal loss for classes and Huber loss for boxes (paper, section 5.1; official code: det_model_fn.py).
 
-An optional generalized-IoU box loss (Rezatofighi et al. 2019) can be added to the Huber loss, as the official
-code's ``iou_loss_type`` / ``iou_loss_weight`` hyper-parameters do (off there by default, as here).
+An optional IoU box loss can be added to the Huber loss, as the official code's ``iou_loss_type`` /
+``iou_loss_weight`` hyper-parameters do (off there by default, as here): generalized IoU (Rezatofighi et al. 2019),
+distance IoU or complete IoU (Zheng et al. 2020).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ FOCAL_GAMMA = 1.5  # paper, section 5.1
 HUBER_DELTA = 0.1  # official code: hparams_config.py, delta
 BOX_LOSS_WEIGHT = 50.0  # official code: hparams_config.py, box_loss_weight
 IOU_LOSS_WEIGHT = 0.0  # official code: hparams_config.py, iou_loss_type None (off)
+IOU_LOSS_TYPES = ("giou", "diou", "ciou")  # official code: iou_utils.py (also plain "iou")
 QFL_BETA = 2.0  # Li et al. 2020 (Generalized Focal Loss), the quality focal loss's beta
 # Largest log-scale code decoded for the IoU loss: a box 1000/16 times its anchor (the bound detectron2 and
 # torchvision clip to); an untrained head's large outputs would otherwise overflow exp()
@@ -86,6 +88,44 @@ def generalized_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return 1.0 - giou
 
 
+def distance_iou_loss(pred: torch.Tensor, target: torch.Tensor, aspect: bool = False) -> torch.Tensor:
+    """``1 - DIoU`` (``aspect``: ``1 - CIoU``) of matching (x1, y1, x2, y2) boxes ``[..., 4]``, not reduced.
+
+    DIoU (Zheng et al., AAAI 2020) is IoU minus the squared distance of the two centres over the squared diagonal of
+    the enclosing box: it pulls the centres together directly, where GIoU's penalty vanishes once one box encloses
+    the other. CIoU adds ``alpha * v``, ``v`` measuring how the aspect ratios differ; ``alpha = v / (1 - IoU + v)``
+    is held constant in the gradient, as in the authors' code.
+    """
+    intersection, union, _ = _pair_overlap(pred, target)
+    iou = intersection / union
+    centre_gap = (pred[..., :2] + pred[..., 2:] - target[..., :2] - target[..., 2:]) / 2
+    hull = torch.maximum(pred[..., 2:], target[..., 2:]) - torch.minimum(pred[..., :2], target[..., :2])
+    diagonal = (hull**2).sum(-1).clamp(min=1e-9)
+    loss = 1.0 - iou + (centre_gap**2).sum(-1) / diagonal
+    if aspect:
+        size_p, size_t = (
+            (pred[..., 2:] - pred[..., :2]).clamp(min=1e-9),
+            (target[..., 2:] - target[..., :2]).clamp(min=1e-9),
+        )
+        v = (4 / math.pi**2) * (
+            torch.atan(size_t[..., 0] / size_t[..., 1]) - torch.atan(size_p[..., 0] / size_p[..., 1])
+        ) ** 2
+        with torch.no_grad():
+            alpha = v / (1.0 - iou + v).clamp(min=1e-9)
+        loss = loss + alpha * v
+    return loss
+
+
+def iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou") -> torch.Tensor:
+    """The IoU loss ``kind`` (one of :data:`IOU_LOSS_TYPES`, any case) of matching boxes, not reduced."""
+    kind = kind.lower()
+    if kind == "giou":
+        return generalized_iou_loss(pred, target)
+    if kind in ("diou", "ciou"):
+        return distance_iou_loss(pred, target, aspect=kind == "ciou")
+    raise ValueError(f"IoU loss type {kind!r}: expected one of {', '.join(IOU_LOSS_TYPES)}")
+
+
 def _decode_for_iou(codes: torch.Tensor, anchors_yxyx: torch.Tensor) -> torch.Tensor:
     """Boxes (x1, y1, x2, y2) of regression codes, the log-scale codes clipped at :data:`MAX_LOG_SCALE`."""
     codes = torch.cat([codes[..., :2], codes[..., 2:].clamp(max=MAX_LOG_SCALE)], dim=-1)
@@ -104,14 +144,15 @@ def detection_loss(
     iou_weight: float = IOU_LOSS_WEIGHT,
     anchors: torch.Tensor | None = None,
     quality_focal: bool = False,
+    iou_type: str = "giou",
 ) -> dict[str, torch.Tensor]:
     """Total, class and box loss for a batch of flattened outputs (``[B, A, C]`` logits, ``[B, A, 4]`` codes).
 
     Class loss: focal, summed over non-ignored anchors, divided by (positives in the batch + 1). Box loss: Huber
     over positive anchors, divided by (positives + 1) * 4. Total = class + box_weight (the paper: 50) * box.
     With ``iou_weight`` > 0 (``anchors`` ``[A, 4]`` y1x1y2x2 needed to decode the codes) an ``iou_loss`` joins
-    them: ``1 - GIoU`` of the decoded boxes over positive anchors, divided by (positives + 1) * 4 like the box loss
-    (the official code's normaliser), and the total adds iou_weight * iou_loss.
+    them: ``1 - GIoU`` (``iou_type``: or DIoU, CIoU) of the decoded boxes over positive anchors, divided by
+    (positives + 1) * 4 like the box loss (the official code's normaliser), and the total adds iou_weight * iou_loss.
 
     ``quality_focal``: the class loss is :func:`quality_focal_loss` instead, its target at a positive anchor the
     IoU of the anchor's decoded box with its object (no gradient through the target; ``anchors`` needed too).
@@ -138,7 +179,7 @@ def detection_loss(
     box_loss = box_err.sum() / (normaliser * 4.0)
     losses = {"loss": cls_loss + box_weight * box_loss, "cls_loss": cls_loss, "box_loss": box_loss}
     if iou_weight > 0:
-        iou_loss = generalized_iou_loss(pred, target).sum() / (normaliser * 4.0)
-        losses["loss"] = losses["loss"] + iou_weight * iou_loss
-        losses["iou_loss"] = iou_loss
+        box_iou_loss = iou_loss(pred, target, iou_type).sum() / (normaliser * 4.0)
+        losses["loss"] = losses["loss"] + iou_weight * box_iou_loss
+        losses["iou_loss"] = box_iou_loss
     return losses

@@ -33,7 +33,7 @@ from ...models.hub import detection_weights_file, resolve_weights
 from ...models.weights import load_weights, read_checkpoint
 from ...ops.anchors import anchors_for_config
 from ...ops.labeler import MATCH_IOU, AnchorLabeler
-from ...ops.losses import BOX_LOSS_WEIGHT, IOU_LOSS_WEIGHT, detection_loss
+from ...ops.losses import BOX_LOSS_WEIGHT, IOU_LOSS_TYPES, IOU_LOSS_WEIGHT, detection_loss
 from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
 from ...utils.distributed import DistEnv, all_reduce_sum
@@ -201,6 +201,14 @@ class TrainConfig(RecipeConfig):
             metavar="W",
             default_text=f"from the data: {SMALL_DATA.iou_loss_weight:g} below {SMALL_DATA_IMAGES:,} training "
             f"images, else the official code's {IOU_LOSS_WEIGHT:g}",
+        ),
+    )
+    # Which IoU loss --iou-loss-weight weighs (the official code's iou_loss_type)
+    iou_loss_type: str = field(
+        default="giou",
+        metadata=option(
+            "the IoU loss of --iou-loss-weight: generalized (giou), distance (diou) or complete IoU (ciou)",
+            one_of(IOU_LOSS_TYPES),
         ),
     )
     # The IoU at which an anchor becomes a positive of a ground-truth box (the official matcher's 0.5; below it a
@@ -487,7 +495,7 @@ class DetectionTask(Task):
         cfg = self.cfg
         return detection_loss(cls_flat, box_flat, targets, k, box_weight=cfg.box_loss_weight,
                               iou_weight=cfg.iou_loss_weight, anchors=self.labeler.anchors_yxyx,
-                              quality_focal=cfg.quality_focal)  # fmt: skip
+                              quality_focal=cfg.quality_focal, iou_type=cfg.iou_loss_type)  # fmt: skip
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
