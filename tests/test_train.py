@@ -239,7 +239,7 @@ def test_box_loss_weight_sets_the_share_of_the_box_loss(tmp_path):
         assert "train_iou_loss" not in row  # no IoU loss: no column
 
 
-def test_iou_loss_weight_adds_a_logged_giou_loss_to_the_total(tmp_path):
+def test_iou_loss_weight_adds_a_logged_iou_loss_of_the_chosen_type_to_the_total(tmp_path):
     data = raccoon_subset(tmp_path)
     cfg = tiny_config(tmp_path, data, max_steps=1, box_loss_weight=50.0, iou_loss_weight=3.0)
     train(cfg)
