@@ -59,7 +59,8 @@ def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float 
 
 
 def _pair_overlap(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Intersection, union and enclosing-box area of matching (x1, y1, x2, y2) boxes ``[..., 4]``."""
+    """Intersection, union and enclosing box's (width, height) ``[..., 2]`` of matching (x1, y1, x2, y2) boxes
+    ``[..., 4]``."""
     area_p = (pred[..., 2] - pred[..., 0]).clamp(min=0) * (pred[..., 3] - pred[..., 1]).clamp(min=0)
     area_t = (target[..., 2] - target[..., 0]).clamp(min=0) * (target[..., 3] - target[..., 1]).clamp(min=0)
     low, high = torch.maximum(pred[..., :2], target[..., :2]), torch.minimum(pred[..., 2:], target[..., 2:])
@@ -67,8 +68,7 @@ def _pair_overlap(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     intersection = overlap[..., 0] * overlap[..., 1]
     union = (area_p + area_t - intersection).clamp(min=1e-9)
     hull = torch.maximum(pred[..., 2:], target[..., 2:]) - torch.minimum(pred[..., :2], target[..., :2])
-    hull_area = (hull[..., 0] * hull[..., 1]).clamp(min=1e-9)
-    return intersection, union, hull_area
+    return intersection, union, hull
 
 
 def paired_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,8 @@ def generalized_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     GIoU (Rezatofighi et al. 2019) is IoU minus the share of the smallest enclosing box that neither box covers,
     so it still has a gradient when the boxes do not overlap.
     """
-    intersection, union, hull_area = _pair_overlap(pred, target)
+    intersection, union, hull = _pair_overlap(pred, target)
+    hull_area = (hull[..., 0] * hull[..., 1]).clamp(min=1e-9)
     giou = intersection / union - (hull_area - union) / hull_area
     return 1.0 - giou
 
@@ -96,10 +97,9 @@ def distance_iou_loss(pred: torch.Tensor, target: torch.Tensor, aspect: bool = F
     the other. CIoU adds ``alpha * v``, ``v`` measuring how the aspect ratios differ; ``alpha = v / (1 - IoU + v)``
     is held constant in the gradient, as in the authors' code.
     """
-    intersection, union, _ = _pair_overlap(pred, target)
+    intersection, union, hull = _pair_overlap(pred, target)
     iou = intersection / union
     centre_gap = (pred[..., :2] + pred[..., 2:] - target[..., :2] - target[..., 2:]) / 2
-    hull = torch.maximum(pred[..., 2:], target[..., 2:]) - torch.minimum(pred[..., :2], target[..., :2])
     diagonal = (hull**2).sum(-1).clamp(min=1e-9)
     loss = 1.0 - iou + (centre_gap**2).sum(-1) / diagonal
     if aspect:
