@@ -10,6 +10,7 @@ from conftest import SHARED, require_shared
 
 import efficientdet
 from efficientdet.engine.tasks import detection as train_mod  # the detection task calls detection_loss
+from efficientdet.engine.tasks.detection import DetectionTask, mixing_epochs
 from efficientdet.engine.train import (
     ModelEma,
     TrainConfig,
@@ -21,6 +22,7 @@ from efficientdet.engine.train import (
     train,
 )
 from efficientdet.models.weights import read_file
+from efficientdet.utils.distributed import DistEnv
 
 
 def raccoon_subset(tmp_path, n_train=8, n_val=4, name="raccoon"):
@@ -44,6 +46,13 @@ def tiny_config(tmp_path, data, **kw):
                 freeze_backbone=False)  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
+
+
+def training_task(cfg):
+    """The detection task of ``cfg`` with its data read, and its training dataset (no training run)."""
+    task = DetectionTask(cfg, DistEnv(), torch.device("cpu"))
+    task.read_data()
+    return task, task.train_dataset(task.build_model())
 
 
 def history(out_dir):
@@ -260,15 +269,11 @@ def test_iou_loss_weight_adds_a_logged_iou_loss_of_the_chosen_type_to_the_total(
 
 def test_match_iou_sets_which_anchors_train_as_positives(tmp_path):
     """A stricter matching IoU leaves fewer positives on the same raccoon image; every box keeps its best anchor."""
-    from efficientdet.engine.tasks.detection import DetectionTask
-    from efficientdet.utils.distributed import DistEnv
-
     data = raccoon_subset(tmp_path)
     positives = {}
     for match_iou in (0.5, 0.6, 1.0):
-        task = DetectionTask(tiny_config(tmp_path, data, match_iou=match_iou), DistEnv(), torch.device("cpu"))
-        task.read_data()
-        sample = task.train_dataset(task.build_model())[0].data
+        task, dataset = training_task(tiny_config(tmp_path, data, match_iou=match_iou))
+        sample = dataset[0].data
         assert task.labeler.match_iou == match_iou
         positives[match_iou] = task.labeler.label_image(sample.boxes, sample.labels)[2]
     assert positives[0.5] > positives[0.6] > positives[1.0] == len(sample.boxes) >= 1, positives
@@ -310,13 +315,7 @@ def test_ema_decay_warms_up():
 
 def test_mosaic_tiles_other_images_until_its_closing_epochs(tmp_path):
     data = raccoon_subset(tmp_path, n_train=6)
-    cfg = tiny_config(tmp_path, data, max_steps=1, mosaic=1.0, epochs=20)
-    from efficientdet.engine.tasks.detection import DetectionTask, mixing_epochs
-    from efficientdet.utils.distributed import DistEnv
-
-    task = DetectionTask(cfg, DistEnv(), torch.device("cpu"))
-    task.read_data()
-    dataset = task.train_dataset(task.build_model())
+    _, dataset = training_task(tiny_config(tmp_path, data, max_steps=1, mosaic=1.0, epochs=20))
     assert (dataset.mosaic, dataset.mixing_epochs) == (1.0, 18)  # the last 10% of 20 epochs: whole images
     one_box_each = [len(r.boxes) for r in dataset.records] == [1] * 6  # each of these raccoon images has one box
     assert one_box_each
@@ -324,9 +323,7 @@ def test_mosaic_tiles_other_images_until_its_closing_epochs(tmp_path):
     assert max(tiled) >= 2  # raccoons of other images came in (measured: 3 or 4 of the 4 at this size)
     dataset.set_epoch(18)
     assert [len(dataset[i].data.boxes) for i in range(6)] == [1] * 6  # closed: one image, one raccoon
-    plain = DetectionTask(tiny_config(tmp_path, data, max_steps=1, epochs=20), DistEnv(), torch.device("cpu"))
-    plain.read_data()
-    plain_set = plain.train_dataset(plain.build_model())
+    _, plain_set = training_task(tiny_config(tmp_path, data, max_steps=1, epochs=20))
     plain_set.set_epoch(18)
     assert torch.equal(plain_set[0].data.image, dataset[0].data.image)  # the other draws do not move
     assert (mixing_epochs(60), mixing_epochs(5), mixing_epochs(1)) == (54, 4, 1)
@@ -336,13 +333,9 @@ def test_mosaic_tiles_other_images_until_its_closing_epochs(tmp_path):
 
 def test_mixup_blends_in_another_image_until_the_closing_epochs_and_erasing_reaches_the_dataset(tmp_path):
     data = raccoon_subset(tmp_path, n_train=6)
-    from efficientdet.engine.tasks.detection import DetectionTask
-    from efficientdet.utils.distributed import DistEnv
 
     def dataset_of(**kw):
-        task = DetectionTask(tiny_config(tmp_path, data, max_steps=1, epochs=20, **kw), DistEnv(), torch.device("cpu"))
-        task.read_data()
-        return task.train_dataset(task.build_model())
+        return training_task(tiny_config(tmp_path, data, max_steps=1, epochs=20, **kw))[1]
 
     mixed, plain = dataset_of(mixup=1.0), dataset_of()
     assert [len(r.boxes) for r in mixed.records] == [1] * 6  # each of these raccoon images has one box
@@ -364,13 +357,7 @@ def test_mixup_blends_in_another_image_until_the_closing_epochs_and_erasing_reac
 
 def test_color_jitter_reaches_the_training_data(tmp_path):
     data = raccoon_subset(tmp_path)
-    cfg = tiny_config(tmp_path, data, max_steps=1, color_jitter=0.3, hflip=0.0)
-    from efficientdet.engine.tasks.detection import DetectionTask
-    from efficientdet.utils.distributed import DistEnv
-
-    task = DetectionTask(cfg, DistEnv(), torch.device("cpu"))
-    task.read_data()
-    dataset = task.train_dataset(task.build_model())
+    _, dataset = training_task(tiny_config(tmp_path, data, max_steps=1, color_jitter=0.3, hflip=0.0))
     assert dataset.color_strength == 0.3
     jittered = dataset[0].data.image
     dataset.color_strength = 0.0
