@@ -236,6 +236,37 @@ def test_backbone_lr_scale_slows_the_trainable_backbone_only_and_resumes_exactly
         tiny_config(tmp_path, data, backbone_lr_scale=0.0)
 
 
+def test_adamw_takes_its_own_default_rate_and_decoupled_decay_and_resumes_exactly(tmp_path):
+    """``--optimizer adamw`` without ``--lr``/``--weight-decay``: rate 1e-3 at batch 8 and decay 0.05 on conv weights
+    only. Adam's first step moves every weight with a clear gradient by the rate (m / sqrt(v) = sign of the gradient)
+    after shrinking it by rate x decay; SGD's would move it by rate x gradient. Its state survives a resume."""
+    data = raccoon_subset(tmp_path)  # 8 images, batch 8: one step per epoch
+    kw = dict(optimizer="adamw", freeze_backbone=True, ema_decay=0.0, warmup_epochs=0.0)
+    fresh = build_model(TrainConfig(model="efficientdet-lite0"), ["raccoon"]).state_dict()
+    cfg = tiny_config(tmp_path, data, output=str(tmp_path / "one"), max_steps=1, **kw)
+    saved = read_file(train(cfg)["last"])["train_state"]
+    groups = saved["optimizer"]["param_groups"]
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.05]
+    assert float(history(cfg.output)[0]["lr"]) == pytest.approx(1e-3)
+    assert all("exp_avg_sq" in state for state in saved["optimizer"]["state"].values())
+    weight, bias = "fpn.cells.0.nodes.0.conv.pointwise.weight", "class_net.predict.pointwise.bias"
+    undecayed = saved["model"][weight] - fresh[weight] * (1 - 1e-3 * 0.05)  # the step without the decay
+    assert undecayed.abs().max() == pytest.approx(1e-3, rel=1e-3)
+    assert (saved["model"][bias] - fresh[bias]).abs().max() == pytest.approx(1e-3, rel=1e-3)  # no decay on biases
+    # an explicit --weight-decay and --lr win over the optimiser's defaults
+    explicit = tiny_config(tmp_path, data, output=str(tmp_path / "wd"), max_steps=1, weight_decay=0.0, lr=2e-3, **kw)
+    groups = read_file(train(explicit)["last"])["train_state"]["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.0]
+    assert float(history(explicit.output)[0]["lr"]) == pytest.approx(2e-3)
+    # two epochs straight, and one epoch then a resume, end the same
+    straight = read_file(train(tiny_config(tmp_path, data, output=str(tmp_path / "a"), epochs=2, **kw))["last"])
+    train(tiny_config(tmp_path, data, output=str(tmp_path / "b"), epochs=2, max_steps=1, **kw))
+    resumed = read_file(train(resume_config(str(tmp_path / "b" / "last.pt"), max_steps=None))["last"])["state_dict"]
+    assert all(torch.allclose(straight["state_dict"][k].float(), resumed[k].float(), atol=1e-6) for k in resumed)
+    with pytest.raises(ValueError, match="--optimizer must be one of sgd, adamw"):
+        tiny_config(tmp_path, data, optimizer="adam")
+
+
 def test_box_loss_weight_sets_the_share_of_the_box_loss(tmp_path):
     data = raccoon_subset(tmp_path)
     for weight in (0.0, 120.0):

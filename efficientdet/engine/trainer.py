@@ -38,13 +38,14 @@ from ..utils.distributed import (
 from ..utils.progress import progress_bar
 from .components import Checkpointer, MetricsLog, NonFiniteGuard
 from .recipe import (
-    MOMENTUM,
     TENSORBOARD_DIR,
     RecipeConfig,
     decay_groups,
     default_lr,
+    default_weight_decay,
     default_workers,
     lr_at,
+    make_optimizer,
     param_groups,
     scaled_lr,
 )
@@ -196,15 +197,16 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch)  # type: ignore[arg-type]
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        self.peak_lr = cfg.lr if cfg.lr is not None else default_lr(self.global_batch)
+        self.peak_lr = cfg.lr if cfg.lr is not None else default_lr(self.global_batch, cfg.optimizer)
+        self.weight_decay = cfg.weight_decay if cfg.weight_decay is not None else default_weight_decay(cfg.optimizer)
         self.ema = ModelEma(model, cfg.ema_decay)  # plain BN: the EMA only ever evaluates
         if cfg.sync_bn and env.distributed:
             model = convert_sync_batchnorm(model, device)  # shares parameters and buffers with the EMA's source
         elif cfg.sync_bn:
             LOG.info("--sync-bn: a single process already normalises over its whole batch; nothing to synchronise")
         self.model = model
-        groups = param_groups(model, cfg.weight_decay, cfg.backbone_lr_scale)
-        self.optimizer = torch.optim.SGD(groups, lr=self.peak_lr, momentum=MOMENTUM)
+        groups = param_groups(model, self.weight_decay, cfg.backbone_lr_scale)
+        self.optimizer = make_optimizer(groups, cfg.optimizer, self.peak_lr)
         self.use_amp, self.amp_dtype = amp_mode(cfg.amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.guard = NonFiniteGuard(task.divergence_hint)
@@ -232,7 +234,7 @@ class Trainer:
         if self.unfreeze_epoch is None or epoch < self.unfreeze_epoch or self.backbone_unfrozen:
             return
         woken = unfreeze_backbone_convs(self.model)
-        for group in decay_groups(woken, self.cfg.weight_decay, self.cfg.backbone_lr_scale):
+        for group in decay_groups(woken, self.weight_decay, self.cfg.backbone_lr_scale):
             self.optimizer.add_param_group(group)
         self.backbone_unfrozen = True
         if rewrap:
