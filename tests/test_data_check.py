@@ -185,6 +185,31 @@ def test_check_data_with_candidate_anchors(tiny_voc, tmp_path, capsys):
     assert anchors["custom"] and anchors["anchor_scale"] == 2.0 and anchors["aspect_ratios"] == pytest.approx([1, 3])
 
 
+def test_check_data_counts_coverage_at_the_training_runs_matching_iou(tiny_voc, tmp_path, capsys):
+    """``--match-iou`` (the IoU the training run will match at) sets what covered means: the shares, the boxes listed,
+    the proposal's search and the report."""
+    strict = 0.9
+    data = read_dataset(tiny_voc, "voc", "train")
+    official, stricter = (check_split(data, "train", LITE0, 64, iou) for iou in (MATCH_IOU, strict))
+    assert stricter.coverage == np.mean(official.best_iou >= strict) < official.coverage  # 0.9 leaves boxes out
+    assert len(stricter.uncovered()) == np.count_nonzero(official.best_iou < strict) > len(official.uncovered())
+    out = tmp_path / "report.json"
+    assert main(["check-data", "--data", str(tiny_voc), "--splits", "train", "--img-size", "64", "--match-iou",
+                 str(strict), "--json", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"overlaps it at IoU >= {strict:g} (--match-iou)" in printed and f"IoU>={strict:g}" in printed
+    report = json.loads(out.read_text())
+    assert report["match_iou"] == strict and report["splits"]["train"]["coverage"] == stricter.coverage
+    proposal = report["proposal"]
+    boxes = official.boxes.boxes
+    overrides = {"aspect_ratios": aspect_pairs(proposal["aspect_ratios"]), "anchor_scale": proposal["anchor_scale"]}
+    assert proposal["default"]["coverage"] == stricter.coverage
+    assert proposal["coverage"] == coverage(best_anchor_iou(boxes, LITE0.replace(**overrides), 64), strict)
+    assert "IoU >= 0.9" in data_summary(data, "train", LITE0, 64, match_iou=strict)
+    assert main(["check-data", "--data", str(tiny_voc), "--match-iou", "0"]) == 1
+    assert "--match-iou must be in (0, 1]" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [
@@ -209,9 +234,10 @@ def test_train_flags_reach_the_checkpoint_and_batch0_is_drawn(tiny_voc, tmp_path
     caplog.set_level("INFO", logger="efficientdet")
     rc = main(["train", "--data", str(tiny_voc), "--format", "voc", "--val-split", "none", "--epochs", "1",
                "--batch-size", "2", "--img-size", "64", "--output", str(out), "--workers", "0", "--max-steps", "1",
-               "--aspect-ratios", "1.0", "3.0", "0.33", "--anchor-scale", "2.5"])  # fmt: skip
+               "--aspect-ratios", "1.0", "3.0", "0.33", "--anchor-scale", "2.5", "--match-iou", "0.6"])  # fmt: skip
     assert rc == 0
     assert "data: train 3 images (1 without boxes), 4 boxes" in caplog.text
+    assert "have an anchor at IoU >= 0.6" in caplog.text  # the data line counts at the run's matching IoU
     expected = aspect_pairs([1.0, 3.0, 0.33])
     model = load_checkpoint(out / "best.pt")
     assert model.config.aspect_ratios == expected and model.config.anchor_scale == 2.5

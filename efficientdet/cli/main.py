@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models.config import EFFDET_PARAMS, get_config, list_models
+from ..ops.labeler import MATCH_IOU
 from .common import setup_logging
 from .options import TASKS, other_task
 from .train import add_anchor_options, anchor_overrides
@@ -77,7 +78,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     try:
         default = get_config(args.model)
         config = default.replace(**anchor_overrides(args.aspect_ratios, args.anchor_scale))
-        check = check_dataset(args.data, args.format, args.splits, config, args.img_size, default)
+        check = check_dataset(args.data, args.format, args.splits, config, args.img_size, default,
+                              match_iou=args.match_iou)  # fmt: skip
     except KeyError as e:  # an unknown model name
         print(f"efficientdet check-data: {e.args[0]}", file=sys.stderr)
         return 1
@@ -102,6 +104,9 @@ def _add_check_data_parser(sub: Any) -> None:
     p.add_argument("--model", default="efficientdet-lite0", help="whose anchors (default efficientdet-lite0)")
     p.add_argument("--img-size", type=int, help="input size (default: the model's own)")
     add_anchor_options(p)
+    p.add_argument("--match-iou", type=float, default=MATCH_IOU,
+                   help=f"count a box as covered from this anchor IoU, the training run's --match-iou "
+                        f"(default {MATCH_IOU:g}, the official matcher's)")  # fmt: skip
     p.add_argument("--json", help="write the whole report here, every box without a matching anchor included")
     p.add_argument("--plots", metavar="DIR", help="write <split>_boxes.png histograms into this folder")
     p.set_defaults(func=cmd_check_data)

@@ -146,9 +146,9 @@ def best_anchor_iou(boxes: np.ndarray | torch.Tensor, config: ModelConfig, image
     return best
 
 
-def coverage(best_iou: np.ndarray) -> float:
+def coverage(best_iou: np.ndarray, match_iou: float = MATCH_IOU) -> float:
     """Share of boxes that have an anchor at the matching IoU (1.0 when there are no boxes)."""
-    return float(np.mean(best_iou >= MATCH_IOU)) if len(best_iou) else 1.0
+    return float(np.mean(best_iou >= match_iou)) if len(best_iou) else 1.0
 
 
 def anchor_sizes(config: ModelConfig) -> tuple[float, float]:
@@ -241,9 +241,14 @@ class AnchorProposal:
 
 
 def propose_anchors(
-    boxes: np.ndarray, config: ModelConfig, image_size: int, split: str = "train", seed: int = 0
+    boxes: np.ndarray,
+    config: ModelConfig,
+    image_size: int,
+    split: str = "train",
+    seed: int = 0,
+    match_iou: float = MATCH_IOU,
 ) -> AnchorProposal:
-    """Aspect ratios and an anchor scale that maximise the share of ``boxes`` with an anchor at IoU >= 0.5.
+    """Aspect ratios and an anchor scale that maximise the share of ``boxes`` with an anchor at IoU >= ``match_iou``.
 
     Ratio candidates: as many k-means ratios of the boxes' w/h as ``config`` has (so the heads keep their shape and
     a checkpoint still loads), and ``config``'s own ratios. Each is tried with every scale of SCALE_GRID; the best
@@ -261,7 +266,7 @@ def propose_anchors(
     def score(ratio_set: Sequence[float], scale: float) -> tuple[int, float]:
         candidate = config.replace(aspect_ratios=aspect_pairs(ratio_set), anchor_scale=scale)
         best = best_anchor_iou(boxes, candidate, image_size)
-        return int(np.count_nonzero(best >= MATCH_IOU)), float(best.mean())
+        return int(np.count_nonzero(best >= match_iou)), float(best.mean())
 
     base = best_anchor_iou(boxes, config, image_size)
     with torch_threads(1):  # anchor generation on small tensors: one thread is several times faster on busy CPUs
@@ -270,7 +275,7 @@ def propose_anchors(
     return AnchorProposal(
         aspect_ratios=list(chosen), anchor_scale=scale, coverage=hits / len(boxes), mean_iou=mean_iou,
         default_aspect_ratios=default_ratios, default_anchor_scale=config.anchor_scale,
-        default_coverage=coverage(base), default_mean_iou=float(base.mean()), boxes=len(boxes), split=split,
+        default_coverage=coverage(base, match_iou), default_mean_iou=float(base.mean()), boxes=len(boxes), split=split,
     )  # fmt: skip
 
 
@@ -293,6 +298,7 @@ class SplitCheck:
     data: DetectionData
     boxes: InputBoxes  # non-crowd boxes at the input size
     best_iou: np.ndarray  # [len(boxes)] best anchor IoU of each
+    match_iou: float = MATCH_IOU  # the IoU from which an anchor trains as a box's positive
 
     @property
     def class_names(self) -> list[str]:
@@ -312,13 +318,14 @@ class SplitCheck:
 
     @property
     def coverage(self) -> float:
-        return coverage(self.best_iou)
+        return coverage(self.best_iou, self.match_iou)
 
     def class_coverage(self) -> list[float | None]:
         """Coverage per class; None for a class with no boxes in this split."""
         labels = self.boxes.labels
         return [
-            coverage(self.best_iou[labels == c]) if np.any(labels == c) else None for c in range(len(self.class_names))
+            coverage(self.best_iou[labels == c], self.match_iou) if np.any(labels == c) else None
+            for c in range(len(self.class_names))
         ]
 
     def iou_histogram(self) -> list[int]:
@@ -329,7 +336,7 @@ class SplitCheck:
         records = self.data.records
         rows = []
         for i in np.argsort(self.best_iou, kind="stable"):
-            if self.best_iou[i] >= MATCH_IOU:
+            if self.best_iou[i] >= self.match_iou:
                 break
             label = int(self.boxes.labels[i])
             rows.append({
@@ -363,15 +370,25 @@ class SplitCheck:
         }
 
 
-def check_split(data: DetectionData, name: str, config: ModelConfig, image_size: int) -> SplitCheck:
+def check_split(
+    data: DetectionData, name: str, config: ModelConfig, image_size: int, match_iou: float = MATCH_IOU
+) -> SplitCheck:
     """Counts, input-size boxes and best anchor IoUs of one split, for ``config``'s anchors at ``image_size``."""
     boxes = input_boxes(data, image_size)
-    return SplitCheck(name, data, boxes, best_anchor_iou(boxes.boxes, config, image_size))
+    return SplitCheck(name, data, boxes, best_anchor_iou(boxes.boxes, config, image_size), match_iou)
 
 
-def data_summary(data: DetectionData, split: str, config: ModelConfig, image_size: int, max_classes: int = 8) -> str:
-    """One log line on a training split: images, boxes per class, and the share of boxes the anchors reach."""
-    check = check_split(data, split, config, image_size)
+def data_summary(
+    data: DetectionData,
+    split: str,
+    config: ModelConfig,
+    image_size: int,
+    max_classes: int = 8,
+    match_iou: float = MATCH_IOU,
+) -> str:
+    """One log line on a training split: images, boxes per class, and the share of boxes the anchors reach at the
+    run's matching IoU."""
+    check = check_split(data, split, config, image_size, match_iou)
     counts = check.boxes_per_class
     order = sorted(range(len(counts)), key=lambda c: -counts[c])
     classes = ", ".join(f"{check.class_names[c]} {counts[c]:,}" for c in order[:max_classes] if counts[c])
@@ -388,7 +405,7 @@ def data_summary(data: DetectionData, split: str, config: ModelConfig, image_siz
     if len(check.boxes):
         text += (
             f"; anchor coverage at {image_size} px: {_pct(check.coverage)} of boxes have an anchor at "
-            f"IoU >= {MATCH_IOU:g}"
+            f"IoU >= {match_iou:g}"
         )
         per_class = [(cov, c) for c, cov in enumerate(check.class_coverage()) if cov is not None]
         if len(per_class) > 1:
@@ -411,6 +428,7 @@ class DataCheck:
     splits: list[SplitCheck]
     notes: list[str] = field(default_factory=list)
     proposal: AnchorProposal | None = None
+    match_iou: float = MATCH_IOU  # the IoU from which an anchor trains as a box's positive
 
     @property
     def custom_anchors(self) -> bool:
@@ -426,7 +444,7 @@ class DataCheck:
             "format": self.splits[0].data.format if self.splits else None,
             "model": cfg.name,
             "image_size": self.image_size,
-            "match_iou": MATCH_IOU,
+            "match_iou": self.match_iou,
             "anchors": {
                 "aspect_ratios": aspect_ratio_values(cfg.aspect_ratios),
                 "aspect_pairs": [list(p) for p in cfg.aspect_ratios],
@@ -476,27 +494,31 @@ def check_dataset(
     image_size: int | None = None,
     default_config: ModelConfig | None = None,
     propose: bool = True,
+    match_iou: float = MATCH_IOU,
 ) -> DataCheck:
     """Check every split of a dataset against ``config``'s anchors (default: efficientdet-lite0's).
 
     ``default_config`` holds the model's own anchors when ``config`` carries candidate ones; the proposal is
-    searched on the ``train`` split (else the first one read) and compared with those defaults.
+    searched on the ``train`` split (else the first one read) and compared with those defaults. Coverage counts
+    boxes with an anchor at IoU >= ``match_iou``, the matching IoU of the training run it prepares.
     """
+    if not 0 < match_iou <= 1:
+        raise ValueError(f"--match-iou must be in (0, 1], got {match_iou:g}")
     config = config if config is not None else get_config("efficientdet-lite0")
     default_config = default_config if default_config is not None else config
     size = int(image_size if image_size is not None else config.image_size)
     if size <= 0:
         raise ValueError(f"image size must be positive, got {size}")
     found, notes = read_splits(path, format, splits)
-    checks = [check_split(data, name, config, size) for name, data in found]
+    checks = [check_split(data, name, config, size, match_iou) for name, data in found]
     proposal = None
     if propose:
         basis = next((c for c in checks if c.name == "train"), checks[0])
         if len(basis.boxes):
-            proposal = propose_anchors(basis.boxes.boxes, default_config, size, basis.name)
+            proposal = propose_anchors(basis.boxes.boxes, default_config, size, basis.name, match_iou=match_iou)
         else:
             notes.append(f"no anchor proposal: split {basis.name!r} has no boxes")
-    return DataCheck(str(path), config, default_config, size, checks, notes, proposal)
+    return DataCheck(str(path), config, default_config, size, checks, notes, proposal, match_iou)
 
 
 def write_json(check: DataCheck, path: str | os.PathLike) -> None:
@@ -521,7 +543,7 @@ def _finite(value: Any) -> Any:
 
 FORCE_MATCH_NOTE = (
     "training still force-matches each of these boxes to its best anchor (as the official matcher does), but that "
-    f"anchor overlaps it at IoU < {MATCH_IOU:g}: a poor start for the box regression and one weak positive, so such "
+    "anchor overlaps it at IoU < {match_iou:g}: a poor start for the box regression and one weak positive, so such "
     "boxes are learned slowly and found poorly. Check their labels; otherwise anchors that fit them (see the "
     "proposal) or a larger --img-size for tiny ones help."
 )
@@ -547,7 +569,8 @@ def _anchor_lines(check: DataCheck) -> list[str]:
         f"anchors: {which} at {size} px: aspect ratios (w/h) {ratios}, anchor scale {config.anchor_scale:g}",
         f"  {config.num_scales} octave scales on levels {config.min_level}-{config.max_level}: square anchors of "
         f"{small:.0f} to {large:.0f} px",
-        f"  a box trains normally when an anchor overlaps it at IoU >= {MATCH_IOU:g} (the official matcher)",
+        f"  a box trains normally when an anchor overlaps it at IoU >= {check.match_iou:g}"
+        + (" (the official matcher's)" if check.match_iou == MATCH_IOU else " (--match-iou)"),
     ]
 
 
@@ -560,7 +583,7 @@ def _split_lines(check: SplitCheck, size: int, max_listed: int) -> list[str]:
         + (f", {counted(check.crowd_boxes, 'crowd region')} (never targets)" if check.crowd_boxes else "")
     ]
     width = max([len("class")] + [len(n) for n in check.class_names])
-    lines.append(f"  {'class':{width}s}  {'boxes':>8s}  {'share':>6s}  {'IoU>=' + format(MATCH_IOU, 'g'):>8s}")
+    lines.append(f"  {'class':{width}s}  {'boxes':>8s}  {'share':>6s}  {'IoU>=' + format(check.match_iou, 'g'):>8s}")
     for name, n, cov in zip(check.class_names, counts, per_class):
         lines.append(f"  {name:{width}s}  {n:>8,d}  {_pct(n / total if total else None):>6s}  {_pct(cov):>8s}")
     lines.append(f"  {'all':{width}s}  {total:>8,d}  {_pct(1.0 if total else None):>6s}  {_pct(check.coverage):>8s}")
@@ -585,10 +608,10 @@ def _split_lines(check: SplitCheck, size: int, max_listed: int) -> list[str]:
         lines.append(f"    {lo:.1f}-{hi:.1f} {n:>8,d}  {'#' * math.ceil(40 * n / peak)}".rstrip())
     uncovered = check.uncovered()
     if not uncovered:
-        lines.append(f"  every box has an anchor at IoU >= {MATCH_IOU:g}")
+        lines.append(f"  every box has an anchor at IoU >= {check.match_iou:g}")
         return lines
     lines.append(
-        f"  boxes without an anchor at IoU >= {MATCH_IOU:g}: {len(uncovered):,} of {total:,} "
+        f"  boxes without an anchor at IoU >= {check.match_iou:g}: {len(uncovered):,} of {total:,} "
         f"({_pct(len(uncovered) / total)}), worst first (box: x1 y1 x2 y2 in input px):"
     )
     name_w = max(len(row["file"]) for row in uncovered[:max_listed])
@@ -598,7 +621,8 @@ def _split_lines(check: SplitCheck, size: int, max_listed: int) -> list[str]:
         lines.append(f"    {row['file']:{name_w}s}  {row['class']:{class_w}s}  [{box}]  best IoU {row['best_iou']:.3f}")
     if len(uncovered) > max_listed:
         lines.append(f"    ... and {len(uncovered) - max_listed:,} more (all of them with --json)")
-    lines += textwrap.wrap(FORCE_MATCH_NOTE, width=REPORT_WIDTH, initial_indent="  ", subsequent_indent="  ")
+    note = FORCE_MATCH_NOTE.format(match_iou=check.match_iou)
+    lines += textwrap.wrap(note, width=REPORT_WIDTH, initial_indent="  ", subsequent_indent="  ")
     return lines
 
 
@@ -611,8 +635,8 @@ def _proposal_lines(check: DataCheck) -> list[str]:
     lines = [
         f"== anchor proposal: k-means on the {p.split} boxes' log(w/h) + anchor-scale search "
         f"({SCALE_GRID[0]:g}-{SCALE_GRID[-1]:g}), on {p.boxes:,} boxes",
-        f"  {'anchors':{w}s}  {'aspect ratios (w/h)':20s}  {'scale':>5s}  {'IoU>=' + format(MATCH_IOU, 'g'):>8s}  "
-        f"{'mean best IoU':>13s}",
+        f"  {'anchors':{w}s}  {'aspect ratios (w/h)':20s}  {'scale':>5s}  "
+        f"{'IoU>=' + format(check.match_iou, 'g'):>8s}  {'mean best IoU':>13s}",
     ]
 
     def row(label: str, ratios: Sequence[float], scale: float, share: float, mean: float) -> str:
@@ -685,8 +709,8 @@ def save_plots(check: DataCheck, folder: str | os.PathLike) -> list[Path]:
             ax.set_ylabel("boxes")
         ax = axes[1, 1]
         ax.hist(split.best_iou, bins=IOU_BIN_EDGES, color="tab:green")
-        ax.axvline(MATCH_IOU, color="tab:red", linestyle="--", label=f"matching IoU {MATCH_IOU:g}")
-        ax.set_title(f"best anchor IoU: {_pct(split.coverage)} at >= {MATCH_IOU:g}")
+        ax.axvline(split.match_iou, color="tab:red", linestyle="--", label=f"matching IoU {split.match_iou:g}")
+        ax.set_title(f"best anchor IoU: {_pct(split.coverage)} at >= {split.match_iou:g}")
         ax.set_xlabel("IoU")
         ax.set_ylabel("boxes")
         ax.legend(loc="upper left")

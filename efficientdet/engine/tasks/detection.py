@@ -454,7 +454,7 @@ class DetectionTask(Task):
         size = model_cfg.image_size
         self.labeler = AnchorLabeler(anchors_for_config(model_cfg, (size, size)).to(self.device), cfg.match_iou)
         if self.env.is_main:
-            LOG.info(data_summary(self.train_data, cfg.train_split, model_cfg, size))
+            LOG.info(data_summary(self.train_data, cfg.train_split, model_cfg, size, match_iou=cfg.match_iou))
         return DetectionDataset(
             self.train_data.records, size, model_cfg.mean, model_cfg.std, train=True,
             scale_range=tuple(cfg.scale_range), hflip=cfg.hflip, seed=cfg.seed, color_strength=cfg.color_jitter,
