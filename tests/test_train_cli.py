@@ -316,3 +316,35 @@ def test_workers_default_follows_the_cpu(tmp_path, monkeypatch, caplog, cpus, ex
     assert rc == 0
     assert read_file(out / "last.pt")["train_state"]["train_config"]["workers"] == expected
     assert ("data loading: in the training process" in caplog.text) == (expected == 0)
+
+
+def test_neck_flags_size_the_bifpn_and_heads_and_travel_with_the_checkpoint(tmp_path, capsys):
+    """--fpn-channels / --fpn-repeats / --head-repeats build the BiFPN and heads at that size, the checkpoint keeps it
+    (so eval rebuilds the same model), and what cannot work is refused by flag: a bad value, a change on --resume,
+    and a size other than a --checkpoint's."""
+    from efficientdet.engine.tasks.detection import TrainConfig, build_model
+    from efficientdet.models.factory import load_checkpoint
+
+    data = raccoon_subset(tmp_path)
+    out = tmp_path / "run"
+    base = ["train", "--data", str(data), "--val-split", "val", "--epochs", "1", "--batch-size", "4", "--img-size",
+            "128", "--workers", "0", "--max-steps", "1"]  # fmt: skip
+    assert main([*base, "--output", str(out), "--fpn-channels", "24", "--fpn-repeats", "2", "--head-repeats", "1"]) == 0
+    model = load_checkpoint(out / "last.pt")
+    config = model.config
+    assert (config.fpn_channels, config.fpn_repeats, config.head_repeats) == (24, 2, 1)
+    assert len(model.fpn.cells) == 2 and model.fpn.cells[0].nodes[0].conv.pointwise.out_channels == 24
+    default = build_model(TrainConfig(model="efficientdet-lite0"), ["raccoon"])
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in default.parameters())
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(data), "--split", "val",
+                 "--workers", "0"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main([*base, "--output", str(tmp_path / "bad"), "--fpn-repeats", "0"]) == 1
+    assert "--fpn-repeats must be at least 1" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out / "last.pt"), "--head-repeats", "2"]) == 1
+    assert "cannot change on --resume" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path / "ft"), "--checkpoint", str(out / "last.pt"), "--fpn-channels",
+                 "32"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--fpn-channels" in err and "fpn_channels 24" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "ft").exists()

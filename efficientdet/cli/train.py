@@ -25,6 +25,10 @@ from .options import add_config_options, add_task_parser, given_options, option_
 
 CONFIGS: dict[str, type[RecipeConfig]] = {"detection": TrainConfig, "segmentation": SegTrainConfig}
 ANCHOR_FLAGS = ("--aspect-ratios", "--anchor-scale")  # detection only: they change the model's anchors
+# detection only: they change the size of the BiFPN and heads (the official code's fpn_num_filters,
+# fpn_cell_repeats and box_class_repeats), which a model name otherwise fixes by compound scaling
+NECK_FLAGS = ("--fpn-channels", "--fpn-repeats", "--head-repeats")
+MODEL_FLAGS = ANCHOR_FLAGS + NECK_FLAGS
 
 
 def add_anchor_options(p: argparse.ArgumentParser) -> None:
@@ -50,6 +54,29 @@ def anchor_overrides(aspect_ratios: Sequence[float] | None, anchor_scale: float 
     return overrides
 
 
+def add_neck_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fpn-channels", type=int, metavar="N",
+                   help="BiFPN and head channels (default: the model's; Lite0 64, D1 88)")  # fmt: skip
+    p.add_argument("--fpn-repeats", type=int, metavar="N",
+                   help="BiFPN layers (default: the model's; Lite0 3, D1 4)")  # fmt: skip
+    p.add_argument("--head-repeats", type=int, metavar="N",
+                   help="conv layers of the class and box heads before their prediction (default: the model's; 3 up "
+                        "to D2)")  # fmt: skip
+
+
+def neck_overrides(fpn_channels: int | None, fpn_repeats: int | None, head_repeats: int | None) -> dict[str, int]:
+    """``--fpn-channels``, ``--fpn-repeats`` and ``--head-repeats`` as model config overrides; a ValueError names a
+    bad flag."""
+    overrides = {}
+    for name, value in (("fpn_channels", fpn_channels), ("fpn_repeats", fpn_repeats), ("head_repeats", head_repeats)):
+        if value is None:
+            continue
+        if value < 1:
+            raise ValueError(f"{flag_name(name)} must be at least 1, got {value}")
+        overrides[name] = int(value)
+    return overrides
+
+
 def add_train_parser(sub: argparse._SubParsersAction, task: str) -> argparse.ArgumentParser:
     p = add_task_parser(
         sub, "train", task, "train on a COCO / VOC / YOLO dataset (--task segmentation: images and label masks)",
@@ -58,13 +85,14 @@ def add_train_parser(sub: argparse._SubParsersAction, task: str) -> argparse.Arg
     add_config_options(p, CONFIGS[task])
     if task == "detection":
         add_anchor_options(p)
+        add_neck_options(p)
     p.set_defaults(func=cmd_train)
     return p
 
 
 def task_flags(task: str) -> set[str]:
     """Every flag ``efficientdet train --task task`` accepts beyond the shared ones."""
-    return option_flags(CONFIGS[task]) | (set(ANCHOR_FLAGS) if task == "detection" else set())
+    return option_flags(CONFIGS[task]) | (set(MODEL_FLAGS) if task == "detection" else set())
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -101,14 +129,18 @@ def train_config(args: argparse.Namespace) -> RecipeConfig:
     task = getattr(args, "task", "detection")
     given = given_options(CONFIGS[task], args)
     anchors: dict[str, Any] = {}
+    neck: dict[str, int] = {}
     if task == "detection":
         anchors = anchor_overrides(getattr(args, "aspect_ratios", None), getattr(args, "anchor_scale", None))
+        neck = neck_overrides(*(getattr(args, n, None) for n in ("fpn_channels", "fpn_repeats", "head_repeats")))
     if given.get("resume"):
         if anchors:
             raise ValueError("--aspect-ratios / --anchor-scale cannot change on --resume: the run keeps its anchors")
+        if neck:
+            raise ValueError(f"{' / '.join(NECK_FLAGS)} cannot change on --resume: the run keeps its model")
         return resumed_config(task, given["resume"], given)
-    if anchors:
-        given["model_overrides"] = anchors
+    if anchors or neck:
+        given["model_overrides"] = {**anchors, **neck}
     return CONFIGS[task](**given)
 
 

@@ -37,7 +37,7 @@ from ...ops.losses import BOX_LOSS_WEIGHT, IOU_LOSS_TYPES, IOU_LOSS_WEIGHT, dete
 from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
 from ...utils.distributed import DistEnv, all_reduce_sum
-from ...utils.fields import increasing_pair, int_at_least, number_in, one_of, option, optional_text
+from ...utils.fields import flag_name, increasing_pair, int_at_least, number_in, one_of, option, optional_text
 from ...utils.text import counted
 from ...viz.draw import draw_batch, draw_detections
 from ...viz.plot import plot_training_metrics
@@ -246,6 +246,10 @@ class TrainConfig(RecipeConfig):
             raise ValueError("give --checkpoint or --pretrained (the published weights), not both")
 
 
+# model settings a fine-tuning run cannot change: the checkpoint's weights have their shapes
+NECK_FIELDS = ("fpn_channels", "fpn_repeats", "head_repeats")
+
+
 def build_model(cfg: TrainConfig, class_names: list[str], category_ids: list[int] | None = None) -> EfficientDet:
     """A model for ``class_names``: fresh, from ImageNet backbone weights, or fine-tuned from a checkpoint.
 
@@ -263,7 +267,14 @@ def build_model(cfg: TrainConfig, class_names: list[str], category_ids: list[int
     if start:
         ckpt = read_checkpoint(start)
         settings = config_for_checkpoint(get_config(cfg.model), ckpt, start)
-        source_classes = get_config(cfg.model).replace(**settings).num_classes
+        saved = get_config(cfg.model).replace(**settings)
+        changed = [k for k in NECK_FIELDS if k in overrides and overrides[k] != getattr(saved, k)]
+        if changed:
+            theirs = ", ".join(f"{k} {getattr(saved, k)}" for k in changed)
+            flags = " / ".join(flag_name(k) for k in changed)
+            raise ValueError(f"{flags}: {start} has {theirs}; a checkpoint's BiFPN and heads keep their size "
+                             "(train from the ImageNet backbone to change it)")  # fmt: skip
+        source_classes = saved.num_classes
         source_names, _ = checkpoint_labels(ckpt, source_classes)
         settings.update(overrides, num_classes=num_classes)
         model = EfficientDet(get_config(cfg.model).replace(**settings))
