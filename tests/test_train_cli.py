@@ -334,6 +334,7 @@ def test_neck_flags_size_the_bifpn_and_heads_and_travel_with_the_checkpoint(tmp_
     config = model.config
     assert (config.fpn_channels, config.fpn_repeats, config.head_repeats) == (24, 2, 1)
     assert len(model.fpn.cells) == 2 and model.fpn.cells[0].nodes[0].conv.pointwise.out_channels == 24
+    assert len(model.class_net.convs) == len(model.box_net.convs) == 1
     default = build_model(TrainConfig(model="efficientdet-lite0"), ["raccoon"])
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in default.parameters())
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(data), "--split", "val",
