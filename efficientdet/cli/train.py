@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..engine.recipe import RecipeConfig
-from ..engine.tasks.detection import TrainConfig
+from ..engine.tasks.detection import NECK_FIELDS, TrainConfig
 from ..engine.tasks.segmentation import SegTrainConfig
 from ..models.config import aspect_pairs
 from ..utils.fields import flag_name, resume_changeable
@@ -27,7 +27,7 @@ CONFIGS: dict[str, type[RecipeConfig]] = {"detection": TrainConfig, "segmentatio
 ANCHOR_FLAGS = ("--aspect-ratios", "--anchor-scale")  # detection only: they change the model's anchors
 # detection only: they change the size of the BiFPN and heads (the official code's fpn_num_filters,
 # fpn_cell_repeats and box_class_repeats), which a model name otherwise fixes by compound scaling
-NECK_FLAGS = ("--fpn-channels", "--fpn-repeats", "--head-repeats")
+NECK_FLAGS = tuple(flag_name(name) for name in NECK_FIELDS)
 MODEL_FLAGS = ANCHOR_FLAGS + NECK_FLAGS
 
 
@@ -64,11 +64,12 @@ def add_neck_options(p: argparse.ArgumentParser) -> None:
                         "to D2)")  # fmt: skip
 
 
-def neck_overrides(fpn_channels: int | None, fpn_repeats: int | None, head_repeats: int | None) -> dict[str, int]:
+def neck_overrides(args: argparse.Namespace) -> dict[str, int]:
     """``--fpn-channels``, ``--fpn-repeats`` and ``--head-repeats`` as model config overrides; a ValueError names a
     bad flag."""
     overrides = {}
-    for name, value in (("fpn_channels", fpn_channels), ("fpn_repeats", fpn_repeats), ("head_repeats", head_repeats)):
+    for name in NECK_FIELDS:
+        value = getattr(args, name, None)
         if value is None:
             continue
         if value < 1:
@@ -132,7 +133,7 @@ def train_config(args: argparse.Namespace) -> RecipeConfig:
     neck: dict[str, int] = {}
     if task == "detection":
         anchors = anchor_overrides(getattr(args, "aspect_ratios", None), getattr(args, "anchor_scale", None))
-        neck = neck_overrides(*(getattr(args, n, None) for n in ("fpn_channels", "fpn_repeats", "head_repeats")))
+        neck = neck_overrides(args)
     if given.get("resume"):
         if anchors:
             raise ValueError("--aspect-ratios / --anchor-scale cannot change on --resume: the run keeps its anchors")

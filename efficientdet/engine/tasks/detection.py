@@ -246,7 +246,8 @@ class TrainConfig(RecipeConfig):
             raise ValueError("give --checkpoint or --pretrained (the published weights), not both")
 
 
-# model settings a fine-tuning run cannot change: the checkpoint's weights have their shapes
+# the BiFPN and head sizes `train` may set (--fpn-channels, --fpn-repeats, --head-repeats); a fine-tuning run
+# cannot change them: the checkpoint's weights have their shapes
 NECK_FIELDS = ("fpn_channels", "fpn_repeats", "head_repeats")
 
 
