@@ -33,7 +33,7 @@ from ...models.hub import detection_weights_file, resolve_weights
 from ...models.weights import load_weights, read_checkpoint
 from ...ops.anchors import anchors_for_config
 from ...ops.labeler import MATCH_IOU, AnchorLabeler
-from ...ops.losses import BOX_LOSS_WEIGHT, IOU_LOSS_TYPES, IOU_LOSS_WEIGHT, detection_loss
+from ...ops.losses import BOX_LOSS_WEIGHT, FOCAL_ALPHA, FOCAL_GAMMA, IOU_LOSS_TYPES, IOU_LOSS_WEIGHT, detection_loss
 from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
 from ...utils.distributed import DistEnv, all_reduce_sum
@@ -219,6 +219,19 @@ class TrainConfig(RecipeConfig):
             "IoU with a ground-truth box from which an anchor trains as that box's positive (below: background)",
             number_in(0, 1, low_open=True),
         ),
+    )
+    # The focal loss's constants (Lin et al. 2017): alpha weighs the positives against the negatives, gamma how far
+    # well-classified anchors are down-weighted. The defaults are the EfficientDet paper's (section 5.1), chosen
+    # on COCO; a dataset with few objects per image may want others (RetinaNet's paper: gamma 2).
+    focal_alpha: float = field(
+        default=FOCAL_ALPHA,
+        metadata=option("focal loss alpha: the weight of positive anchors (negatives: 1 - alpha)",
+                        number_in(0, 1, low_open=True, high_open=True)),  # fmt: skip
+    )
+    focal_gamma: float = field(
+        default=FOCAL_GAMMA,
+        metadata=option("focal loss gamma: how strongly well-classified anchors are down-weighted (0: cross-entropy)",
+                        number_in(0)),  # fmt: skip
     )
     # The class score as an estimate of the box's IoU with its object (Li et al. 2020, quality focal loss); off:
     # the paper's focal loss
@@ -507,7 +520,8 @@ class DetectionTask(Task):
         cfg = self.cfg
         return detection_loss(cls_flat, box_flat, targets, k, box_weight=cfg.box_loss_weight,
                               iou_weight=cfg.iou_loss_weight, anchors=self.labeler.anchors_yxyx,
-                              quality_focal=cfg.quality_focal, iou_type=cfg.iou_loss_type)  # fmt: skip
+                              quality_focal=cfg.quality_focal, iou_type=cfg.iou_loss_type, alpha=cfg.focal_alpha,
+                              gamma=cfg.focal_gamma)  # fmt: skip
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
