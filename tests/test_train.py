@@ -298,6 +298,25 @@ def test_iou_loss_weight_adds_a_logged_iou_loss_of_the_chosen_type_to_the_total(
         tiny_config(tmp_path, data, iou_loss_type="siou")
 
 
+def test_focal_alpha_and_gamma_reach_the_class_loss(tmp_path, monkeypatch):
+    """--focal-alpha / --focal-gamma are the constants the training loss uses; by default the paper's 0.25 and 1.5."""
+    data = raccoon_subset(tmp_path)
+    real, seen = train_mod.detection_loss, []
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["alpha"], kwargs["gamma"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "detection_loss", recording)
+    train(tiny_config(tmp_path, data, max_steps=1))
+    default_cls = float(history(tmp_path / "run")[0]["train_cls_loss"])
+    train(tiny_config(tmp_path, data, output=str(tmp_path / "other"), max_steps=1, focal_alpha=0.5, focal_gamma=2.0))
+    assert seen == [(0.25, 1.5), (0.5, 2.0)]
+    assert float(history(tmp_path / "other")[0]["train_cls_loss"]) != pytest.approx(default_cls, rel=1e-3)
+    with pytest.raises(ValueError, match="--focal-alpha must be a finite number > 0 and < 1"):
+        tiny_config(tmp_path, data, focal_alpha=1.0)
+
+
 def test_match_iou_sets_which_anchors_train_as_positives(tmp_path):
     """A stricter matching IoU leaves fewer positives on the same raccoon image; every box keeps its best anchor."""
     data = raccoon_subset(tmp_path)
