@@ -225,13 +225,16 @@ class TrainConfig(RecipeConfig):
     # on COCO; a dataset with few objects per image may want others (RetinaNet's paper: gamma 2).
     focal_alpha: float = field(
         default=FOCAL_ALPHA,
-        metadata=option("focal loss alpha: the weight of positive anchors (negatives: 1 - alpha)",
-                        number_in(0, 1, low_open=True, high_open=True)),  # fmt: skip
+        metadata=option(
+            "focal loss alpha: the weight of positive anchors (negatives: 1 - alpha)",
+            number_in(0, 1, low_open=True, high_open=True),
+        ),
     )
     focal_gamma: float = field(
         default=FOCAL_GAMMA,
-        metadata=option("focal loss gamma: how strongly well-classified anchors are down-weighted (0: cross-entropy)",
-                        number_in(0)),  # fmt: skip
+        metadata=option(
+            "focal loss gamma: how strongly well-classified anchors are down-weighted (0: cross-entropy)", number_in(0)
+        ),
     )
     # The class score as an estimate of the box's IoU with its object (Li et al. 2020, quality focal loss); off:
     # the paper's focal loss
