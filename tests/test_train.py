@@ -315,6 +315,9 @@ def test_focal_alpha_and_gamma_reach_the_class_loss(tmp_path, monkeypatch):
     assert float(history(tmp_path / "other")[0]["train_cls_loss"]) != pytest.approx(default_cls, rel=1e-3)
     with pytest.raises(ValueError, match="--focal-alpha must be a finite number > 0 and < 1"):
         tiny_config(tmp_path, data, focal_alpha=1.0)
+    with pytest.raises(ValueError, match="which --quality-focal replaces"):  # it would ignore them
+        tiny_config(tmp_path, data, focal_gamma=2.0, quality_focal=True)
+    assert tiny_config(tmp_path, data, quality_focal=True).quality_focal  # with the paper's values: no conflict
 
 
 def test_match_iou_sets_which_anchors_train_as_positives(tmp_path):

@@ -221,8 +221,8 @@ class TrainConfig(RecipeConfig):
         ),
     )
     # The focal loss's constants (Lin et al. 2017): alpha weighs the positives against the negatives, gamma how far
-    # well-classified anchors are down-weighted. The defaults are the EfficientDet paper's (section 5.1), chosen
-    # on COCO; a dataset with few objects per image may want others (RetinaNet's paper: gamma 2).
+    # well-classified anchors are down-weighted. The defaults are the EfficientDet paper's (section 5.1), chosen on
+    # COCO; on held-out raccoon images alpha 0.5 and RetinaNet's gamma 2 did not beat them (docs/recipe.md).
     focal_alpha: float = field(
         default=FOCAL_ALPHA,
         metadata=option(
@@ -260,6 +260,9 @@ class TrainConfig(RecipeConfig):
         super().__post_init__()
         if self.pretrained and self.checkpoint:
             raise ValueError("give --checkpoint or --pretrained (the published weights), not both")
+        if self.quality_focal and (self.focal_alpha, self.focal_gamma) != (FOCAL_ALPHA, FOCAL_GAMMA):
+            # the quality focal loss has no alpha and its own exponent: the values would be dropped without a word
+            raise ValueError("--focal-alpha / --focal-gamma shape the focal loss, which --quality-focal replaces")
 
 
 # the BiFPN and head sizes `train` may set (--fpn-channels, --fpn-repeats, --head-repeats); a fine-tuning run
