@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from efficientdet.models.config import get_config
 from efficientdet.ops.anchors import decode_boxes
-from efficientdet.ops.labeler import IGNORE, NEGATIVE, AnchorLabeler, Targets, box_iou
+from efficientdet.ops.labeler import IGNORE, NEGATIVE, AnchorLabeler, AtssLabeler, Targets, box_iou, labeler_for_config
 from efficientdet.ops.losses import (
     detection_loss,
     distance_iou_loss,
@@ -79,6 +80,91 @@ def test_crowd_boxes_are_ignored_not_targets():
 def test_image_without_boxes_is_all_negative():
     cls, box, npos = AnchorLabeler(ANCHORS).label_image(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert cls.tolist() == [NEGATIVE] * 3 and npos == 0 and not box.any()
+
+
+# One level of twelve anchors (y1, x1, y2, x2), one per location: A0 over x 0-10, A1 over x 5-25 (centre x 15),
+# and ten far away (IoU 0 with every box below). With k = 12 all twelve are every box's candidates.
+ATSS_ANCHORS = torch.tensor(
+    [[0.0, 0, 10, 10], [0, 5, 10, 25]] + [[0, 100 + 10 * i, 10, 110 + 10 * i] for i in range(10)]
+)
+
+
+def test_atss_threshold_is_the_mean_plus_std_of_the_candidates_ious():
+    """Box 0-16 x 0-10: IoU with A0 100/160 = 0.625, with A1 110/250 = 0.44, ten zeros; mean 0.0888, sample std
+    0.2110, threshold 0.300. Both anchors are positives, A1 at an IoU the fixed matcher (0.5) calls background."""
+    lab = AtssLabeler(ATSS_ANCHORS, level_counts=[12], anchors_per_location=1, topk=12)
+    gt, label = torch.tensor([[0.0, 0, 16, 10]]), torch.tensor([4])
+    cls, box, npos = lab.label_image(gt, label)
+    assert cls.tolist() == [4, 4] + [NEGATIVE] * 10 and npos == 2
+    assert torch.allclose(decode_boxes(box[:2], ATSS_ANCHORS[:2]), gt.expand(2, 4), atol=1e-4)
+    assert AnchorLabeler(ATSS_ANCHORS).label_image(gt, label)[0].tolist() == [4] + [NEGATIVE] * 11
+
+
+def test_atss_positive_needs_its_centre_inside_the_box():
+    """Box 0-14 x 0-10: IoU 0.714 (A0) and 0.36 (A1), threshold 0.0895 + 0.2222 = 0.312. A1 is above it, but its
+    centre (x 15) lies outside the box: background."""
+    lab = AtssLabeler(ATSS_ANCHORS, level_counts=[12], anchors_per_location=1, topk=12)
+    cls, _, npos = lab.label_image(torch.tensor([[0.0, 0, 14, 10]]), torch.tensor([1]))
+    assert cls.tolist() == [1] + [NEGATIVE] * 11 and npos == 1
+
+
+def test_atss_takes_k_candidates_per_level_and_the_highest_iou_box_wins():
+    """Two levels (A0, A1 | the far ten), k = 2: each box's candidates are A0, A1 and the two nearest far anchors.
+    Box 0-8: IoUs 0.8, 0.12, 0, 0, threshold 0.23 + 0.384 = 0.614; box 0-10: 1, 0.2, 0, 0, threshold 0.776. A0 is
+    a positive of both and regresses to the one it overlaps more (IoU 1), whatever the order of the boxes."""
+    lab = AtssLabeler(ATSS_ANCHORS, level_counts=[2, 10], anchors_per_location=1, topk=2)
+    boxes, labels = torch.tensor([[0.0, 0, 8, 10], [0, 0, 10, 10]]), torch.tensor([2, 3])
+    for order in ([0, 1], [1, 0]):
+        cls, box, npos = lab.label_image(boxes[order], labels[order])
+        assert cls.tolist() == [3] + [NEGATIVE] * 11 and npos == 1
+        assert torch.allclose(box[0], torch.zeros(4), atol=1e-6)
+    # alone, the first box keeps A0
+    assert lab.label_image(boxes[:1], labels[:1])[0].tolist() == [2] + [NEGATIVE] * 11
+
+
+def _atss_by_loops(anchors_yxyx, counts, per_location, boxes, k=9):
+    """A plain per-box, per-level rendering of the paper's Algorithm 1, to check the vectorised one against."""
+    anchors = anchors_yxyx[:, [1, 0, 3, 2]].double()
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    iou = box_iou(anchors, boxes.double())
+    best = {}  # anchor -> (iou, box)
+    for g, b in enumerate(boxes.double()):
+        centre = (b[:2] + b[2:]) / 2
+        candidates, start = [], 0
+        for count in counts:
+            d = [float(torch.dist(centres[i], centre)) for i in range(start, start + count)]
+            candidates += [start + i for i in sorted(range(count), key=d.__getitem__)[: k * per_location]]
+            start += count
+        values = torch.tensor([float(iou[i, g]) for i in candidates], dtype=torch.float64)
+        threshold = values.mean() + values.std()
+        for i, v in zip(candidates, values):
+            x, y = centres[i]
+            inside = min(x - b[0], y - b[1], b[2] - x, b[3] - y) > 0.01
+            if v >= threshold and inside and (i not in best or v > best[i][0]):
+                best[i] = (float(v), g)
+    return {i: g for i, (_, g) in best.items()}
+
+
+def test_atss_on_the_lite0_anchor_grid_matches_the_algorithm_and_gives_small_boxes_more_positives():
+    config = get_config("efficientdet-lite0")
+    lab = labeler_for_config(config, (448, 448), "atss")
+    assert isinstance(lab, AtssLabeler) and lab.candidates_per_level == 9 * 9
+    # a raccoon-sized box, a small one and two overlapping ones; centres off the grid's symmetry (no distance ties)
+    boxes = torch.tensor([[61.3, 40.2, 380.7, 411.9], [201.1, 150.6, 214.8, 161.3], [300.2, 20.4, 371.7, 95.1],
+                          [320.6, 31.9, 400.3, 120.8]])  # fmt: skip
+    labels = torch.tensor([0, 1, 2, 3])
+    cls, box, npos = lab.label_image(boxes, labels)
+    expected = _atss_by_loops(lab.anchors_yxyx, lab.level_counts, config.num_anchors, boxes)
+    assert npos == len(expected) and {i: int(cls[i]) for i in torch.nonzero(cls >= 0)[:, 0].tolist()} == expected
+    decoded = decode_boxes(box[cls >= 0], lab.anchors_yxyx[cls >= 0])
+    assert torch.allclose(decoded, boxes[cls[cls >= 0]], atol=1e-3)
+    fixed = labeler_for_config(config, (448, 448), "iou").label_image(boxes, labels)[0]
+    assert set(expected.values()) == {0, 1, 2, 3}  # every box has positives
+    # the small box (14 x 11 pixels), which the fixed IoU gives only its forced best anchor, gets 18 (the fixed
+    # matcher's counts per box: 15, 1, 26, 18; ATSS's: 72, 18, 64, 61)
+    assert int((fixed == 1).sum()) == 1 and int((cls == 1).sum()) == 18
+    with pytest.raises(ValueError, match="assigner must be one of iou, atss"):
+        labeler_for_config(config, (448, 448), "ota")
 
 
 def test_focal_loss_hand_value():

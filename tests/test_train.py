@@ -22,6 +22,7 @@ from efficientdet.engine.train import (
     train,
 )
 from efficientdet.models.weights import read_file
+from efficientdet.ops.labeler import AnchorLabeler, AtssLabeler
 from efficientdet.utils.distributed import DistEnv
 
 
@@ -333,6 +334,25 @@ def test_match_iou_sets_which_anchors_train_as_positives(tmp_path):
     assert TrainConfig(data="x").match_iou == 0.5  # the official matcher's threshold by default
     with pytest.raises(ValueError, match="--match-iou must be a finite number > 0 and <= 1"):
         tiny_config(tmp_path, data, match_iou=0.0)
+
+
+def test_assigner_atss_labels_the_training_images_by_atss(tmp_path):
+    """--assigner atss swaps the fixed-IoU matcher for ATSS on the run's anchors; --match-iou beside it is refused."""
+    data = raccoon_subset(tmp_path)
+    assert TrainConfig(data="x").assigner == "iou"  # the official matcher by default
+    task, dataset = training_task(tiny_config(tmp_path, data, assigner="atss"))
+    assert isinstance(task.labeler, AtssLabeler)
+    sample = dataset[0].data
+    cls, _, positives = task.labeler.label_image(sample.boxes, sample.labels)
+    expected = AtssLabeler(task.labeler.anchors_yxyx, task.labeler.level_counts, task.model_cfg.num_anchors)
+    assert torch.equal(cls, expected.label_image(sample.boxes, sample.labels)[0]) and positives >= len(sample.boxes)
+    iou_task, _ = training_task(tiny_config(tmp_path, data))
+    assert type(iou_task.labeler) is AnchorLabeler
+    assert not torch.equal(cls, iou_task.labeler.label_image(sample.boxes, sample.labels)[0])
+    with pytest.raises(ValueError, match="which --assigner atss replaces"):  # it would ignore the value
+        tiny_config(tmp_path, data, assigner="atss", match_iou=0.6)
+    with pytest.raises(ValueError, match="--assigner must be one of"):
+        tiny_config(tmp_path, data, assigner="ota")
 
 
 def test_learning_rate_schedule():

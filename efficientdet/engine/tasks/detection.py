@@ -1,7 +1,8 @@
 """Object detection as a training task: focal + Huber loss on anchors, COCO AP (pycocotools) as the metric.
 
 The loss is the paper's (section 3.3 keeps RetinaNet's focal loss; the official code adds a Huber box loss with
-weight 50); each image's ground truth is assigned to anchors by :class:`efficientdet.labeler.AnchorLabeler`.
+weight 50); each image's ground truth is assigned to anchors by :mod:`efficientdet.ops.labeler` (the official
+fixed-IoU matcher, or ATSS with `--assigner atss`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from ...models.factory import checkpoint_labels, config_for_checkpoint, load_pre
 from ...models.finetune import describe_mapping, shared_classes, transfer_state
 from ...models.hub import detection_weights_file, resolve_weights
 from ...models.weights import load_weights, read_checkpoint
-from ...ops.anchors import anchors_for_config
-from ...ops.labeler import MATCH_IOU, AnchorLabeler
+from ...ops.labeler import ASSIGNERS, MATCH_IOU, labeler_for_config
 from ...ops.losses import BOX_LOSS_WEIGHT, FOCAL_ALPHA, FOCAL_GAMMA, IOU_LOSS_TYPES, IOU_LOSS_WEIGHT, detection_loss
 from ...ops.postprocess import flatten_outputs
 from ...utils.atomic import atomic_open
@@ -220,6 +220,16 @@ class TrainConfig(RecipeConfig):
             number_in(0, 1, low_open=True),
         ),
     )
+    # How anchors become positives: the official fixed IoU (--match-iou) or ATSS (Zhang et al., CVPR 2020), where
+    # each box sets its own threshold from the anchors nearest its centre
+    assigner: str = field(
+        default="iou",
+        metadata=option(
+            "how anchors are assigned to boxes: a fixed IoU (iou, the official matcher; see --match-iou) or "
+            "adaptive training sample selection (atss)",
+            one_of(ASSIGNERS),
+        ),
+    )
     # The focal loss's constants (Lin et al. 2017): alpha weighs the positives against the negatives, gamma how far
     # well-classified anchors are down-weighted. The defaults are the EfficientDet paper's (section 5.1), chosen on
     # COCO; on held-out raccoon images alpha 0.5 and RetinaNet's gamma 2 did not beat them (docs/recipe.md).
@@ -263,6 +273,9 @@ class TrainConfig(RecipeConfig):
         if self.quality_focal and (self.focal_alpha, self.focal_gamma) != (FOCAL_ALPHA, FOCAL_GAMMA):
             # the quality focal loss has no alpha and its own exponent: the values would be dropped without a word
             raise ValueError("--focal-alpha / --focal-gamma shape the focal loss, which --quality-focal replaces")
+        if self.assigner == "atss" and self.match_iou != MATCH_IOU:
+            # ATSS sets each box's threshold itself: a --match-iou would be dropped without a word
+            raise ValueError("--match-iou sets the fixed-IoU matcher's threshold, which --assigner atss replaces")
 
 
 # the BiFPN and head sizes `train` may set (--fpn-channels, --fpn-repeats, --head-repeats); a fine-tuning run
@@ -483,7 +496,7 @@ class DetectionTask(Task):
         cfg = self.cfg
         self.model_cfg = model_cfg = model.config
         size = model_cfg.image_size
-        self.labeler = AnchorLabeler(anchors_for_config(model_cfg, (size, size)).to(self.device), cfg.match_iou)
+        self.labeler = labeler_for_config(model_cfg, (size, size), cfg.assigner, cfg.match_iou, self.device)
         if self.env.is_main:
             LOG.info(data_summary(self.train_data, cfg.train_split, model_cfg, size, match_iou=cfg.match_iou))
         return DetectionDataset(
