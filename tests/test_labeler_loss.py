@@ -54,6 +54,21 @@ def test_iou_exactly_half_is_positive():
     assert cls.tolist() == [1, NEGATIVE, NEGATIVE]
 
 
+def test_unmatched_iou_opens_retinanets_ignore_band():
+    """Anchors at IoU 1, 0.5 and 100/205 = 0.488 with one box, one far away: by default (no band) the 0.488 anchor
+    is background; with ``unmatched_iou`` 0.45 it is ignored, and so is the 0.5 one once the match IoU is above it.
+    Positives and the far anchor are untouched."""
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 20], [0, 0, 10, 20.5], [50, 50, 60, 60]])
+    gt, label = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([1])
+    assert AnchorLabeler(anchors).label_image(gt, label)[0].tolist() == [1, 1, NEGATIVE, NEGATIVE]
+    cls, _, npos = AnchorLabeler(anchors, unmatched_iou=0.45).label_image(gt, label)
+    assert cls.tolist() == [1, 1, IGNORE, NEGATIVE] and npos == 2
+    cls, _, npos = AnchorLabeler(anchors, match_iou=0.6, unmatched_iou=0.45).label_image(gt, label)
+    assert cls.tolist() == [1, IGNORE, IGNORE, NEGATIVE] and npos == 1
+    with pytest.raises(ValueError, match="unmatched_iou must be in"):
+        AnchorLabeler(anchors, unmatched_iou=0.7)
+
+
 def test_contested_anchor_goes_to_the_first_box():
     """Two boxes whose best anchor is the same: the official matcher (argmax over a one-hot of the forced
     matches) gives it to the first box, even though the second overlaps it more."""

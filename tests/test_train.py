@@ -22,7 +22,7 @@ from efficientdet.engine.train import (
     train,
 )
 from efficientdet.models.weights import read_file
-from efficientdet.ops.labeler import AnchorLabeler, AtssLabeler
+from efficientdet.ops.labeler import IGNORE, NEGATIVE, AnchorLabeler, AtssLabeler, box_iou
 from efficientdet.utils.distributed import DistEnv
 
 
@@ -336,6 +336,24 @@ def test_match_iou_sets_which_anchors_train_as_positives(tmp_path):
         tiny_config(tmp_path, data, match_iou=0.0)
 
 
+def test_unmatched_iou_ignores_the_anchors_in_the_band_on_a_raccoon_image(tmp_path):
+    """--unmatched-iou 0.4 (RetinaNet's band) turns background anchors at IoU 0.4-0.5 into ignored ones; the
+    positives stay; by default there is no band; above --match-iou it is refused."""
+    data = raccoon_subset(tmp_path)
+    task, dataset = training_task(tiny_config(tmp_path, data))
+    sample = dataset[0].data
+    plain, _, positives = task.labeler.label_image(sample.boxes, sample.labels)
+    assert TrainConfig(data="x").unmatched_iou is None and not (plain == IGNORE).any()
+    band_task, _ = training_task(tiny_config(tmp_path, data, unmatched_iou=0.4))
+    banded, _, band_positives = band_task.labeler.label_image(sample.boxes, sample.labels)
+    assert band_positives == positives and torch.equal(banded >= 0, plain >= 0)
+    ignored = banded == IGNORE
+    best = box_iou(task.labeler.anchors_xyxy, sample.boxes).amax(1)
+    assert ignored.any() and torch.equal(ignored, (plain == NEGATIVE) & (best >= 0.4))
+    with pytest.raises(ValueError, match="must not exceed --match-iou"):
+        tiny_config(tmp_path, data, unmatched_iou=0.6)
+
+
 def test_assigner_atss_labels_the_training_images_by_atss(tmp_path):
     """--assigner atss swaps the fixed-IoU matcher for ATSS on the run's anchors; --match-iou beside it is refused."""
     data = raccoon_subset(tmp_path)
@@ -349,8 +367,10 @@ def test_assigner_atss_labels_the_training_images_by_atss(tmp_path):
     iou_task, _ = training_task(tiny_config(tmp_path, data))
     assert type(iou_task.labeler) is AnchorLabeler
     assert not torch.equal(cls, iou_task.labeler.label_image(sample.boxes, sample.labels)[0])
-    with pytest.raises(ValueError, match="which --assigner atss replaces"):  # it would ignore the value
+    with pytest.raises(ValueError, match="which --assigner atss replaces"):  # it would ignore the values
         tiny_config(tmp_path, data, assigner="atss", match_iou=0.6)
+    with pytest.raises(ValueError, match="which --assigner atss replaces"):
+        tiny_config(tmp_path, data, assigner="atss", unmatched_iou=0.4)
     with pytest.raises(ValueError, match="--assigner must be one of"):
         tiny_config(tmp_path, data, assigner="ota")
 

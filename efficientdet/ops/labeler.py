@@ -1,7 +1,9 @@
 """Training targets: match anchors to ground-truth boxes, vectorised over anchors and boxes.
 
 Official matching: IoU >= 0.5 positive, < 0.5 negative, and every ground-truth box is force-matched to its best
-anchor. Crowd boxes never become targets; anchors that would match one are ignored (no loss at all).
+anchor. The official code's ``unmatched_threshold`` (here ``unmatched_iou``) may open RetinaNet's ignore band: anchors
+whose best IoU lies in [unmatched_iou, match_iou) contribute no loss (RetinaNet: 0.4 to 0.5). Crowd boxes never
+become targets; anchors that would match one are ignored (no loss at all).
 
 :class:`AtssLabeler` is the alternative of Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free
 Detection via Adaptive Training Sample Selection" (CVPR 2020): each box sets its own IoU threshold from the anchors
@@ -47,10 +49,15 @@ class Targets:
 class AnchorLabeler:
     """Assigns each anchor a class target and a box regression target."""
 
-    def __init__(self, anchors_yxyx: torch.Tensor, match_iou: float = MATCH_IOU) -> None:
+    def __init__(
+        self, anchors_yxyx: torch.Tensor, match_iou: float = MATCH_IOU, unmatched_iou: float | None = None
+    ) -> None:
         self.anchors_yxyx = anchors_yxyx
         self.anchors_xyxy = anchors_yxyx[:, [1, 0, 3, 2]]
         self.match_iou = match_iou
+        self.unmatched_iou = match_iou if unmatched_iou is None else unmatched_iou
+        if not 0 < self.unmatched_iou <= match_iou:
+            raise ValueError(f"unmatched_iou must be in (0, match_iou = {match_iou:g}], got {self.unmatched_iou:g}")
 
     def label_image(
         self, boxes: torch.Tensor, labels: torch.Tensor, iscrowd: torch.Tensor | None = None
@@ -70,6 +77,8 @@ class AnchorLabeler:
             return cls, box, 0
         iou = box_iou(self.anchors_xyxy, boxes)  # [A, G]
         positive, best_gt = self.assign(iou, boxes)
+        if self.unmatched_iou < self.match_iou:  # the ignore band: neither positive nor background
+            cls[~positive & (iou.amax(1) >= self.unmatched_iou)] = IGNORE
         cls[positive] = labels[best_gt[positive]]
         matched = boxes[best_gt[positive]][:, [1, 0, 3, 2]]  # to y1x1y2x2 for the coder
         box[positive] = encode_boxes(matched, self.anchors_yxyx[positive])
@@ -151,12 +160,13 @@ def labeler_for_config(
     assigner: str = "iou",
     match_iou: float = MATCH_IOU,
     device: torch.device | str = "cpu",
+    unmatched_iou: float | None = None,
 ) -> AnchorLabeler:
     """The labeler of ``assigner`` for ``config``'s anchors at ``image_size`` (H, W): ``"iou"`` (the official
-    fixed-IoU matcher) or ``"atss"``."""
+    fixed-IoU matcher, with RetinaNet's ignore band when ``unmatched_iou`` < ``match_iou``) or ``"atss"``."""
     anchors = anchors_for_config(config, image_size).to(device)
     if assigner == "iou":
-        return AnchorLabeler(anchors, match_iou)
+        return AnchorLabeler(anchors, match_iou, unmatched_iou)
     if assigner == "atss":
         sizes = feature_sizes(image_size, config.min_level, config.max_level)
         counts = [h * w * config.num_anchors for h, w in sizes]

@@ -220,6 +220,16 @@ class TrainConfig(RecipeConfig):
             number_in(0, 1, low_open=True),
         ),
     )
+    # RetinaNet's ignore band (Lin et al. 2017: 0.4 to 0.5): anchors whose best IoU lies in [unmatched, match) are
+    # neither positives nor background; the official code's unmatched_threshold, equal to the match IoU by default
+    unmatched_iou: float | None = field(
+        default=None,
+        metadata=option(
+            "IoU from which an anchor that is no positive is ignored rather than background (below --match-iou)",
+            number_in(0, 1, low_open=True, optional=True),
+            default_text="the --match-iou: no ignore band, as in the official code",
+        ),
+    )
     # How anchors become positives: the official fixed IoU (--match-iou) or ATSS (Zhang et al., CVPR 2020), where
     # each box sets its own threshold from the anchors nearest its centre
     assigner: str = field(
@@ -273,9 +283,15 @@ class TrainConfig(RecipeConfig):
         if self.quality_focal and (self.focal_alpha, self.focal_gamma) != (FOCAL_ALPHA, FOCAL_GAMMA):
             # the quality focal loss has no alpha and its own exponent: the values would be dropped without a word
             raise ValueError("--focal-alpha / --focal-gamma shape the focal loss, which --quality-focal replaces")
-        if self.assigner == "atss" and self.match_iou != MATCH_IOU:
+        if self.unmatched_iou is not None and self.unmatched_iou > self.match_iou:
+            raise ValueError(
+                f"--unmatched-iou ({self.unmatched_iou:g}) must not exceed --match-iou ({self.match_iou:g})"
+            )
+        if self.assigner == "atss" and (self.match_iou != MATCH_IOU or self.unmatched_iou is not None):
             # ATSS sets each box's threshold itself: a --match-iou would be dropped without a word
-            raise ValueError("--match-iou sets the fixed-IoU matcher's threshold, which --assigner atss replaces")
+            raise ValueError(
+                "--match-iou / --unmatched-iou set the fixed-IoU matcher's thresholds, which --assigner atss replaces"
+            )
 
 
 # the BiFPN and head sizes `train` may set (--fpn-channels, --fpn-repeats, --head-repeats); a fine-tuning run
@@ -496,7 +512,9 @@ class DetectionTask(Task):
         cfg = self.cfg
         self.model_cfg = model_cfg = model.config
         size = model_cfg.image_size
-        self.labeler = labeler_for_config(model_cfg, (size, size), cfg.assigner, cfg.match_iou, self.device)
+        self.labeler = labeler_for_config(
+            model_cfg, (size, size), cfg.assigner, cfg.match_iou, self.device, cfg.unmatched_iou
+        )
         if self.env.is_main:
             LOG.info(data_summary(self.train_data, cfg.train_split, model_cfg, size, match_iou=cfg.match_iou))
         return DetectionDataset(
