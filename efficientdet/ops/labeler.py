@@ -21,7 +21,7 @@ from ..models.config import ModelConfig
 from .anchors import anchors_for_config, encode_boxes, feature_sizes
 
 MATCH_IOU = 0.5  # the official matcher: positive at IoU >= 0.5, negative below (no ignore band)
-ATSS_TOPK = 9  # ATSS: candidates per level and anchor shape (the paper's k; its Table 3 shows 7-17 alike)
+ATSS_TOPK = 9  # ATSS: candidates per level and anchor shape (the paper's k; it found k from 7 to 17 alike)
 ASSIGNERS = ("iou", "atss")
 NEGATIVE = -1  # class target of a background anchor
 IGNORE = -2  # class target of an anchor that contributes no loss

@@ -221,7 +221,8 @@ class TrainConfig(RecipeConfig):
         ),
     )
     # RetinaNet's ignore band (Lin et al. 2017: 0.4 to 0.5): anchors whose best IoU lies in [unmatched, match) are
-    # neither positives nor background; the official code's unmatched_threshold, equal to the match IoU by default
+    # neither positives nor background; the official code's unmatched_threshold, equal to the match IoU by default.
+    # Neither the band (0.4) nor ATSS below beat the official matcher on held-out raccoon images (docs/recipe.md).
     unmatched_iou: float | None = field(
         default=None,
         metadata=option(
@@ -288,7 +289,7 @@ class TrainConfig(RecipeConfig):
                 f"--unmatched-iou ({self.unmatched_iou:g}) must not exceed --match-iou ({self.match_iou:g})"
             )
         if self.assigner == "atss" and (self.match_iou != MATCH_IOU or self.unmatched_iou is not None):
-            # ATSS sets each box's threshold itself: a --match-iou would be dropped without a word
+            # ATSS sets each box's threshold itself: the thresholds would be dropped without a word
             raise ValueError(
                 "--match-iou / --unmatched-iou set the fixed-IoU matcher's thresholds, which --assigner atss replaces"
             )
