@@ -355,7 +355,8 @@ def test_unmatched_iou_ignores_the_anchors_in_the_band_on_a_raccoon_image(tmp_pa
 
 
 def test_assigner_atss_labels_the_training_images_by_atss(tmp_path):
-    """--assigner atss swaps the fixed-IoU matcher for ATSS on the run's anchors; --match-iou beside it is refused."""
+    """--assigner atss swaps the fixed-IoU matcher for ATSS on the run's anchors; --match-iou / --unmatched-iou
+    beside it are refused."""
     data = raccoon_subset(tmp_path)
     assert TrainConfig(data="x").assigner == "iou"  # the official matcher by default
     task, dataset = training_task(tiny_config(tmp_path, data, assigner="atss"))
