@@ -216,10 +216,12 @@ def test_two_processes_train_like_one_process_with_twice_the_batch_and_resume_ex
     common = dict(model="efficientdet-d0", data=str(data), format="voc", img_size=128, workers=0, epochs=2,
                   lr=1e-3, warmup_epochs=0.0, scale_range=(0.5, 1.5), hflip=0.5, val_split="val",
                   model_overrides={"drop_path_rate": 0.0}, channels_last=False, pretrained_backbone=False,
-                  amp="off", color_jitter=0.0)  # fmt: skip
+                  amp="off", color_jitter=0.0, reduced_decoding=False)  # fmt: skip
     # fp32: --amp auto trains in bf16 on CPUs with AVX512-BF16 / AMX. No colour jitter (the small-data recipe's):
     # its draws are the same in both runs (seeded per image), but with it the float rounding grows to
-    # 4.7e-5 after the four steps (measured), which would hide what this test checks
+    # 4.7e-5 after the four steps (measured), which would hide what this test checks. Full decoding: the rounding
+    # floor below was measured on those pixels (at 128 px the raccoon photos would be decoded at 1/2, where 1 vs 2
+    # threads happened to round alike, floor 5e-6, while the two processes still differed by 7.8e-5)
     single = TrainConfig(**common, batch_size=4, output=str(tmp_path / "single"))
     train(single)
     with torch_threads(1 if torch.get_num_threads() > 1 else 2):  # the same run, rounded differently

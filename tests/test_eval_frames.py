@@ -13,11 +13,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED, require_shared
 from PIL import Image
 
 from efficientdet.data.dataset import DetectionDataset
 from efficientdet.data.frames import orient_boxes, resolve_frame
 from efficientdet.data.readers import read_dataset
+from efficientdet.data.records import ImageRecord
 from efficientdet.data.transforms import eval_transform
 from efficientdet.evaluation.validate import evaluate_model, validate
 from efficientdet.models.config import get_config
@@ -159,3 +161,52 @@ def test_orient_boxes_moves_boxes_with_pixels(tmp_path, orientation):
     if orientation in (5, 6, 7, 8):  # annotated on the stored 50x30 pixels of a 30x50 upright picture: turned
         assert moved[0].tolist() == block
     assert frame.to_annotation(moved)[0].tolist() == pytest.approx([7, 4, 20, 10])
+
+
+def test_large_photo_decoded_reduced_for_training_keeps_boxes_exact(tmp_path):
+    """A 640x320 JPEG trained at 64 px is decoded at 1/8 (80x40): it only has to cover 64x32. The object at x
+    200..600, y 100..300 of the file is at x 20..60, y 10..30 on the input (scale 0.1). Evaluation decodes in full
+    (what ``predict`` does) and finds it there too, detections coming back in the file's pixels."""
+    pixels = np.random.default_rng(0).integers(0, 255, (320, 640, 3), dtype=np.uint8)
+    write_voc(tmp_path, Image.fromarray(pixels), (640, 320), [200, 100, 600, 300])
+    data = read_dataset(tmp_path, "voc", "val")
+    expected_input = [20, 10, 60, 30]
+    train = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1), train=True, scale_range=(1, 1), hflip=0.0)
+    assert (train[0].frame.image_width, train[0].frame.image_height) == (80, 40)  # decoded at 1/8
+    assert train[0].data.boxes[0].tolist() == pytest.approx(expected_input, abs=1e-4)
+    # scale jitter up to 1.5: the decoding must cover 96x48, so 1/4 (160x80)
+    jittered = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1), train=True, scale_range=(0.5, 1.5))
+    assert jittered[0].frame.image_width == 160
+    evaluated = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1))[0]
+    assert evaluated.frame.image_width == 640
+    assert evaluated.data.boxes[0].tolist() == pytest.approx(expected_input, abs=1e-4)
+    result = evaluate_model(OracleModel([expected_input], [0]), data, SIZE, batch_size=1)
+    assert result.metrics["AP"] == pytest.approx(1.0)
+    assert result.detections[0]["boxes"][0].tolist() == pytest.approx([200, 100, 600, 300], abs=0.05)
+
+
+def test_large_exif_turned_photo_decoded_reduced_for_training_keeps_boxes_exact(tmp_path):
+    """Stored 640x320 with orientation 6 (upright 320x640), boxes drawn on the stored pixels: x 100..400, y 50..200
+    turns to x 120..270, y 100..400 upright (x' = 320 - y, y' = x), at 64 px input (scale 0.1) x 12..27, y 10..40.
+    Decoded at 1/8 for training (40x80 upright), the turn and the reduction compose."""
+    pixels = np.random.default_rng(1).integers(0, 255, (320, 640, 3), dtype=np.uint8)
+    write_voc(tmp_path, Image.fromarray(pixels), (640, 320), [100, 50, 400, 200], exif_orientation(6))
+    data = read_dataset(tmp_path, "voc", "val")
+    train = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1), train=True, scale_range=(1, 1), hflip=0.0)
+    assert (train[0].frame.image_width, train[0].frame.image_height) == (40, 80)
+    assert train[0].data.boxes[0].tolist() == pytest.approx([12, 10, 27, 40], abs=1e-4)
+
+
+def test_reduced_decoding_feeds_the_network_nearly_the_same_pixels(tmp_path):
+    """A raccoon photo enlarged to 2600x1668 and saved as a JPEG: the 448 px training input from its 1/4 decoding
+    (650x417 covers 448x287) differs from the one decoded in full by a fraction of a grey level on average."""
+    source = require_shared(SHARED / "datasets" / "raccoon" / "JPEGImages" / "raccoon-1.jpg")
+    with Image.open(source) as img:
+        img.convert("RGB").resize((2600, 1668), Image.BICUBIC).save(tmp_path / "big.jpg", quality=92)
+    records = [ImageRecord(str(tmp_path / "big.jpg"), 1, 2600, 1668)]
+    kwargs = {"train": True, "scale_range": (1, 1), "hflip": 0.0}
+    reduced = DetectionDataset(records, 448, (0, 0, 0), (1, 1, 1), **kwargs)[0]
+    full = DetectionDataset(records, 448, (0, 0, 0), (1, 1, 1), reduced_decoding=False, **kwargs)[0]
+    assert reduced.frame.image_width == 650 and full.frame.image_width == 2600
+    difference = (reduced.data.image - full.data.image).abs()
+    assert float(difference.mean()) < 1 and float(difference.quantile(0.99)) <= 4  # measured: 0.2 and 1

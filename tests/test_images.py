@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientdet.data.images import ImageReadError, image_size, load_image
+from efficientdet.data.images import ImageReadError, decode_image, image_size, load_image
 
 
 def _save(img: Image.Image, path: Path, **kwargs) -> Path:
@@ -127,3 +127,43 @@ def test_non_image_fails_naming_the_file_in_both_functions(tmp_path):
 def test_missing_file_is_an_image_read_error(tmp_path):
     with pytest.raises(ImageReadError, match="absent.png"):
         load_image(tmp_path / "absent.png")
+
+
+@pytest.mark.parametrize(
+    "fit,reduction",
+    [(None, 1), ((1100, 1100), 1), ((1000, 1000), 2), ((400, 400), 4), ((120, 120), 8), ((10, 10), 8)],
+)
+def test_a_large_jpeg_decodes_at_the_smallest_scale_that_still_covers_the_fit(tmp_path, fit, reduction):
+    """2000x1000 shrunk to fit 400x400 becomes 400x200: libjpeg's 1/4 scale (500x250) is the smallest that still
+    covers it (1/8 would be 250x125). A fit over half the picture's size leaves it at full resolution."""
+    path = _save(Image.new("RGB", (2000, 1000), (30, 60, 90)), tmp_path / "big.jpg", quality=90)
+    decoded = decode_image(path, fit)
+    assert decoded.reduction == reduction
+    assert decoded.full_size == (2000, 1000)
+    assert decoded.pixels.shape == (1000 // reduction, 2000 // reduction, 3)
+    if fit is not None:
+        scale = min(fit[0] / 1000, fit[1] / 2000)
+        assert decoded.pixels.shape[0] >= 1000 * scale and decoded.pixels.shape[1] >= 2000 * scale
+    assert np.abs(decoded.pixels.astype(int) - [30, 60, 90]).max() <= 2
+
+
+def test_reduced_decoding_keeps_partial_edge_blocks_and_skips_other_formats(tmp_path):
+    """2001 px do not divide by 4: the last reduced pixel covers one full-resolution column (ceil(2001 / 4) =
+    501). A PNG has no scaled decoding and comes back in full."""
+    path = _save(Image.new("RGB", (2001, 1003)), tmp_path / "odd.jpg")
+    decoded = decode_image(path, (250, 250))
+    assert (decoded.reduction, decoded.pixels.shape[:2]) == (4, (251, 501))
+    png = decode_image(_save(Image.new("RGB", (2000, 1000)), tmp_path / "big.png"), (250, 250))
+    assert (png.reduction, png.pixels.shape[:2]) == (1, (1000, 2000))
+
+
+def test_reduced_decoding_of_an_exif_turned_photo_covers_the_upright_fit(tmp_path):
+    """Stored 2000x1000 with orientation 6, upright 1000x2000 (w x h). Fitted into 400x800 (H x W) it becomes
+    200x400 upright, which the stored picture covers at 1/4 (500x250 stored, 250x500 upright). Taken as unturned
+    (2000x1000 into 400x800: 800x400) it would allow only 1/2."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(Image.new("RGB", (2000, 1000)), tmp_path / "turned.jpg", exif=exif.tobytes())
+    decoded = decode_image(path, (400, 800))
+    assert (decoded.orientation, decoded.reduction, decoded.full_size) == (6, 4, (1000, 2000))
+    assert decoded.pixels.shape[:2] == (500, 250)

@@ -4,6 +4,7 @@ import csv
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import SHARED, require_shared
@@ -374,6 +375,21 @@ def test_assigner_atss_labels_the_training_images_by_atss(tmp_path):
         tiny_config(tmp_path, data, assigner="atss", unmatched_iou=0.4)
     with pytest.raises(ValueError, match="--assigner must be one of"):
         tiny_config(tmp_path, data, assigner="ota")
+
+
+def test_reduced_decoding_is_on_by_default_and_can_be_turned_off(tmp_path):
+    """The raccoon photos (~650 px) trained at the tiny config's size are decoded at a reduced scale by default,
+    boxes and all; --no-reduced-decoding decodes them in full."""
+    data = raccoon_subset(tmp_path)
+    _, reduced = training_task(tiny_config(tmp_path, data))
+    _, full = training_task(tiny_config(tmp_path, data, reduced_decoding=False))
+    record, frame = reduced.records[0], reduced[0].frame  # 650x417, decoded at 1/4: 163x105
+    assert (frame.image_width, frame.image_height) == (163, 105) and full[0].frame.image_width == record.width
+    # The same object on the same input pixels (the jitter draws are seeded per image), but for the last reduced
+    # column and row, which cover only 650 / 4 - 162 and 417 / 4 - 104 of a block: they count as whole pixels when
+    # the decoded picture is resized, so its content (and its boxes) come out smaller by 162.5 / 163, 104.25 / 105
+    content = [record.width * frame.scale_x / frame.image_width, record.height * frame.scale_y / frame.image_height]
+    np.testing.assert_allclose(reduced[0].data.boxes, full[0].data.boxes * torch.tensor(content * 2), atol=1e-3)
 
 
 def test_learning_rate_schedule():

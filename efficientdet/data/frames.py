@@ -17,7 +17,7 @@ back with :meth:`AnnotationFrame.to_annotation`, so they are scored against the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -68,6 +68,16 @@ class AnnotationFrame:
     @property
     def identity(self) -> bool:
         return self.orientation == 1 and self.scale_x == 1.0 and self.scale_y == 1.0
+
+    def reduced(self, factor: int, image_size: tuple[int, int]) -> AnnotationFrame:
+        """This frame on the same picture decoded at 1/``factor`` of its resolution, ``image_size`` (w, h) upright
+        (:func:`efficientdet.data.images.decode_image`): the scales shrink by ``factor`` exactly, as each reduced
+        pixel covers ``factor`` full ones (only a partial block at the right and bottom edges is off, by less
+        than one reduced pixel, and only where an EXIF turn measures from those edges)."""
+        if factor == 1:
+            return self
+        return replace(self, scale_x=self.scale_x / factor, scale_y=self.scale_y / factor,
+                       image_width=int(image_size[0]), image_height=int(image_size[1]))  # fmt: skip
 
     def _stored_size(self) -> tuple[int, int]:
         """Size of the frame the orientation acts on: the upright size, turned back when the turn transposes."""

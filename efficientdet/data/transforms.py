@@ -33,7 +33,8 @@ class Resized:
     scale_xy: tuple[float, float] = (1.0, 1.0)
 
 
-def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """An input size given as one side or (H, W), as (H, W)."""
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
@@ -115,7 +116,7 @@ def eval_transform(
 ) -> Resized:
     """Resize so the image fits in ``size`` keeping its aspect ratio, then pad bottom/right (official dataloader.py:
     InputProcessor.set_scale_factors_to_output_size, resize_and_crop_image)."""
-    out_h, out_w = _size_hw(size)
+    out_h, out_w = size_hw(size)
     h, w = image.shape[:2]
     scale = min(out_h / h, out_w / w)
     resized = rescale_image(image, scale)
@@ -175,7 +176,7 @@ def train_transform(
     ``color_strength`` > 0 adds :func:`color_jitter` to the crop, ``erase`` > 0 :func:`erase_in_boxes`; their
     draws come after the geometric ones, so the boxes of a sample are the same with and without them.
     """
-    out_h, out_w = _size_hw(size)
+    out_h, out_w = size_hw(size)
     h, w = image.shape[:2]
     boxes = boxes.astype(np.float32).copy()
     if rng.random() < hflip:
@@ -296,7 +297,7 @@ def mosaic(
     """
     if len(parts) != 4:
         raise ValueError(f"a mosaic tiles 4 images, got {len(parts)}")
-    h, w = _size_hw(size)
+    h, w = size_hw(size)
     canvas = np.empty((2 * h, 2 * w, 3), np.uint8)
     canvas[:] = np.round(np.asarray(fill, np.float32)).clip(0, 255).astype(np.uint8)
     cy, cx = int(rng.uniform(0.5 * h, 1.5 * h)), int(rng.uniform(0.5 * w, 1.5 * w))
