@@ -120,9 +120,10 @@ def tiny_files(tmp_path_factory):
 
 
 def test_openvino_outputs_are_the_callers_and_the_input_is_left_alone(tmp_path):
-    """The OpenVINO wrapper lets the runtime write into fresh arrays each call (no copy of its reused buffers):
-    a later call must not change an earlier call's outputs, each call's outputs are what a fresh copy-out of the
-    runtime's own result holds, and the caller's input array is not changed (it is read in place)."""
+    """The OpenVINO wrapper lets the runtime write into arrays of its own (no copy of the runtime's reused
+    buffers): a later call must not change an earlier call's outputs still held, each call's outputs are what a
+    fresh copy-out of the runtime's own result holds, and the caller's input array is not changed (it is read in
+    place)."""
     pytest.importorskip("openvino")
     from efficientdet.export.openvino import export_openvino
 
@@ -140,6 +141,17 @@ def test_openvino_outputs_are_the_callers_and_the_input_is_left_alone(tmp_path):
     assert not np.array_equal(out2[0], held[0])
     reference = net.compiled.create_infer_request().infer({0: second.numpy()})  # a request's own buffers
     assert np.array_equal(reference[net.outputs[0]], out2[0]) and np.array_equal(reference[net.outputs[1]], out2[1])
+    # Output arrays are reused (binding new memory every call is slow), but only once nothing refers to them:
+    # not while a view or a tensor made from them lives.
+    tensor = torch.from_numpy(held[0][:1])
+    del held, out2
+    for _ in range(3):
+        again = net.run(second.numpy())
+        assert any(again[0] is arrays[0] for arrays, _ in net._output_sets)  # a kept set, not new memory
+        assert not np.shares_memory(again[0], tensor.numpy())
+        del again
+    assert len(net._output_sets) == 2  # the one the tensor holds and the one reused since
+    assert torch.equal(tensor, torch.from_numpy(out1[0][:1]))
 
 
 def test_openvino_gives_anchor_maxima_and_reads_nhwc_and_detections_stay_the_same(tmp_path):
