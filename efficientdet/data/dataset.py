@@ -54,9 +54,9 @@ class DetectionDataset(Dataset):
     In training, a JPEG more than twice as large as the largest size a sample can be scaled to (the input size
     times the top of ``scale_range``) is decoded at 1/2, 1/4 or 1/8 of its resolution (``reduced_decoding``,
     :func:`efficientdet.data.images.decode_image`): camera photos train about twice as fast, boxes stay exact (the
-    sample's frame carries the reduction), and the network sees the same size of picture, its pixels within a
-    grey level or two of a full decoding's. Evaluation decodes in full, as prediction does, so that it scores
-    exactly what ``predict`` gives.
+    sample's frame carries the reduction), and the network sees the same size of picture, its pixels a fraction of
+    a grey level from a full decoding's on average. Evaluation decodes in full, as prediction does, so that it
+    scores exactly what ``predict`` gives.
     """
 
     def __init__(
