@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from .images import ImageReadError, image_size, load_image
 from .readers import IMAGE_EXTENSIONS, DatasetError, _images_by_stem, _read_class_file, _read_voc_split
-from .transforms import normalise, normalise_padded, rescale_image, resize_image, scaled_size
+from .transforms import normalise, normalise_padded, rescale_image, resize_image, scaled_size, size_hw
 
 LOG = logging.getLogger(__name__)
 
@@ -264,10 +264,6 @@ def resize_nearest(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
-def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 def train_transform(
     image: np.ndarray,
     targets: np.ndarray,
@@ -285,7 +281,7 @@ def train_transform(
     ``scale_range``. The crop is ``crop_size``; where the scaled image is smaller it is padded (image with the mean
     colour, targets with IGNORE, so padding is never learnt as a class).
     """
-    ch, cw = _size_hw(crop_size)
+    ch, cw = size_hw(crop_size)
     if rng.random() < hflip:
         image, targets = image[:, ::-1], targets[:, ::-1]
     h, w = image.shape[:2]

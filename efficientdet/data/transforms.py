@@ -8,6 +8,7 @@ Images are normalised after resizing and padded with zeros, i.e. with the mean c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,9 +34,9 @@ class Resized:
     scale_xy: tuple[float, float] = (1.0, 1.0)
 
 
-def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    """An input size given as one side or (H, W), as (H, W)."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """An input or crop size given as one side or (H, W), as (H, W)."""
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def normalise(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
