@@ -154,6 +154,38 @@ def test_openvino_outputs_are_the_callers_and_the_input_is_left_alone(tmp_path):
     assert torch.equal(tensor, torch.from_numpy(out1[0][:1]))
 
 
+class RecordingRequest:
+    """An OpenVINO infer request that records which of its methods ran the inferences (and forwards every call)."""
+
+    def __init__(self, request) -> None:
+        self._request, self.calls = request, []
+
+    def __getattr__(self, name):
+        if name in ("infer", "start_async", "wait"):
+            self.calls.append(name)
+        return getattr(self._request, name)
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True])
+def test_openvino_inference_runs_on_the_compiled_models_threads(tmp_path, dynamic_batch):
+    """Each inference is handed to the compiled model's own threads (``start_async`` + ``wait``), not run on the
+    caller's thread with ``infer`` (slower: benchmarks/openvino_request.py), with fixed and with free batches, and
+    it returns what a synchronous ``infer`` of the same input gives."""
+    pytest.importorskip("openvino")
+    from efficientdet.export.openvino import export_openvino
+
+    torch.manual_seed(0)
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=3, image_size=64).eval()
+    net = load_exported(export_openvino(model, tmp_path / "tiny.xml", dynamic_batch=dynamic_batch))
+    assert (net._output_shapes is None) == dynamic_batch
+    images = torch.randn(2 if dynamic_batch else 1, 64, 64, 3).numpy()
+    reference = net.compiled.create_infer_request().infer({0: images})
+    net.request = RecordingRequest(net.request)
+    outputs = net.run(images)
+    assert net.request.calls == ["start_async", "wait"]
+    assert all(np.array_equal(reference[port], out) for port, out in zip(net.outputs, outputs))
+
+
 def test_openvino_gives_anchor_maxima_and_reads_nhwc_and_detections_stay_the_same(tmp_path):
     """At load time an OpenVINO network adds each anchor's best class logit to its graph's outputs and reads NHWC
     images (the layout of the project's pre-processed batches): the raw outputs are those of the file as written,
