@@ -225,8 +225,8 @@ class CompiledOpenVinoNetwork(ExportedNetwork):
         ``start_async`` + ``wait`` rather than ``infer``: a synchronous ``infer`` runs the graph on the calling
         thread (OpenVINO's CPU plugin, as its developers describe it), the asynchronous call on the stream's own
         worker threads while the caller sleeps. Measured on a 2-core Xeon with AMX (int8, 2 threads, interleaved in
-        one process; benchmarks/openvino_request.py): Lite0 at 320 px 8.45 -> 6.85 ms a call, D0 at 512 px 35.0 ->
-        31.4 ms, the same outputs.
+        one process; benchmarks/openvino_request.py): Lite0 at 320 px 6.40 -> 5.55 ms a call, D0 at 512 px 34.6 ->
+        31.5 ms, the same outputs.
         """
         self.request.start_async({0: images}, share_inputs=True)
         self.request.wait()
