@@ -70,6 +70,30 @@ def test_hard_nms_matches_reference(n, classes, clustered, agnostic):
     assert keep.tolist() == reference_nms(boxes, scores, labels, 0.5, agnostic)
 
 
+@pytest.mark.parametrize("n,classes,clustered", [(300, 4, False), (3000, 5, True), (5000, 40, True)])
+@pytest.mark.parametrize("max_keep", [1, 7, 100])
+def test_hard_nms_with_max_keep_is_the_references_first(n, classes, clustered, max_keep):
+    boxes, scores, labels = random_boxes(n, classes, clustered=clustered)
+    keep = pp.batched_nms(boxes, scores, labels, 0.5, max_keep=max_keep)
+    assert keep.tolist() == reference_nms(boxes, scores, labels, 0.5)[:max_keep]
+
+
+def test_hard_nms_compares_only_the_boxes_it_needs(monkeypatch):
+    """With a cap on the boxes kept (predict's and bench's 100), NMS compares only the boxes up to the last one it
+    needs: 5000 candidates around 120 objects, the 100 best objects found within the first few hundred boxes, and
+    the IoU pairs computed stay far below kept x all."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.cartesian_prod(torch.arange(12.0), torch.arange(10.0)) * 100  # 120 objects, far apart
+    xy = centres[torch.randint(0, 120, (5000,), generator=g)] + torch.rand(5000, 2, generator=g) * 4
+    boxes, scores, labels = torch.cat([xy, xy + 40], 1), torch.rand(5000, generator=g), torch.zeros(5000).long()
+    pairs = []
+    iou_matrix = pp._iou_matrix
+    monkeypatch.setattr(pp, "_iou_matrix", lambda a, b: pairs.append(len(a) * len(b)) or iou_matrix(a, b))
+    keep = pp.batched_nms(boxes, scores, labels, 0.5, max_keep=100)
+    assert keep.tolist() == reference_nms(boxes, scores, labels, 0.5)[:100]
+    assert sum(pairs) < 100 * 1000
+
+
 def test_hard_nms_ties_identical_boxes_and_max_keep():
     boxes = torch.tensor([[0.0, 0, 10, 10]] * 5 + [[20.0, 20, 30, 30]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])

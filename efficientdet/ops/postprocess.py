@@ -126,33 +126,41 @@ def batched_nms(
 def _greedy_hard(boxes: np.ndarray, iou_threshold: float, limit: int) -> list[int]:
     """Greedy NMS over score-sorted boxes, a block at a time.
 
-    The textbook loop costs one vectorised pass over all remaining boxes per kept box. Here the next block of
-    survivors is resolved among itself with one small IoU matrix (a cheap loop over its rows), and the rest are
-    then filtered by the block's kept boxes in one pass. The block is about twice the number still wanted, so
-    a typical image needs one or two passes. Same result as the textbook loop.
+    The textbook loop costs one vectorised pass over all remaining boxes per kept box. Here the boxes are taken in
+    score order a block at a time: a block is first filtered by every box kept so far (one IoU matrix), then its
+    survivors are resolved among themselves (one small IoU matrix and a cheap loop over its rows). Every box is thus
+    checked against every higher-scoring kept box, as in the textbook loop, with the same result; but only the
+    boxes up to the last one needed are ever compared. The block is about twice the number of boxes still wanted,
+    divided by the share of the last block that was kept (boxes in clusters are mostly suppressed), so a typical
+    image needs one or two blocks. (Filtering all remaining boxes after each block instead cost 4.4 ms for 5000
+    candidates of a random-weight Lite0 at 320 px, of which the second block used 32.)
     """
     cols = _columns(boxes)
-    idx = np.arange(len(boxes))
     keep: list[int] = []
-    while idx.size and len(keep) < limit:
-        size = min(max(2 * (limit - len(keep)), 32), 512)
-        head, head_cols = idx[:size], cols[:size]
-        suppresses = _iou_matrix(head_cols, head_cols) > iou_threshold
-        dead = np.zeros(len(head), dtype=bool)
+    kept_cols = cols[:0]
+    start, kept_share = 0, 1.0
+    while start < len(cols) and len(keep) < limit:
+        wanted = limit - len(keep)
+        size = min(math.ceil(max(2 * wanted, 32) / max(kept_share, 1 / 16)), 512)
+        block = np.arange(start, min(start + size, len(cols)))
+        start += len(block)
+        block_cols = cols[block]
+        if len(keep):
+            alive = ~(_iou_matrix(kept_cols, block_cols) > iou_threshold).any(0)
+            block, block_cols = block[alive], block_cols[alive]
+        suppresses = _iou_matrix(block_cols, block_cols) > iou_threshold
+        dead = np.zeros(len(block), dtype=bool)
         kept: list[int] = []
-        for j in range(len(head)):
+        for j in range(len(block)):
             if dead[j]:
                 continue
             kept.append(j)
             if len(keep) + len(kept) == limit:
                 break
             dead |= suppresses[j]
-        keep.extend(head[kept].tolist())
-        rest = cols[size:]
-        if len(keep) >= limit or not len(rest):
-            break
-        survive = ~(_iou_matrix(head_cols[kept], rest) > iou_threshold).any(0)
-        idx, cols = idx[size:][survive], rest[survive]
+        keep.extend(block[kept].tolist())
+        kept_cols = np.concatenate([kept_cols, block_cols[kept]])
+        kept_share = len(kept) / size
     return keep
 
 
