@@ -4,7 +4,8 @@ Writes raccoon ``train`` images enlarged to camera sizes (long side 4032 px: a 1
 Full HD) as JPEGs in a temporary folder, then times ``DetectionDataset`` samples (training transforms at 448 px,
 scale jitter 0.5-1.5: what ``efficientdet train`` runs on a small dataset) with ``reduced_decoding`` on (the default)
 and off, interleaved round by round in one process. One sample at a time on the calling thread: what a 0-worker
-loader does, the default on a CPU of at most 4 cores. The raccoon photos themselves (~650 px) are never reduced.
+loader does, the default on a CPU of at most 4 cores. Of the raccoon photos themselves (most ~650 px) only one is
+reduced at 448 px: raccoon-183.jpg (2000 x 1333), at 1/2.
 
     python benchmarks/photo_decoding.py --data ../shared/datasets/raccoon --images 16 --rounds 3
 """
