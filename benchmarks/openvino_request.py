@@ -17,8 +17,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +24,7 @@ import torch
 
 import efficientdet
 from efficientdet.inference import Detector
-from efficientdet.tools.bench import exported_network, synthetic_images
-
-
-def timed(calls: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Wall seconds of each call per round, order rotating, each timed call after an untimed one of its kind."""
-    names = list(calls)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]
-            calls[name]()
-            start = time.perf_counter()
-            calls[name]()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
+from efficientdet.tools.bench import exported_network, interleaved, synthetic_images
 
 
 def measure(name: str, size: int, threads: int, rounds: int, folder: Path) -> dict[str, float]:
@@ -65,7 +49,7 @@ def measure(name: str, size: int, threads: int, rounds: int, folder: Path) -> di
     asynchronous()
     if not all(np.array_equal(a, b) for a, b in zip(reference, outputs)):
         raise SystemExit(f"{name}: infer and start_async + wait wrote different outputs")
-    seconds = timed({"infer": sync, "start_async + wait": asynchronous}, rounds)
+    seconds, _ = interleaved({"infer": sync, "start_async + wait": asynchronous}, rounds)
     return {call: 1000 * statistics.median(values) for call, values in seconds.items()}
 
 

@@ -74,6 +74,7 @@ from efficientdet.inference import Detector
 from efficientdet.models.factory import create_model, load_checkpoint
 from efficientdet.models.fuse import optimize_for_inference
 from efficientdet.ops.labeler import box_iou
+from efficientdet.tools.bench import interleaved
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "raccoon"
@@ -175,17 +176,11 @@ def accuracy(nets: dict[str, torch.nn.Module], data: Any, paths: list[str]) -> d
 def latency(nets: dict[str, torch.nn.Module], batch: torch.Tensor, rounds: int) -> dict[str, float]:
     """Median ms of the network per contestant, interleaved rounds with a rotating order (see module docstring)."""
     labels = list(nets)
-    times: dict[str, list[float]] = {label: [] for label in labels}
     with torch.inference_mode():
         for label in labels:  # warm-up: first calls allocate and compile kernels
             for _ in range(3):
                 nets[label](batch)
-        for r in range(rounds):
-            for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
-                nets[label](batch)
-                start = time.perf_counter()
-                nets[label](batch)
-                times[label].append(time.perf_counter() - start)
+        times, _ = interleaved({label: lambda net=nets[label]: net(batch) for label in labels}, rounds)
     return {label: statistics.median(t) * 1e3 for label, t in times.items()}
 
 

@@ -57,7 +57,14 @@ import torch
 import efficientdet
 from efficientdet import postprocess as post_module
 from efficientdet.inference import Detector
-from efficientdet.tools.bench import BACKENDS, exported_network, prepare_network, summarize, synthetic_images
+from efficientdet.tools.bench import (
+    BACKENDS,
+    exported_network,
+    interleaved,
+    prepare_network,
+    summarize,
+    synthetic_images,
+)
 from efficientdet.utils.device import cpu_has_native_bf16
 
 INT8_CONTESTANTS = ("onnxruntime int8", "openvino int8")
@@ -129,32 +136,6 @@ def torch_nms() -> Iterator[None]:
         yield
     finally:
         post_module._tv_batched_nms = saved
-
-
-def interleaved(
-    fns: dict[str, Callable[[], Any]], rounds: int, rewarm: int = 1
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process-CPU seconds per call of each function, one timed call of each per round, order rotating.
-
-    Each timed call follows ``rewarm`` untimed calls of the same function: without them every call would start
-    with caches and thread pools left cold by the previous contestant (measured: an onnxruntime end-to-end call
-    took ~85 ms interleaved without it against ~64 ms run alone), which a program running one model over and over
-    never sees. CPU time (all threads of the process) is reported beside wall time because at ``--threads 1`` it
-    barely depends on what else runs on the machine (at 2 threads it includes OpenMP's spin-waiting).
-    """
-    names = list(fns)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]
-            for _ in range(rewarm):
-                fns[name]()
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fns[name]()
-            cpu[name].append(time.process_time() - start_cpu)
-            wall[name].append(time.perf_counter() - start)
-    return wall, cpu
 
 
 def cpu_ms(seconds: list[float]) -> float:

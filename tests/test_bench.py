@@ -17,6 +17,7 @@ from efficientdet.inference import Detector
 from efficientdet.tools.bench import (
     BenchConfig,
     format_result,
+    interleaved,
     percentile,
     prepare_network,
     run_benchmark,
@@ -173,3 +174,14 @@ def test_bench_of_a_checkpoint_takes_its_model(tmp_path, capsys):
     assert main(["bench", "--checkpoint", str(ckpt), "--iterations", "1", "--warmup", "0", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "efficientdet-lite0" and result["img_size"] == 128
+
+
+def test_interleaved_rotates_the_order_and_rewarms_before_each_timed_call():
+    """The benchmarks' interleaving (speed.py, quantize.py, openvino_request.py): each round times every function
+    once, the starting function rotating, and each timed call follows ``rewarm`` untimed calls of that function."""
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    wall, cpu = interleaved(fns, rounds=2, rewarm=2)
+    assert calls == list("aaabbbccc" + "bbbcccaaa")
+    assert {k: len(v) for k, v in wall.items()} == {k: len(v) for k, v in cpu.items()} == {"a": 2, "b": 2, "c": 2}
+    assert all(t >= 0 for times in wall.values() for t in times)

@@ -121,6 +121,32 @@ def time_calls(fn: Callable[[], Any], iterations: int, device: torch.device) -> 
     return out
 
 
+def interleaved(
+    fns: dict[str, Callable[[], Any]], rounds: int, rewarm: int = 1
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU seconds per call of each function, one timed call of each per round, order rotating.
+
+    Each timed call follows ``rewarm`` untimed calls of the same function: without them every call would start
+    with caches and thread pools left cold by the previous contestant (measured: an onnxruntime end-to-end call
+    took ~85 ms interleaved without it against ~64 ms run alone), which a program running one model over and over
+    never sees. CPU time (all threads of the process) is reported beside wall time because at ``--threads 1`` it
+    barely depends on what else runs on the machine (at 2 threads it includes OpenMP's spin-waiting).
+    """
+    names = list(fns)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            for _ in range(rewarm):
+                fns[name]()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fns[name]()
+            cpu[name].append(time.process_time() - start_cpu)
+            wall[name].append(time.perf_counter() - start)
+    return wall, cpu
+
+
 def max_rss_mb() -> float:
     """Peak resident set size of this process so far, MiB (Linux reports KiB, macOS bytes)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
