@@ -142,9 +142,9 @@ def _greedy_hard(boxes: np.ndarray, iou_threshold: float, limit: int) -> list[in
     while start < len(cols) and len(keep) < limit:
         wanted = limit - len(keep)
         size = min(math.ceil(max(2 * wanted, 32) / max(kept_share, 1 / 16)), 512)
-        block = np.arange(start, min(start + size, len(cols)))
-        start += len(block)
-        block_cols = cols[block]
+        stop = min(start + size, len(cols))
+        block, block_cols = np.arange(start, stop), cols[start:stop]
+        start = stop
         if len(keep):
             alive = ~(_iou_matrix(kept_cols, block_cols) > iou_threshold).any(0)
             block, block_cols = block[alive], block_cols[alive]
