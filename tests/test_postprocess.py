@@ -204,6 +204,40 @@ def test_select_candidates_from_a_networks_anchor_maxima_is_the_exact_topk(k, fl
         assert got[0].tolist() == top.values[above][:k].tolist()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_select_candidates_on_autocast_outputs_matches_float32(dtype):
+    """Half-precision outputs (eager bf16 / fp16 autocast) take torch's selection ops, float32 outputs numpy's:
+    the same candidates from the same values, ties at the k-th best included."""
+    g = torch.Generator().manual_seed(7)
+    shapes = [(8, 6), (4, 3)]
+    low = [(torch.randn(2, 9 * 5, h, w, generator=g) * 2).round().to(dtype) for h, w in shapes]  # many ties
+    box = [torch.randn(2, 9 * 4, h, w, generator=g) for h, w in shapes]
+    for k in (7, 100, 10_000):
+        for floor in (-math.inf, 1.5):
+            half = pp.select_candidates(low, box, 5, k, min_logit=floor)
+            full = pp.select_candidates([x.float() for x in low], box, 5, k, min_logit=floor)
+            for (hl, hi, hc, hb), (fl, fi, fc, fb) in zip(half, full):
+                assert hl.dtype == dtype and fl.dtype == torch.float32
+                assert hl.float().tolist() == fl.tolist()
+                # ties may come out in another order: the same (anchor, class) pairs, with the same box codes
+                pairs_half = sorted(zip((hi * 5 + hc).tolist(), hb.tolist()))
+                assert pairs_half == sorted(zip((fi * 5 + fc).tolist(), fb.tolist()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_selection_helpers_agree_with_torch(dtype):
+    """The k-th largest value and the indices at or above a threshold: numpy's answer (float32 / float64 on the
+    CPU) and torch's (other dtypes) are torch's kthvalue and nonzero."""
+    g = torch.Generator().manual_seed(8)
+    values = torch.randn(1000, generator=g).round(decimals=1).to(dtype)  # ties
+    for k in (1, 2, 500, 1000):
+        assert pp._kth_largest(values, k) == float(torch.kthvalue(values, 1000 - k + 1).values)
+    for threshold in (-5.0, 0.0, 0.3, 9.0):
+        got = pp._indices_at_least(values, threshold)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, torch.nonzero(values >= threshold).squeeze(1))
+
+
 def test_select_candidates_takes_the_networks_anchor_maxima():
     """The shortcut is taken, not just tolerated: maxima that hide the best anchor lose its pairs."""
     cls, box = flat_outputs_with_maxima(batch=1)

@@ -2,8 +2,8 @@
 official code: tf2/postprocess.py).
 
 Plain torch, and numpy for the greedy NMS loops (the few thousand candidate boxes are copied to the CPU whatever
-the device); torchvision's NMS kernel is used for hard NMS when it is importable (same results). Two things
-keep this fast where other ports are slow:
+the device) and for the top-k's selection steps on CPU tensors; torchvision's NMS kernel is used for hard NMS when
+it is importable (same results). Two things keep this fast where other ports are slow:
 
 - the top-k over anchor x class never materialises the ``[anchors, classes]`` matrix: the per-anchor maximum
   bounds the k-th best score, so only the classes of the k best anchors are ranked (exact, see
@@ -227,6 +227,41 @@ def vote_boxes(
     return torch.as_tensor(voted, dtype=boxes.dtype, device=boxes.device)
 
 
+def _numpy_view(x: torch.Tensor) -> np.ndarray | None:
+    """``x`` as a numpy array sharing its memory where numpy can (a CPU tensor of 32 or 64-bit floats), else None.
+
+    The selection steps below run in numpy there: ``np.partition`` and ``np.flatnonzero`` do in one pass what
+    ``torch.kthvalue`` (a copy, then the selection) and ``torch.nonzero`` (a count, then the indices) do in two,
+    without torch's per-op dispatch. Measured on D0's OpenVINO int8 outputs at 512 px (49,104 anchors x 90
+    classes; one thread of a 2-core Xeon, interleaved with the torch version): the whole post-processing 4.2 -> 3.1
+    ms, the same detections.
+    """
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None  # a GPU tensor, or bf16 / fp16 from autocast: torch's own ops
+    return x.detach().numpy()
+
+
+def _kth_largest(values: torch.Tensor, k: int) -> float:
+    """The ``k``-th largest of a 1-D tensor (``1 <= k <= len(values)``)."""
+    array = _numpy_view(values)
+    if array is None:
+        return float(torch.kthvalue(values, len(values) - k + 1).values)
+    return float(np.partition(array, len(array) - k)[len(array) - k])
+
+
+def _indices_at_least(values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Ascending indices of the entries of a 1-D tensor that are ``>= threshold`` (int64, on its device)."""
+    array = _numpy_view(values)
+    if array is None:
+        return torch.nonzero(values >= threshold).squeeze(1)
+    return torch.from_numpy(np.flatnonzero(array >= threshold).astype(np.int64, copy=False))
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat``, without its copy when there is one part (an exported file's one flat level)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class ClassOutputs(list):
     """A network's per-level class logits (the list every network returns), with each anchor's best logit where
     the network computed it.
@@ -264,7 +299,8 @@ def select_candidates(
     The work is done in the NCHW outputs' own order (anchor, class, position): the per-anchor maximum reduces over
     whole class planes, and the chosen anchors are visited plane by plane, so gathering their C logits reads
     each plane front to back instead of jumping between planes (measured on D0's largest level: half the time of
-    a position-major gather). Anchor indices are returned in the order of
+    a position-major gather). On the CPU the k-th best maximum and the lists of indices at or above it come from
+    numpy (:func:`_numpy_view`). Anchor indices are returned in the order of
     :func:`efficientdet.anchors.generate_anchors` (level, y, x, anchor).
     """
     b = class_outputs[0].shape[0]
@@ -281,17 +317,16 @@ def select_candidates(
         maxima = [cv.amax(2).view(b, -1) for cv, _ in levels]  # per level: each anchor's best logit [B, A*H*W]
     results = []
     for i in range(b):
-        best = torch.cat([level_best[i] for level_best in maxima])
-        if total * c <= topk or (min_logit > -math.inf and int((best >= min_logit).sum()) <= topk):
+        best = _cat([level_best[i] for level_best in maxima])
+        if total * c <= topk or (min_logit > -math.inf and len(_indices_at_least(best, min_logit)) <= topk):
             threshold = min_logit  # at most k anchors can reach it: no k-th best needed
-        else:
-            kth = torch.kthvalue(best, max(total - topk + 1, 1)).values  # the k-th largest per-anchor max
-            threshold = max(float(kth), min_logit)
+        else:  # the k-th largest per-anchor max
+            threshold = max(_kth_largest(best, min(topk, total)), min_logit)
         logits_parts, index_parts, code_parts = [], [], []
         offset = 0
         for (cv, bv), level_best in zip(levels, maxima):
             _, a, _, hw = cv.shape
-            plane_idx = torch.nonzero(level_best[i] >= threshold).squeeze(1)  # anchor * H*W + position, sorted
+            plane_idx = _indices_at_least(level_best[i], threshold)  # anchor * H*W + position, ascending
             if hw == 1:  # a flat level (an exported file's): rows of one [A, C] matrix
                 logits_parts.append(cv[i, :, :, 0].index_select(0, plane_idx))
                 code_parts.append(bv[i, :, :, 0].index_select(0, plane_idx))
@@ -302,8 +337,8 @@ def select_candidates(
                 code_parts.append(bv[i][anchor, :, position])
                 index_parts.append(position * a + anchor + offset)
             offset += a * hw
-        logits, anchor_idx, codes = torch.cat(logits_parts), torch.cat(index_parts), torch.cat(code_parts)
-        flat = torch.nonzero(logits.reshape(-1) >= threshold).squeeze(1)  # the top k are all >= t: rank fewer
+        logits, anchor_idx, codes = _cat(logits_parts), _cat(index_parts), _cat(code_parts)
+        flat = _indices_at_least(logits.reshape(-1), threshold)  # the top k are all >= t: rank fewer
         top, pos = torch.topk(logits.reshape(-1)[flat], min(topk, flat.numel()))
         flat = flat[pos]
         row = torch.div(flat, c, rounding_mode="floor")
