@@ -150,6 +150,18 @@ def test_stacked_batch_is_channels_last_with_the_same_values():
     assert torch.equal(batch, torch.stack(images))
 
 
+def test_a_batch_of_one_is_the_image_itself_channels_last():
+    """One image: no copy (a view of its memory), still channels-last, and a C-contiguous NHWC array for the
+    runtimes that read the memory in place."""
+    rng = np.random.default_rng(2)
+    image = eval_transform(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), 64, MEAN, STD).image
+    batch = stack_images([image])
+    assert batch.shape == (1, 3, 64, 64) and batch.is_contiguous(memory_format=torch.channels_last)
+    assert batch.data_ptr() == image.data_ptr() and torch.equal(batch[0], image)
+    nhwc = batch.permute(0, 2, 3, 1).contiguous().numpy()
+    assert nhwc.flags.c_contiguous and np.shares_memory(nhwc, image.numpy())
+
+
 class _Fixed:
     """An rng whose uniform draws are given: (brightness, contrast, saturation) factors chosen by hand."""
 
