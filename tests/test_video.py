@@ -379,3 +379,24 @@ def test_live_sources_batch_what_has_arrived(clip, checkpoint, full_run, paralle
         got = jsonl_record(result)
         assert got["labels"] == line["labels"]
         np.testing.assert_allclose(got["boxes"], line["boxes"], atol=0.02)
+
+
+def test_video_speed_benchmark_encodes_each_run_with_its_own_x264_options():
+    """benchmarks/video_speed.py swaps the encoder settings per run: the project's own run must encode with the
+    project's X264_OPTIONS (the benchmark once emptied them, so its "video" row was timed with x264's default preset),
+    a ``--x264`` run with its options, and the project's settings come back afterwards."""
+    from conftest import REPO
+
+    from efficientdet.inference import video as video_module
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import video_speed
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    project = dict(video_module.X264_OPTIONS)
+    with video_speed.x264_options(video_module.X264_OPTIONS):  # the project's run passes the dict itself
+        assert project == video_module.X264_OPTIONS
+    with video_speed.x264_options({"preset": "ultrafast"}):
+        assert video_module.X264_OPTIONS == {"preset": "ultrafast"}
+    assert project == video_module.X264_OPTIONS
