@@ -1,11 +1,19 @@
-"""Training samples per second from camera-size photos, decoded in full and at libjpeg's reduced scales.
+"""Training samples, evaluation samples and predictions per second from camera-size photos, decoded in full and
+at libjpeg's reduced scales.
 
 Writes raccoon ``train`` images enlarged to camera sizes (long side 4032 px: a 12-megapixel phone photo; 1920 px:
-Full HD) as JPEGs in a temporary folder, then times ``DetectionDataset`` samples (training transforms at 448 px,
-scale jitter 0.5-1.5: what ``efficientdet train`` runs on a small dataset) with ``reduced_decoding`` on (the default)
-and off, interleaved round by round in one process. One sample at a time on the calling thread: what a 0-worker
-loader does, the default on a CPU of at most 4 cores. Of the raccoon photos themselves (most ~650 px) only one is
-reduced at 448 px: raccoon-183.jpg (2000 x 1333), at 1/2.
+Full HD) as JPEGs in a temporary folder, then times, each with reduced decoding (the default) and in full,
+interleaved round by round in one process:
+- ``train``: ``DetectionDataset`` training samples (transforms at 448 px, scale jitter 0.5-1.5: what ``efficientdet
+  train`` runs on a small dataset);
+- ``eval``: evaluation samples (resized to 448 px, what ``eval`` and the in-training evaluation load);
+- ``predict``: a Lite0 ``Detector`` at 448 px (random weights, BN folded as ``predict`` runs it, score threshold
+  0.3) from the file to detections: ``Detector(path)`` decodes at the reduced scale, the full row passes the fully
+  decoded picture (what ``predict --no-draw`` did before it decoded files reduced; a drawn ``predict`` decodes the
+  picture in full as well, to draw on).
+One image at a time on the calling thread: what a 0-worker loader does, the default on a CPU of at most 4 cores.
+Of the raccoon photos themselves (most ~650 px) only one is reduced at 448 px: raccoon-183.jpg (2000 x 1333), at
+1/2.
 
     python benchmarks/photo_decoding.py --data ../shared/datasets/raccoon --images 16 --rounds 3
 """
@@ -22,8 +30,11 @@ import torch
 from PIL import Image
 
 from efficientdet.data.dataset import DetectionDataset
+from efficientdet.data.images import load_image
 from efficientdet.data.readers import read_dataset
 from efficientdet.data.records import ImageRecord
+from efficientdet.inference import Detector
+from efficientdet.models.factory import create_model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -48,6 +59,22 @@ def samples_per_second(dataset: DetectionDataset) -> float:
     return len(dataset) / (time.perf_counter() - start)
 
 
+def predictions_per_second(detector: Detector, records: list[ImageRecord], reduced: bool) -> float:
+    """Files to detections, one at a time: ``Detector(path)`` (reduced decoding) or the fully decoded picture."""
+    start = time.perf_counter()
+    for rec in records:
+        detector(rec.path if reduced else load_image(rec.path))
+    return len(records) / (time.perf_counter() - start)
+
+
+def rate(what: str, reduced: bool, records: list[ImageRecord], detector: Detector) -> float:
+    """Images per second of ``what`` (train, eval or predict) with reduced decoding or in full."""
+    if what == "predict":
+        return predictions_per_second(detector, records, reduced)
+    return samples_per_second(DetectionDataset(records, 448, MEAN, STD, train=what == "train",
+                                               reduced_decoding=reduced))  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/datasets/raccoon")
@@ -57,22 +84,23 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    detector = Detector(create_model("efficientdet-lite0", num_classes=1), image_size=448, score_threshold=0.3,
+                        optimize=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="efficientdet-photos-") as tmp:
         for long_side in args.sizes:
             records = enlarged_records(args.data, args.images, long_side, Path(tmp))
-            datasets = {
-                "reduced": DetectionDataset(records, 448, MEAN, STD, train=True),
-                "full": DetectionDataset(records, 448, MEAN, STD, train=True, reduced_decoding=False),
-            }
-            rates: dict[str, list[float]] = {name: [] for name in datasets}
+            runs = [(what, reduced) for what in ("train", "eval", "predict") for reduced in (True, False)]
+            rates: dict[tuple[str, bool], list[float]] = {key: [] for key in runs}
             for _ in range(args.rounds):
-                for name, dataset in datasets.items():
-                    rates[name].append(samples_per_second(dataset))
-            reduced, full = (statistics.median(rates[name]) for name in ("reduced", "full"))
-            sample = datasets["reduced"][0]
-            print(f"long side {long_side} px (decoded at {sample.frame.image_width} px wide): "
-                  f"reduced {reduced:.1f} samples/s, full {full:.1f} samples/s, {reduced / full:.2f}x "
-                  f"({args.images} photos, {args.rounds} rounds, {args.threads} threads)")  # fmt: skip
+                for what, reduced in runs:
+                    rates[(what, reduced)].append(rate(what, reduced, records, detector))
+            width = DetectionDataset(records, 448, MEAN, STD, train=True)[0].frame.image_width
+            eval_width = DetectionDataset(records, 448, MEAN, STD)[0].frame.image_width
+            print(f"long side {long_side} px (decoded {width} px wide for training, {eval_width} px for evaluation "
+                  f"and prediction; {args.images} photos, {args.rounds} rounds, {args.threads} threads):")  # fmt: skip
+            for what in ("train", "eval", "predict"):
+                reduced, full = (statistics.median(rates[(what, flag)]) for flag in (True, False))
+                print(f"  {what:8s} reduced {reduced:6.1f}/s, full {full:6.1f}/s, {reduced / full:.2f}x", flush=True)
     return 0
 
 

@@ -18,10 +18,12 @@ from PIL import Image
 
 from efficientdet.data.dataset import DetectionDataset
 from efficientdet.data.frames import orient_boxes, resolve_frame
+from efficientdet.data.images import decode_image, load_image
 from efficientdet.data.readers import read_dataset
 from efficientdet.data.records import ImageRecord
 from efficientdet.data.transforms import eval_transform
 from efficientdet.evaluation.validate import evaluate_model, validate
+from efficientdet.inference import Detector
 from efficientdet.models.config import get_config
 from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.labeler import AnchorLabeler
@@ -163,10 +165,11 @@ def test_orient_boxes_moves_boxes_with_pixels(tmp_path, orientation):
     assert frame.to_annotation(moved)[0].tolist() == pytest.approx([7, 4, 20, 10])
 
 
-def test_large_photo_decoded_reduced_for_training_keeps_boxes_exact(tmp_path):
+def test_large_photo_decoded_reduced_for_training_and_evaluation_keeps_boxes_exact(tmp_path):
     """A 640x320 JPEG trained at 64 px is decoded at 1/8 (80x40): it only has to cover 64x32. The object at x
-    200..600, y 100..300 of the file is at x 20..60, y 10..30 on the input (scale 0.1). Evaluation decodes in full
-    (what ``predict`` does) and finds it there too, detections coming back in the file's pixels."""
+    200..600, y 100..300 of the file is at x 20..60, y 10..30 on the input (scale 0.1). Evaluation decodes at 1/8
+    too (as ``predict`` does for the network) and finds it there, detections coming back in the file's pixels;
+    ``reduced_decoding=False`` decodes in full."""
     pixels = np.random.default_rng(0).integers(0, 255, (320, 640, 3), dtype=np.uint8)
     write_voc(tmp_path, Image.fromarray(pixels), (640, 320), [200, 100, 600, 300])
     data = read_dataset(tmp_path, "voc", "val")
@@ -178,8 +181,11 @@ def test_large_photo_decoded_reduced_for_training_keeps_boxes_exact(tmp_path):
     jittered = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1), train=True, scale_range=(0.5, 1.5))
     assert jittered[0].frame.image_width == 160
     evaluated = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1))[0]
-    assert evaluated.frame.image_width == 640
+    assert (evaluated.frame.image_width, evaluated.frame.image_height) == (80, 40)  # decoded at 1/8
     assert evaluated.data.boxes[0].tolist() == pytest.approx(expected_input, abs=1e-4)
+    full = DetectionDataset(data.records, SIZE, (0, 0, 0), (1, 1, 1), reduced_decoding=False)[0]
+    assert full.frame.image_width == 640
+    assert full.data.boxes[0].tolist() == pytest.approx(expected_input, abs=1e-4)
     result = evaluate_model(OracleModel([expected_input], [0]), data, SIZE, batch_size=1)
     assert result.metrics["AP"] == pytest.approx(1.0)
     assert result.detections[0]["boxes"][0].tolist() == pytest.approx([200, 100, 600, 300], abs=0.05)
@@ -210,3 +216,64 @@ def test_reduced_decoding_feeds_the_network_nearly_the_same_pixels(tmp_path):
     assert reduced.frame.image_width == 650 and full.frame.image_width == 2600
     difference = (reduced.data.image - full.data.image).abs()
     assert float(difference.mean()) < 1 and float(difference.quantile(0.99)) <= 4  # measured: 0.2 and 1
+
+
+def spy_decodes(monkeypatch, module) -> list[int]:
+    """The reduction factor of every ``decode_image`` call that ``module`` makes (1: decoded in full)."""
+    reductions: list[int] = []
+
+    def spy(*args, **kwargs):
+        decoded = decode_image(*args, **kwargs)
+        reductions.append(decoded.reduction)
+        return decoded
+
+    monkeypatch.setattr(module, "decode_image", spy)
+    return reductions
+
+
+def test_detector_decodes_a_large_photo_file_reduced_and_answers_in_its_pixels(tmp_path, monkeypatch):
+    """``Detector(path)`` runs the network on the 1/8 decoding of a 640x320 JPEG (all a 64 px input needs) and gives
+    the box in the file's full-resolution pixels, as for the same picture passed fully decoded."""
+    import efficientdet.inference.detector as detector_module
+
+    pixels = np.random.default_rng(2).integers(0, 255, (320, 640, 3), dtype=np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pixels).save(path, quality=95)
+    reductions = spy_decodes(monkeypatch, detector_module)
+    detector = Detector(OracleModel([[20, 10, 60, 30]], [0]), image_size=SIZE, score_threshold=0.5)
+    from_file = detector(str(path))[0]
+    from_array = detector(load_image(path))[0]
+    assert reductions == [8]
+    assert from_file["boxes"][0].tolist() == pytest.approx([200, 100, 600, 300], abs=0.05)
+    assert from_array["boxes"][0].tolist() == pytest.approx([200, 100, 600, 300], abs=0.05)
+
+
+@pytest.mark.parametrize("draw", [True, False])
+def test_predict_runs_the_network_on_the_reduced_decoding_and_draws_in_full(tmp_path, monkeypatch, draw):
+    """``predict`` feeds the network what ``eval`` scores (the 1/8 decoding of a 640x320 JPEG at 64 px), so its
+    detections are the same with and without drawing; the drawn copy is the full picture, decoded a second time
+    only because it is drawn on."""
+    import efficientdet.inference.detector as detector_module
+    import efficientdet.inference.predict as predict_module
+
+    pixels = np.random.default_rng(3).integers(0, 255, (320, 640, 3), dtype=np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pixels).save(path, quality=95)
+    network_decodes = spy_decodes(monkeypatch, detector_module)  # Detector.decode
+    full_decodes = spy_decodes(monkeypatch, predict_module)
+    model = OracleModel([[20, 10, 60, 30]], [0])
+    model.class_names = ["thing"]
+    out = tmp_path / "out"
+    summary = predict_module.predict([path], model, out, image_size=SIZE, device="cpu", draw=draw, optimize=False,
+                                     save_txt=True)  # fmt: skip
+    assert summary.exit_code == 0 and summary.detections == 1
+    assert network_decodes == [8] and full_decodes == ([1] if draw else [])
+    entry = json.loads((out / "detections.json").read_text())[0]
+    assert entry["bbox"] == pytest.approx([200, 100, 400, 200], abs=0.05)  # x, y, w, h in the file's pixels
+    cx, cy, w, h = map(float, (out / "labels" / "big.txt").read_text().split()[1:])
+    assert [cx, cy, w, h] == pytest.approx([400 / 640, 200 / 320, 400 / 640, 200 / 320], abs=1e-4)
+    if draw:
+        with Image.open(out / "big.jpg") as drawn:
+            assert drawn.size == (640, 320)
+    else:
+        assert not (out / "big.jpg").exists()

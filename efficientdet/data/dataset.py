@@ -51,12 +51,13 @@ class Sample:
 class DetectionDataset(Dataset):
     """Loads, augments (``train=True``) or just resizes each image to the model input size.
 
-    In training, a JPEG more than twice as large as the largest size a sample can be scaled to (the input size
-    times the top of ``scale_range``) is decoded at 1/2, 1/4 or 1/8 of its resolution (``reduced_decoding``,
-    :func:`efficientdet.data.images.decode_image`): camera photos train about twice as fast, boxes stay exact (the
-    sample's frame carries the reduction), and the network sees the same size of picture, its pixels a fraction of
-    a grey level from a full decoding's on average. Evaluation decodes in full, as prediction does, so that it
-    scores exactly what ``predict`` gives.
+    A JPEG more than twice as large as the largest size a sample can be scaled to (in training the input size
+    times the top of ``scale_range``, in evaluation the input size) is decoded at 1/2, 1/4 or 1/8 of its resolution
+    (``reduced_decoding``, :func:`efficientdet.data.images.decode_image`): camera photos train about twice as fast
+    and evaluate several times faster, boxes stay exact (the sample's frame carries the reduction), and the network
+    sees the same size of picture, its pixels a fraction of a grey level from a full decoding's on average.
+    Prediction decodes files for the network the same way (:meth:`efficientdet.inference.Detector.preprocess`), so
+    that evaluation scores exactly what ``predict`` gives.
     """
 
     def __init__(
@@ -89,10 +90,10 @@ class DetectionDataset(Dataset):
         self.erase = erase  # probability of each box getting a randomly erased patch (training only)
         self.seed = seed
         self.epoch = 0
-        # the largest (H, W) a training sample is shrunk to fit in: what a reduced decoding must still cover
+        # the largest (H, W) a sample is shrunk to fit in: what a reduced decoding must still cover
         height, width = size_hw(image_size)
-        top = scale_range[1]
-        self.decode_fit = (math.ceil(height * top), math.ceil(width * top)) if train and reduced_decoding else None
+        top = scale_range[1] if train else 1.0
+        self.decode_fit = (math.ceil(height * top), math.ceil(width * top)) if reduced_decoding else None
 
     def set_epoch(self, epoch: int) -> None:
         """Changes the augmentation draw; loaders must be re-created (non-persistent workers) to see it."""

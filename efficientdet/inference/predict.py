@@ -64,7 +64,7 @@ import torch
 from PIL import Image
 
 from ..data.coco_format import detections_to_coco
-from ..data.images import ImageReadError, image_size, load_image
+from ..data.images import ImageReadError, decode_image, image_size
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
 from ..utils.atomic import atomic_open
@@ -251,7 +251,7 @@ def output_names(images: Sequence[SourceImage], output: str | os.PathLike) -> li
 
 @contextlib.contextmanager
 def _pixel_limit(max_pixels: int) -> Iterator[None]:
-    """Pillow's global bomb check off for the run (``read_image`` applies ``max_pixels``), restored afterwards."""
+    """Pillow's global bomb check off for the run (``check_pixels`` applies ``max_pixels``), restored afterwards."""
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -260,10 +260,10 @@ def _pixel_limit(max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """``load_image`` after a header-only size check against ``max_pixels`` (0: no limit).
+def check_pixels(path: str | os.PathLike, max_pixels: int) -> None:
+    """Raise ``ImageReadError`` if the image file ``path`` has more than ``max_pixels`` pixels (0: no limit).
 
-    Checking the header first means an oversized file is refused before hundreds of megabytes are decoded.
+    From the header alone: an oversized file is refused before hundreds of megabytes are decoded.
     """
     if max_pixels:
         width, height = image_size(path)
@@ -272,7 +272,6 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                 f"{path}: cannot read image ({width}x{height} = {width * height:,} pixels is over the limit of "
                 f"{max_pixels:,}; raise it with --max-pixels, 0 for none)"
             )
-    return load_image(path)
 
 
 def _save_drawn(image: Image.Image, path: Path) -> None:
@@ -470,7 +469,13 @@ def predict(
         pixels = 0
         for index, img in enumerate(images):
             try:
-                array = read_image(img.path, max_pixels)
+                check_pixels(img.path, max_pixels)
+                # the network's input as `eval` decodes it (a camera photo at a reduced scale); tiles, drawings
+                # and crops need the full picture, a second decoding where the first was reduced
+                decoded = None if tile else detector.decode(img.path)
+                full = decoded.pixels if decoded is not None and decoded.reduction == 1 else None
+                if full is None and keep_pixels:
+                    full = decode_image(img.path).pixels
             except ImageReadError as exc:
                 fail(str(img.path), str(exc))
                 bar.update(1)
@@ -479,13 +484,15 @@ def predict(
                 fail(str(img.path), f"{img.path}: cannot read image (out of memory)")
                 bar.update(1)
                 continue
-            if tile:  # pre-processed tile by tile when its batch runs
-                tensor, scales, sizes = None, [1.0], [array.shape[:2]]
+            if decoded is None:  # tiled: pre-processed tile by tile when its batch runs
+                tensor, scales, sizes = None, [1.0], [full.shape[:2]]
             else:
-                tensor, scales, sizes = detector.preprocess([array])
-            pixels += array.shape[0] * array.shape[1]
-            batch.append((index, array if keep_pixels else None, tensor, scales[0], sizes[0]))
-            del array  # held by the batch only (to be drawn on), so it is freed once drawn
+                tensor, scales, sizes = detector.preprocess([decoded])
+            held = full if keep_pixels else None
+            counted = held if held is not None else decoded.pixels
+            pixels += counted.shape[0] * counted.shape[1]
+            batch.append((index, held, tensor, scales[0], sizes[0]))
+            del decoded, full, held, counted  # held by the batch only (to be drawn on): freed once drawn
             if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET or tile:
                 run_batch()
                 pixels = 0
