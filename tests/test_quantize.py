@@ -520,3 +520,19 @@ def test_chunked_calibration_keeps_the_minmax_ranges(tiny_files, tmp_path, monke
     assert all(np.isclose(scales[0][k], scales[1][k], rtol=1e-6) for k in scales[0])
     # the input's range is the first (widest, |x| up to ~17) image's, not the last chunk's (~4): merged, not replaced
     assert scales[0]["images_scale"] > 0.09
+
+
+def test_calibration_sees_a_photo_as_prediction_feeds_it_to_the_network(tmp_path):
+    """int8 ranges are calibrated on the network's real input: a 640x320 JPEG at 64 px is pre-processed from its
+    1/8 decoding, exactly as ``Detector`` (and so ``predict`` and ``eval``) pre-processes the file."""
+    from PIL import Image
+
+    from efficientdet.export.quantize import batches_from_paths
+
+    pixels = np.random.default_rng(4).integers(0, 255, (320, 640, 3), dtype=np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pixels).save(path, quality=95)
+    detector = Detector(efficientdet.create_model("efficientdet-lite0", num_classes=1), image_size=64)
+    expected = detector.preprocess([str(path)])[0].cpu().contiguous().numpy()
+    [batch] = batches_from_paths([str(path)], 64, detector.config.mean, detector.config.std, count=1)
+    np.testing.assert_array_equal(batch, expected)

@@ -118,15 +118,20 @@ def batches_from_paths(
     batch_size: int = 1,
     source: str = "calibration images",
 ) -> list[np.ndarray]:
-    """:func:`calibration_batches` for a list of image files (``source`` names them in errors)."""
-    from ..data.images import ImageReadError, load_image
-    from ..data.transforms import eval_transform
+    """:func:`calibration_batches` for a list of image files (``source`` names them in errors).
+
+    Each file is decoded as prediction decodes it for the network (a large JPEG at a reduced scale,
+    :meth:`efficientdet.inference.Detector.decode`), so that the ranges are calibrated on the inputs the
+    quantised network will get.
+    """
+    from ..data.images import ImageReadError, decode_image
+    from ..data.transforms import eval_transform, size_hw
 
     picks = np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))
     images = []
     for i in picks:
         try:
-            array = load_image(paths[i])
+            array = decode_image(paths[i], size_hw(image_size)).pixels
         except ImageReadError:
             continue
         images.append(eval_transform(array, image_size, tuple(mean), tuple(std)).image.numpy())
