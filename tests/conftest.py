@@ -46,6 +46,22 @@ def tiny_detector_checkpoint(path: Path, class_names: list[str]) -> Path:
     return path
 
 
+def spy_decodes(monkeypatch, module) -> list[int]:
+    """The reduction factor of every ``decode_image`` call that ``module`` makes from now on (1: decoded in full):
+    ``module``'s name for it is replaced by a wrapper that records and passes the call on."""
+    from efficientdet.data.images import decode_image
+
+    reductions: list[int] = []
+
+    def spy(*args, **kwargs):
+        decoded = decode_image(*args, **kwargs)
+        reductions.append(decoded.reduction)
+        return decoded
+
+    monkeypatch.setattr(module, "decode_image", spy)
+    return reductions
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module of many tiny tensors: thread hand-offs cost more than the work (on a busy

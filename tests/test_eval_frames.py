@@ -13,12 +13,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, require_shared
+from conftest import SHARED, require_shared, spy_decodes
 from PIL import Image
 
 from efficientdet.data.dataset import DetectionDataset
 from efficientdet.data.frames import orient_boxes, resolve_frame
-from efficientdet.data.images import decode_image, load_image
+from efficientdet.data.images import load_image
 from efficientdet.data.readers import read_dataset
 from efficientdet.data.records import ImageRecord
 from efficientdet.data.transforms import eval_transform
@@ -216,19 +216,6 @@ def test_reduced_decoding_feeds_the_network_nearly_the_same_pixels(tmp_path):
     assert reduced.frame.image_width == 650 and full.frame.image_width == 2600
     difference = (reduced.data.image - full.data.image).abs()
     assert float(difference.mean()) < 1 and float(difference.quantile(0.99)) <= 4  # measured: 0.2 and 1
-
-
-def spy_decodes(monkeypatch, module) -> list[int]:
-    """The reduction factor of every ``decode_image`` call that ``module`` makes (1: decoded in full)."""
-    reductions: list[int] = []
-
-    def spy(*args, **kwargs):
-        decoded = decode_image(*args, **kwargs)
-        reductions.append(decoded.reduction)
-        return decoded
-
-    monkeypatch.setattr(module, "decode_image", spy)
-    return reductions
 
 
 def test_detector_decodes_a_large_photo_file_reduced_and_answers_in_its_pixels(tmp_path, monkeypatch):

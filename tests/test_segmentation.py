@@ -460,25 +460,37 @@ def test_cli_errors(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------- Segmenter
 
 
-def _direct_masks(model, images, img_size):
+def _direct_masks(model, images, img_size, out_sizes=None):
     """The masks prediction and evaluation computed before the Segmenter, written out here: the network on the
-    image resized (longer side ``img_size``, no padding), logits upsampled bilinearly to the image, arg-max."""
+    image resized (longer side ``img_size``, no padding), logits upsampled bilinearly to the image (or to
+    ``out_sizes``: a file's full size where the image is its reduced decoding), arg-max."""
     from efficientdet.data.segmentation import eval_resize
     from efficientdet.data.transforms import normalise
 
     masks = []
     with torch.no_grad():
-        for image in images:
+        for i, image in enumerate(images):
             x = normalise(eval_resize(image, img_size), model.config.mean, model.config.std)[None]
             logits = model.eval()(x)
-            logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+            size = image.shape[:2] if out_sizes is None else out_sizes[i]
+            logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
             masks.append(logits[0].argmax(0))
     return masks
 
 
+def _file_masks(model, paths, img_size):
+    """:func:`_direct_masks` of image files as a file reaches the network: decoded to cover ``img_size`` (the
+    shared CamVid's 480x360 JPEGs at 1/4 for 64 px), the masks at the files' full size."""
+    from efficientdet.data.images import decode_image
+
+    decoded = [decode_image(p, (img_size, img_size)) for p in paths]
+    assert all(d.reduction == 4 for d in decoded)
+    return _direct_masks(model, [d.pixels for d in decoded], img_size, [d.full_size[::-1] for d in decoded])
+
+
 def test_segmenter_masks_are_the_models_at_every_entry_point(trained_run, tmp_path):
     """``Segmenter`` (paths, arrays, a checkpoint), ``segment_image`` and ``predict_segmentation``'s PNGs all give
-    the masks of a plain forward + upsampling + arg-max."""
+    the masks of a plain forward + upsampling + arg-max (of the reduced decoding a file reaches the network as)."""
     from efficientdet.data.images import load_image
     from efficientdet.inference.segmentation import segment_image
 
@@ -486,7 +498,7 @@ def test_segmenter_masks_are_the_models_at_every_entry_point(trained_run, tmp_pa
     model = efficientdet.load_checkpoint(out / "best.pt")
     paths = sorted((root / "val").iterdir())
     images = [load_image(p) for p in paths]
-    expected = _direct_masks(model, images, 64)
+    expected = _file_masks(model, paths, 64)
     assert all(len(torch.unique(m)) > 1 for m in expected)  # trained: several classes per picture
     results = Segmenter(model, image_size=64)(paths, return_logits=True)
     for result, want, image in zip(results, expected, images, strict=True):
@@ -494,8 +506,9 @@ def test_segmenter_masks_are_the_models_at_every_entry_point(trained_run, tmp_pa
         assert torch.equal(result["mask"], want)
         assert tuple(result["logits"].shape) == (11, *image.shape[:2])
         assert torch.equal(result["logits"].argmax(0), want)
-    assert torch.equal(Segmenter.from_checkpoint(out / "best.pt", image_size=64)(images[0])[0]["mask"], expected[0])
-    assert np.array_equal(segment_image(model, images[1], 64), expected[1].numpy())
+    from_arrays = _direct_masks(model, images[:2], 64)  # arrays are used as they are
+    assert torch.equal(Segmenter.from_checkpoint(out / "best.pt", image_size=64)(images[0])[0]["mask"], from_arrays[0])
+    assert np.array_equal(segment_image(model, images[1], 64), from_arrays[1].numpy())
     written = predict_segmentation(model, paths, tmp_path / "pred", img_size=64)
     for r, want in zip(written, expected, strict=True):
         assert np.array_equal(np.asarray(Image.open(r["mask"])), want.numpy())
@@ -503,7 +516,6 @@ def test_segmenter_masks_are_the_models_at_every_entry_point(trained_run, tmp_pa
 
 def test_segmentation_evaluation_counts_the_segmenters_masks(trained_run):
     """``evaluate_segmentation`` scores exactly those masks (a batch of one: no padding) against the mask files."""
-    from efficientdet.data.images import load_image
     from efficientdet.evaluation.segmentation import evaluate_segmentation
 
     root, out = trained_run
@@ -512,7 +524,7 @@ def test_segmentation_evaluation_counts_the_segmenters_masks(trained_run):
     metrics = evaluate_segmentation(model, data, 11, 11, img_size=64, batch_size=1)
     assert model.training  # restored
     confusion = ConfusionMatrix(11)
-    for pair, mask in zip(data.pairs, _direct_masks(model, [load_image(p.image) for p in data.pairs], 64)):
+    for pair, mask in zip(data.pairs, _file_masks(model, [p.image for p in data.pairs], 64)):
         confusion.update(mask, torch.from_numpy(to_targets(load_mask(pair.mask), 11, 11)))
     expected = confusion.compute()
     assert metrics["mIoU"] == expected["mIoU"] and metrics["pixel_acc"] == expected["pixel_acc"]

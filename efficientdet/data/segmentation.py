@@ -15,6 +15,7 @@ data-loader worker halfway through an epoch.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import ImageReadError, image_size, load_image
+from .images import ImageReadError, decode_image, image_size
 from .readers import IMAGE_EXTENSIONS, DatasetError, _images_by_stem, _read_class_file, _read_voc_split
 from .transforms import normalise, normalise_padded, rescale_image, resize_image, scaled_size, size_hw
 
@@ -278,8 +279,9 @@ def train_transform(
     """Flip, scale-jitter and random-crop an image and its targets together.
 
     At factor 1 the longer side becomes ``img_size`` (the evaluation scale); the factor is drawn from
-    ``scale_range``. The crop is ``crop_size``; where the scaled image is smaller it is padded (image with the mean
-    colour, targets with IGNORE, so padding is never learnt as a class).
+    ``scale_range``. The targets may cover the same picture at a higher resolution (the image decoded at a reduced
+    scale): both are resized to the same output size. The crop is ``crop_size``; where the scaled image is smaller
+    it is padded (image with the mean colour, targets with IGNORE, so padding is never learnt as a class).
     """
     ch, cw = size_hw(crop_size)
     if rng.random() < hflip:
@@ -327,6 +329,12 @@ class SegmentationDataset(Dataset):
 
     Augmentation randomness comes from ``(seed, epoch, index)`` alone, as in detection, so a sample is the same in
     any worker and after ``--resume``.
+
+    As in detection (:class:`efficientdet.data.dataset.DetectionDataset`), a JPEG more than twice as large as the
+    longest side a sample is scaled to (``img_size``, in training times the top of ``scale_range``) is decoded at
+    1/2, 1/4 or 1/8 of its resolution (``reduced_decoding``); the mask stays at full resolution and is resized with
+    the picture (training) or scored at its own size (evaluation), as :class:`~efficientdet.inference.Segmenter`
+    does with a file.
     """
 
     def __init__(
@@ -342,6 +350,7 @@ class SegmentationDataset(Dataset):
         scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
         hflip: float = 0.5,
         seed: int = 0,
+        reduced_decoding: bool = True,
     ) -> None:
         if train and img_size is None:
             raise ValueError("training needs an img_size")
@@ -353,6 +362,9 @@ class SegmentationDataset(Dataset):
         self.train = train
         self.scale_range, self.hflip = tuple(scale_range), hflip
         self.seed, self.epoch = seed, 0
+        # the longest side a sample is scaled to: what a reduced decoding must still cover (None: always in full)
+        longest = None if img_size is None else math.ceil(int(img_size) * (self.scale_range[1] if train else 1.0))
+        self.decode_fit = (longest, longest) if reduced_decoding and longest is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -363,13 +375,15 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         pair = self.pairs[index]
         try:
-            image = load_image(pair.image)
+            decoded = decode_image(pair.image, self.decode_fit)
         except ImageReadError as e:
             raise DatasetError(str(e)) from e
+        image = decoded.pixels  # the picture at 1/decoded.reduction of the mask's resolution
         mask = load_mask(pair.mask)
-        if mask.shape != image.shape[:2]:
+        width, height = decoded.full_size
+        if mask.shape != (height, width):
             raise DatasetError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
-                               f"{pair.image} is {image.shape[1]}x{image.shape[0]}")  # fmt: skip
+                               f"{pair.image} is {width}x{height}")  # fmt: skip
         targets = to_targets(mask, self.num_classes, self.ignore_index, pair.mask)
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])

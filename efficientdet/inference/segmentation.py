@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import load_image
+from ..data.images import decode_image
 from ..data.readers import IMAGE_EXTENSIONS
 from ..models.segmenter import EfficientDetSegmentation
 from ..utils.atomic import atomic_open
@@ -126,8 +126,11 @@ def predict_segmentation(
     results = []
     paths = _collect_images(images)
     for path, stem in zip(paths, _distinct_stems(paths)):
-        image = load_image(path)
-        ids = segment_image(segmenter, image)
+        # the network's input as evaluation decodes it; the overlay is drawn on the full picture (decoded a second
+        # time only where the first decoding was reduced)
+        decoded = segmenter.decode(path)
+        ids = segmenter(decoded)[0]["mask"].numpy()
+        image = decoded.pixels if decoded.reduction == 1 else decode_image(path).pixels
         overlay_path = out / f"{stem}_overlay.png"
         _save_png(Image.fromarray(overlay(image, ids, alpha, palette)), overlay_path)
         mask_path = None

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data.images import DecodedImage, decode_image
 from ..data.segmentation import eval_resize
 from ..data.transforms import normalise
 from ..models.factory import load_checkpoint
 from ..models.fuse import to_model_layout, uses_channels_last
 from ..models.segmenter import EfficientDetSegmentation
-from .detector import ImageInput, _as_rgb_array, as_image_list
+from .detector import ImageInput, as_image_list, network_pixels
 
 
 class Segmenter:
@@ -72,6 +73,11 @@ class Segmenter:
         with amp:
             return self.model(batch)
 
+    def decode(self, path: str | os.PathLike) -> DecodedImage:
+        """The image file ``path`` decoded for this segmenter's input: a JPEG more than twice the input size at 1/2,
+        1/4 or 1/8 of its resolution, anything else in full (``Detector.decode``'s rule)."""
+        return decode_image(path, (self.image_size, self.image_size))
+
     @torch.no_grad()
     def predict_tensor(
         self,
@@ -107,16 +113,18 @@ class Segmenter:
         ``logits``, float32 ``[K, H, W]`` at that size, with ``return_logits``); tensors on the CPU.
 
         Accepts what :class:`~efficientdet.inference.Detector` does: a file path, PIL image or HxWx3 uint8 array,
-        a list of those, or a float RGB tensor ``[B, 3, H, W]`` in [0, 1]. Images run one at a time, each at its
-        own aspect ratio without padding (they rarely share a size, and padding would change the logits near
-        the bottom/right border).
+        a list of those, or a float RGB tensor ``[B, 3, H, W]`` in [0, 1]; a file is decoded as :meth:`decode`
+        says (a large JPEG at a reduced scale, as evaluation decodes it), its mask still at full resolution. Images
+        run one at a time, each at its own aspect ratio without padding (they rarely share a size, and padding
+        would change the logits near the bottom/right border).
         """
         results = []
-        for image in as_image_list(images):
-            array = _as_rgb_array(image)
+        items = [images] if isinstance(images, DecodedImage) else as_image_list(images)
+        for image in items:
+            array, _, full_hw = network_pixels(image, (self.image_size, self.image_size))
             resized = eval_resize(array, self.image_size)
             x = normalise(resized, self.config.mean, self.config.std)[None]
-            (item,) = self.predict_tensor(x, [resized.shape[:2]], [array.shape[:2]], return_logits=return_logits)
+            (item,) = self.predict_tensor(x, [resized.shape[:2]], [full_hw], return_logits=return_logits)
             if return_logits:
                 mask, logits = item
                 results.append({"mask": mask.cpu(), "logits": logits.cpu()})

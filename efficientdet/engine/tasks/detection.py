@@ -181,16 +181,6 @@ class TrainConfig(RecipeConfig):
             "probability that each training box gets a random patch inside it erased (0: off)"
         ),
     )
-    # Camera photos decode several times faster at libjpeg's reduced scales (efficientdet.data.images); the pixels
-    # differ from a full decoding's by a fraction of a grey level on average, which --no-reduced-decoding avoids
-    reduced_decoding: bool = field(
-        default=True,
-        metadata=option(
-            "decode a training JPEG at 1/2, 1/4 or 1/8 of its resolution where that still covers the input size "
-            "times the scale jitter's top (--no-reduced-decoding: always in full)",
-            resume=True,
-        ),
-    )
     # Weight of the Huber box loss against the focal class loss (the paper: 50). Higher asks for tighter boxes.
     box_loss_weight: float | None = field(
         default=None,

@@ -273,6 +273,7 @@ class SegmentationTask(Task):
         return SegmentationDataset(
             self.train_data.pairs, self.num_classes, cfg.ignore_index, mcfg.image_size, mcfg.mean, mcfg.std,
             train=True, crop_size=cfg.crop_size, scale_range=tuple(cfg.scale_range), hflip=cfg.hflip, seed=cfg.seed,
+            reduced_decoding=cfg.reduced_decoding,
         )  # fmt: skip
 
     def loader_kwargs(self, workers: int) -> dict[str, Any]:
