@@ -196,7 +196,8 @@ class RecipeConfig:
         default=True,
         metadata=option(
             "decode a training JPEG at 1/2, 1/4 or 1/8 of its resolution where that still covers the input size "
-            "times the scale jitter's top (--no-reduced-decoding: always in full)",
+            "times the scale jitter's top (--no-reduced-decoding: always in full; evaluation and prediction decode "
+            "to cover the input size either way)",
             resume=True,
         ),
     )

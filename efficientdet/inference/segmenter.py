@@ -107,7 +107,9 @@ class Segmenter:
         return results
 
     def __call__(
-        self, images: ImageInput | Sequence[ImageInput] | torch.Tensor, return_logits: bool = False
+        self,
+        images: ImageInput | DecodedImage | Sequence[ImageInput | DecodedImage] | torch.Tensor,
+        return_logits: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """One dict per image: ``mask``, int64 class ids ``[H, W]`` in the pixels of the image as given (and
         ``logits``, float32 ``[K, H, W]`` at that size, with ``return_logits``); tensors on the CPU.
