@@ -212,7 +212,11 @@ class RecipeConfig:
     hflip: float = field(default=0.5, metadata=option("probability of a horizontal flip", number_in(0, 1)))
     ema_decay: float = field(
         default=EMA_DECAY,
-        metadata=option("decay of the weights' moving average", number_in(0, 1, high_open=True)),
+        metadata=option(
+            "decay of the weights' moving average; warmed up as min(decay, (1+n)/(10+n)) after n steps, so a run of "
+            "about 1,000 steps ends near 0.99 whatever a higher value asks",
+            number_in(0, 1, high_open=True),
+        ),
     )
     clip_norm: float = field(default=CLIP_NORM, metadata=option("gradient norm clip", number_in(0, low_open=True)))
     pretrained_backbone: bool = field(
