@@ -1,5 +1,6 @@
 """Evaluation on images whose annotations are not in the decoded image's pixels: an annotated size that differs
-from the file, EXIF-rotated photos, and resizes whose output size is rounded.
+from the file, EXIF-rotated photos, resizes whose output size is rounded, and large photos decoded at a reduced
+scale (in training, evaluation and, the same way, ``Detector`` and ``predict``).
 
 Each case runs a dataset on disk through the reader, the data loader, a model and pycocotools (``validate``, what
 ``efficientdet eval`` runs). The model is an oracle that outputs, for the one image it is given, a box placed by
