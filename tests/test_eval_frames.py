@@ -241,6 +241,7 @@ def test_predict_runs_the_network_on_the_reduced_decoding_and_draws_in_full(tmp_
     """``predict`` feeds the network what ``eval`` scores (the 1/8 decoding of a 640x320 JPEG at 64 px), so its
     detections are the same with and without drawing; the drawn copy is the full picture, decoded a second time
     only because it is drawn on."""
+    import efficientdet.data.images as images_module
     import efficientdet.inference.detector as detector_module
     import efficientdet.inference.predict as predict_module
 
@@ -248,7 +249,7 @@ def test_predict_runs_the_network_on_the_reduced_decoding_and_draws_in_full(tmp_
     path = tmp_path / "big.jpg"
     Image.fromarray(pixels).save(path, quality=95)
     network_decodes = spy_decodes(monkeypatch, detector_module)  # Detector.decode
-    full_decodes = spy_decodes(monkeypatch, predict_module)
+    full_decodes = spy_decodes(monkeypatch, images_module)  # full_picture, to draw on
     model = OracleModel([[20, 10, 60, 30]], [0])
     model.class_names = ["thing"]
     out = tmp_path / "out"

@@ -15,8 +15,8 @@ import torch
 from conftest import spy_decodes
 from PIL import Image
 
+import efficientdet.data.images as images_module
 import efficientdet.data.segmentation as segmentation_data
-import efficientdet.inference.detector as detector_module
 import efficientdet.inference.segmentation as segmentation_inference
 import efficientdet.inference.segmenter as segmenter_module
 from efficientdet.data.segmentation import IGNORE, SegmentationDataset, SegPair
@@ -86,17 +86,16 @@ def test_segmenter_and_predict_answer_a_large_photo_file_in_its_own_pixels(photo
     evaluation computes; ``predict`` draws its overlay on a second, full decoding."""
     torch.manual_seed(0)
     model = create_segmentation_model("efficientdet-seg-d0", num_classes=3, image_size=SIZE).eval()
-    network_decodes = spy_decodes(monkeypatch, detector_module)
+    network_decodes = spy_decodes(monkeypatch, segmenter_module)  # Segmenter.decode
     segmenter = Segmenter(model, image_size=SIZE)
     mask = segmenter(photo.image)[0]["mask"]
     assert network_decodes == [8] and tuple(mask.shape) == (320, 640)
     _, x, _ = SegmentationDataset([photo], 3, None, SIZE, model.config.mean, model.config.std)[0]
     (evaluated,) = segmenter.predict_tensor(x[None], [tuple(x.shape[-2:])], [(320, 640)])
     assert torch.equal(mask, evaluated.cpu())
-    predict_decodes = spy_decodes(monkeypatch, segmenter_module)  # Segmenter.decode
-    full_decodes = spy_decodes(monkeypatch, segmentation_inference)
+    full_decodes = spy_decodes(monkeypatch, images_module)  # full_picture, for the overlay
     [result] = segmentation_inference.predict_segmentation(model, [photo.image], tmp_path / "out", img_size=SIZE)
-    assert predict_decodes == [8] and full_decodes == [1]
+    assert network_decodes == [8, 8] and full_decodes == [1]
     with Image.open(result["overlay"]) as drawn, Image.open(result["mask"]) as ids:
         assert drawn.size == (640, 320) and ids.size == (640, 320)
         assert np.array_equal(np.asarray(ids), mask.numpy().astype(np.uint8))

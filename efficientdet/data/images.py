@@ -89,6 +89,12 @@ def decode_image(path: str | os.PathLike, fit: tuple[int, int] | None = None) ->
         raise ImageReadError(f"{path}: cannot read image ({exc})") from exc
 
 
+def full_picture(decoded: DecodedImage, path: str | os.PathLike) -> np.ndarray:
+    """The picture of ``path`` at full resolution: ``decoded``'s own pixels (what :func:`decode_image` returned for
+    it) where they are, else the file decoded again in full (to draw or crop on after a reduced decoding)."""
+    return decoded.pixels if decoded.reduction == 1 else decode_image(path).pixels
+
+
 def _reduce_jpeg_decoding(img: Image.Image, fit: tuple[int, int]) -> int:
     """Set up ``img`` (an opened, not yet loaded JPEG) to decode at the smallest of libjpeg's scales whose result
     still covers ``fit`` (H, W, upright) once shrunk to fit in it; the reduction factor (1: full resolution)."""

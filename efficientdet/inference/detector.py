@@ -44,24 +44,23 @@ def _as_rgb_array(image: ImageInput) -> np.ndarray:
     raise TypeError(f"unsupported image type {type(image).__name__}")
 
 
-def network_pixels(image: ImageInput | DecodedImage, fit: tuple[int, int]) -> tuple[np.ndarray, int, tuple[int, int]]:
+def network_pixels(image: ImageInput | DecodedImage) -> tuple[np.ndarray, int, tuple[int, int]]:
     """The pixels a network is fed from ``image``, their reduction (1: the picture's own resolution) and the
     picture's full (H, W).
 
-    A file is decoded to cover ``fit`` (H, W), the size the caller shrinks it to: a JPEG more than twice that at
-    1/2, 1/4 or 1/8 of its resolution (:func:`~efficientdet.data.images.decode_image`), as the data sets of both
-    tasks decode it for training and evaluation, so that prediction gives what evaluation scores. A
-    :class:`~efficientdet.data.images.DecodedImage` is taken as decoded; anything else is used as it is.
+    A :class:`~efficientdet.data.images.DecodedImage` (a file as the predictor's ``decode`` read it: a large JPEG
+    at 1/2, 1/4 or 1/8 of its resolution, as the data sets of both tasks decode it for training and evaluation, so
+    that prediction gives what evaluation scores) carries its reduction; anything else is used as it is.
     """
-    if isinstance(image, (str, os.PathLike)):
-        image = decode_image(image, fit)
     if isinstance(image, DecodedImage):
         return image.pixels, image.reduction, image.full_size[::-1]
     array = _as_rgb_array(image)
     return array, 1, array.shape[:2]
 
 
-def as_image_list(images: ImageInput | Sequence[ImageInput] | torch.Tensor) -> list[ImageInput]:
+def as_image_list(
+    images: ImageInput | DecodedImage | Sequence[ImageInput | DecodedImage] | torch.Tensor,
+) -> list[ImageInput | DecodedImage]:
     """What the predictors' ``__call__`` accept, as a list of single images.
 
     A float RGB tensor ``[B, 3, H, W]`` (or ``[3, H, W]``) with values in [0, 1], as torchvision's models take,
@@ -72,7 +71,7 @@ def as_image_list(images: ImageInput | Sequence[ImageInput] | torch.Tensor) -> l
         if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
             raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
         return [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, DecodedImage)):
         return [images]
     return list(images)
 
@@ -215,7 +214,7 @@ class Detector:
         """Batch tensor (on the device, in the model's memory layout), per-image (x, y) scale (input px per
         original px, exact) and original (H, W): what :meth:`predict_tensor` takes.
 
-        A file is decoded by :meth:`decode` (:func:`network_pixels`): a camera photo at the reduced scale that
+        A file is decoded by :meth:`decode`: a camera photo at the reduced scale that
         still covers the input, as evaluation decodes it, so that ``predict`` gives what ``eval`` scores; the
         scales and sizes are the full picture's all the same. ``images`` may also hold what :meth:`decode`
         returned.
@@ -223,7 +222,8 @@ class Detector:
         tensors, scales, sizes = [], [], []
         with torch_threads(self.host_threads):
             for image in images:
-                array, reduction, full_hw = network_pixels(image, size_hw(self.image_size))
+                decoded = self.decode(image) if isinstance(image, (str, os.PathLike)) else image
+                array, reduction, full_hw = network_pixels(decoded)
                 out = eval_transform(array, self.image_size, self.config.mean, self.config.std)
                 tensors.append(out.image)
                 # a reduced pixel covers `reduction` full ones (a partial block at the right and bottom edges

@@ -64,7 +64,7 @@ import torch
 from PIL import Image
 
 from ..data.coco_format import detections_to_coco
-from ..data.images import ImageReadError, decode_image, image_size
+from ..data.images import ImageReadError, decode_image, full_picture, image_size
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
 from ..utils.atomic import atomic_open
@@ -473,9 +473,9 @@ def predict(
                 # the network's input as `eval` decodes it (a camera photo at a reduced scale); tiles, drawings
                 # and crops need the full picture, a second decoding where the first was reduced
                 decoded = None if tile else detector.decode(img.path)
-                full = decoded.pixels if decoded is not None and decoded.reduction == 1 else None
-                if full is None and keep_pixels:
-                    full = decode_image(img.path).pixels
+                held = None
+                if keep_pixels:
+                    held = decode_image(img.path).pixels if decoded is None else full_picture(decoded, img.path)
             except ImageReadError as exc:
                 fail(str(img.path), str(exc))
                 bar.update(1)
@@ -485,14 +485,13 @@ def predict(
                 bar.update(1)
                 continue
             if decoded is None:  # tiled: pre-processed tile by tile when its batch runs
-                tensor, scales, sizes = None, [1.0], [full.shape[:2]]
+                tensor, scales, sizes = None, [1.0], [held.shape[:2]]
             else:
                 tensor, scales, sizes = detector.preprocess([decoded])
-            held = full if keep_pixels else None
             counted = held if held is not None else decoded.pixels
             pixels += counted.shape[0] * counted.shape[1]
             batch.append((index, held, tensor, scales[0], sizes[0]))
-            del decoded, full, held, counted  # held by the batch only (to be drawn on): freed once drawn
+            del decoded, held, counted  # held by the batch only (to be drawn on): freed once drawn
             if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET or tile:
                 run_batch()
                 pixels = 0

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import decode_image
+from ..data.images import full_picture
 from ..data.readers import IMAGE_EXTENSIONS
 from ..models.segmenter import EfficientDetSegmentation
 from ..utils.atomic import atomic_open
@@ -130,7 +130,7 @@ def predict_segmentation(
         # time only where the first decoding was reduced)
         decoded = segmenter.decode(path)
         ids = segmenter(decoded)[0]["mask"].numpy()
-        image = decoded.pixels if decoded.reduction == 1 else decode_image(path).pixels
+        image = full_picture(decoded, path)
         overlay_path = out / f"{stem}_overlay.png"
         _save_png(Image.fromarray(overlay(image, ids, alpha, palette)), overlay_path)
         mask_path = None

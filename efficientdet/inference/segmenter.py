@@ -121,9 +121,9 @@ class Segmenter:
         would change the logits near the bottom/right border).
         """
         results = []
-        items = [images] if isinstance(images, DecodedImage) else as_image_list(images)
-        for image in items:
-            array, _, full_hw = network_pixels(image, (self.image_size, self.image_size))
+        for image in as_image_list(images):
+            decoded = self.decode(image) if isinstance(image, (str, os.PathLike)) else image
+            array, _, full_hw = network_pixels(decoded)
             resized = eval_resize(array, self.image_size)
             x = normalise(resized, self.config.mean, self.config.std)[None]
             (item,) = self.predict_tensor(x, [resized.shape[:2]], [full_hw], return_logits=return_logits)
