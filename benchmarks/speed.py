@@ -57,6 +57,7 @@ import torch
 import efficientdet
 from efficientdet import postprocess as post_module
 from efficientdet.inference import Detector
+from efficientdet.inference.detector import picture_regions
 from efficientdet.tools.bench import (
     BACKENDS,
     exported_network,
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     model = efficientdet.create_model(args.model)
     images = synthetic_images(batch_size, (480, 640))
     plain_detector = Detector(model, image_size=size, score_threshold=0.0)
-    batch = plain_detector.preprocess(images)[0]
+    batch, scales, sizes = plain_detector.preprocess(images)
 
     network: dict[str, Callable[[], Any]] = {}
     end_to_end: dict[str, Callable[[], Any]] = {}
@@ -234,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         anchors = plain_detector.anchors(tuple(batch.shape[-2:]))
         num_classes = model.config.num_classes
 
+        regions = picture_regions(tuple(batch.shape[-2:]), scales, sizes)  # the picture, not the padding
+
         def ours_post() -> Any:
-            return post_module.postprocess(cls, box, anchors, num_classes, 5000, score_threshold=0.0)
+            return post_module.postprocess(cls, box, anchors, num_classes, 5000, score_threshold=0.0, regions=regions)
 
         def ours_post_torch() -> Any:
             with torch_nms():

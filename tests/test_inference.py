@@ -36,11 +36,15 @@ def test_every_input_kind_gives_the_same_detections(detector, tmp_path):
 
 
 def test_boxes_are_in_original_pixels(detector):
-    """Boxes come back through the pre-processing's scale (longer side 160 -> 128) and are clipped to the image."""
+    """Boxes come back through the pre-processing's scale (longer side 160 -> 128) and are clipped to the image
+    (the picture fills the input's top 72 rows: the detections are those of that region)."""
+    from efficientdet.inference.detector import picture_regions
+
     array = np.random.default_rng(1).integers(0, 255, (90, 160, 3), dtype=np.uint8)
     batch, scales, sizes = detector.preprocess([array])
     assert scales == [pytest.approx((0.8, 0.8))] and sizes == [(90, 160)]
-    in_input_pixels = detector.predict_tensor(batch)[0]["boxes"]
+    assert picture_regions((128, 128), scales, sizes) == [(0.0, 0.0, 128.0, 72.0)]
+    in_input_pixels = detector.detections(*detector.network(batch), (128, 128), [(0.0, 0.0, 128.0, 72.0)])[0]["boxes"]
     expected = in_input_pixels / 0.8
     expected[:, 0::2] = expected[:, 0::2].clamp(0, 160)
     expected[:, 1::2] = expected[:, 1::2].clamp(0, 90)
@@ -306,3 +310,34 @@ def test_pre_and_post_processing_run_on_the_networks_host_threads(detector, monk
     assert foreign.model.seen == [1]
     assert seen_by_steps == [1, 1, 2, 2]  # the foreign network's pre- and post-processing, then the torch model's
     assert torch.equal(got["labels"], expected["labels"]) and torch.allclose(got["boxes"], expected["boxes"], atol=1e-3)
+
+
+# ------------------------------------------------------------------------------- the letterbox padding is no picture
+
+
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_no_detection_lies_outside_the_picture(detector, flip_tta):
+    """A 90x160 picture fills 72 of the input's 128 rows; candidates decoded in the padding below it would clip to
+    empty boxes on the picture's bottom edge and take slots of max_det (a random model finds many there)."""
+    array = np.random.default_rng(4).integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    det = Detector(detector.model, image_size=128, score_threshold=0.0, max_det=100, flip_tta=flip_tta)
+    boxes = det(array)[0]["boxes"]
+    assert len(boxes) == 100  # the slots are all used, by boxes of the picture
+    assert bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all())
+
+
+def test_flip_tta_clips_each_pass_to_where_the_picture_is(detector, monkeypatch):
+    """The mirrored pass sees the picture at the other side of the input: its region is mirrored too."""
+    import efficientdet.inference.detector as detector_module
+
+    seen = []
+    real = detector_module.postprocess
+
+    def spy(*args, regions=None, **kwargs):
+        seen.append(regions)
+        return real(*args, regions=regions, **kwargs)
+
+    monkeypatch.setattr(detector_module, "postprocess", spy)
+    tall = np.random.default_rng(5).integers(0, 255, (128, 64, 3), dtype=np.uint8)  # fills columns 0-64 of 128
+    Detector(detector.model, image_size=128, flip_tta=True)(tall)
+    assert seen == [[(0.0, 0.0, 64.0, 128.0), (64.0, 0.0, 128.0, 128.0)]]

@@ -333,3 +333,50 @@ def test_postprocess_with_box_voting_keeps_the_same_detections_with_voted_corner
         # a voted box is a mean of boxes overlapping the kept one by IoU >= 0.5: it stays near it
         sizes = plain["boxes"][:, 2:] - plain["boxes"][:, :2]
         assert (voted["boxes"] - plain["boxes"]).abs().max() < 0.25 * sizes.max()
+
+
+def three_candidates() -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Three anchors (one location, three "anchors" x 1 class, zero box codes: each decodes to its anchor) over a
+    picture that fills rows 0-40 of a 64 px input: one box inside it, one across its bottom edge, one in the
+    padding below it, scored 0.6, 0.7 and 0.9."""
+    anchors = torch.tensor([[4.0, 4, 20, 20], [30, 30, 50, 50], [44, 0, 60, 64]])  # (y1, x1, y2, x2)
+    logits = torch.logit(torch.tensor([0.6, 0.7, 0.9]))
+    return [logits.reshape(1, 3, 1, 1)], [torch.zeros(1, 12, 1, 1)], anchors
+
+
+def test_postprocess_clips_candidates_to_the_picture_and_drops_those_outside_it():
+    """A letterboxed picture leaves padding in the input; a candidate there is no detection of the picture, and a
+    box across the picture's edge is clipped to it (the region of each image, input pixels)."""
+    cls, box, anchors = three_candidates()
+    plain = pp.postprocess(cls, box, anchors, num_classes=1)[0]
+    assert plain["boxes"].tolist() == [[0.0, 44, 64, 60], [30, 30, 50, 50], [4, 4, 20, 20]]
+    clipped = pp.postprocess(cls, box, anchors, num_classes=1, regions=[(0.0, 0.0, 64.0, 40.0)])[0]
+    assert clipped["boxes"].tolist() == [[30.0, 30, 50, 40], [4, 4, 20, 20]]
+    assert clipped["scores"].tolist() == pytest.approx([0.7, 0.6])
+    soft = pp.postprocess(cls, box, anchors, num_classes=1, nms="soft", regions=[(0.0, 0.0, 64.0, 40.0)])[0]
+    assert soft["boxes"].tolist() == clipped["boxes"].tolist()
+
+
+def test_postprocess_gives_the_slots_of_candidates_outside_the_picture_to_real_ones():
+    """max_det counts detections of the picture: the best-scored candidate in the padding does not take a slot."""
+    cls, box, anchors = three_candidates()
+    kept = pp.postprocess(cls, box, anchors, num_classes=1, max_det=2, regions=[(0.0, 0.0, 64.0, 40.0)])[0]
+    assert kept["scores"].tolist() == pytest.approx([0.7, 0.6])
+
+
+def test_postprocess_suppresses_with_the_clipped_boxes():
+    """NMS compares what the picture holds: two boxes that differ only below the picture's edge are one box."""
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 30, 10]])  # IoU 1/3 as decoded, 1 inside rows 0-10
+    cls = [torch.logit(torch.tensor([0.9, 0.8])).reshape(1, 2, 1, 1)]
+    box = [torch.zeros(1, 8, 1, 1)]
+    assert len(pp.postprocess(cls, box, anchors, num_classes=1)[0]["boxes"]) == 2
+    assert len(pp.postprocess(cls, box, anchors, num_classes=1, regions=[(0.0, 0.0, 10.0, 10.0)])[0]["boxes"]) == 1
+
+
+def test_postprocess_drops_slivers_along_the_pictures_edge():
+    """A box reaching 0.005 px into the picture keeps no real area there: dropped, like an empty one."""
+    anchors = torch.tensor([[39.995, 0, 60, 64], [39.9, 0, 60, 64]])  # 0.005 and 0.1 px inside rows 0-40
+    cls = [torch.logit(torch.tensor([0.9, 0.8])).reshape(1, 2, 1, 1)]
+    out = pp.postprocess(cls, [torch.zeros(1, 8, 1, 1)], anchors, num_classes=1, regions=[(0.0, 0.0, 64.0, 40.0)])
+    assert out[0]["scores"].tolist() == pytest.approx([0.8])
+    assert out[0]["boxes"][0].tolist() == pytest.approx([0.0, 39.9, 64, 40])

@@ -6,6 +6,7 @@ mapping back to the original image) live here, around the plain network.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -81,6 +82,34 @@ def as_image_list(
 # 23, Lite0 at 320 px 36 either way), the activations of one image staying in the caches.
 GPU_BATCH_SIZE = 8
 CPU_BATCH_SIZE = 1
+
+
+WHOLE_PIXEL_TOLERANCE = 1e-3  # an extent within this of a whole input pixel is that pixel (float rounding)
+
+
+def picture_regions(
+    input_size: tuple[int, int],
+    scales: Sequence[float | tuple[float, float]] | None,
+    sizes: Sequence[tuple[int, int]] | None,
+) -> list[tuple[float, float, float, float]] | None:
+    """Where each pre-processed picture lies in an input of ``input_size`` (H, W): (0, 0, its width, its height)
+    in input pixels, the rest being padding (pre-processing resizes and pads at the bottom and right); None
+    where ``scales`` or ``sizes`` is unknown.
+
+    The resize makes whole input pixels, so the extent is rounded up to one: a JPEG decoded at a reduced scale
+    whose sides do not divide by the reduction has a partial last block, and its full size times the scale falls
+    short of the resized picture by a fraction of a pixel. Rounded, a photo gives the same region here as in
+    evaluation, which passes the decoded picture's own size and scale.
+    """
+    if scales is None or sizes is None:
+        return None
+    regions = []
+    for scale, (height, width) in zip(scales, sizes):
+        sx, sy = (scale, scale) if isinstance(scale, (int, float)) else scale
+        right = min(math.ceil(width * sx - WHOLE_PIXEL_TOLERANCE), input_size[1])
+        bottom = min(math.ceil(height * sy - WHOLE_PIXEL_TOLERANCE), input_size[0])
+        regions.append((0.0, 0.0, float(right), float(bottom)))
+    return regions
 
 
 def default_batch_size(device: str | torch.device) -> int:
@@ -257,10 +286,15 @@ class Detector:
         return self.model(self.model_input(batch))
 
     def detections(
-        self, class_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor], input_size: tuple[int, int]
+        self,
+        class_outputs: list[torch.Tensor],
+        box_outputs: list[torch.Tensor],
+        input_size: tuple[int, int],
+        regions: Sequence[tuple[float, float, float, float]] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """The network's raw outputs for inputs of ``input_size`` (H, W) -> per image ``boxes`` (input pixels),
-        ``scores``, ``labels``, on the device: top-k, decoding and NMS with this detector's settings.
+        ``scores``, ``labels``, on the device: top-k, decoding and NMS with this detector's settings; with
+        ``regions`` (:func:`picture_regions`) only boxes of the picture, clipped to it, not of the padding.
 
         The only call of the post-processing on the prediction side, so that prediction, evaluation, benchmarks
         and export checks cannot drift apart; :mod:`efficientdet.tools.bench` times it alone.
@@ -268,7 +302,7 @@ class Detector:
         return postprocess(
             class_outputs, box_outputs, self.anchors(input_size), self.config.num_classes, self.topk,
             self.iou_threshold, self.max_det, self.score_threshold, nms=self.nms, class_agnostic=self.class_agnostic,
-            vote_iou=self.vote_iou,
+            vote_iou=self.vote_iou, regions=regions,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -289,12 +323,13 @@ class Detector:
 
         ``filter_classes=False`` skips the ``classes`` filter (tiling applies it once, after merging the tiles).
         """
+        regions = picture_regions(tuple(batch.shape[-2:]), scales, sizes)
         with torch_threads(self.host_threads):
             if self.flip_tta:
-                dets = self._flip_merged(batch)
+                dets = self._flip_merged(batch, regions)
             else:
                 cls, box = self.network(batch)
-                dets = self.detections(cls, box, tuple(batch.shape[-2:]))
+                dets = self.detections(cls, box, tuple(batch.shape[-2:]), regions)
             results = []
             for i, det in enumerate(dets):
                 boxes = det["boxes"]
@@ -303,11 +338,16 @@ class Detector:
                 results.append(self.result(boxes, det["scores"], det["labels"], filter_classes))
             return results
 
-    def _flip_merged(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Detections (input pixels) of ``batch`` and of its mirror image, mapped back and merged per image."""
+    def _flip_merged(
+        self, batch: torch.Tensor, regions: list[tuple[float, float, float, float]] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """Detections (input pixels) of ``batch`` and of its mirror image, mapped back and merged per image; in the
+        mirror image a picture of ``regions`` lies at the other side of the input."""
         n, width = len(batch), batch.shape[-1]
         cls, box = self.network(torch.cat([batch, batch.flip(-1)]))
-        dets = self.detections(cls, box, tuple(batch.shape[-2:]))
+        if regions is not None:
+            regions = regions + [(width - x2, y1, width - x1, y2) for x1, y1, x2, y2 in regions]
+        dets = self.detections(cls, box, tuple(batch.shape[-2:]), regions)
         merged = []
         for plain, mirrored in zip(dets[:n], dets[n:]):
             unflipped = mirrored["boxes"].clone()

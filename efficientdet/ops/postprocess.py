@@ -11,11 +11,18 @@ it is importable (same results). Two things keep this fast where other ports are
 - hard NMS resolves a block of candidates at a time against one small IoU matrix (see :func:`_greedy_hard`),
   soft-NMS drops boxes as they fall below the floor; both run on numpy arrays (no per-op dispatch overhead) and
   stop once ``max_det`` boxes are kept.
+
+A picture smaller than the input (letterboxed: padded below or right of it) gives candidates in the padding; where
+the caller says where the picture is (``regions``), boxes are clipped to it before NMS and those left empty are
+dropped, as effdet clips to the picture before its NMS and detectron2 drops empty boxes. Otherwise they would come
+back as zero-area boxes on the picture's edge, taking ``max_det`` slots from real candidates (a Lite0 trained on
+raccoon: 16% of the 100 boxes an image that evaluation keeps).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,6 +41,7 @@ NMS_IOU = 0.5  # effdet's default hard-NMS threshold
 SOFT_NMS_SIGMA = 0.5  # paper, section 5.1 (soft-NMS for eval); official tf2/postprocess.py nms(), 'gaussian'
 SOFT_NMS_SCORE_FLOOR = 0.001  # boxes decayed below this are dropped
 NMS_METHODS = ("hard", "soft")
+MIN_BOX_SIDE = 0.01  # input px: a box clipped to the picture thinner than this is dropped (torchvision's min_size)
 
 
 def flatten_outputs(
@@ -64,6 +72,17 @@ def to_original_pixels(
     x = boxes[:, 0::2].clamp(0, w or None)
     y = boxes[:, 1::2].clamp(0, h or None)
     return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+def clip_to_region(boxes: torch.Tensor, region: tuple[float, float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, 4]`` boxes (x1, y1, x2, y2) clipped to ``region`` (x1, y1, x2, y2), and which of them keep a side of
+    at least MIN_BOX_SIDE on both axes (a sliver along the region's edge is no detection either)."""
+    left, top, right, bottom = region
+    x = boxes[:, 0::2].clamp(left, right)
+    y = boxes[:, 1::2].clamp(top, bottom)
+    clipped = torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+    sides = clipped[:, 2:] - clipped[:, :2]
+    return clipped, (sides >= MIN_BOX_SIDE).all(dim=1)
 
 
 def box_iou_one_to_many(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -359,12 +378,16 @@ def postprocess(
     class_agnostic: bool = False,
     soft_sigma: float = SOFT_NMS_SIGMA,
     vote_iou: float | None = None,
+    regions: Sequence[tuple[float, float, float, float]] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Detections per image: ``boxes`` (x1, y1, x2, y2, input pixels), ``scores``, ``labels`` (0-based).
 
     ``nms="hard"``: greedy NMS at ``iou_threshold``; ``nms="soft"``: Gaussian soft-NMS (``soft_sigma``, boxes
     below max(``score_threshold``, 0.001) dropped; scores are the decayed ones). ``class_agnostic`` lets boxes of
     different classes suppress each other. ``vote_iou``: box voting at that IoU after NMS (:func:`vote_boxes`).
+    ``regions``: per image, where the picture lies in the input (x1, y1, x2, y2, input pixels; see the module
+    docstring): candidates are clipped to it and those left empty (:data:`MIN_BOX_SIDE`) dropped, before the
+    threshold and NMS.
     """
     if nms not in NMS_METHODS:
         raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
@@ -373,11 +396,15 @@ def postprocess(
     # sigmoid cannot lose a box the exact mask below keeps
     min_logit = math.log(score_threshold / (1 - score_threshold)) - 1e-3 if 0 < score_threshold < 1 else -math.inf
     candidates = select_candidates(class_outputs, box_outputs, num_classes, topk, min_logit)
-    for logits, anchor_idx, labels, codes in candidates:
+    for i, (logits, anchor_idx, labels, codes) in enumerate(candidates):
         scores = torch.sigmoid(logits.float())
         boxes = decode_boxes(codes.float(), anchors[anchor_idx].to(codes.device).float())
+        mask = None
+        if regions is not None:
+            boxes, mask = clip_to_region(boxes, regions[i])
         if score_threshold > 0:
-            mask = scores >= score_threshold
+            mask = scores >= score_threshold if mask is None else mask & (scores >= score_threshold)
+        if mask is not None:
             boxes, scores, labels = boxes[mask], scores[mask], labels[mask]
         groups = None if class_agnostic else labels
         if nms == "soft":

@@ -293,7 +293,7 @@ def synthetic_images(batch_size: int, size: tuple[int, int], seed: int = 0) -> l
 def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     """Run one benchmark and return the result dict (the JSON that ``efficientdet bench --json`` prints)."""
     from ..export.runtimes import is_exported_file, load_exported, resolve_backend
-    from ..inference.detector import Detector
+    from ..inference.detector import Detector, picture_regions
     from ..models.factory import create_model, load_checkpoint
     from ..ops.postprocess import _tv_batched_nms
 
@@ -329,7 +329,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         images = synthetic_images(cfg.batch_size, cfg.source_size, cfg.seed)
         num_classes = model.config.num_classes
         with torch.inference_mode():
-            batch, _, _ = detector.preprocess(images)
+            batch, scales, sizes = detector.preprocess(images)
             start = time.perf_counter()
             net(batch)
             _sync(device)
@@ -350,9 +350,10 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
             cls, box = net(batch)
             input_size = tuple(batch.shape[-2:])
             anchors = detector.anchors(input_size)
+            regions = picture_regions(input_size, scales, sizes)
 
             def post() -> Any:  # the Detector's own post-processing step, on the network's real outputs
-                return detector.detections(cls, box, input_size)
+                return detector.detections(cls, box, input_size, regions)
 
             post_times = time_calls(post, cfg.iterations, device)
         candidates = min(cfg.topk, int(anchors.shape[0]) * num_classes)
