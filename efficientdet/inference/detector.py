@@ -323,13 +323,14 @@ class Detector:
 
         ``filter_classes=False`` skips the ``classes`` filter (tiling applies it once, after merging the tiles).
         """
-        regions = picture_regions(tuple(batch.shape[-2:]), scales, sizes)
+        input_size = tuple(batch.shape[-2:])
+        regions = picture_regions(input_size, scales, sizes)
         with torch_threads(self.host_threads):
             if self.flip_tta:
                 dets = self._flip_merged(batch, regions)
             else:
                 cls, box = self.network(batch)
-                dets = self.detections(cls, box, tuple(batch.shape[-2:]), regions)
+                dets = self.detections(cls, box, input_size, regions)
             results = []
             for i, det in enumerate(dets):
                 boxes = det["boxes"]

@@ -69,18 +69,23 @@ def to_original_pixels(
     sx, sy = (scale, scale) if isinstance(scale, (int, float)) else scale
     boxes = boxes / torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
     h, w = size if size is not None else (None, None)
-    x = boxes[:, 0::2].clamp(0, w or None)
-    y = boxes[:, 1::2].clamp(0, h or None)
+    return clip_boxes(boxes, (0, 0, w or None, h or None))
+
+
+def clip_boxes(
+    boxes: torch.Tensor, region: tuple[float | None, float | None, float | None, float | None]
+) -> torch.Tensor:
+    """``[N, 4]`` boxes (x1, y1, x2, y2) clipped to ``region`` (x1, y1, x2, y2; None: no bound on that side)."""
+    left, top, right, bottom = region
+    x = boxes[:, 0::2].clamp(left, right)
+    y = boxes[:, 1::2].clamp(top, bottom)
     return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
 
 
 def clip_to_region(boxes: torch.Tensor, region: tuple[float, float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """``[N, 4]`` boxes (x1, y1, x2, y2) clipped to ``region`` (x1, y1, x2, y2), and which of them keep a side of
     at least MIN_BOX_SIDE on both axes (a sliver along the region's edge is no detection either)."""
-    left, top, right, bottom = region
-    x = boxes[:, 0::2].clamp(left, right)
-    y = boxes[:, 1::2].clamp(top, bottom)
-    clipped = torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+    clipped = clip_boxes(boxes, region)
     sides = clipped[:, 2:] - clipped[:, :2]
     return clipped, (sides >= MIN_BOX_SIDE).all(dim=1)
 
