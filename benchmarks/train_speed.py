@@ -25,6 +25,16 @@ the side environment that ``benchmarks/speed.py`` describes:
     HF_HUB_OFFLINE=1 /tmp/effdet-venv/bin/python benchmarks/train_speed.py --threads 2
 
 Without effdet importable it prints our figures alone. Run it on an otherwise idle machine.
+
+Memory allocation (``--allocator``): every ``efficientdet`` command and training run keeps freed memory in the
+process (``efficientdet/utils/allocator.py``: glibc's malloc otherwise maps and zero-fills large blocks afresh every
+step). The setting is process-wide, so one process cannot give it to ours alone:
+
+- ``glibc`` (default): both contestants on glibc's own malloc, in one process;
+- ``retained``: both with freed memory kept, in one process (like for like: what effdet would get from the same
+  setting);
+- ``shipped``: each contestant as it runs out of the box, ours with freed memory kept and effdet on glibc's malloc,
+  each round one fresh process per contestant (built, warmed up with 2 steps, then timed), alternating.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,6 +59,7 @@ from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.labeler import AnchorLabeler
 from efficientdet.ops.losses import BOX_LOSS_WEIGHT, detection_loss
 from efficientdet.ops.postprocess import flatten_outputs
+from efficientdet.utils.allocator import retain_freed_memory
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 SETTINGS = {  # name: (our model, effdet model, input size, batch, frozen backbone, bf16 autocast)
@@ -56,6 +68,7 @@ SETTINGS = {  # name: (our model, effdet model, input size, batch, frozen backbo
     "lite0-448-b8-frozen": ("efficientdet-lite0", "tf_efficientdet_lite0", 448, 8, True, False),
     "lite0-448-b8-frozen-bf16": ("efficientdet-lite0", "tf_efficientdet_lite0", 448, 8, True, True),
 }
+ALLOCATORS = ("glibc", "retained", "shipped")
 NUM_CLASSES = 1
 BOXES_PER_IMAGE = 3
 LR = 0.01
@@ -153,20 +166,41 @@ def time_steps(step: Any, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def compare(setting: str, rounds: int, steps: int, with_effdet: bool, nchw: bool) -> dict[str, Any]:
+def build_step(contestant: str, setting: str) -> Any:
     ours_name, effdet_name, size, batch, frozen, bf16 = SETTINGS[setting]
     data = synthetic_batch(batch, size)
-    contestants = {"ours": OurStep(ours_name, size, frozen, data, bf16=bf16)}
-    if nchw:
-        contestants["ours_nchw"] = OurStep(ours_name, size, frozen, data, channels_last=False, bf16=bf16)
-    if with_effdet:
-        contestants["effdet"] = EffdetStep(effdet_name, size, frozen, data, bf16=bf16)
-    for step in contestants.values():  # warm-up: allocator, oneDNN primitives
-        time_steps(step, 2)
-    rates: dict[str, list[float]] = {name: [] for name in contestants}
-    for _ in range(rounds):
-        for name, step in contestants.items():
-            rates[name].append(batch * steps / time_steps(step, steps))
+    if contestant == "effdet":
+        return EffdetStep(effdet_name, size, frozen, data, bf16=bf16)
+    return OurStep(ours_name, size, frozen, data, channels_last=contestant == "ours", bf16=bf16)
+
+
+def rate_in_child(contestant: str, setting: str, steps: int, threads: int | None) -> float:
+    """Images / second of ``contestant`` timed in a fresh process with its shipped allocator (``--allocator
+    shipped``)."""
+    allocator = "glibc" if contestant == "effdet" else "retained"
+    command = [sys.executable, __file__, "--child", contestant, "--settings", setting, "--steps", str(steps),
+               "--allocator", allocator] + (["--threads", str(threads)] if threads else [])  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["img_per_s"])
+
+
+def compare(
+    setting: str, rounds: int, steps: int, with_effdet: bool, nchw: bool, separate: bool, threads: int | None
+) -> dict[str, Any]:
+    _, _, size, batch, frozen, bf16 = SETTINGS[setting]
+    names = ["ours"] + (["ours_nchw"] if nchw else []) + (["effdet"] if with_effdet else [])
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    if separate:
+        for _ in range(rounds):
+            for name in names:
+                rates[name].append(rate_in_child(name, setting, steps, threads))
+    else:
+        contestants = {name: build_step(name, setting) for name in names}
+        for step in contestants.values():  # warm-up: allocator, oneDNN primitives
+            time_steps(step, 2)
+        for _ in range(rounds):
+            for name, step in contestants.items():
+                rates[name].append(batch * steps / time_steps(step, steps))
     row: dict[str, Any] = {
         "setting": setting,
         "img_size": size,
@@ -211,10 +245,23 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--loader-batches", type=int, default=20, help="batches timed per loader setting (default 20)")
     p.add_argument("--nchw", action="store_true", help="also time ours without channels-last (effdet's layout)")
+    p.add_argument("--allocator", choices=ALLOCATORS, default="glibc",
+                   help="glibc (default), retained (both keep freed memory) or shipped (each as it runs out of the "
+                        "box, one process per contestant and round); see the module docstring")  # fmt: skip
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--child", choices=("ours", "ours_nchw", "effdet"), help=argparse.SUPPRESS)  # shipped's workers
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator == "retained" and not retain_freed_memory():
+        print("--allocator retained: glibc's malloc cannot be set here (see efficientdet/utils/allocator.py)")
+        return 2
+    if args.child:
+        step = build_step(args.child, args.settings[0])
+        time_steps(step, 2)
+        batch = SETTINGS[args.settings[0]][3]
+        print(json.dumps({"img_per_s": batch * args.steps / time_steps(step, args.steps)}))
+        return 0
     try:
         import effdet  # noqa: F401
 
@@ -223,10 +270,11 @@ def main() -> int:
         print("effdet not importable: our figures only (see the module docstring for the side environment)")
         with_effdet = False
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {args.allocator}")
     print(f"{'setting':22s} {'contestant':10s} {'img/s':>7s} {'vs effdet':>9s}")
     for setting in args.settings:
-        row = compare(setting, args.rounds, args.steps, with_effdet, args.nchw)
+        separate = args.allocator == "shipped"
+        row = compare(setting, args.rounds, args.steps, with_effdet, args.nchw, separate, args.threads)
         rows.append(row)
         for name in ("ours", "ours_nchw", "effdet"):
             if f"{name}_img_per_s" in row:

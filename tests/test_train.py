@@ -103,6 +103,19 @@ def test_checkpoints_metrics_and_plot_are_written(tmp_path):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+def test_training_from_python_keeps_freed_memory_for_reuse(tmp_path, monkeypatch, caplog):
+    """``train()`` called from Python applies the allocator policy the command line applies (utils/allocator.py)
+    and says so; here the call is recorded rather than made, leaving this test process's malloc alone."""
+    import efficientdet.engine.trainer as trainer_mod
+
+    calls = []
+    monkeypatch.setattr(trainer_mod, "retain_freed_memory", lambda: calls.append(1) or True)
+    data = raccoon_subset(tmp_path, n_train=2, n_val=0)
+    with caplog.at_level("INFO", logger="efficientdet"):
+        train(tiny_config(tmp_path, data, batch_size=2, max_steps=1))
+    assert calls and "memory: freed blocks stay in the process for reuse" in caplog.text
+
+
 def test_non_finite_losses_are_skipped_and_counted(tmp_path, monkeypatch):
     data = raccoon_subset(tmp_path)
     real = train_mod.detection_loss
