@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..tools.bench import BACKENDS, DEFAULT_MODEL, DTYPES, BenchConfig, format_result, run_benchmark
+from .common import retain_memory_for_batches
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -16,6 +17,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.model is not None and args.model.lower() not in list_models():
         print(f"efficientdet bench: unknown model {args.model}; known: {', '.join(list_models())}", file=sys.stderr)
         return 2
+    retain_memory_for_batches(args.batch_size)  # as predict and eval do: bench times what they run
     cfg = BenchConfig(
         model=args.model.lower() if args.model else None,
         img_size=args.img_size,

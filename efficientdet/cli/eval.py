@@ -27,7 +27,7 @@ from ..utils.fields import (
     optional_float,
     optional_int,
 )
-from .common import setup_logging
+from .common import retain_memory_for_batches, setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
 
@@ -143,6 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"efficientdet eval: {e}", file=sys.stderr)
         return 2
     setup_logging()
+    retain_memory_for_batches(options.batch_size)
     if task == "segmentation":
         if args.pretrained:
             print("efficientdet eval: --pretrained: no segmentation weights are published; use --checkpoint",

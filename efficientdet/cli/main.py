@@ -10,7 +10,6 @@ from typing import Any
 
 from ..models.config import EFFDET_PARAMS, get_config, list_models
 from ..ops.labeler import MATCH_IOU
-from ..utils.allocator import retain_freed_memory
 from .common import setup_logging
 from .options import TASKS, other_task
 from .train import add_anchor_options, anchor_overrides
@@ -173,7 +172,6 @@ def _unsupported(command: str, task: str, unknown: list[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    retain_freed_memory()  # the commands' large tensors reuse freed memory instead of new pages (utils/allocator.py)
     task = requested_task(argv)
     parser = build_parser(task)
     args, unknown = parser.parse_known_args(argv)

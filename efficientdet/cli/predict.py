@@ -21,6 +21,7 @@ from ..inference.video import VIDEO_EXTENSIONS
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
 from ..utils.text import counted
 from .argtypes import fraction, non_negative_int, overlap_arg, positive_int, tile_arg
+from .common import retain_memory_for_batches
 from .weights_options import add_backend_option, add_weights_options, load_model_from_options
 
 
@@ -30,6 +31,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..models.weights import CheckpointError
     from ..utils.device import DeviceError
 
+    retain_memory_for_batches(args.batch_size)
     if args.task == "segmentation":
         return _cmd_predict_segmentation(args)
     if not args.sources and not args.source:

@@ -7,11 +7,12 @@ forward pass allocates and frees the same activation-sized blocks every step: ev
 and zero-fills them, one page fault per 4 KiB page. Keeping freed blocks for reuse (no mmap for large blocks, no
 trimming) is what torch's CUDA caching allocator does on a GPU. On a 2-core CPU it made the small-data recipe's
 training step 18% faster and batched Lite0 inference 1.4x (docs/speed.md, "Page faults"); the cost is that the
-process keeps its peak memory until it exits.
+process keeps its peak memory until it exits. One image at a time gains nothing (D0's batch of one ran ~4% slower).
 
-Applied by every ``efficientdet`` command and by training started from Python; Python users of ``Detector`` can call
-:func:`retain_freed_memory` themselves. It changes nothing where the C library is not glibc, when
-``EFFICIENTDET_RETAIN_MEMORY=0`` is set, or when the user tuned glibc's malloc through its own environment variables.
+Applied by training (command line or Python) and by ``eval``, ``predict`` and ``bench`` when they run batches of
+several images; Python users of ``Detector`` can call :func:`retain_freed_memory` themselves. It changes nothing
+where the C library is not glibc, when ``EFFICIENTDET_RETAIN_MEMORY=0`` is set, or when the user tuned glibc's
+malloc through its own environment variables.
 """
 
 from __future__ import annotations
