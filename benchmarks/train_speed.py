@@ -27,7 +27,8 @@ the side environment that ``benchmarks/speed.py`` describes:
 Without effdet importable it prints our figures alone. Run it on an otherwise idle machine.
 
 Memory allocation (``--allocator``): ``efficientdet``'s training keeps freed memory in the process
-(``efficientdet/utils/allocator.py``: glibc's malloc otherwise maps and zero-fills large blocks afresh every step). The setting is process-wide, so one process cannot give it to ours alone:
+(``efficientdet/utils/allocator.py``: glibc's malloc otherwise maps and zero-fills large blocks afresh every step).
+The setting is process-wide, so one process cannot give it to ours alone:
 
 - ``glibc`` (default): both contestants on glibc's own malloc, in one process;
 - ``retained``: both with freed memory kept, in one process (like for like: what effdet would get from the same
