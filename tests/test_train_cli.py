@@ -318,6 +318,34 @@ def test_workers_default_follows_the_cpu(tmp_path, monkeypatch, caplog, cpus, ex
     assert ("data loading: in the training process" in caplog.text) == (expected == 0)
 
 
+@pytest.mark.parametrize(("cpus", "expected"), [(2, 0), (16, 2)])
+def test_eval_workers_default_follows_the_cpu_as_train_does(tmp_path, monkeypatch, cpus, expected):
+    """Without --workers, `eval` loads images as training does: in its own process on a CPU of few cores (where
+    worker processes take cores from the network), two workers elsewhere; --workers N still decides."""
+    import efficientdet
+    import efficientdet.engine.recipe as recipe
+    import efficientdet.evaluation.validate as validate
+
+    class Stop(Exception):
+        pass
+
+    def record(model, data, img_size, batch_size, workers, *args, **kwargs):
+        seen.append(workers)
+        raise Stop
+
+    seen = []
+    monkeypatch.setattr(recipe, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(validate, "evaluate_model", record)
+    data = raccoon_subset(tmp_path, n_train=2, n_val=2)
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64)
+    efficientdet.save_model(model, tmp_path / "m.pt", class_names=["raccoon"])
+    base = ["eval", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(data), "--split", "val", "--device", "cpu"]
+    for extra in ([], ["--workers", "1"]):
+        with pytest.raises(Stop):
+            main(base + extra)
+    assert seen == [expected, 1]
+
+
 def test_neck_flags_size_the_bifpn_and_heads_and_travel_with_the_checkpoint(tmp_path, capsys):
     """--fpn-channels / --fpn-repeats / --head-repeats build the BiFPN and heads at that size, the checkpoint keeps it
     (so eval rebuilds the same model), and what cannot work is refused by flag: a bad value, a change on --resume,

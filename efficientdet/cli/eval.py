@@ -11,8 +11,9 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..engine.recipe import DEFAULT_WORKERS, SMALL_CPU_CORES, default_workers
 from ..engine.tasks.detection import DATASET_OPTION, FORMAT_OPTION
 from ..evaluation.validate import EVAL_NMS, EVAL_VOTE_IOU
 from ..ops.postprocess import NMS_METHODS
@@ -31,6 +32,9 @@ from .common import retain_memory_for_batches, setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass
 class EvalOptions:
@@ -44,7 +48,14 @@ class EvalOptions:
         metadata=option("input size", int_at_least(1, optional=True), default_text="the model's own"),
     )
     batch_size: int = field(default=8, metadata=option("images per batch", int_at_least(1)))
-    workers: int = field(default=2, metadata=option("data-loading processes", int_at_least(0)))
+    # None: as training, engine.recipe.default_workers (worker processes take cores from the network on few cores)
+    workers: int | None = field(
+        default=None,
+        metadata=option(
+            "data-loading processes", int_at_least(0, optional=True),
+            default_text=f"0 on a CPU of at most {SMALL_CPU_CORES} cores, else {DEFAULT_WORKERS} (as train)",
+        ),
+    )  # fmt: skip
     device: str = field(default="auto", metadata=option("auto, cpu, cuda, cuda:1 ..."))
 
     def __post_init__(self) -> None:
@@ -134,6 +145,12 @@ def task_flags(task: str) -> set[str]:
     return option_flags(OPTIONS[task]) | ({"--backend"} if task == "detection" else set())
 
 
+def loading_workers(given: int | None, device: torch.device) -> int:
+    """``--workers``, or training's default for ``device``: loading in the process on a CPU of few cores (raccoon
+    `train` evaluated in 10.5 s against 10.9-11.3 s with two workers on 2 cores)."""
+    return default_workers(device) if given is None else given
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     task = args.task
     given = given_options(OPTIONS[task], args)
@@ -189,7 +206,7 @@ def _eval_detection(args: argparse.Namespace, options: DetectionEvalOptions) -> 
         data,
         options.img_size,
         options.batch_size,
-        options.workers,
+        loading_workers(options.workers, device),
         device,
         options.json,
         dets_path,
@@ -242,8 +259,9 @@ def _eval_segmentation(args: argparse.Namespace, options: SegmentationEvalOption
         data = read_segmentation_split(options.images, options.masks, options.data, options.split)
         check_masks(data, num_classes, ignore)
         metrics = evaluate_segmentation(
-            model, data, num_classes, ignore, options.img_size, options.batch_size, options.workers, device
-        )
+            model, data, num_classes, ignore, options.img_size, options.batch_size,
+            loading_workers(options.workers, device), device,
+        )  # fmt: skip
     except (CheckpointError, DatasetError, DeviceError, ValueError, FileNotFoundError, KeyError) as e:
         print(f"efficientdet eval: {e}", file=sys.stderr)
         return 1
