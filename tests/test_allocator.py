@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Page faults of allocating, filling and freeing a 64 MiB tensor 10 times, before and after the policy (after the
-# heap first grew to hold it); each probe runs in a fresh interpreter, so this test process keeps glibc's defaults.
+# heap first grew to hold it); each probe runs in a fresh interpreter, whatever this test process's own setting.
 PROBE = textwrap.dedent(
     """
     import json, resource, threading
