@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="the policy is glibc's"
-)
+from efficientdet.utils.allocator import on_glibc
+
+pytestmark = pytest.mark.skipif(not on_glibc(), reason="the policy is glibc's")
 
 # Page faults of allocating, filling and freeing a 64 MiB tensor 10 times, before and after the policy (after the
 # heap first grew to hold it); each probe runs in a fresh interpreter, whatever this test process's own setting.

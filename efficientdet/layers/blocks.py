@@ -39,24 +39,24 @@ def in_place_is_free(x: torch.Tensor) -> bool:
 
 
 class ReLU6(nn.ReLU6):
-    """``nn.ReLU6`` in place only where that is free (:func:`in_place_is_free`)."""
+    """``nn.ReLU6``, its ``inplace`` honoured only where that is free (:func:`in_place_is_free`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.hardtanh(x, 0.0, 6.0, inplace=in_place_is_free(x))
+        return F.hardtanh(x, 0.0, 6.0, inplace=self.inplace and in_place_is_free(x))
 
 
 class SiLU(nn.SiLU):
-    """``nn.SiLU`` in place only where that is free (:func:`in_place_is_free`)."""
+    """``nn.SiLU``, its ``inplace`` honoured only where that is free (:func:`in_place_is_free`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(x, inplace=in_place_is_free(x))
+        return F.silu(x, inplace=self.inplace and in_place_is_free(x))
 
 
 class ReLU(nn.ReLU):
-    """``nn.ReLU`` in place only where that is free (:func:`in_place_is_free`)."""
+    """``nn.ReLU``, its ``inplace`` honoured only where that is free (:func:`in_place_is_free`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x, inplace=in_place_is_free(x))
+        return F.relu(x, inplace=self.inplace and in_place_is_free(x))
 
 
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"silu": SiLU, "relu6": ReLU6, "relu": ReLU}

@@ -13,7 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..layers.blocks import BN_EPS, BN_MOMENTUM  # noqa: F401  (part of the model settings' public names)
+from ..layers.blocks import (  # noqa: F401  (BN_EPS, BN_MOMENTUM: part of the model settings' public names)
+    ACTIVATION_MODULES,
+    BN_EPS,
+    BN_MOMENTUM,
+)
 
 # Fast-normalized fusion epsilon (paper, section 3.3).
 FUSION_EPS = 1e-4
@@ -69,7 +73,7 @@ LITE_STD = (128.0, 128.0, 128.0)
 FUSION_METHODS = ("fast", "softmax", "sum")
 FPN_TYPES = ("bifpn", "fpn", "panet")
 PADDING_MODES = ("same", "symmetric")
-ACTIVATIONS = ("silu", "relu6", "relu")
+ACTIVATIONS = tuple(ACTIVATION_MODULES)  # ("silu", "relu6", "relu"): the names layers.blocks.activation builds
 
 
 @dataclass(frozen=True)

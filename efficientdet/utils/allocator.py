@@ -35,27 +35,30 @@ USER_TUNABLES_ENV = "GLIBC_TUNABLES"
 _retained = False
 
 
-def _reason_not_to() -> str | None:
-    """Why the policy is not applied here (None: it may be)."""
+def on_glibc() -> bool:
+    """Whether this process runs on Linux with glibc, the only C library whose malloc this module tunes."""
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def _may_apply() -> bool:
+    """Not where the user opted out or tuned glibc's malloc through the environment, nor off glibc."""
     if os.environ.get(OPT_OUT_ENV, "").strip().lower() in ("0", "false", "no", "off"):
-        return f"{OPT_OUT_ENV} is off"
+        return False
     if any(name in os.environ for name in USER_MALLOC_ENV) or "glibc.malloc" in os.environ.get(USER_TUNABLES_ENV, ""):
-        return "glibc's malloc is tuned by the environment"
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return "the C library is not glibc"
-    return None
+        return False
+    return on_glibc()
 
 
 def retain_freed_memory() -> bool:
     """Make glibc keep freed blocks for reuse (no mmap for large requests, no trimming); whether it now does.
 
     Process-wide and idempotent. Blocks already mapped keep their old fate; every later allocation follows the
-    policy. Returns False, changing nothing, where :func:`_reason_not_to` gives a reason or ``mallopt`` refuses.
+    policy. Returns False, changing nothing, where :func:`_may_apply` says no or ``mallopt`` refuses.
     """
     global _retained
     if _retained:
         return True
-    if _reason_not_to() is not None:
+    if not _may_apply():
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
@@ -72,4 +75,4 @@ def freed_memory_retained() -> bool:
     return _retained
 
 
-__all__ = ["OPT_OUT_ENV", "freed_memory_retained", "retain_freed_memory"]
+__all__ = ["OPT_OUT_ENV", "freed_memory_retained", "on_glibc", "retain_freed_memory"]
