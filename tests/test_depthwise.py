@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import efficientdet
 from efficientdet.layers import blocks
@@ -91,6 +92,15 @@ def test_fast_path_runs_only_where_the_plain_conv_is_slow():
     with torch.backends.mkldnn.flags(enabled=False):
         assert depthwise_conv2d(x, weight5, (1, 1), (2, 2)) is None
     assert depthwise_conv2d(x.half(), weight5.half(), (1, 1), (2, 2)) is None
+
+
+def test_a_conv_given_a_bias_after_construction_keeps_it():
+    """``models.fuse`` folds BN into a depthwise conv by giving it a bias; the fast path (no bias) must step aside."""
+    conv = Conv2d(8, 8, 5, groups=8, bias=False).to(memory_format=torch.channels_last)
+    conv.bias = torch.nn.Parameter(torch.randn(8))
+    x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    expected = F.conv2d(x, conv.weight, conv.bias, 1, 2, 1, 8)
+    torch.testing.assert_close(conv(x), expected)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -108,7 +108,6 @@ class Conv2d(nn.Conv2d):
             in_channels, out_channels, kernel_size, stride=stride, padding=static_pad, groups=groups, bias=bias
         )
         self.dynamic_same = dynamic
-        self.depthwise = groups == in_channels == out_channels and not bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_same:
@@ -117,7 +116,9 @@ class Conv2d(nn.Conv2d):
             top, bottom = same_padding(x.shape[-2], kh, sh)
             left, right = same_padding(x.shape[-1], kw, sw)
             x = F.pad(x, (left, right, top, bottom))
-        if self.depthwise:  # training on the CPU: gradients through oneDNN's fast kernels where its own miss them
+        depthwise = self.groups == self.in_channels == self.out_channels and self.dilation == (1, 1)
+        if depthwise and self.bias is None:  # (a bias: BN fused into the conv for inference)
+            # training on the CPU: gradients through oneDNN's fast kernels where its own choice is slow
             y = depthwise_conv2d(x, self.weight, self.stride, self.padding)
             if y is not None:
                 return y

@@ -28,8 +28,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-# (kernel width, padding) pairs oneDNN's dedicated depthwise weight-gradient kernel takes (width <= 3, padding < width
-# - 1 for width 3, none narrower; found with ONEDNN_VERBOSE=1, which names the kernel each call runs)
+# (kernel width, padding) pairs oneDNN's dedicated depthwise weight-gradient kernel takes: widths up to 3, padding at
+# most 1 at width 3 and none below (found with ONEDNN_VERBOSE=1, which names the kernel each call runs)
 DEDICATED_BLOCKS = ((3, 1), (3, 0), (2, 0), (1, 0))
 
 
@@ -59,6 +59,8 @@ def column_blocks(kernel_w: int, pad_w: int, stride_w: int, in_w: int, out_w: in
                 continue
             shift = offset // stride_w
             grad_width = (in_w + 2 * padding - width) // stride_w + 1
+            if grad_width < 1:
+                continue
             dropped = [w for w in range(out_w) if not 0 <= w + shift < grad_width]
             if any(_meets_input(stride_w * w + start - pad_w, width, in_w) for w in dropped):
                 continue  # a gradient column shifted out would take real input columns with it
