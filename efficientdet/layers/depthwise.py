@@ -5,8 +5,8 @@ EfficientNet's cases miss it in training with channels-last activations (as `eff
 
 - The weight gradient of a depthwise kernel wider than 3 (the backbone's 5x5 convs): the dedicated kernel takes widths
   up to 3, so oneDNN falls back to its generic convolution, which pads each channel's one filter to a 16x16 block. A
-  672-channel 20x20 layer at batch 8 on a 2-core AVX-512 CPU: 9 ms in fp32 and 74 ms in bf16, against 3.3 and ~4 ms
-  for the same gradient assembled here from column blocks at most 3 wide.
+  672-channel 20x20 layer at batch 8 on a 2-core AVX-512 CPU: 9 ms in fp32 (74 ms in bf16), against 3.3 ms for the
+  same gradient assembled here from column blocks at most 3 wide.
 - The bf16 input gradient of a strided depthwise conv: a generic strided kernel, 109 ms for the 96-channel 161x161
   layer against 39 ms for the same sums in fp32 through a transposed convolution.
 
