@@ -1,5 +1,7 @@
 """Depthwise convs' gradients through oneDNN's fast kernels: the same gradients as the conv's own backward."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,19 +14,26 @@ from efficientdet.layers.depthwise import DEDICATED_BLOCKS, column_blocks, depth
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (torch's CPU builds)")
 
 
+@contextlib.contextmanager
+def _fast_path(fast: bool):
+    """With ``fast`` False, every ``Conv2d`` runs the plain conv, as before this module."""
+    original = blocks.depthwise_conv2d
+    if not fast:
+        blocks.depthwise_conv2d = lambda *args: None
+    try:
+        yield
+    finally:
+        blocks.depthwise_conv2d = original
+
+
 def _grads(conv: Conv2d, x: torch.Tensor, grad_out: torch.Tensor, fast: bool, dtype=None):
     """(output, input gradient, weight gradient) of ``conv`` in channels-last, with or without the fast path."""
     x = x.detach().clone().contiguous(memory_format=torch.channels_last).requires_grad_()
     conv.weight.grad = None
-    original = blocks.depthwise_conv2d
-    if not fast:
-        blocks.depthwise_conv2d = lambda *args: None  # the plain conv, as before this module
-    try:
+    with _fast_path(fast):
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             y = conv(x)
         y.backward(grad_out.to(y.dtype))
-    finally:
-        blocks.depthwise_conv2d = original
     return y.detach(), x.grad, conv.weight.grad
 
 
@@ -130,22 +139,14 @@ def test_a_training_step_of_lite0_gets_the_same_gradients():
     torch.manual_seed(0)
     model = efficientdet.create_model("efficientdet-lite0", num_classes=3, image_size=128)
     model = model.to(memory_format=torch.channels_last).train()
-    for m in model.modules():  # batch statistics would differ only by the order of sums; keep the step exact
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
     images = torch.randn(2, 3, 128, 128).contiguous(memory_format=torch.channels_last)
     grads = []
-    original = blocks.depthwise_conv2d
     for fast in (True, False):
-        if not fast:
-            blocks.depthwise_conv2d = lambda *args: None
-        try:
+        with _fast_path(fast):
             model.zero_grad(set_to_none=True)
             torch.manual_seed(1)  # drop-path draws alike
             cls_out, box_out = model(images)
             (sum(c.square().mean() for c in cls_out) + sum(b.square().mean() for b in box_out)).backward()
-        finally:
-            blocks.depthwise_conv2d = original
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     five_wide = [n for n, p in model.named_parameters() if p.dim() == 4 and p.shape[1] == 1 and p.shape[-1] == 5]
