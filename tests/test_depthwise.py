@@ -9,21 +9,27 @@ import torch.nn.functional as F
 import efficientdet
 from efficientdet.layers import blocks
 from efficientdet.layers.blocks import Conv2d
-from efficientdet.layers.depthwise import DEDICATED_BLOCKS, column_blocks, depthwise_conv2d, weight_grad_by_blocks
+from efficientdet.layers.depthwise import (
+    DEDICATED_BLOCKS,
+    column_blocks,
+    depthwise_conv2d,
+    same_padded_depthwise_conv2d,
+    weight_grad_by_blocks,
+)
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (torch's CPU builds)")
 
 
 @contextlib.contextmanager
 def _fast_path(fast: bool):
-    """With ``fast`` False, every ``Conv2d`` runs the plain conv, as before this module."""
-    original = blocks.depthwise_conv2d
+    """With ``fast`` False, every ``Conv2d`` runs the plain conv (after an explicit pad), as before this module."""
+    originals = blocks.depthwise_conv2d, blocks.same_padded_depthwise_conv2d
     if not fast:
-        blocks.depthwise_conv2d = lambda *args: None
+        blocks.depthwise_conv2d = blocks.same_padded_depthwise_conv2d = lambda *args: None
     try:
         yield
     finally:
-        blocks.depthwise_conv2d = original
+        blocks.depthwise_conv2d, blocks.same_padded_depthwise_conv2d = originals
 
 
 def _grads(conv: Conv2d, x: torch.Tensor, grad_out: torch.Tensor, fast: bool, dtype=None):
@@ -45,6 +51,9 @@ CASES = [
     (16, 20, 5, 2, "same"),
     (16, 21, 5, 2, "same"),
     (16, 20, 3, 2, "same"),
+    (16, 21, 3, 2, "same"),
+    (16, 2, 3, 2, "same"),
+    (16, 4, 5, 2, "same"),
     (16, 9, 3, 1, "same"),
     (16, 12, 5, 2, "symmetric"),
     (8, 13, 7, 1, "same"),
@@ -112,27 +121,72 @@ def test_a_conv_given_a_bias_after_construction_keeps_it():
     torch.testing.assert_close(conv(x), expected)
 
 
+@pytest.mark.parametrize("first", [0, 1])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kernel", [2, 4, 5, 6, 7, 9])
-def test_column_blocks_use_dedicated_blocks_and_give_the_exact_gradient(kernel, stride):
+def test_column_blocks_use_dedicated_blocks_and_give_the_exact_gradient(kernel, stride, first):
     for in_w in range(kernel, 14):
         for pad in {0, kernel // 2, kernel - 1}:
             out_w = (in_w + 2 * pad - kernel) // stride + 1
-            blocks_ = column_blocks(kernel, pad, stride, in_w, out_w)
+            blocks_ = column_blocks(kernel, pad, stride, in_w, out_w, first)
             if blocks_ is None:  # no cover of dedicated blocks: the plain conv runs
-                assert kernel % 2 == 0 or pad == kernel - 1, (kernel, stride, in_w, pad)
+                assert stride > 1 or kernel % 2 == 0 or pad == kernel - 1, (kernel, stride, in_w, pad)
                 continue
-            assert [b.start for b in blocks_] == [0] + [b.start + b.width for b in blocks_[:-1]]
-            assert blocks_[-1].start + blocks_[-1].width == kernel
+            assert [b.start for b in blocks_] == [first] + [b.start + b.width for b in blocks_[:-1]]
+            assert kernel <= blocks_[-1].start + blocks_[-1].width < kernel + blocks_[-1].width
             assert all((b.width, b.padding) in DEDICATED_BLOCKS for b in blocks_)
+            assert stride == 1 or all(b.width > 1 for b in blocks_)  # a strided 1-wide block is oneDNN's generic
             x = torch.randn(1, 4, 5, in_w).contiguous(memory_format=torch.channels_last)
             weight = torch.randn(4, 1, 3, kernel)
             grad_out = torch.randn(1, 4, 5, out_w).contiguous(memory_format=torch.channels_last)
             expected = torch.ops.aten.convolution_backward(
                 grad_out, x, weight, None, [1, stride], [1, pad], [1, 1], False, [0, 0], 4, [False, True, False]
             )[1]
+            expected[..., :first] = 0  # columns known to be zero taps: their gradient is not computed
             got = weight_grad_by_blocks(grad_out, x, weight, (1, stride), (1, pad), blocks_)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_the_grown_kernels_of_same_padding_have_plans_at_every_even_size(kernel):
+    """SAME's ``(p, p + 1)`` pads on even sides: the kernel grown by a zero column, padded ``p + 1``."""
+    pad = kernel // 2
+    for in_w in range(2, 130, 2):
+        blocks_ = column_blocks(kernel + 1, pad, 2, in_w, in_w // 2, 1)
+        assert blocks_ is not None and len(blocks_) == 2, in_w
+
+
+def _pads_its_input(y: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``y``'s autograd graph holds an explicit pad applied to the leaf ``x``."""
+    seen, stack = set(), [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if type(node).__name__ == "ConstantPadNdBackward0" and getattr(child, "variable", None) is x:
+                return True
+            stack.append(child)
+    return False
+
+
+@pytest.mark.parametrize("kernel,width", [(3, 15), (5, 14)])
+def test_a_strided_same_conv_in_training_does_not_copy_its_input(kernel, width):
+    """Even sides pad ``(p, p + 1)``, odd ones ``(p, p)`` (a 5x5 kernel on an odd side keeps the explicit pad: no plan
+    of dedicated blocks fits it, and the models' sizes are even there)."""
+    conv = Conv2d(8, 8, kernel, 2, groups=8, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 16, width).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert not _pads_its_input(conv(x), x)
+    with _fast_path(False):
+        assert _pads_its_input(conv(x), x)  # the check sees a pad where there is one
+    x_nchw = x.detach().contiguous().requires_grad_()
+    assert _pads_its_input(conv(x_nchw), x_nchw)  # NCHW takes other kernels: the explicit pad, as before
+    pads = (kernel // 2 - 1, kernel // 2, kernel // 2 - 1, kernel // 2)
+    assert same_padded_depthwise_conv2d(x, conv.weight, (2, 2), pads) is not None
+    assert same_padded_depthwise_conv2d(x.detach(), conv.weight.detach(), (2, 2), pads) is None  # frozen
+    with torch.no_grad():
+        assert same_padded_depthwise_conv2d(x, conv.weight, (2, 2), pads) is None  # inference
 
 
 def test_a_training_step_of_lite0_gets_the_same_gradients():

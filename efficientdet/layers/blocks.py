@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .depthwise import depthwise_conv2d
+from .depthwise import depthwise_conv2d, same_padded_depthwise_conv2d
 
 # Batch norm settings of the official code: TF decay 0.99 -> PyTorch momentum 0.01, eps 1e-3 (paper, section 5.1).
 BN_MOMENTUM = 0.01
@@ -110,15 +110,21 @@ class Conv2d(nn.Conv2d):
         self.dynamic_same = dynamic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # training on the CPU: depthwise gradients through oneDNN's fast kernels where its own choice is slow, and
+        # SAME padding without a padded copy (a bias: BN fused into the conv for inference, which keeps the plain conv)
+        depthwise = self.groups == self.in_channels == self.out_channels and self.dilation == (1, 1)
+        fast_depthwise = depthwise and self.bias is None
         if self.dynamic_same:
             kh, kw = self.kernel_size
             sh, sw = self.stride
             top, bottom = same_padding(x.shape[-2], kh, sh)
             left, right = same_padding(x.shape[-1], kw, sw)
+            if fast_depthwise:
+                y = same_padded_depthwise_conv2d(x, self.weight, self.stride, (left, right, top, bottom))
+                if y is not None:
+                    return y
             x = F.pad(x, (left, right, top, bottom))
-        depthwise = self.groups == self.in_channels == self.out_channels and self.dilation == (1, 1)
-        if depthwise and self.bias is None:  # (a bias: BN fused into the conv for inference)
-            # training on the CPU: gradients through oneDNN's fast kernels where its own choice is slow
+        if fast_depthwise:
             y = depthwise_conv2d(x, self.weight, self.stride, self.padding)
             if y is not None:
                 return y

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 # (kernel width, padding) pairs oneDNN's dedicated depthwise weight-gradient kernel takes: widths up to 3, padding at
-# most 1 at width 3 and none below (found with ONEDNN_VERBOSE=1, which names the kernel each call runs)
+# most 1 at width 3 and none below; a 1-wide block at stride 1 only (strided, it takes the generic kernel). Found
+# with ONEDNN_VERBOSE=1, which names the kernel each call runs.
 DEDICATED_BLOCKS = ((3, 1), (3, 0), (2, 0), (1, 0))
 
 
@@ -45,31 +46,35 @@ class ColumnBlock(NamedTuple):
 
 
 @functools.lru_cache(maxsize=512)
-def column_blocks(kernel_w: int, pad_w: int, stride_w: int, in_w: int, out_w: int) -> tuple[ColumnBlock, ...] | None:
-    """The blocks (fewest shifted gradient copies, then fewest columns) covering a kernel ``kernel_w`` wide, or None
-    if none fits."""
-    best: dict[int, tuple[int, int, tuple[ColumnBlock, ...]]] = {0: (0, 0, ())}
-    for start in range(kernel_w):
+def column_blocks(
+    kernel_w: int, pad_w: int, stride_w: int, in_w: int, out_w: int, first: int = 0
+) -> tuple[ColumnBlock, ...] | None:
+    """The blocks (fewest shifted gradient copies, then fewest calls, then fewest columns) covering kernel columns
+    ``first .. kernel_w-1``, or None if none fits. The last block may reach past the kernel's end: its extra
+    columns' gradients are computed and dropped."""
+    best: dict[int, tuple[int, int, int, tuple[ColumnBlock, ...]]] = {first: (0, 0, 0, ())}
+    for start in range(first, kernel_w):
         if start not in best:
             continue
-        copies, columns, blocks = best[start]
+        copies, calls, columns, blocks = best[start]
         for width, padding in DEDICATED_BLOCKS:
             offset = start - pad_w + padding
-            if start + width > kernel_w or offset % stride_w:
+            if offset % stride_w or (width == 1 and stride_w > 1):
                 continue
             shift = offset // stride_w
             grad_width = (in_w + 2 * padding - width) // stride_w + 1
             if grad_width < 1:
                 continue
+            in_kernel = min(width, kernel_w - start)  # the block's columns that are the kernel's
             dropped = [w for w in range(out_w) if not 0 <= w + shift < grad_width]
-            if any(_meets_input(stride_w * w + start - pad_w, width, in_w) for w in dropped):
+            if any(_meets_input(stride_w * w + start - pad_w, in_kernel, in_w) for w in dropped):
                 continue  # a gradient column shifted out would take real input columns with it
             block = ColumnBlock(start, width, padding, shift, grad_width)
-            cost = (copies + (shift != 0 or grad_width != out_w), columns + width, blocks + (block,))
-            end = start + width
-            if end not in best or cost[:2] < best[end][:2]:
+            cost = (copies + (shift != 0 or grad_width != out_w), calls + 1, columns + width, blocks + (block,))
+            end = min(start + width, kernel_w)
+            if end not in best or cost[:3] < best[end][:3]:
                 best[end] = cost
-    return best[kernel_w][2] if kernel_w in best else None
+    return best[kernel_w][3] if kernel_w in best else None
 
 
 def _meets_input(first: int, width: int, in_w: int) -> bool:
@@ -85,18 +90,21 @@ def weight_grad_by_blocks(
     padding: tuple[int, int],
     blocks: tuple[ColumnBlock, ...],
 ) -> torch.Tensor:
-    """The depthwise weight gradient ``[C, 1, kh, kw]``, one dedicated-kernel call per column block."""
+    """The depthwise weight gradient ``[C, 1, kh, kw]``, one dedicated-kernel call per column block; zeros in the
+    columns before the first block (known zero taps, see :func:`same_padded_depthwise_conv2d`)."""
     out_w = grad_out.shape[-1]
-    parts = []
+    channels, _, kernel_h, kernel_w = weight.shape
+    first = blocks[0].start
+    parts = [weight.new_zeros(channels, 1, kernel_h, first)] if first else []
     for block in blocks:
         right = block.grad_width - out_w - block.shift
         shifted = grad_out if block.shift == 0 and right == 0 else F.pad(grad_out, (block.shift, right))
-        columns = weight[..., block.start : block.start + block.width]  # only its shape matters here
+        columns = weight.new_empty(channels, 1, kernel_h, block.width)  # only its shape matters here
         part = torch.ops.aten.convolution_backward(
             shifted, x, columns, None, list(stride), [padding[0], block.padding], [1, 1], False, [0, 0],
             x.shape[1], [False, True, False],
         )[1]  # fmt: skip
-        parts.append(part)
+        parts.append(part[..., : kernel_w - block.start])
     return torch.cat(parts, dim=-1)
 
 
@@ -162,15 +170,9 @@ def _cpu_autocast_dtype() -> torch.dtype | None:
     return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None  # pragma: no cover
 
 
-def depthwise_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int]
-) -> torch.Tensor | None:
-    """``F.conv2d(x, weight, stride=stride, padding=padding, groups=C)`` (no bias, no dilation) with the faster
-    gradients where they apply; None where they do not (the caller runs its plain conv).
-
-    They apply in training on the CPU with oneDNN and channels-last fp32 or bf16 activations, when a gradient would
-    otherwise take one of oneDNN's slow paths (module docstring).
-    """
+def _training_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype a depthwise conv trains in where this module's gradients apply (the CPU with oneDNN, channels-last
+    fp32 or bf16 activations, a gradient to compute), else None."""
     if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
         return None
     if x.device.type != "cpu" or x.dim() != 4 or not torch.backends.mkldnn.is_available():
@@ -180,13 +182,60 @@ def depthwise_conv2d(
     dtype = _cpu_autocast_dtype() or x.dtype
     if dtype not in (torch.float32, torch.bfloat16) or weight.dtype not in (torch.float32, torch.bfloat16):
         return None
+    return dtype
+
+
+def depthwise_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    zero_columns: int = 0,
+) -> torch.Tensor | None:
+    """``F.conv2d(x, weight, stride=stride, padding=padding, groups=C)`` (no bias, no dilation) with the faster
+    gradients where they apply; None where they do not (the caller runs its plain conv).
+
+    They apply in training on the CPU with oneDNN and channels-last fp32 or bf16 activations, when a gradient would
+    otherwise take one of oneDNN's slow paths (module docstring). ``zero_columns``: the kernel's first columns are
+    known zeros whose gradient nobody needs (their gradient is returned as zeros).
+    """
+    dtype = _training_dtype(x, weight)
+    if dtype is None:
+        return None
     blocks = None
     if weight.requires_grad and weight.shape[-1] > 3:
         out_w = (x.shape[-1] + 2 * padding[1] - weight.shape[-1]) // stride[1] + 1
-        blocks = column_blocks(weight.shape[-1], padding[1], stride[1], x.shape[-1], out_w)
+        blocks = column_blocks(weight.shape[-1], padding[1], stride[1], x.shape[-1], out_w, zero_columns)
     strided_bf16 = x.requires_grad and dtype == torch.bfloat16 and stride != (1, 1)
     if blocks is None and not strided_bf16:
         return None
     if dtype != x.dtype or dtype != weight.dtype:  # what autocast does to a conv's inputs; autograd undoes it
         x, weight = x.to(dtype), weight.to(dtype)
     return _DepthwiseConv.apply(x, weight, stride, padding, blocks)
+
+
+def same_padded_depthwise_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], pads: tuple[int, int, int, int]
+) -> torch.Tensor | None:
+    """A depthwise conv with TF "SAME" padding ``pads`` (left, right, top, bottom) in training, without the padded
+    copy of its input; None where this module's gradients do not apply (the caller pads and runs its plain conv).
+
+    SAME pads ``(p, p)`` or ``(p, p + 1)``. The asymmetric case equals a symmetric pad of ``p + 1`` with the kernel
+    grown by one zero tap in front (the tap multiplies the extra pad's zeros, exactly): the padded copy (a full write
+    of the input forward, and a full copy of its gradient backward) is gone, and oneDNN's dedicated kernels take the
+    grown kernel, its zero column left out of the weight gradient. ``models.fuse`` does the same for inference.
+    """
+    if _training_dtype(x, weight) is None:
+        return None
+    left, right, top, bottom = pads
+    grow_w, grow_h = right - left, bottom - top
+    if grow_w not in (0, 1) or grow_h not in (0, 1):
+        return None
+    grown = F.pad(weight, (grow_w, 0, grow_h, 0)) if grow_w or grow_h else weight
+    padding = (bottom, right)
+    y = depthwise_conv2d(x, grown, stride, padding, zero_columns=grow_w)
+    if y is not None:
+        return y
+    if grown.shape[-1] > 3 and grown.requires_grad:
+        return None  # no plan of dedicated blocks: oneDNN's own weight gradient would be its generic kernel
+    return F.conv2d(x, grown, None, stride, padding, 1, x.shape[1])
