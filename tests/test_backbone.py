@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from efficientdet.layers.blocks import Conv2d, DropPath, MaxPoolDown, same_padding
+import efficientdet.models.efficientnet as efficientnet_module
+from efficientdet.layers.blocks import Conv2d, DropPath, MaxPoolDown, same_padding, spatial_mean
 from efficientdet.models.config import BACKBONES
 from efficientdet.models.efficientnet import EfficientNet, MBConv, round_channels, stage_specs
 
@@ -89,3 +90,39 @@ def test_drop_path_rate_grows_linearly_with_depth():
     net = EfficientNet("efficientnet-b0", drop_path_rate=0.2)
     rates = [blk.drop_path.p for stage in net.blocks for blk in stage if isinstance(blk, MBConv) and blk.has_skip]
     assert rates == sorted(rates) and 0 < rates[0] < rates[-1] < 0.2
+
+
+def _plain_mean(x):
+    return x.mean((2, 3), keepdim=True)
+
+
+def test_spatial_mean_gives_the_means_gradient_as_an_expanded_view():
+    x = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(2, 8, 5, 7)
+    grads = []
+    for mean in (spatial_mean, _plain_mean):
+        leaf = x.clone().requires_grad_()
+        (leaf * torch.sigmoid(mean(leaf)) * other).sum().backward()  # x used twice, as in squeeze-excitation
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1])
+    leaf = x.clone().requires_grad_()
+    only = torch.autograd.grad(spatial_mean(leaf).sum(), leaf)[0]
+    assert only.stride()[2:] == (0, 0)  # not written out over H and W
+    assert torch.equal(spatial_mean(leaf), _plain_mean(x))
+    with torch.no_grad():
+        assert spatial_mean(leaf).grad_fn is None  # inference and exports see the plain op
+
+
+def test_a_b0_training_step_gets_the_same_gradients_through_spatial_mean(monkeypatch):
+    torch.manual_seed(0)
+    net = EfficientNet("efficientnet-b0").to(memory_format=torch.channels_last).train()
+    images = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for mean in (spatial_mean, _plain_mean):
+        monkeypatch.setattr(efficientnet_module, "spatial_mean", mean)
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # drop-path draws alike
+        sum(f.square().mean() for f in net(images)).backward()
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+    assert len(grads[0]) == len(grads[1]) > 100
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[1])  # the same sums, bit for bit

@@ -61,6 +61,33 @@ class ReLU(nn.ReLU):
         return F.relu(x, inplace=self.inplace and in_place_is_free(x))
 
 
+class _SpatialMean(torch.autograd.Function):
+    """``x.mean((2, 3), keepdim=True)`` whose gradient is the output gradient / (H * W), expanded, not written out.
+
+    autograd's own mean backward writes that gradient into a new full-size tensor, which is then added to the
+    gradient ``x`` gets from its other use (the squeeze-excitation's product); in channels-last the two disagree in
+    layout and the addition runs strided. An expanded gradient is read in place: the same divisions and additions,
+    D0's squeeze-excitation backward about 3x faster on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.shape = x.shape  # type: ignore[attr-defined]
+        return x.mean((2, 3), keepdim=True)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        n, c, h, w = ctx.shape  # type: ignore[attr-defined]
+        return (grad / (h * w)).expand(n, c, h, w)
+
+
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over H and W of ``[N, C, H, W]``, keeping the dims (``[N, C, 1, 1]``); see :class:`_SpatialMean`."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _SpatialMean.apply(x)
+    return x.mean((2, 3), keepdim=True)  # inference and exports: the plain op
+
+
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"silu": SiLU, "relu6": ReLU6, "relu": ReLU}
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers.blocks import ConvBN, DropPath, activation
+from ..layers.blocks import ConvBN, DropPath, activation, spatial_mean
 from ..layers.checkpoint import checkpointed, checkpointing_active
 from .config import BACKBONES, BackboneConfig
 
@@ -85,7 +85,7 @@ class SqueezeExcite(nn.Module):
         self.expand = nn.Conv2d(reduced, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
+        s = spatial_mean(x)
         return x * torch.sigmoid(self.expand(self.act(self.reduce(s))))
 
 
