@@ -55,6 +55,7 @@ from efficientdet.data.dataset import DetectionDataset, collate
 from efficientdet.data.readers import read_dataset
 from efficientdet.engine.recipe import CLIP_NORM, MOMENTUM
 from efficientdet.engine.utils import freeze_backbone, set_train_mode
+from efficientdet.models.fuse import FoldedCopy
 from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.labeler import AnchorLabeler
 from efficientdet.ops.losses import BOX_LOSS_WEIGHT, detection_loss
@@ -101,6 +102,7 @@ class OurStep:
         self.model = efficientdet.create_model(name, num_classes=NUM_CLASSES, image_size=size)
         if frozen:
             freeze_backbone(self.model)
+            self.model.backbone.folded_copy = FoldedCopy()  # as the trainer runs a wholly frozen backbone
         # channels-last, as `efficientdet train` runs by default (--channels-last); effdet has no such path
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)

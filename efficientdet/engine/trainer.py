@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.fuse import FoldedCopy
 from ..models.weights import CheckpointError, read_file
 from ..utils.allocator import OPT_OUT_ENV, retain_freed_memory
 from ..utils.distributed import (
@@ -201,6 +202,9 @@ class Trainer:
         self.peak_lr = cfg.lr if cfg.lr is not None else default_lr(self.global_batch, cfg.optimizer)
         self.weight_decay = cfg.weight_decay if cfg.weight_decay is not None else default_weight_decay(cfg.optimizer)
         self.ema = ModelEma(model, cfg.ema_decay)  # plain BN: the EMA only ever evaluates
+        if cfg.freeze_backbone and not cfg.trainable_stages:
+            # the whole backbone is inference inside each step: run it BN-folded until --unfreeze-epochs wakes it
+            model.backbone.folded_copy = FoldedCopy()
         if cfg.sync_bn and env.distributed:
             model = convert_sync_batchnorm(model, device)  # shares parameters and buffers with the EMA's source
         elif cfg.sync_bn:
@@ -235,6 +239,7 @@ class Trainer:
         if self.unfreeze_epoch is None or epoch < self.unfreeze_epoch or self.backbone_unfrozen:
             return
         woken = unfreeze_backbone_convs(self.model)
+        self.model.backbone.folded_copy = None  # (it would step aside for trainable weights; this frees its memory)
         for group in decay_groups(woken, self.weight_decay, self.cfg.backbone_lr_scale):
             self.optimizer.add_param_group(group)
         self.backbone_unfrozen = True

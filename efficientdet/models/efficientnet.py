@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from torch import nn
 from ..layers.blocks import ConvBN, DropPath, activation, spatial_mean
 from ..layers.checkpoint import checkpointed, checkpointing_active
 from .config import BACKBONES, BackboneConfig
+
+if TYPE_CHECKING:
+    from .fuse import FoldedCopy
 
 # (block kind, repeats, kernel, stride, expand ratio, output channels): EfficientNet-B0 (Tan & Le, 2019, table 1).
 BASE_STAGES: tuple[tuple[str, int, int, int, int, int], ...] = (
@@ -148,6 +152,8 @@ class EfficientNet(nn.Module):
         self.feature_channels = [stages[i][-1].out_channels for i in self.feature_stages]
         self.num_classes = num_classes
         self.grad_checkpoint = False  # recompute each block's activations in backward (saves memory)
+        # set by training while the whole backbone is frozen: run a BN-folded copy (models.fuse.FoldedCopy)
+        self.folded_copy: FoldedCopy | None = None
         if num_classes is not None:
             head = HEAD_CHANNELS if cfg.lite else round_channels(HEAD_CHANNELS, cfg.width)
             self.head = ConvBN(stages[-1][-1].out_channels, head, 1, act=act, padding=padding)
@@ -173,6 +179,10 @@ class EfficientNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Features at the ends of ``feature_stages`` (strides 8, 16, 32 by default)."""
+        if self.folded_copy is not None and not self.training:
+            features = self.folded_copy(self, x)
+            if features is not None:
+                return features  # type: ignore[return-value]
         x = self.stem(x)
         features = []
         checkpoint = checkpointing_active(self)
