@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,9 @@ from torch import nn
 import efficientdet
 from efficientdet.inference import Detector
 from efficientdet.layers.blocks import MaxPoolDown
+from efficientdet.models.efficientnet import EfficientNet
 from efficientdet.models.fuse import (
+    FoldedCopy,
     FoldedPredictionNet,
     SamePadDepthwiseConv2d,
     SamePadMaxPool,
@@ -124,3 +128,37 @@ def test_detector_optimize_gives_the_same_detections() -> None:
     # folded BN rounds differently in float32: box codes differ by ~1e-6 and exp() of a random model's codes
     # scales that up to ~1e-3 px on AVX2 kernels; a hundredth of a pixel is far below anything that matters
     assert torch.allclose(out["boxes"], ref["boxes"], atol=1e-2)
+
+
+def test_folded_copy_runs_a_frozen_backbone_and_steps_aside_while_it_trains():
+    net = randomise_batchnorms(EfficientNet("efficientnet-lite0")).to(memory_format=torch.channels_last)
+    net.requires_grad_(False)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    plain = net(x)
+    net.folded_copy = FoldedCopy()
+    folded = net(x)  # under grad mode, as in a training step
+    assert net.folded_copy.copy is not None and count_batchnorms(net.folded_copy.copy) == 0
+    assert not any(f.requires_grad for f in folded)  # no graph through the copy (its folded biases are frozen too)
+    for a, b in zip(plain, folded):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    # new weights (load_state_dict writes in place): a new copy, not stale outputs
+    state = {k: v * 1.5 if k.endswith("running_var") else v for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    expected = EfficientNet("efficientnet-lite0").to(memory_format=torch.channels_last).eval()
+    expected.load_state_dict(state)
+    for a, b in zip(expected(x), net(x)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    copy_now = net.folded_copy.copy
+    net(x)
+    assert net.folded_copy.copy is copy_now  # unchanged weights: the same copy
+    # a trainable conv, or training mode: the backbone itself runs
+    net.blocks[6][0].project.conv.weight.requires_grad_(True)
+    assert all(f.requires_grad for f in net(x)[-1:])
+    net.requires_grad_(False)
+    net.train()  # batch statistics: nothing to fold
+    twin = copy.deepcopy(net)
+    assert twin.folded_copy is None  # deep copies (an EMA, the folded copy itself) run their own weights
+    torch.manual_seed(0)
+    ours = net(x)
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(ours, twin(x)))

@@ -22,6 +22,7 @@ from efficientdet.engine.train import (
     resume_config,
     train,
 )
+from efficientdet.models.fuse import FoldedCopy
 from efficientdet.models.weights import read_file
 from efficientdet.ops.labeler import IGNORE, NEGATIVE, AnchorLabeler, AtssLabeler, box_iou
 from efficientdet.utils.distributed import DistEnv
@@ -219,6 +220,25 @@ def test_unfreeze_epochs_train_the_backbone_convs_in_the_closing_epochs_and_resu
         train(tiny_config(tmp_path, data, unfreeze_epochs=1))
     with pytest.raises(TrainingError, match="more than the 3 epochs"):
         train(tiny_config(tmp_path, data, freeze_backbone=True, epochs=3, unfreeze_epochs=4))
+
+
+def test_a_wholly_frozen_backbone_trains_through_its_folded_copy_until_it_wakes(tmp_path, monkeypatch):
+    data = raccoon_subset(tmp_path)  # 8 images, batch 8: one step per epoch
+    used = []
+    original = FoldedCopy.__call__
+
+    def counting(self, module, *args):
+        out = original(self, module, *args)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(FoldedCopy, "__call__", counting)
+    kw = dict(epochs=3, freeze_backbone=True, ema_decay=0.0, lr=0.01)
+    train(tiny_config(tmp_path, data, output=str(tmp_path / "a"), unfreeze_epochs=2, **kw))
+    assert used == [True]  # epoch 1's step; then the convs train and the trainer drops the copy (the EMA evaluates)
+    used.clear()
+    train(tiny_config(tmp_path, data, output=str(tmp_path / "b"), trainable_stages=1, **kw))
+    assert used == []  # part of the backbone trains: no copy
 
 
 def test_backbone_lr_scale_slows_the_trainable_backbone_only_and_resumes_exactly(tmp_path):
