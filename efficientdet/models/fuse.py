@@ -237,10 +237,10 @@ class FoldedCopy:
         return None
 
     def __call__(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor | list[torch.Tensor] | None:
-        tensors = list(module.parameters()) + list(module.buffers())
-        if any(p.requires_grad for p in module.parameters()):
+        params = list(module.parameters())
+        if any(p.requires_grad for p in params):
             return None
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in params + list(module.buffers()))
         if key != self.key:
             self.copy = None  # the old copy's memory first
             folded = fold_same_padding(fold_batchnorm(module), inplace=True).requires_grad_(False)  # (new biases)
