@@ -140,6 +140,11 @@ def test_onnx_raw_outputs_match_eager_with_dynamic_batch(tmp_path):
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    # the BiFPN's SAME max-pools pad inside the MaxPool (export.onnx_passes), odd sides included (3x5 -> 2x3)
+    producers = {out: node.op_type for node in proto.graph.node for out in node.output}
+    pools = [node for node in proto.graph.node if node.op_type == "MaxPool"]
+    assert pools and all(producers.get(pool.input[0]) != "Pad" for pool in pools)
+    assert not any(node.op_type == "Pad" for node in proto.graph.node if node.output[0] in {p.input[0] for p in pools})
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == list(RAW_OUTPUTS)
     dims = proto.graph.input[0].type.tensor_type.shape.dim

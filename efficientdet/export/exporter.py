@@ -60,6 +60,7 @@ from .graph import (
     size_free_copy,
     size_multiple,
 )
+from .onnx_passes import merge_max_pool_pads_in_file
 from .verify import (
     FLOAT16,
     FLOAT32,
@@ -491,6 +492,7 @@ def export_onnx(
     program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))  # weights inline; written as external data only past ONNX's 2 GB limit
+    merge_max_pool_pads_in_file(path)  # SAME max-pools: the -inf Pad into the MaxPool (onnx_passes)
     return path
 
 

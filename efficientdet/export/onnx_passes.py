@@ -1,0 +1,114 @@
+"""Exact rewrites of an exported ONNX graph that runtimes do not make themselves.
+
+Max-pools with TF "SAME" padding. The BiFPN's stride-2 max-pools pad their input with -inf (SAME puts the odd pad
+at the bottom / right, which torch's symmetric pooling padding cannot say), so the exporter writes a ``Pad``
+(constant -inf) followed by a ``MaxPool`` without padding. ONNX's ``MaxPool`` takes begin and end pads of its own,
+and padded cells never win a max, so ``MaxPool(pads=...)`` computes the same windows and the same maxima:
+:func:`merge_max_pool_pads` folds the ``Pad`` in. OpenVINO fuses zero pads into convolutions but not -inf pads into
+max-pools; there the ``Pad`` ran as a reference (scalar) kernel, and in an int8 graph it also kept the max-pool in
+fp32 between conversions: EfficientDet-Lite0 at 320 px, 14 pads, int8 network 8.66 -> 7.56 ms on a 2-core CPU
+(D0 at 512 px 2% faster in fp32 and int8), outputs bit-identical.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPATIAL_RANK = 4  # [N, C, H, W]
+
+
+def _attribute(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _spatial_pads(pad: Any, initializers: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    """``(top, left, bottom, right)`` of a constant -inf ``Pad`` over H and W only, None for any other pad."""
+    from onnx import numpy_helper
+
+    if _attribute(pad, "mode", b"constant") != b"constant" or len(pad.input) < 3:
+        return None
+    if len(pad.input) > 3 and pad.input[3]:  # explicit axes: not what the exporter writes
+        return None
+    if pad.input[1] not in initializers or pad.input[2] not in initializers:
+        return None
+    amounts = numpy_helper.to_array(initializers[pad.input[1]])
+    value = numpy_helper.to_array(initializers[pad.input[2]])
+    if amounts.shape != (2 * SPATIAL_RANK,) or value.size != 1 or not np.isneginf(value).all():
+        return None
+    if (amounts < 0).any() or amounts[:2].any() or amounts[SPATIAL_RANK : SPATIAL_RANK + 2].any():
+        return None
+    return int(amounts[2]), int(amounts[3]), int(amounts[6]), int(amounts[7])
+
+
+def merge_max_pool_pads(model: Any) -> int:
+    """Fold each -inf ``Pad`` that only feeds a ``MaxPool`` into that pool's ``pads`` (see the module docstring);
+    ``model`` (an ``onnx.ModelProto``) is changed in place. Returns how many were folded.
+
+    Left alone: pads of another value or on N / C, pads that are graph outputs or feed other nodes too, pools with
+    ``auto_pad``, and sums a pool may not take (ONNX: each pad smaller than the kernel).
+    """
+    from onnx import helper
+
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    outputs = {value.name for value in graph.output}
+    folded = []
+    for pool in graph.node:
+        if pool.op_type != "MaxPool" or pool.domain not in ("", "ai.onnx"):
+            continue
+        pad = producers.get(pool.input[0])
+        if pad is None or pad.op_type != "Pad" or uses.get(pad.output[0]) != 1 or pad.output[0] in outputs:
+            continue
+        extra = _spatial_pads(pad, initializers)
+        if extra is None or _attribute(pool, "auto_pad", b"NOTSET") != b"NOTSET":
+            continue
+        top, left, bottom, right = (a + b for a, b in zip(_attribute(pool, "pads", [0, 0, 0, 0]), extra))
+        kernel_h, kernel_w = _attribute(pool, "kernel_shape", [0, 0])
+        if max(top, bottom) >= kernel_h or max(left, right) >= kernel_w:
+            continue
+        for attribute in list(pool.attribute):
+            if attribute.name == "pads":
+                pool.attribute.remove(attribute)
+        pool.attribute.append(helper.make_attribute("pads", [top, left, bottom, right]))
+        pool.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    if folded:  # the pads' amounts and values, unless something else reads them
+        still_read = {name for node in graph.node for name in node.input} | outputs | {v.name for v in graph.input}
+        for tensor in list(graph.initializer):
+            if tensor.name not in still_read and tensor.name in {n for pad in folded for n in pad.input[1:]}:
+                graph.initializer.remove(tensor)
+    return len(folded)
+
+
+def merge_max_pool_pads_in_file(path: str | os.PathLike) -> int:
+    """:func:`merge_max_pool_pads` on the ONNX file at ``path``, rewritten (through a temporary file beside it,
+    then renamed) only if something was folded."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    count = merge_max_pool_pads(model)
+    if count:
+        staging = path.with_name(f".{path.name}.partial")
+        try:
+            onnx.save(model, str(staging))
+            os.replace(staging, path)
+        finally:
+            staging.unlink(missing_ok=True)
+    return count
