@@ -144,7 +144,6 @@ def test_onnx_raw_outputs_match_eager_with_dynamic_batch(tmp_path):
     producers = {out: node.op_type for node in proto.graph.node for out in node.output}
     pools = [node for node in proto.graph.node if node.op_type == "MaxPool"]
     assert pools and all(producers.get(pool.input[0]) != "Pad" for pool in pools)
-    assert not any(node.op_type == "Pad" for node in proto.graph.node if node.output[0] in {p.input[0] for p in pools})
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == list(RAW_OUTPUTS)
     dims = proto.graph.input[0].type.tensor_type.shape.dim

@@ -118,3 +118,15 @@ def test_file_is_rewritten_only_when_something_folds(tmp_path):
     assert [node.op_type for node in onnx.load(str(folds)).graph.node] == ["MaxPool"]
     assert stays.stat().st_mtime_ns == untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folds.onnx", "stays.onnx"]  # no staging file left
+
+
+def test_pads_kept_as_external_data_are_left_alone(tmp_path):
+    """A file past ONNX's 2 GB limit keeps its tensors in external data: read without loading them, and a pad whose
+    amounts live there is not folded (nothing is rewritten)."""
+    path = tmp_path / "external.onnx"
+    onnx.save(_pad_pool_model([0, 0, 0, 0, 0, 0, 1, 1]), str(path), save_as_external_data=True, size_threshold=0)
+    written = path.stat().st_mtime_ns
+    assert merge_max_pool_pads_in_file(path) == 0
+    assert path.stat().st_mtime_ns == written
+    x = np.random.default_rng(2).standard_normal((1, 2, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(_run(onnx.load(str(path)), x), _same_max_pool(x, 0, 0, 1, 1))

@@ -32,13 +32,15 @@ def _attribute(node: Any, name: str, default: Any) -> Any:
 
 def _spatial_pads(pad: Any, initializers: dict[str, Any]) -> tuple[int, int, int, int] | None:
     """``(top, left, bottom, right)`` of a constant -inf ``Pad`` over H and W only, None for any other pad."""
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     if _attribute(pad, "mode", b"constant") != b"constant" or len(pad.input) < 3:
         return None
     if len(pad.input) > 3 and pad.input[3]:  # explicit axes: not what the exporter writes
         return None
     if pad.input[1] not in initializers or pad.input[2] not in initializers:
+        return None
+    if any(initializers[name].data_location == TensorProto.EXTERNAL for name in pad.input[1:3]):
         return None
     amounts = numpy_helper.to_array(initializers[pad.input[1]])
     value = numpy_helper.to_array(initializers[pad.input[2]])
@@ -102,7 +104,8 @@ def merge_max_pool_pads_in_file(path: str | os.PathLike) -> int:
     import onnx
 
     path = Path(path)
-    model = onnx.load(str(path))
+    # the weights stay where they are: a file past ONNX's 2 GB limit keeps its external data, referenced by name
+    model = onnx.load(str(path), load_external_data=False)
     count = merge_max_pool_pads(model)
     if count:
         staging = path.with_name(f".{path.name}.partial")
