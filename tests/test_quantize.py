@@ -59,6 +59,31 @@ def calibrated(lite0, tmp_path_factory):
     return onnx8, ov8
 
 
+def _padded_max_pools(xml_path) -> int:
+    """How many -inf Pads an OpenVINO IR holds (the SAME max-pools' explicit pads)."""
+    import numpy as np
+    import openvino as ov
+
+    count = 0
+    for op in ov.Core().read_model(str(xml_path)).get_ordered_ops():
+        value = op.input_value(3).get_node() if op.get_type_name() == "Pad" and op.get_input_size() > 3 else None
+        if value is not None and value.get_type_name() == "Constant" and np.isneginf(value.get_data()).all():
+            count += 1
+    return count
+
+
+def test_openvino_int8_keeps_the_max_pools_explicit_pads(lite0, calibrated, tmp_path):
+    """fp32 IRs fold the SAME max-pools' pads into the MaxPool (identical outputs); int8 keeps them, so that NNCF
+    quantises the graph it quantised before (folded, the pools' inputs got quantisers and int8 AP moved)."""
+    pytest.importorskip("openvino")
+    from efficientdet.export.openvino import export_openvino
+
+    model, _ = lite0
+    _, ov8 = calibrated
+    assert _padded_max_pools(export_openvino(model, tmp_path / "fp32.xml")) == 0
+    assert _padded_max_pools(ov8) > 0
+
+
 @pytest.mark.slow
 def test_fp32_files_run_as_the_network(lite0, tmp_path):
     """ONNX in onnxruntime and OpenVINO, and the OpenVINO IR: the eager detections, box for box."""

@@ -450,6 +450,7 @@ def export_onnx(
     *,
     dynamic_size: bool = False,
     half: bool = False,
+    pool_pads_inside: bool = True,
 ) -> Path:
     """Write ``model`` as ONNX to ``path`` and return it (see the module docstring for inputs and outputs).
 
@@ -464,6 +465,9 @@ def export_onnx(
         dynamic_size: free height and width ("height", "width"): multiples of ``2**max_level`` (128), at least
             two of them (:mod:`efficientdet.export_graph`); other sizes give wrong outputs or an error.
         half: float16 weights and network arithmetic, for GPU runtimes; input and outputs stay float32.
+        pool_pads_inside: the SAME max-pools' -inf ``Pad`` folded into the ``MaxPool`` (:mod:`.onnx_passes`; the
+            same outputs). The OpenVINO int8 export turns it off: NNCF places its quantisers differently around a
+            padded max-pool, which moved int8 AP.
 
     The file carries a JSON description under the ``efficientdet`` metadata key (mean/std, sizes, classes,
     config): :func:`read_metadata`.
@@ -492,7 +496,8 @@ def export_onnx(
     program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))  # weights inline; written as external data only past ONNX's 2 GB limit
-    merge_max_pool_pads_in_file(path)  # SAME max-pools: the -inf Pad into the MaxPool (onnx_passes)
+    if pool_pads_inside:
+        merge_max_pool_pads_in_file(path)  # SAME max-pools: the -inf Pad into the MaxPool (onnx_passes)
     return path
 
 

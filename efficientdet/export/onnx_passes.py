@@ -5,9 +5,10 @@ at the bottom / right, which torch's symmetric pooling padding cannot say), so t
 (constant -inf) followed by a ``MaxPool`` without padding. ONNX's ``MaxPool`` takes begin and end pads of its own,
 and padded cells never win a max, so ``MaxPool(pads=...)`` computes the same windows and the same maxima:
 :func:`merge_max_pool_pads` folds the ``Pad`` in. OpenVINO fuses zero pads into convolutions but not -inf pads into
-max-pools; there the ``Pad`` ran as a reference (scalar) kernel, and in an int8 graph it also kept the max-pool in
-fp32 between conversions: EfficientDet-Lite0 at 320 px, 14 pads, int8 network 8.66 -> 7.56 ms on a 2-core CPU
-(D0 at 512 px 2% faster in fp32 and int8), outputs bit-identical.
+max-pools; there the ``Pad`` ran as a reference (scalar) kernel. Folded, onnxruntime's fp32 network ran 4-5% faster
+(EfficientDet-Lite0 at 320 px and D0 at 512 px, 14 pads, a 2-core CPU), outputs bit-identical. The OpenVINO int8
+export does not fold them (:func:`~efficientdet.export.openvino.export_openvino`): without the ``Pad``, NNCF
+quantises the max-pools' inputs, which made Lite0's int8 network faster but moved its int8 AP.
 """
 
 from __future__ import annotations
