@@ -14,12 +14,18 @@ quantises the max-pools' inputs, which made Lite0's int8 network faster but move
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 SPATIAL_RANK = 4  # [N, C, H, W]
+
+
+def node_producers(nodes: Sequence[Any]) -> dict[str, Any]:
+    """Each tensor name of an ONNX graph mapped to the node that writes it."""
+    return {out: node for node in nodes for out in node.output}
 
 
 def _attribute(node: Any, name: str, default: Any) -> Any:
@@ -63,7 +69,7 @@ def merge_max_pool_pads(model: Any) -> int:
 
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    producers = {output: node for node in graph.node for output in node.output}
+    producers = node_producers(graph.node)
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
@@ -93,8 +99,9 @@ def merge_max_pool_pads(model: Any) -> int:
         graph.node.remove(pad)
     if folded:  # the pads' amounts and values, unless something else reads them
         still_read = {name for node in graph.node for name in node.input} | outputs | {v.name for v in graph.input}
+        unread = {name for pad in folded for name in pad.input[1:]} - still_read
         for tensor in list(graph.initializer):
-            if tensor.name not in still_read and tensor.name in {n for pad in folded for n in pad.input[1:]}:
+            if tensor.name in unread:
                 graph.initializer.remove(tensor)
     return len(folded)
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..models.detector import EfficientDet
 from .exporter import INPUT_NAME, METADATA_KEY, export_onnx
+from .onnx_passes import node_producers
 
 DEFAULT_CALIBRATION_IMAGES = 100
 # How the activation ranges are read off the calibration images (onnxruntime's CalibrationMethod): "minmax" takes
@@ -207,13 +208,9 @@ def folded_copy(model: EfficientDet, pads: bool = False) -> EfficientDet:
     return fold_same_padding(folded, inplace=True) if pads else folded
 
 
-def _producers(nodes: Sequence[Any]) -> dict[str, Any]:
-    return {out: node for node in nodes for out in node.output}
-
-
 def head_output_convs(graph: Any, outputs: Sequence[str]) -> list[str]:
     """Names of the convs whose results reach ``outputs`` through layout ops only (the heads' last convs)."""
-    producers = _producers(graph.node)
+    producers = node_producers(graph.node)
     found, stack, seen = [], list(outputs), set()
     while stack:
         node = producers.get(stack.pop())
@@ -304,7 +301,7 @@ def _raw_output_names(graph: Any) -> list[str]:
     if "class_logits" in outputs:
         return [name for name in outputs if name in ("class_logits", "box_codes")]
     post = set(postprocess_nodes(graph))
-    producers = _producers(graph.node)
+    producers = node_producers(graph.node)
     found = []
     for node in graph.node:
         if node.name in post:
