@@ -115,8 +115,10 @@ def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, fold
     """The files of one model (fp32 and one int8 file per calibration setting); each export's seconds printed."""
     calib = calibration_source(args, model, calibration_paths)
     jobs = {"onnxruntime fp32": lambda p: export_onnx(model, p)}
-    for method in args.onnx_methods:
-        jobs[f"onnxruntime int8 ({method})"] = partial(export_onnx_int8, model, calibration_method=method, **calib)
+    for variant in args.onnx_methods:
+        method, _, activations = variant.partition("+")
+        jobs[f"onnxruntime int8 ({variant})"] = partial(export_onnx_int8, model, calibration_method=method,
+                                                        activations=activations or "int8", **calib)  # fmt: skip
     jobs["openvino fp32"] = lambda p: export_openvino(model, p)
     for variant in args.openvino_methods:
         method, _, bias = variant.partition("+")
@@ -249,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--onnx-methods",
         default="mean-minmax",
-        help="int8 ONNX calibration methods to compare (comma-separated: minmax, mean-minmax, percentile; "
-        "default mean-minmax)",
+        help="int8 ONNX calibration methods to compare (comma-separated: minmax, mean-minmax, percentile, each "
+        "optionally +int8 or +uint8 for the activations' type; default mean-minmax)",
     )
     p.add_argument(
         "--openvino-methods",

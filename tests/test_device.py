@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from efficientdet.utils import device as device_module
-from efficientdet.utils.device import DeviceError, amp_mode, cpu_has_native_bf16
+from efficientdet.utils.device import DeviceError, amp_mode, cpu_has_native_bf16, x86_cpu_without_vnni
 
 CPU = torch.device("cpu")
 
@@ -20,9 +20,11 @@ def cpuinfo(tmp_path, monkeypatch):
         monkeypatch.setattr(device_module, "open", lambda p, *a, **k: real_open(path if p == "/proc/cpuinfo" else p,
                                                                               *a, **k), raising=False)  # fmt: skip
         cpu_has_native_bf16.cache_clear()
+        x86_cpu_without_vnni.cache_clear()
 
     yield fake
     cpu_has_native_bf16.cache_clear()
+    x86_cpu_without_vnni.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -47,13 +49,29 @@ def test_explicit_choices_do_not_depend_on_the_cpu(cpuinfo):
         amp_mode("fp8", CPU)
 
 
+@pytest.mark.parametrize(
+    "flags, lacks",
+    [("fpu sse avx2 fma", True),  # the AVX2-only EPYC this project measured on
+     ("fpu avx2 avx512f avx512_vnni", False),
+     ("fpu avx2 avx_vnni", False),
+     ("fpu avx2 amx_int8 amx_tile", False),
+     ("", False)],  # no flags line (ARM's cpuinfo lists "Features"): nothing known
+)  # fmt: skip
+def test_cpus_without_vnni_are_recognised(cpuinfo, flags, lacks):
+    cpuinfo(flags)
+    assert x86_cpu_without_vnni() is lacks
+
+
 def test_an_unreadable_cpuinfo_means_fp32(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("no /proc here")
 
     monkeypatch.setattr(device_module, "open", refuse, raising=False)
     cpu_has_native_bf16.cache_clear()
+    x86_cpu_without_vnni.cache_clear()
     try:
         assert amp_mode("auto", CPU) == (False, torch.float32)
+        assert not x86_cpu_without_vnni()  # unknown: no warning
     finally:
         cpu_has_native_bf16.cache_clear()
+        x86_cpu_without_vnni.cache_clear()

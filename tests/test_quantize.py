@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -413,6 +414,51 @@ def test_onnx_calibration_method_sets_the_activation_ranges(tiny_files, tmp_path
     assert 0.6 < ratio < 0.73, ratio
 
 
+def _quantised_tensors(path) -> tuple[set, int]:
+    """The dtypes of an int8 ONNX file's activation zero points, and the largest magnitude of its int8 weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    zero_point_types = {arrays[n.input[2]].dtype for n in graph.node if n.op_type == "QuantizeLinear"}
+    weights = [arrays[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in arrays]
+    return zero_point_types, max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.ndim == 4)
+
+
+def test_uint8_activations_are_stored_as_uint8_and_warn_without_vnni(tiny_files, tmp_path, capsys, monkeypatch):
+    """``--int8-activations uint8``: activations' zero points uint8 (the default: int8), weights int8 over their
+    full range either way, the file says which and runs; loading it on an x86 CPU without VNNI warns, naming the
+    file (there onnxruntime's u8 x s8 kernels can saturate), and an int8-activations file does not."""
+    from efficientdet.export import runtimes
+
+    folder, ckpt = tiny_files
+    base = ["export", "--checkpoint", str(ckpt), "--int8", "--calibration", str(RACCOON), "--calibration-images", "2"]
+    files = {}
+    for activations, zero_type in (("uint8", np.uint8), (None, np.int8)):
+        out = files[activations] = tmp_path / f"{activations}.onnx"
+        assert main(base + ["--output", str(out)] + (["--int8-activations", activations] if activations else [])) == 0
+        zero_point_types, largest = _quantised_tensors(out)
+        assert zero_point_types == {np.dtype(zero_type)}
+        assert largest == 127  # symmetric per-channel scales: each channel's largest weight lands on the range's end
+        quant = read_exported_metadata(out)["quantization"]
+        assert quant["activations"].startswith(f"{activations or 'int8'}, per tensor")
+        capsys.readouterr()
+        bench = ["bench", "--checkpoint", str(out), "--backend", "onnxruntime", "--iterations", "1", "--json"]
+        assert main(bench) == 0
+        assert json.loads(capsys.readouterr().out)["precision"] == "int8"
+    monkeypatch.setattr(runtimes, "x86_cpu_without_vnni", lambda: True)
+    with pytest.warns(runtimes.Uint8ActivationsWarning, match="uint8.onnx: int8 file with uint8 activations"):
+        load_exported(files["uint8"], "onnxruntime")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runtimes.Uint8ActivationsWarning)
+        load_exported(files[None], "onnxruntime")
+    monkeypatch.setattr(runtimes, "x86_cpu_without_vnni", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runtimes.Uint8ActivationsWarning)
+        load_exported(files["uint8"], "onnxruntime")
+
+
 def test_calibration_method_errors(tiny_files, tmp_path, capsys):
     """An unknown method, or a method for the wrong format, or one without --int8: one line naming it, exit 1, no
     file."""
@@ -426,6 +472,7 @@ def test_calibration_method_errors(tiny_files, tmp_path, capsys):
         (base + int8 + ["--calibration-method", "histogram"], "for ONNX int8 choose one of"),
         (base + ["--calibration-method", "minmax"], "--calibration-method is for --int8 only"),
         (base + int8 + ["--fast-bias-correction"], "--fast-bias-correction is for --format openvino --int8 only"),
+        (base + ["--int8-activations", "uint8"], "--int8-activations is for --format onnx --int8 only"),
     ]  # fmt: skip
     for args, message in cases:
         assert main(args) == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..models.config import ModelConfig
 from ..ops.postprocess import ClassOutputs
+from ..utils.device import x86_cpu_without_vnni
 from .exporter import METADATA_KEY, RAW_OUTPUTS
 from .openvino_core import OPENVINO_HINT, openvino_core, require_openvino  # noqa: F401  (re-exported)
 
@@ -153,6 +155,10 @@ class ExportedNetwork(nn.Module):
         return ClassOutputs([cls_out], maxima), [box_out]
 
 
+class Uint8ActivationsWarning(UserWarning):
+    """An int8 file with uint8 activations runs on an x86 CPU without VNNI, where its arithmetic can saturate."""
+
+
 class OnnxRuntimeNetwork(ExportedNetwork):
     """An exported ONNX file in an onnxruntime CPU session (int8 QDQ files run the integer kernels)."""
 
@@ -175,6 +181,12 @@ class OnnxRuntimeNetwork(ExportedNetwork):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        activations = str(metadata.get("quantization", {}).get("activations", ""))
+        if activations.startswith("uint8") and x86_cpu_without_vnni():
+            message = (f"{path}: int8 file with uint8 activations on a CPU without VNNI, where onnxruntime's u8 x s8 "
+                       "kernels can saturate (detections may differ from the file's measured ones); export with "
+                       "--int8-activations int8 for this CPU")  # fmt: skip
+            warnings.warn(message, Uint8ActivationsWarning, stacklevel=2)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, codes = self.session.run(None, {self.input_name: images})

@@ -22,6 +22,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute in bf16
+VNNI_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 int8 dot products that accumulate without saturating
+
+
+def _cpu_flags() -> list[str] | None:
+    """The x86 feature flags of Linux's ``/proc/cpuinfo`` (an empty list where it has no ``flags`` line, as on
+    ARM), or None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
 
 
 @functools.cache
@@ -31,12 +42,18 @@ def cpu_has_native_bf16() -> bool:
     There oneDNN's bf16 convolutions run faster than fp32 (this project's raccoon runs at 448 px trained in bf16 on
     such a CPU at 11-15 img/s); elsewhere bf16 is emulated and slower than fp32, so ``--amp auto`` stays in fp32.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+    return any(flag in (_cpu_flags() or []) for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+@functools.cache
+def x86_cpu_without_vnni() -> bool:
+    """Whether this is an x86 CPU known to lack VNNI (its flags read, with AVX2 and no VNNI flag).
+
+    There onnxruntime's u8 x s8 int8 kernels multiply with VPMADDUBSW, whose int16 pair sums can saturate; False
+    where the flags cannot be read (other systems, other architectures): nothing known to warn about.
+    """
+    flags = _cpu_flags()
+    return bool(flags) and "avx2" in flags and not any(flag in flags for flag in VNNI_CPU_FLAGS)
 
 
 def amp_mode(amp: str, device: torch.device) -> tuple[bool, torch.dtype]:
