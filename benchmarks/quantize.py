@@ -116,9 +116,11 @@ def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, fold
     calib = calibration_source(args, model, calibration_paths)
     jobs = {"onnxruntime fp32": lambda p: export_onnx(model, p)}
     for variant in args.onnx_methods:
-        method, _, activations = variant.partition("+")
+        method, *options = variant.split("+")
+        activations = next((o for o in options if o in ("int8", "uint8")), "int8")
         jobs[f"onnxruntime int8 ({variant})"] = partial(export_onnx_int8, model, calibration_method=method,
-                                                        activations=activations or "int8", **calib)  # fmt: skip
+                                                        activations=activations, bias_correction="no-bc" not in options,
+                                                        **calib)  # fmt: skip
     jobs["openvino fp32"] = lambda p: export_openvino(model, p)
     for variant in args.openvino_methods:
         method, _, bias = variant.partition("+")
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         "--onnx-methods",
         default="mean-minmax",
         help="int8 ONNX calibration methods to compare (comma-separated: minmax, mean-minmax, percentile, each "
-        "optionally +int8 or +uint8 for the activations' type; default mean-minmax)",
+        "optionally +int8 or +uint8 for the activations' type and +no-bc without bias correction; default "
+        "mean-minmax)",
     )
     p.add_argument(
         "--openvino-methods",

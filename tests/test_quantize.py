@@ -86,6 +86,26 @@ def test_openvino_int8_keeps_the_max_pools_explicit_pads(lite0, calibrated, tmp_
 
 
 @pytest.mark.slow
+def test_int8_onnx_biases_are_corrected_by_default(lite0, calibrated, tmp_path):
+    """The parity Lite0's quantised convs with a bias (batch norms folded in) get it corrected, and the file says
+    so; ``bias_correction=False`` keeps the quantiser's biases (the two files differ in those only)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from efficientdet.export.quantize import export_onnx_int8
+
+    model, x = lite0
+    onnx8, _ = calibrated
+    corrected = int(read_exported_metadata(onnx8)["quantization"]["bias_correction"].split()[0])
+    assert corrected > 50
+    plain = export_onnx_int8(model, tmp_path / "plain.onnx", [x[i : i + 1].numpy() for i in range(len(x))],
+                             bias_correction=False)  # fmt: skip
+    assert read_exported_metadata(plain)["quantization"]["bias_correction"] == "none"
+    arrays = [{i.name: numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer} for p in (onnx8, plain)]
+    differ = {name for name in arrays[0] if not np.array_equal(arrays[0][name], arrays[1][name])}
+    assert len(differ) == corrected and all(arrays[0][name].dtype == np.int32 for name in differ)
+
+
 def test_fp32_files_run_as_the_network(lite0, tmp_path):
     """ONNX in onnxruntime and OpenVINO, and the OpenVINO IR: the eager detections, box for box."""
     pytest.importorskip("openvino")
@@ -443,6 +463,7 @@ def test_uint8_activations_are_stored_as_uint8_and_warn_without_vnni(tiny_files,
         assert largest == 127  # symmetric per-channel scales: each channel's largest weight lands on the range's end
         quant = read_exported_metadata(out)["quantization"]
         assert quant["activations"].startswith(f"{activations or 'int8'}, per tensor")
+        assert quant["bias_correction"] != "none"  # on by default (counted on a model with biases below)
         capsys.readouterr()
         bench = ["bench", "--checkpoint", str(out), "--backend", "onnxruntime", "--iterations", "1", "--json"]
         assert main(bench) == 0
