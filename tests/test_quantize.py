@@ -321,7 +321,7 @@ def test_cli_int8_onnx_and_backend_check(tiny_files, capsys):
     meta = read_exported_metadata(out)
     assert meta["precision"] == "int8" and meta["quantization"]["calibration"]["images"] == 2
     assert meta["quantization"]["calibration"]["split"] == "train"
-    capsys.readouterr()
+    assert "--int8-activations uint8 ran 1.7-3.2x faster" in capsys.readouterr().out  # the faster choice named
     bench = ["bench", "--checkpoint", str(out), "--backend", "onnxruntime", "--iterations", "2", "--json"]
     assert main(bench) == 0
     assert json.loads(capsys.readouterr().out)["precision"] == "int8"
