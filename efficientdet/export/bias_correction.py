@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .onnx_passes import node_producers
 
@@ -46,9 +48,6 @@ def _weight_error(quantized_inits: dict[str, Any], dequantize: Any, fp32_weight:
 
 def _conv_output_mean(x: np.ndarray, weight: np.ndarray, attributes: dict[str, Any]) -> np.ndarray:
     """Per output channel, the mean over batch and positions of the ONNX Conv of ``x`` with ``weight`` (no bias)."""
-    import torch
-    import torch.nn.functional as F
-
     top, left, bottom, right = attributes.get("pads", [0, 0, 0, 0])
     padded = F.pad(torch.from_numpy(x), (left, right, top, bottom))
     out = F.conv2d(padded, torch.from_numpy(weight), None, attributes.get("strides", [1, 1]), 0,

@@ -381,7 +381,8 @@ def quantize_onnx_file(
             extra_options=options,
         )
         model = onnx.load(str(quantized))
-        corrected = correct_weight_bias(onnx.load(str(prepared)), model, batches) if bias_correction else 0
+        # the fp32 network the quantiser read: prepared_model, as saved to `prepared` above
+        corrected = correct_weight_bias(prepared_model, model, batches) if bias_correction else 0
         meta = json.loads({p.key: p.value for p in onnx.load(str(source)).metadata_props}[METADATA_KEY])
         meta.update(precision="int8", quantization={
             "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
