@@ -629,3 +629,43 @@ def test_calibration_sees_a_photo_as_prediction_feeds_it_to_the_network(tmp_path
     expected = detector.preprocess([str(path)])[0].cpu().contiguous().numpy()
     [batch] = batches_from_paths([str(path)], 64, detector.config.mean, detector.config.std, count=1)
     np.testing.assert_array_equal(batch, expected)
+
+
+def _quantised_on_the_way_to(graph, names: list[str]) -> list[str]:
+    """The QuantizeLinear / DequantizeLinear nodes met walking back from ``names`` to the convs that compute them."""
+    from efficientdet.export.onnx_passes import node_producers
+
+    producers = node_producers(graph.node)
+    stack, seen, found = list(names), set(), []
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in seen or node.op_type == "Conv":
+            continue
+        seen.add(node.name)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            found.append(node.name)
+        stack.extend(node.input)
+    return found
+
+
+@pytest.mark.parametrize("with_nms", [False, True])
+def test_int8_onnx_leaves_the_logits_and_box_codes_in_fp32(lite0, tmp_path, with_nms):
+    """The heads' last convs run in fp32, and so does everything between them and the outputs: one 8-bit scale per
+    tensor over all logits (or box codes) would round every score and box and clip the highest logits. (It once
+    quantised the Concat of the levels' outputs, which put the outputs back on 8 bits.)"""
+    import onnx
+
+    from efficientdet.export.quantize import export_onnx_int8, postprocess_nodes
+
+    model, x = lite0
+    path = export_onnx_int8(model, tmp_path / "int8.onnx", [x[:1].numpy()], with_nms=with_nms, bias_correction=False)
+    graph = onnx.load(str(path)).graph
+    if with_nms:
+        post = set(postprocess_nodes(graph))
+        names = [i for node in graph.node if node.name in post for i in node.input]
+        assert post and names
+    else:
+        names = ["class_logits", "box_codes"]
+    assert _quantised_on_the_way_to(graph, names) == []
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(_quantised_on_the_way_to(graph, [convs[-1].input[0]])) > 0  # the walk does see quantisation

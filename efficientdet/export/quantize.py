@@ -18,7 +18,8 @@ which the quantiser's documentation recommends) and ``quantize_static``:
   images (:mod:`efficientdet.export.bias_correction`; ``bias_correction=False`` leaves the quantiser's biases);
 - the prediction heads' last convs stay fp32 (inputs quantised, outputs not): their outputs are the class logits
   and box codes themselves, and one 8-bit scale across a whole logit range (about -15..5) would leave steps of
-  ~0.08 in the logits and ~8 % in box width and height. They are 10 small convs out of ~180;
+  ~0.08 in the logits and ~8 % in box width and height. They are 10 small convs out of ~180; the layout ops
+  between them and the outputs (Transpose, Reshape, the Concat of the levels) stay fp32 with them;
 - with ``with_nms``, everything from the first TopK onward (decoding, NMS) is left out of quantisation: the
   post-processing runs in fp32 on the int8 network's outputs.
 
@@ -228,8 +229,10 @@ def folded_copy(model: EfficientDet, pads: bool = False) -> EfficientDet:
     return fold_same_padding(folded, inplace=True) if pads else folded
 
 
-def head_output_convs(graph: Any, outputs: Sequence[str]) -> list[str]:
-    """Names of the convs whose results reach ``outputs`` through layout ops only (the heads' last convs)."""
+def head_output_nodes(graph: Any, outputs: Sequence[str]) -> list[str]:
+    """Names of the convs whose results reach ``outputs`` through layout ops only (the heads' last convs), and of
+    those layout ops: left out of quantisation together, so that the outputs stay fp32 (a quantised Concat of the
+    levels' outputs would put them back on one 8-bit scale)."""
     producers = node_producers(graph.node)
     found, stack, seen = [], list(outputs), set()
     while stack:
@@ -240,6 +243,7 @@ def head_output_convs(graph: Any, outputs: Sequence[str]) -> list[str]:
         if node.op_type == "Conv":
             found.append(node.name)
         elif node.op_type in ("Reshape", "Transpose", "Concat", "Flatten", "Identity", "Squeeze", "Unsqueeze"):
+            found.append(node.name)
             stack.extend(node.input)
     return found
 
@@ -364,7 +368,7 @@ def quantize_onnx_file(
         graph = prepared_model.graph
         fill_dead_channels(prepared_model)
         exclude = (
-            finite_maxpool_pads(graph) + postprocess_nodes(graph) + head_output_convs(graph, _raw_output_names(graph))
+            finite_maxpool_pads(graph) + postprocess_nodes(graph) + head_output_nodes(graph, _raw_output_names(graph))
         )
         onnx.save(prepared_model, str(prepared))
         quantized = Path(tmp) / "int8.onnx"
