@@ -68,7 +68,7 @@ from efficientdet.engine.tasks.detection import hold_out
 from efficientdet.evaluation.validate import coco_ap, evaluate_model
 from efficientdet.export import export_onnx
 from efficientdet.export.openvino import export_openvino
-from efficientdet.export.quantize import batches_from_paths, export_onnx_int8
+from efficientdet.export.quantize import ACTIVATION_TYPES, DEFAULT_ACTIVATION_TYPE, batches_from_paths, export_onnx_int8
 from efficientdet.export.runtimes import load_exported
 from efficientdet.inference import Detector
 from efficientdet.models.factory import create_model, load_checkpoint
@@ -117,7 +117,7 @@ def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, fold
     jobs = {"onnxruntime fp32": lambda p: export_onnx(model, p)}
     for variant in args.onnx_methods:
         method, *options = variant.split("+")
-        activations = next((o for o in options if o in ("int8", "uint8")), "int8")
+        activations = next((o for o in options if o in ACTIVATION_TYPES), DEFAULT_ACTIVATION_TYPE)
         jobs[f"onnxruntime int8 ({variant})"] = partial(export_onnx_int8, model, calibration_method=method,
                                                         activations=activations, bias_correction="no-bc" not in options,
                                                         **calib)  # fmt: skip
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         "--onnx-methods",
         default="mean-minmax",
         help="int8 ONNX calibration methods to compare (comma-separated: minmax, mean-minmax, percentile, each "
-        "optionally +int8 or +uint8 for the activations' type and +no-bc without bias correction; default "
-        "mean-minmax)",
+        "optionally +uint8, +uint8-vnni or +int8 for the activations' type (default uint8) and +no-bc without bias "
+        "correction; default mean-minmax)",
     )
     p.add_argument(
         "--openvino-methods",

@@ -9,8 +9,9 @@ rotating from round to round), so that load from other processes and thermal dri
   runs channels-last; ``compile`` adds ``torch.compile`` (inductor, weights frozen; compilation is warm-up and
   reported); ``onnxruntime`` runs the file of :func:`efficientdet.export.export_onnx`; ``openvino`` the OpenVINO IR
   of :func:`efficientdet.export.openvino.export_openvino`; ``onnxruntime int8`` / ``openvino int8`` the
-  post-training int8 files (onnxruntime's QDQ quantiser / NNCF; ``onnxruntime int8 uint8`` with uint8
-  activations, ``export --int8-activations uint8``), calibrated here on ``--calibration-images``
+  post-training int8 files (onnxruntime's QDQ quantiser with the default uint8 activations / NNCF;
+  ``onnxruntime int8 int8`` and ``onnxruntime int8 uint8-vnni`` the other ``export --int8-activations``), calibrated
+  here on ``--calibration-images``
   random images: speed does not depend on the calibration, accuracy does (``benchmarks/quantize.py`` measures
   it on real data). ``openvino bf16`` / ``openvino int8 bf16`` (by default only on CPUs with bf16 units) run the
   same files with OpenVINO computing the float layers in bf16, its own default on such CPUs (``bench --dtype
@@ -69,7 +70,7 @@ from efficientdet.tools.bench import (
 )
 from efficientdet.utils.device import cpu_has_native_bf16
 
-INT8_CONTESTANTS = ("onnxruntime int8", "onnxruntime int8 uint8", "openvino int8")
+INT8_CONTESTANTS = ("onnxruntime int8", "onnxruntime int8 int8", "onnxruntime int8 uint8-vnni", "openvino int8")
 # OpenVINO computing the float layers in bf16 (its own default on CPUs with bf16 units; ours is fp32): timed by
 # default where the CPU has such units
 BF16_CONTESTANTS = ("openvino bf16", "openvino int8 bf16")
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 for image in synthetic_images(args.calibration_images, (480, 640), seed=1)
             ]
             compute = "bf16" if backend in BF16_CONTESTANTS else "fp32"
-            activations = "uint8" if backend.endswith("uint8") else "int8"
+            activations = backend.split()[2] if len(backend.split()) > 2 else None  # None: the export's default
             net = exported_network(model, backend.split()[0], Path(workdir), size, batch_size, args.threads,
                                    calibration, compute=compute, activations=activations)  # fmt: skip
         elif backend in BF16_CONTESTANTS:

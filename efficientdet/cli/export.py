@@ -60,11 +60,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"efficientdet export: {e}", file=sys.stderr)
             return 1
         print(f"wrote {path} ({args.format}{', int8' if args.int8 else ''}, {model.config.name})")
-        if args.int8 and args.format == "onnx" and not args.int8_activations:
-            print(
-                "note: onnxruntime ran int8-activation files slower than fp32 ones on the CPUs measured; on CPUs "
-                "with VNNI (lscpu: avx512_vnni, avx_vnni or amx_int8) --int8-activations uint8 ran 1.7-3.2x faster"
-            )
         if args.max_ap_drop is not None:
             print_accuracy_control(path)
         return 0
@@ -141,9 +136,10 @@ def add_int8_options(p: Any) -> None:
                    help="how --int8 sets activation ranges: onnx mean-minmax (default), minmax or percentile; "
                         "openvino mean-minmax (default), minmax, percentile or histogram")  # fmt: skip
     p.add_argument("--int8-activations", choices=ACTIVATION_TYPES,
-                   help=f"onnx --int8: how activations are stored (default {DEFAULT_ACTIVATION_TYPE}); uint8 runs "
-                        "onnxruntime's u8 x s8 kernels, about 2x faster on CPUs with VNNI (AVX512-VNNI, AVX-VNNI, "
-                        "AMX); without VNNI they can saturate")  # fmt: skip
+                   help=f"onnx --int8: how activations are stored (default {DEFAULT_ACTIVATION_TYPE}: uint8 with 7-bit "
+                        "weights, exact on every CPU); uint8-vnni: 8-bit weights, exact on CPUs with VNNI "
+                        "(AVX512-VNNI, AVX-VNNI, AMX) only; int8: int8 activations, 1.5-3x slower in onnxruntime "
+                        "here")  # fmt: skip
     p.add_argument("--fast-bias-correction", action="store_true",
                    help="openvino --int8: NNCF's fast bias correction (half the export time; lost more AP here) "
                         "instead of the full one")  # fmt: skip

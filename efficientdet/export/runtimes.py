@@ -156,7 +156,8 @@ class ExportedNetwork(nn.Module):
 
 
 class Uint8ActivationsWarning(UserWarning):
-    """An int8 file with uint8 activations runs on an x86 CPU without VNNI, where its arithmetic can saturate."""
+    """An int8 file with uint8 activations and 8-bit weights (``--int8-activations uint8-vnni``) runs on an x86 CPU
+    without VNNI, where its arithmetic can saturate (7-bit weights, the default, cannot)."""
 
 
 class OnnxRuntimeNetwork(ExportedNetwork):
@@ -181,11 +182,13 @@ class OnnxRuntimeNetwork(ExportedNetwork):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        activations = str(metadata.get("quantization", {}).get("activations", ""))
-        if activations.startswith("uint8") and x86_cpu_without_vnni():
-            message = (f"{path}: int8 file with uint8 activations on a CPU without VNNI, where onnxruntime's u8 x s8 "
-                       "kernels can saturate (detections may differ from the file's measured ones); export with "
-                       "--int8-activations int8 for this CPU")  # fmt: skip
+        quantization = metadata.get("quantization", {})
+        uint8 = str(quantization.get("activations", "")).startswith("uint8")
+        seven_bit = str(quantization.get("weights", "")).startswith("int8 within 7 bits")  # quantize.WEIGHTS_7_BIT
+        if uint8 and not seven_bit and x86_cpu_without_vnni():
+            message = (f"{path}: int8 file with uint8 activations and 8-bit weights on a CPU without VNNI, where "
+                       "onnxruntime's u8 x s8 kernels can saturate (detections may differ from the file's measured "
+                       "ones); the default --int8-activations uint8 (7-bit weights) cannot")  # fmt: skip
             warnings.warn(message, Uint8ActivationsWarning, stacklevel=2)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

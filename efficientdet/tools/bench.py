@@ -185,14 +185,14 @@ def exported_network(
     threads: int | None,
     calibration: Sequence[np.ndarray] | None = None,
     compute: str = "fp32",
-    activations: str = "int8",
+    activations: str | None = None,
 ) -> nn.Module:
     """``model`` exported (fixed size and batch) into ``folder`` and opened in ``backend`` (onnxruntime: an ONNX
     file; openvino: an IR, fp32 weights): :class:`efficientdet.runtimes.ExportedNetwork`, raw outputs as one flat
     level each, the layout post-processing reads. onnxruntime's output buffers are handed over without a copy.
     With ``calibration`` (pre-processed ``[batch_size, 3, S, S]`` arrays) the file is post-training int8
-    (onnxruntime's QDQ quantiser, with ``activations`` int8 or uint8 / NNCF). ``compute="bf16"``: OpenVINO computes
-    the float layers in bf16."""
+    (onnxruntime's QDQ quantiser, ``activations`` one of its ``ACTIVATION_TYPES``, by default its default / NNCF).
+    ``compute="bf16"``: OpenVINO computes the float layers in bf16."""
     from ..export.exporter import export_onnx
     from ..export.runtimes import load_exported
 
@@ -205,8 +205,9 @@ def exported_network(
     elif calibration is not None:
         from ..export.quantize import export_onnx_int8
 
-        path = export_onnx_int8(model, folder / f"{name}_{activations}.onnx", calibration, img_size=img_size,
-                                batch_size=batch_size, activations=activations)  # fmt: skip
+        chosen = {"activations": activations} if activations else {}
+        path = export_onnx_int8(model, folder / f"{name}_{activations or 'default'}.onnx", calibration,
+                                img_size=img_size, batch_size=batch_size, **chosen)  # fmt: skip
     else:
         path = export_onnx(model, folder / f"{name}.onnx", img_size=img_size, batch_size=batch_size)
     return load_exported(path, backend, threads, compute)
