@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 for image in synthetic_images(args.calibration_images, (480, 640), seed=1)
             ]
             compute = "bf16" if backend in BF16_CONTESTANTS else "fp32"
-            activations = backend.split()[2] if len(backend.split()) > 2 else None  # None: the export's default
+            words = backend.split()  # "onnxruntime int8 [ACTIVATIONS]"; None: the export's default
+            activations = words[2] if words[0] == "onnxruntime" and len(words) > 2 else None
             net = exported_network(model, backend.split()[0], Path(workdir), size, batch_size, args.threads,
                                    calibration, compute=compute, activations=activations)  # fmt: skip
         elif backend in BF16_CONTESTANTS:
