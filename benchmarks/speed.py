@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             compute = "bf16" if backend in BF16_CONTESTANTS else "fp32"
             words = backend.split()  # "onnxruntime int8 [ACTIVATIONS]"; None: the export's default
             activations = words[2] if words[0] == "onnxruntime" and len(words) > 2 else None
-            net = exported_network(model, backend.split()[0], Path(workdir), size, batch_size, args.threads,
-                                   calibration, compute=compute, activations=activations)  # fmt: skip
+            net = exported_network(model, words[0], Path(workdir), size, batch_size, args.threads, calibration,
+                                   compute=compute, activations=activations)  # fmt: skip
         elif backend in BF16_CONTESTANTS:
             net = prepare_network(model, "openvino", "cpu", size, batch_size, args.threads, dtype="bf16",
                                   workdir=workdir)  # fmt: skip

@@ -183,13 +183,14 @@ class OnnxRuntimeNetwork(ExportedNetwork):
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         quantization = metadata.get("quantization", {})
-        uint8 = str(quantization.get("activations", "")).startswith("uint8")
-        seven_bit = str(quantization.get("weights", "")).startswith("int8 within 7 bits")  # quantize.WEIGHTS_7_BIT
-        if uint8 and not seven_bit and x86_cpu_without_vnni():
-            message = (f"{path}: int8 file with uint8 activations and 8-bit weights on a CPU without VNNI, where "
-                       "onnxruntime's u8 x s8 kernels can saturate (detections may differ from the file's measured "
-                       "ones); the default --int8-activations uint8 (7-bit weights) cannot")  # fmt: skip
-            warnings.warn(message, Uint8ActivationsWarning, stacklevel=2)
+        if str(quantization.get("activations", "")).startswith("uint8") and x86_cpu_without_vnni():
+            from .quantize import WEIGHTS_7_BIT  # the writer's words for 7-bit weights (only read for uint8 files)
+
+            if quantization.get("weights") != WEIGHTS_7_BIT:
+                message = (f"{path}: int8 file with uint8 activations and 8-bit weights on a CPU without VNNI, where "
+                           "onnxruntime's u8 x s8 kernels can saturate (detections may differ from the file's "
+                           "measured ones); the default --int8-activations uint8 (7-bit weights) cannot")  # fmt: skip
+                warnings.warn(message, Uint8ActivationsWarning, stacklevel=2)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, codes = self.session.run(None, {self.input_name: images})
