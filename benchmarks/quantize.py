@@ -45,6 +45,14 @@ share of ``train`` that ``efficientdet train --seed S`` held out and did not tra
 
 (On raccoon's 16 held-out images that search did not converge in 30 minutes: docs/int8.md.)
 
+A dataset with a validation split of its own that the checkpoint did not train on (BCCD's ``val``; the plain
+``train`` command only evaluates on it after each epoch) judges the settings there: ``--split val`` scores on it
+and calibration still reads ``train``:
+
+    python benchmarks/quantize.py --data ../shared/datasets/bccd --split val \
+        --checkpoint runs/bccd/seed0/last.pt --models lite0 --no-latency \
+        --onnx-methods mean-minmax,mean-minmax+uint8-vnni,mean-minmax+int8
+
 ``--limit N`` evaluates on the first N images only (a smoke run, not a result).
 """
 
@@ -192,7 +200,7 @@ def evaluation_data(args: argparse.Namespace) -> tuple[Any, list[str] | None]:
     """The images to score on (``test``, or the held-out share of ``train``) and, in validation mode, the training
     images left to calibrate on (else None: calibration reads ``train``)."""
     if args.holdout_fraction is None:
-        return read_dataset(args.data, None, "test"), None
+        return read_dataset(args.data, None, args.split), None
     kept, held_out = hold_out(read_dataset(args.data, None, "train"), args.holdout_fraction, args.holdout_seed)
     if held_out is None:
         raise SystemExit(f"quantize.py: --holdout-fraction {args.holdout_fraction} holds out no images")
@@ -220,7 +228,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             size = model.config.image_size
             batch, _, _ = Detector(model).preprocess(paths[:1])
             ms = latency(nets, batch, args.rounds) if args.latency else {}
-            split = "test" if calibration_paths is None else f"held out of train ({args.holdout_fraction})"
+            split = args.split if calibration_paths is None else f"held out of train ({args.holdout_fraction})"
             for label in nets:
                 rows.append({"model": name, "img_size": size, "contestant": label, **scores[label],
                              "network_ms": ms.get(label), "threads": args.threads, "evaluated_on": split,
@@ -240,7 +248,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="raccoon-trained efficientdet-lite0 checkpoint")
     p.add_argument("--d0-checkpoint", help="efficientdet-d0 weights (default: random, one class)")
@@ -271,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         "as `train --val-split auto` does, and calibrate on the rest (test is not read)",
     )
     p.add_argument("--holdout-seed", type=int, default=0, help="seed of the held-out share (default 0)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="split to score on without --holdout-fraction (default test; a dataset's own validation split, e.g. "
+        "BCCD's val, where the checkpoint did not train on it, to judge settings on validation data)",
+    )
     # fmt: off
     p.add_argument("--max-ap-drop", type=float, help="also export each OpenVINO int8 variant with accuracy control")
     p.add_argument("--accuracy-holdout", type=float, default=0.1,
@@ -285,8 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     for key in ("models", "onnx_methods", "openvino_methods"):
         setattr(args, key, [m.strip() for m in getattr(args, key).split(",") if m.strip()])
+    if args.holdout_fraction is not None and args.split != "test":
+        p.error("--split names the images to score on; --holdout-fraction scores on a share of train instead")
     if args.max_ap_drop is not None and args.holdout_fraction is not None:
         p.error("--max-ap-drop scores on held-out train images: it goes with the test mode, not --holdout-fraction")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     rows = run(args)
     print(format_table(rows))
     if args.json:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -676,3 +677,32 @@ def test_int8_onnx_leaves_the_logits_and_box_codes_in_fp32(lite0, tmp_path, with
     assert _quantised_on_the_way_to(graph, names) == []
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert len(_quantised_on_the_way_to(graph, [convs[-1].input[0]])) > 0  # the walk does see quantisation
+
+
+def test_quantize_benchmark_scores_the_split_it_is_given(tmp_path):
+    """benchmarks/quantize.py judges int8 settings on validation data: ``--split val`` scores a dataset's own
+    validation split (calibration then reads ``train``), ``--holdout-fraction`` a share of ``train`` and calibrates
+    on the rest, and the two together are refused."""
+    import importlib.util
+
+    from conftest import REPO
+    from test_train import raccoon_subset
+
+    spec = importlib.util.spec_from_file_location("quantize_benchmark", REPO / "benchmarks" / "quantize.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = raccoon_subset(tmp_path, n_train=12, n_val=3)
+    val_ids = (data / "ImageSets" / "Main" / "val.txt").read_text().split()
+
+    scored, calibration_paths = bench.evaluation_data(bench.parse_args(["--data", str(data), "--split", "val"]))
+    assert [Path(r.path).stem for r in scored.records] == val_ids and calibration_paths is None
+
+    args = bench.parse_args(["--data", str(data), "--holdout-fraction", "0.25"])
+    held_out, kept = bench.evaluation_data(args)
+    held = {Path(r.path).stem for r in held_out.records}
+    calibrated_on = {Path(p).stem for p in kept}
+    assert (len(held), len(calibrated_on)) == (3, 9) and not held & calibrated_on and not held & set(val_ids)
+
+    with pytest.raises(SystemExit) as refused:
+        bench.parse_args(["--data", str(data), "--split", "val", "--holdout-fraction", "0.5"])
+    assert refused.value.code == 2
