@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..data.readers import IMAGE_EXTENSIONS
 from ..data.synthetic import synthetic_images
 from ..inference.detector import Detector
 from ..ops.postprocess import box_iou_one_to_many, flatten_outputs
+from ..utils.atomic import create_beside
 
 Runner = Callable[[Path, torch.Tensor], Sequence[torch.Tensor]]
 VERIFY_IMAGES = 2  # images per check: a wrong graph shows on any picture, and each image costs an inference
@@ -217,9 +217,8 @@ def write_verified(path: str | os.PathLike, write: Callable[[Path], object], che
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = create_beside(path.with_name(path.stem), suffix=path.suffix)
     os.close(fd)
-    tmp = Path(name)
     try:
         write(tmp)
         check(tmp)

@@ -40,7 +40,6 @@ import os
 import queue
 import re
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..utils.atomic import atomic_open
+from ..utils.atomic import atomic_open, create_beside
 from ..viz.draw import draw_detections
 from .files import label_path, write_label_file, yolo_lines
 from .parallel import ordered_map
@@ -426,7 +425,8 @@ class VideoWriter:
         av = require_av()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = create_beside(self.path)
+        self._tmp = str(tmp)
         os.close(fd)
         self.count = 0
         try:
