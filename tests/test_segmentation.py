@@ -436,16 +436,34 @@ def test_predict_keeps_inputs_with_the_same_stem_apart(trained_run, tmp_path):
 
 
 def test_predict_cli_segmentation_task(trained_run, tmp_path, capsys):
+    """Folders, files and image URLs (a loopback server); a broken file is named once and skipped."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
     root, out = trained_run
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(sorted((root / "val").iterdir())[0], site / "from-url.png")
+    quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=site))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/from-url.png"
     args = ["predict", "--task", "segmentation", "--checkpoint", str(out / "best.pt"), str(root / "val"), str(bad),
-            "--output", str(tmp_path / "pred"), "--img-size", "64"]  # fmt: skip
-    assert main(args) == 1  # the broken file is named and skipped; the rest is done
+            url, "--output", str(tmp_path / "pred"), "--img-size", "64"]  # fmt: skip
+    try:
+        assert main(args) == 1  # the broken file is named and skipped; the rest is done
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
     err = capsys.readouterr().err
-    assert "broken.png" in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{bad}: cannot read image (")  # named once, not "X: X: ..."
     written = sorted(p.name for p in (tmp_path / "pred").iterdir())
-    stems = sorted(p.stem for p in (root / "val").iterdir())
+    stems = sorted([p.stem for p in (root / "val").iterdir()] + ["from-url"])
     assert written == sorted([f"{s}_mask.png" for s in stems] + [f"{s}_overlay.png" for s in stems])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -70,17 +71,20 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet predict: {e}", file=sys.stderr)
         return 1
-    images, failures = expand_sources(args.sources, args.recursive, exclude=args.output)
-    for source, message in failures:
-        print(f"{source}: {message}", file=sys.stderr)
     done = 0
-    for image in images:
-        try:
-            predict_segmentation(model, [image.path], args.output, img_size=args.img_size, device=args.device)
-            done += 1
-        except (ImageReadError, OSError) as e:
-            failures.append((str(image.path), str(e)))
-            print(f"{image.path}: {e}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="efficientdet-url-images-") as downloads:  # images given by URL
+        images, failures = expand_sources(args.sources, args.recursive, exclude=args.output, download_to=downloads)
+        for _, message in failures:  # each message names its source
+            print(message, file=sys.stderr)
+        for image in images:
+            try:
+                predict_segmentation(model, [image.path], args.output, img_size=args.img_size, device=args.device)
+                done += 1
+            except (ImageReadError, OSError) as e:
+                message = image.naming(str(e))
+                message = message if image.shown in message else f"{image.shown}: {message}"
+                failures.append((image.shown, message))
+                print(message, file=sys.stderr)
     print(f"predict: {counted(done, 'image')} segmented, {len(failures)} failed, {time.perf_counter() - start:.1f} s; "
           f"overlays and masks in {args.output}")  # fmt: skip
     return 1 if failures else 0
@@ -95,7 +99,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "Videos, cameras and streams: a drawn video and detections.jsonl each, in OUTPUT/<name>/.",
     )  # fmt: skip
     p.add_argument("sources", nargs="*", metavar="SOURCE",
-                   help="image files, folders, quoted glob patterns ('photos/**/*.jpg'), video files "
+                   help="image files, folders, quoted glob patterns ('photos/**/*.jpg'), image URLs "
+                   "(https://.../bus.jpg: downloaded for the run), video files "
                    f"({', '.join(VIDEO_EXTENSIONS)}), /dev/videoN, rtsp:// or http(s):// streams")  # fmt: skip
     p.add_argument("--source", action="append", metavar="VIDEO",
                    help="video source whatever its name: camera index (0), device, URL, file (repeatable)")  # fmt: skip

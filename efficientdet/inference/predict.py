@@ -17,8 +17,8 @@ Output folder contents:
   when another file fails to load. ``category_id`` is the training dataset's own id of the class when the model
   knows it (a model trained on a COCO JSON; effdet's 90-class COCO weights: the COCO category id, slot + 1), else
   the 0-based class index + 1, the same convention as ``efficientdet eval`` for data without ids of its own.
-  ``file_name`` is the input path as found (POSIX separators). Boxes are in original-image pixels, rounded to
-  0.01 px. Images without detections have no entries.
+  ``file_name`` is the input path as found (POSIX separators), or the URL of an image given by URL. Boxes are
+  in original-image pixels, rounded to 0.01 px. Images without detections have no entries.
 
 Optional files, named after the drawn image (``2023/a.jpg`` -> ``2023/a``; inputs differing only by extension
 get ``_2``, ... here too):
@@ -30,6 +30,10 @@ get ``_2``, ... here too):
   that ``efficientdet train --format yolo`` reads (the score column is ignored there).
 - ``crops/<class>/2023/a_<k>.jpg`` (``save_crop``): the k-th detection of the image (0-based, as listed) cut from
   the original, rounded to whole pixels and clipped to the image; class names are made file-system safe.
+
+Images given by http(s) URL whose path names an image file (``https://example.com/bus.jpg``) are downloaded into a
+temporary folder for the run (:mod:`efficientdet.inference.image_urls`) and then treated like files, named after
+the URL's file name; other http(s) URLs are streams (below).
 
 Unreadable files are reported on stderr by name and skipped; the run goes on and ``PredictSummary.failures``
 (and the exit code of the command) says whether anything failed.
@@ -53,6 +57,7 @@ import glob
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +76,7 @@ from ..utils.atomic import atomic_open
 from ..utils.text import counted
 from ..viz.draw import draw_detections
 from .files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
+from .image_urls import ImageDownloadError, download_image, is_image_url, url_file_name
 from .tiling import DEFAULT_TILE_OVERLAP
 from .video import check_video_options, is_video_source, predict_videos
 
@@ -93,6 +99,17 @@ class SourceImage:
 
     path: Path
     name: str
+    origin: str | None = None  # the URL of an image downloaded to ``path``
+
+    @property
+    def shown(self) -> str:
+        """How results and messages name the image: its URL, or its path as found (POSIX separators)."""
+        return self.origin or self.path.as_posix()
+
+    def naming(self, message: str) -> str:
+        """``message`` (e.g. a decoding error, which names the file read) with a downloaded file's temporary path
+        replaced by its URL."""
+        return message.replace(str(self.path), self.origin) if self.origin else message
 
 
 @dataclass
@@ -161,13 +178,19 @@ def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[
 
 
 def expand_sources(
-    sources: Sequence[str | os.PathLike], recursive: bool = False, exclude: str | os.PathLike | None = None
+    sources: Sequence[str | os.PathLike],
+    recursive: bool = False,
+    exclude: str | os.PathLike | None = None,
+    download_to: str | os.PathLike | None = None,
 ) -> tuple[list[SourceImage], list[tuple[str, str]]]:
-    """Files, folders and glob patterns -> the image files to process, plus one error per source that found none.
+    """Files, folders, glob patterns and image URLs -> the image files to process, plus one error per source that
+    found none.
 
     Folders give their image files (sorted; subfolders with ``recursive``), globs (``*``, ``?``, ``[...]``, and
     ``**`` across folders) their matching image files and the image files of matching folders; a path that exists
-    is taken as it is. A file reached twice (two sources, or through a symlink) is processed once.
+    is taken as it is. A file reached twice (two sources, or through a symlink) is processed once. Image URLs
+    (:func:`~efficientdet.inference.image_urls.is_image_url`) are downloaded into ``download_to`` (which the
+    caller removes afterwards); without it they are errors.
     """
     exclude_path = Path(exclude) if exclude is not None else None
     found: list[SourceImage] = []
@@ -189,7 +212,20 @@ def expand_sources(
 
     for source in map(str, sources):
         path = Path(source)
-        if path.is_dir():
+        if is_image_url(source):
+            if source in seen:
+                continue
+            seen.add(source)
+            if download_to is None:
+                errors.append((source, f"{source}: an image URL needs a folder to download to"))
+                continue
+            try:
+                found.append(
+                    SourceImage(download_image(source, download_to, len(found)), url_file_name(source), source)
+                )
+            except ImageDownloadError as exc:
+                errors.append((source, str(exc)))
+        elif path.is_dir():
             images = _folder_images(path, recursive, exclude_path)
             if not images:
                 has_subfolders = not recursive and any(p.is_dir() for p in path.iterdir())
@@ -405,103 +441,109 @@ def predict(
         flip_tta=flip_tta, vote_iou=vote_iou, parallel_frames=parallel_frames,
     )  # fmt: skip
     batch_size = detector.batch_size
-    images, source_errors = expand_sources(sources, recursive, exclude=out)
-    summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
-    bar = progress_bar(total=len(images), enabled=progress is not False, unit="img")
+    with contextlib.ExitStack() as downloads:  # images given by URL live in a temporary folder for the run
+        folder = None
+        if any(is_image_url(s) for s in sources):
+            folder = downloads.enter_context(tempfile.TemporaryDirectory(prefix="efficientdet-url-images-"))
+        images, source_errors = expand_sources(sources, recursive, exclude=out, download_to=folder)
+        summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
+        bar = progress_bar(total=len(images), enabled=progress is not False, unit="img")
 
-    stream = sys.stderr if errors is True else errors or None  # resolved now: sys.stderr may have been replaced
+        stream = sys.stderr if errors is True else errors or None  # resolved now: sys.stderr may have been replaced
 
-    def fail(name: str, message: str) -> None:
-        summary.failures.append((name, message))
-        if stream is not None:
-            bar.write(message, file=stream)  # beside a terminal bar, without breaking it
+        def fail(name: str, message: str) -> None:
+            summary.failures.append((name, message))
+            if stream is not None:
+                bar.write(message, file=stream)  # beside a terminal bar, without breaking it
 
-    for source, message in source_errors:
-        fail(source, message)
-    out.mkdir(parents=True, exist_ok=True)
-    destinations = output_names(images, out)
-    stems = image_stems(destinations, out) if save_txt or save_crop else []
-    folders = class_folders(detector.class_names) if save_crop else []
-    keep_pixels = draw or save_crop or tile  # the decoded image is held until tiled, drawn or cropped
-    results: list[dict] = []
-    batch: list[tuple[int, np.ndarray | None, torch.Tensor | None, float, tuple[int, int]]] = []
+        for source, message in source_errors:
+            fail(source, message)
+        out.mkdir(parents=True, exist_ok=True)
+        destinations = output_names(images, out)
+        stems = image_stems(destinations, out) if save_txt or save_crop else []
+        folders = class_folders(detector.class_names) if save_crop else []
+        keep_pixels = draw or save_crop or tile  # the decoded image is held until tiled, drawn or cropped
+        results: list[dict] = []
+        batch: list[tuple[int, np.ndarray | None, torch.Tensor | None, float, tuple[int, int]]] = []
 
-    def run_batch() -> None:
-        if tile:  # one image, cut into tiles and run batch_size tiles at a time by the Detector
-            dets = detector([item[1] for item in batch])
-        else:
-            tensors = torch.cat([item[2] for item in batch])
-            dets = detector.predict_tensor(tensors, [item[3] for item in batch], [item[4] for item in batch])
-        for det in dets:
-            index, array, _, _, size = batch.pop(0)  # the batch lets go of each image as soon as it is done
-            img = images[index]
-            entries = detections_to_coco([index + 1], [det], detector.category_ids)
-            for entry, name in zip(entries, det["label_names"]):
-                results.append({
-                    "image_id": entry["image_id"], "file_name": img.path.as_posix(),
-                    "category_id": entry["category_id"], "category_name": name,
-                    "bbox": entry["bbox"], "score": entry["score"],
-                })  # fmt: skip
-            summary.images += 1
-            summary.detections += len(entries)
-            try:
-                if save_txt:
-                    scores = det["scores"] if save_conf else None
-                    lines = yolo_lines(det["boxes"], det["labels"], scores, size)
-                    write_label_file(label_path(out, stems[index]), lines)
-                if save_crop:
-                    save_crops(array, det["boxes"], det["labels"], folders, out, stems[index])
-            except (OSError, ValueError) as exc:
-                fail(str(img.path), f"{img.path}: cannot write its label file or crops: {exc}")
-            if draw:
-                canvas = Image.fromarray(array)
-                del array  # one full-size copy fewer while drawing a huge image
-                try:
-                    drawn = draw_detections(canvas, det["boxes"], det["labels"], det["scores"], detector.class_names)
-                    del canvas
-                    _save_drawn(drawn, destinations[index])
-                    summary.drawn.append(destinations[index])
-                except (OSError, ValueError) as exc:
-                    fail(str(img.path), f"{img.path}: cannot write {destinations[index]}: {exc}")
-            bar.update(1)
-
-    with _pixel_limit(max_pixels), bar:
-        pixels = 0
-        for index, img in enumerate(images):
-            try:
-                check_pixels(img.path, max_pixels)
-                # the network's input as `eval` decodes it (a camera photo at a reduced scale); tiles, drawings
-                # and crops need the full picture, a second decoding where the first was reduced
-                decoded = None if tile else detector.decode(img.path)
-                held = None
-                if keep_pixels:
-                    held = decode_image(img.path).pixels if decoded is None else full_picture(decoded, img.path)
-            except ImageReadError as exc:
-                fail(str(img.path), str(exc))
-                bar.update(1)
-                continue
-            except MemoryError:
-                fail(str(img.path), f"{img.path}: cannot read image (out of memory)")
-                bar.update(1)
-                continue
-            if decoded is None:  # tiled: pre-processed tile by tile when its batch runs
-                tensor, scales, sizes = None, [1.0], [held.shape[:2]]
+        def run_batch() -> None:
+            if tile:  # one image, cut into tiles and run batch_size tiles at a time by the Detector
+                dets = detector([item[1] for item in batch])
             else:
-                tensor, scales, sizes = detector.preprocess([decoded])
-            counted = held if held is not None else decoded.pixels
-            pixels += counted.shape[0] * counted.shape[1]
-            batch.append((index, held, tensor, scales[0], sizes[0]))
-            del decoded, held, counted  # held by the batch only (to be drawn on): freed once drawn
-            if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET or tile:
+                tensors = torch.cat([item[2] for item in batch])
+                dets = detector.predict_tensor(tensors, [item[3] for item in batch], [item[4] for item in batch])
+            for det in dets:
+                index, array, _, _, size = batch.pop(0)  # the batch lets go of each image as soon as it is done
+                img = images[index]
+                entries = detections_to_coco([index + 1], [det], detector.category_ids)
+                for entry, name in zip(entries, det["label_names"]):
+                    results.append({
+                        "image_id": entry["image_id"], "file_name": img.shown,
+                        "category_id": entry["category_id"], "category_name": name,
+                        "bbox": entry["bbox"], "score": entry["score"],
+                    })  # fmt: skip
+                summary.images += 1
+                summary.detections += len(entries)
+                try:
+                    if save_txt:
+                        scores = det["scores"] if save_conf else None
+                        lines = yolo_lines(det["boxes"], det["labels"], scores, size)
+                        write_label_file(label_path(out, stems[index]), lines)
+                    if save_crop:
+                        save_crops(array, det["boxes"], det["labels"], folders, out, stems[index])
+                except (OSError, ValueError) as exc:
+                    fail(img.shown, f"{img.shown}: cannot write its label file or crops: {exc}")
+                if draw:
+                    canvas = Image.fromarray(array)
+                    del array  # one full-size copy fewer while drawing a huge image
+                    try:
+                        drawn = draw_detections(
+                            canvas, det["boxes"], det["labels"], det["scores"], detector.class_names
+                        )
+                        del canvas
+                        _save_drawn(drawn, destinations[index])
+                        summary.drawn.append(destinations[index])
+                    except (OSError, ValueError) as exc:
+                        fail(img.shown, f"{img.shown}: cannot write {destinations[index]}: {exc}")
+                bar.update(1)
+
+        with _pixel_limit(max_pixels), bar:
+            pixels = 0
+            for index, img in enumerate(images):
+                try:
+                    check_pixels(img.path, max_pixels)
+                    # the network's input as `eval` decodes it (a camera photo at a reduced scale); tiles, drawings
+                    # and crops need the full picture, a second decoding where the first was reduced
+                    decoded = None if tile else detector.decode(img.path)
+                    held = None
+                    if keep_pixels:
+                        held = decode_image(img.path).pixels if decoded is None else full_picture(decoded, img.path)
+                except ImageReadError as exc:
+                    fail(img.shown, img.naming(str(exc)))
+                    bar.update(1)
+                    continue
+                except MemoryError:
+                    fail(img.shown, f"{img.shown}: cannot read image (out of memory)")
+                    bar.update(1)
+                    continue
+                if decoded is None:  # tiled: pre-processed tile by tile when its batch runs
+                    tensor, scales, sizes = None, [1.0], [held.shape[:2]]
+                else:
+                    tensor, scales, sizes = detector.preprocess([decoded])
+                counted = held if held is not None else decoded.pixels
+                pixels += counted.shape[0] * counted.shape[1]
+                batch.append((index, held, tensor, scales[0], sizes[0]))
+                del decoded, held, counted  # held by the batch only (to be drawn on): freed once drawn
+                if len(batch) >= batch_size or pixels >= BATCH_PIXEL_BUDGET or tile:
+                    run_batch()
+                    pixels = 0
+            if batch:
                 run_batch()
-                pixels = 0
-        if batch:
-            run_batch()
-    if images or not videos:
-        with atomic_open(summary.detections_path, "w") as f:
-            json.dump(results, f)
-    else:
-        summary.detections_path = None
+        if images or not videos:
+            with atomic_open(summary.detections_path, "w") as f:
+                json.dump(results, f)
+        else:
+            summary.detections_path = None
     if videos:
         run = predict_videos(
             detector, videos, out, fail, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames,

@@ -53,6 +53,7 @@ import numpy as np
 from ..utils.atomic import atomic_open, create_beside
 from ..viz.draw import draw_detections
 from .files import label_path, write_label_file, yolo_lines
+from .image_urls import is_image_url
 from .parallel import ordered_map
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov")
@@ -131,9 +132,12 @@ def is_stream_url(text: str) -> bool:
 def is_video_source(text: str | os.PathLike) -> bool:
     """Whether a positional ``predict`` source is a video (by extension), a ``/dev/video*`` camera or a stream URL.
 
-    Camera indices (``0``) are only taken through ``--source``: a bare number could be a file name.
+    Camera indices (``0``) are only taken through ``--source``: a bare number could be a file name. An http(s) URL
+    of an image file (``.../bus.jpg``) is an image (:mod:`efficientdet.inference.image_urls`), not a stream.
     """
     text = os.fspath(text)
+    if is_image_url(text):
+        return False
     return Path(text).suffix.lower() in VIDEO_EXTENSIONS or is_stream_url(text) or text.startswith("/dev/video")
 
 

@@ -1,0 +1,120 @@
+"""``predict https://host/photo.jpg``: an image given by URL is downloaded and predicted like a file, against a
+loopback HTTP server the test starts (no outside host is contacted)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import socket
+import tempfile
+import threading
+
+import pytest
+from conftest import SHARED, require_shared, tiny_detector_checkpoint
+
+from efficientdet.cli import main
+from efficientdet.inference import image_urls
+from efficientdet.inference.image_urls import is_image_url, url_file_name
+from efficientdet.inference.video import is_video_source
+
+PHOTOS = SHARED / "datasets" / "raccoon" / "JPEGImages"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def photo_server():
+    """``http://127.0.0.1:PORT/``: the raccoon photos, served read-only from the shared data."""
+    folder = require_shared(PHOTOS)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=folder))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_detector_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", ["a", "b"])
+
+
+@pytest.fixture
+def private_tempdir(tmp_path, monkeypatch):
+    """Temporary folders made during the test go here, so the test can see that none is left behind."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_which_urls_are_images():
+    assert is_image_url("https://example.com/a/bus.JPG") and is_image_url("http://h:8080/x.png?size=2")
+    assert is_image_url("https://example.com/a%20b.jpg") and url_file_name("https://example.com/a%20b.jpg") == "a_b.jpg"
+    assert not is_image_url("https://example.com/live.m3u8") and is_video_source("https://example.com/live.m3u8")
+    assert not is_image_url("rtsp://camera/stream.jpg")  # a stream scheme stays a stream
+    assert not is_image_url("photos/bus.jpg") and not is_video_source("https://example.com/bus.jpg")
+
+
+def test_an_image_url_is_predicted_like_the_file(photo_server, checkpoint, tmp_path, private_tempdir):
+    url = f"{photo_server}/raccoon-1.jpg"
+    assert main(["predict", url, "--checkpoint", str(checkpoint), "--output", str(tmp_path / "by_url"),
+                 "--save-txt"]) == 0  # fmt: skip
+    assert main(["predict", str(PHOTOS / "raccoon-1.jpg"), "--checkpoint", str(checkpoint),
+                 "--output", str(tmp_path / "by_file"), "--save-txt"]) == 0  # fmt: skip
+
+    by_url = json.loads((tmp_path / "by_url" / "detections.json").read_text())
+    by_file = json.loads((tmp_path / "by_file" / "detections.json").read_text())
+    assert by_url and {d["file_name"] for d in by_url} == {url}
+    assert [{k: v for k, v in d.items() if k != "file_name"} for d in by_url] == [
+        {k: v for k, v in d.items() if k != "file_name"} for d in by_file
+    ]
+    written = sorted(str(p.relative_to(tmp_path / "by_url")) for p in (tmp_path / "by_url").rglob("*") if p.is_file())
+    assert written == ["detections.json", "labels/raccoon-1.txt", "raccoon-1.jpg"]  # an image's outputs, no video
+    assert (tmp_path / "by_url" / "labels" / "raccoon-1.txt").read_text() == (
+        tmp_path / "by_file" / "labels" / "raccoon-1.txt"
+    ).read_text()
+    assert list(private_tempdir.iterdir()) == []  # the download is gone
+
+
+def test_a_url_that_fails_is_named_and_the_others_still_run(photo_server, checkpoint, tmp_path, capsys, monkeypatch):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nothing listens on
+    refused = f"http://127.0.0.1:{closed.getsockname()[1]}/x.jpg"
+    closed.close()
+    missing = f"{photo_server}/no-such-photo.jpg"
+    out = tmp_path / "out"
+    code = main(["predict", missing, refused, f"{photo_server}/raccoon-2.jpg", "--checkpoint", str(checkpoint),
+                 "--output", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{missing}: cannot download image (HTTP Error 404" in err
+    assert f"{refused}: cannot download image (" in err
+    assert (out / "raccoon-2.jpg").is_file() and not (out / "no-such-photo.jpg").exists()
+
+    monkeypatch.setattr(image_urls, "MAX_IMAGE_BYTES", 1000)  # an answer larger than the limit is refused
+    code = main(["predict", f"{photo_server}/raccoon-3.jpg", "--checkpoint", str(checkpoint), "--output", str(out)])
+    assert code == 1 and "raccoon-3.jpg: cannot download image (larger than" in capsys.readouterr().err
+    assert not (out / "raccoon-3.jpg").exists()
+
+
+def test_an_image_url_that_is_no_image_names_the_url(photo_server, checkpoint, tmp_path, capsys, monkeypatch):
+    """A server answering an image URL with something else (an HTML error page, say): the decoding failure names
+    the URL, not the temporary file it was downloaded to."""
+    served = tmp_path / "site"
+    served.mkdir()
+    (served / "fake.jpg").write_text("<html>not an image</html>")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=served))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/fake.jpg"
+        code = main(["predict", url, "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    err = capsys.readouterr().err
+    assert code == 1 and f"{url}: cannot read image" in err and "efficientdet-url-images" not in err
