@@ -377,3 +377,48 @@ def test_neck_flags_size_the_bifpn_and_heads_and_travel_with_the_checkpoint(tmp_
     err = capsys.readouterr().err
     assert "--fpn-channels" in err and "fpn_channels 24" in err and err.count("\n") == 1
     assert not (tmp_path / "bad").exists() and not (tmp_path / "ft").exists()
+
+
+def test_ctrl_c_stops_training_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during training: no traceback but one line saying what was saved and the command that continues
+    the run (exit 130, as for any command a SIGINT stops); that command finishes the run."""
+    from efficientdet.engine.trainer import Trainer
+
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    out = tmp_path / "run"
+    real_epoch = Trainer.train_epoch
+
+    def interrupted_in_the_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_the_second_epoch)
+    args = ["train", "--data", str(data), "--val-split", "none", "--epochs", "3", "--output", str(out),
+            "--img-size", "64", "--batch-size", "2", "--workers", "0", "--no-pretrained-backbone"]  # fmt: skip
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    last = out / "last.pt"
+    assert err == [f"efficientdet train: interrupted; {last} holds epoch 1 of 3: "
+                   f"`efficientdet train --resume {last}` continues the run"]  # fmt: skip
+    assert len(history(out)) == 1
+
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    assert main(["train", "--resume", str(last), "--data", str(data)]) == 0
+    assert len(history(out)) == 3
+
+
+def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, capsys, monkeypatch):
+    from efficientdet.engine.trainer import Trainer
+
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--val-split", "none", "--output", str(out), "--img-size", "64",
+                 "--workers", "0", "--no-pretrained-backbone"]) == 130  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["efficientdet train: interrupted before the first epoch ended; nothing was saved"]
+    assert not (out / "last.pt").exists()

@@ -12,7 +12,9 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..engine.recipe import RecipeConfig
@@ -157,6 +159,29 @@ def _missing_data(task: str, args: argparse.Namespace) -> str | None:
     return "give --train-images and --train-masks (and --val-images, --val-masks), or --data VOC_ROOT"
 
 
+def interrupted_line(cfg: RecipeConfig | None, started: float) -> str:
+    """What a Ctrl-C left: the ``last.pt`` this run wrote or resumed (each finished epoch rewrites it) and the
+    command that continues the run, or that nothing was saved. A ``last.pt`` older than the run and not the one
+    it resumed belongs to an earlier run in the same folder and is not offered (2 s of slack: FAT's mtimes)."""
+    from ..engine.components import LAST_FILE
+    from ..models.weights import CheckpointError, read_file
+
+    last = Path(cfg.output) / LAST_FILE if cfg is not None else None
+    ours = (
+        last is not None
+        and last.is_file()
+        and (last.stat().st_mtime >= started - 2 or (cfg.resume and Path(cfg.resume).resolve() == last.resolve()))
+    )
+    if not ours:
+        return "interrupted before the first epoch ended; nothing was saved"
+    try:
+        state = read_file(last)["train_state"]
+        done = f"epoch {state['epoch']} of {state['train_config']['epochs']}"
+    except (CheckpointError, KeyError, TypeError):
+        done = "the last finished epoch"
+    return f"interrupted; {last} holds {done}: `efficientdet train --resume {last}` continues the run"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..data.readers import DatasetError
     from ..engine.utils import TrainingError
@@ -175,6 +200,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if problem:
         print(f"efficientdet train: {problem}", file=sys.stderr)
         return 2
+    cfg = None
+    started = time.time()
     try:
         cfg = train_config(args)
         if task == "segmentation":
@@ -185,6 +212,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             from ..engine.train import train
 
             result = train(cfg)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank gets the signal; rank 0 speaks
+            print(f"efficientdet train: {interrupted_line(cfg, started)}", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
     except (TrainingError, CheckpointError, DatasetError, ValueError, FileNotFoundError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"efficientdet train: {message}", file=sys.stderr)

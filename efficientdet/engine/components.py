@@ -90,6 +90,10 @@ class MetricsLog:
         self.history = list(state["history"])
 
 
+LAST_FILE = "last.pt"  # in the run's output folder: what --resume continues
+BEST_FILE = "best.pt"
+
+
 class Checkpointer:
     """``last.pt`` every epoch (EMA weights + everything ``--resume`` needs) and ``best.pt`` at the best metric.
 
@@ -98,8 +102,8 @@ class Checkpointer:
     """
 
     def __init__(self, folder: Path, class_names: list[str], extra: Mapping[str, Any] | None = None) -> None:
-        self.last_path = folder / "last.pt"
-        self.best_path = folder / "best.pt"
+        self.last_path = folder / LAST_FILE
+        self.best_path = folder / BEST_FILE
         self.class_names = class_names
         self.extra = dict(extra or {})  # top-level keys of both files (segmentation: task, ignore_index)
         self.best = -math.inf  # any finite metric, even a negative one, makes the first best.pt
