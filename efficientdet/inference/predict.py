@@ -114,7 +114,8 @@ class SourceImage:
 
 @dataclass
 class PredictSummary:
-    """What a run did; ``exit_code`` is 1 when any source or file failed, else 0."""
+    """What a run did; ``exit_code`` is 130 when Ctrl-C left images unprocessed, else 1 when any source or file
+    failed, else 0 (Ctrl-C is how a camera or stream run ends: that alone is no failure)."""
 
     images: int = 0  # images read and processed
     detections: int = 0
@@ -125,17 +126,21 @@ class PredictSummary:
     drawn: list[Path] = field(default_factory=list)
     videos: int = 0  # video sources processed (see efficientdet.video)
     frames: int = 0  # their frames processed
-    interrupted: bool = False  # Ctrl-C ended a video source (its files are closed and playable)
+    interrupted: bool = False  # Ctrl-C ended the run (a video's files are closed and playable)
+    images_left: int = 0  # images Ctrl-C left unprocessed (their drawings and detections are not written)
 
     @property
     def exit_code(self) -> int:
+        if self.images_left:
+            return 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C stopped
         return 1 if self.failures else 0
 
     def line(self) -> str:
         """The one-line summary the command prints."""
         where = f"; results in {self.output}" if self.output is not None else ""
         videos = f"{counted(self.frames, 'frame')} of {counted(self.videos, 'video')}, " if self.videos else ""
-        stopped = " (stopped by Ctrl-C)" if self.interrupted else ""
+        left = f": {counted(self.images_left, 'image')} not processed" if self.images_left else ""
+        stopped = f" (stopped by Ctrl-C{left})" if self.interrupted else ""
         return (
             f"predict: {counted(self.images, 'image')}, {videos}{counted(self.detections, 'detection')}, "
             f"{len(self.failures)} failed, "
@@ -505,9 +510,11 @@ def predict(
                         summary.drawn.append(destinations[index])
                     except (OSError, ValueError) as exc:
                         fail(img.shown, f"{img.shown}: cannot write {destinations[index]}: {exc}")
+                finished[0] += 1
                 bar.update(1)
 
-        with _pixel_limit(max_pixels), bar:
+        finished = [0]  # images done or failed; Ctrl-C leaves the rest (a list: run_batch counts too)
+        with _pixel_limit(max_pixels), bar, contextlib.suppress(KeyboardInterrupt):
             pixels = 0
             for index, img in enumerate(images):
                 try:
@@ -520,10 +527,12 @@ def predict(
                         held = decode_image(img.path).pixels if decoded is None else full_picture(decoded, img.path)
                 except ImageReadError as exc:
                     fail(img.shown, img.naming(str(exc)))
+                    finished[0] += 1
                     bar.update(1)
                     continue
                 except MemoryError:
                     fail(img.shown, f"{img.shown}: cannot read image (out of memory)")
+                    finished[0] += 1
                     bar.update(1)
                     continue
                 if decoded is None:  # tiled: pre-processed tile by tile when its batch runs
@@ -539,12 +548,14 @@ def predict(
                     pixels = 0
             if batch:
                 run_batch()
+        summary.images_left = len(images) - finished[0]
+        summary.interrupted = summary.images_left > 0
         if images or not videos:
             with atomic_open(summary.detections_path, "w") as f:
                 json.dump(results, f)
         else:
             summary.detections_path = None
-    if videos:
+    if videos and not summary.interrupted:
         run = predict_videos(
             detector, videos, out, fail, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames,
             draw=draw, save_txt=save_txt, save_conf=save_conf, progress=progress is not False,
