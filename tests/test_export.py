@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -456,3 +457,25 @@ def test_compare_detections_matches_boxes():
     assert compare_detections(moved, reference, 0.05, 100)["boxes"] == pytest.approx(1 - 90 / 110)
     lost = (boxes, scores, labels, torch.tensor([1]))
     assert compare_detections(lost, reference, 0.05, 100)["scores"] == pytest.approx(0.8 - 0.05)
+
+
+def test_output_defaults_to_the_checkpoints_name_beside_it(tmp_path, capsys):
+    """Without --output the file goes beside the checkpoint, named after it (best.pt -> best.onnx, as other
+    detectors' export commands do); --int8 / --half / the format change the name, --pretrained names it after the
+    model in the current folder."""
+    from efficientdet.cli.export import default_output
+
+    assert default_output("runs/voc/best.pt", "efficientdet-d0", "onnx") == Path("runs/voc/best.onnx")
+    assert default_output("runs/voc/best.pt", "efficientdet-d0", "onnx", int8=True) == Path("runs/voc/best_int8.onnx")
+    assert default_output("runs/voc/best.pt", "efficientdet-d0", "onnx", half=True) == Path("runs/voc/best_fp16.onnx")
+    assert default_output("runs/voc/best.pt", "efficientdet-d0", "openvino") == Path("runs/voc/best.xml")
+    assert default_output("runs/voc/best.pt", "efficientdet-d0", "pt2") == Path("runs/voc/best.pt2")
+    assert default_output(None, "efficientdet-d0", "openvino", int8=True) == Path("efficientdet-d0_int8.xml")
+    assert default_output("https://host/w/d0.pth?dl=1", "efficientdet-d0", "onnx") == Path("d0.onnx")
+
+    _needs_onnx()
+    ckpt = tmp_path / "best.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=2, image_size=128), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--no-verify"]) == 0
+    assert f"wrote {tmp_path / 'best.onnx'} (onnx" in capsys.readouterr().out
+    assert read_metadata(tmp_path / "best.onnx")["model"] == "efficientdet-lite0"

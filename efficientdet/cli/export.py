@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..export.exporter import (
     DEFAULT_OPSET,
@@ -32,6 +33,21 @@ from ..export.verify import VERIFY_IMAGES, VerificationError, describe, load_ver
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
 
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml"}  # by --format
+
+
+def default_output(checkpoint: str | None, model_name: str, fmt: str, int8: bool = False, half: bool = False) -> Path:
+    """``--output`` when not given: beside a local checkpoint, named after it (``runs/voc/best.pt`` ->
+    ``runs/voc/best.onnx``, ``best_int8.onnx``, ``best_fp16.onnx``, ``best.xml``, ``best.pt2``); for
+    ``--pretrained`` the model's name, for a checkpoint URL its file name, in the current folder."""
+    if checkpoint is None:
+        stem = model_name
+    elif "://" in checkpoint:
+        stem = Path(urlsplit(checkpoint).path).stem or model_name
+    else:
+        stem = str(Path(checkpoint).with_suffix(""))
+    return Path(stem + ("_int8" if int8 else "_fp16" if half else "") + SUFFIXES[fmt])
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``efficientdet export``: load a checkpoint, write the file, optionally check it against eager PyTorch."""
@@ -44,6 +60,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet export: {e}", file=sys.stderr)
         return 1
+    if args.output is None:
+        checkpoint = None if args.pretrained else str(args.checkpoint)
+        args.output = str(default_output(checkpoint, model.config.name, args.format, args.int8, args.half))
     common = dict(
         img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, with_nms=args.with_nms,
         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, max_det=args.max_det,
@@ -94,7 +113,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_weights_options(p)
     p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
-    p.add_argument("--output", required=True, help="file to write (e.g. model.onnx, model.pt2)")
+    p.add_argument(
+        "--output",
+        help="file to write (default: beside the checkpoint, named after it: best.pt -> "
+        "best.onnx, best_int8.onnx, best_fp16.onnx, best.xml, best.pt2; --pretrained: MODEL.onnx here)",
+    )
     p.add_argument("--img-size", type=int, nargs="+", metavar="S", help="input size S or H W (default: the model's)")
     p.add_argument("--batch-size", type=int, default=1, help="batch of the input (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="let the batch dimension vary")
