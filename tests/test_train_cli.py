@@ -422,3 +422,22 @@ def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["efficientdet train: interrupted before the first epoch ended; nothing was saved"]
     assert not (out / "last.pt").exists()
+
+
+def test_a_second_run_without_output_does_not_replace_the_first(tmp_path, capsys, monkeypatch, caplog):
+    """The default --output (runs/train) moves on to runs/train2, runs/train3 ... once it holds a run, so typing
+    the same command twice keeps the first model; an explicit --output is used as given."""
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", str(data), "--val-split", "none", "--epochs", "1", "--img-size", "64",
+            "--batch-size", "2", "--workers", "0", "--no-pretrained-backbone"]  # fmt: skip
+    assert main(args) == 0
+    first = (tmp_path / "runs" / "train" / "last.pt").read_bytes()
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert (tmp_path / "runs" / "train" / "last.pt").read_bytes() == first
+    assert (tmp_path / "runs" / "train2" / "last.pt").is_file()
+    assert "output: runs/train2 (runs/train holds an earlier run; --output chooses the folder)" in caplog.text
+    assert main([*args, "--output", "runs/train"]) == 0  # as given
+    assert (tmp_path / "runs" / "train" / "last.pt").read_bytes() != first
+    assert not (tmp_path / "runs" / "train3").exists()

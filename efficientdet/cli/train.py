@@ -9,6 +9,7 @@ dropped (only the fields marked ``resume`` in their metadata may differ: epochs,
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -24,6 +25,8 @@ from ..models.config import aspect_pairs
 from ..utils.fields import flag_name, resume_changeable
 from .common import setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
+
+LOG = logging.getLogger(__name__)
 
 CONFIGS: dict[str, type[RecipeConfig]] = {"detection": TrainConfig, "segmentation": SegTrainConfig}
 ANCHOR_FLAGS = ("--aspect-ratios", "--anchor-scale")  # detection only: they change the model's anchors
@@ -144,7 +147,27 @@ def train_config(args: argparse.Namespace) -> RecipeConfig:
         return resumed_config(task, given["resume"], given)
     if anchors or neck:
         given["model_overrides"] = {**anchors, **neck}
+    if "output" not in given:
+        default = CONFIGS[task].__dataclass_fields__["output"].default
+        given["output"] = free_output(default)
+        if given["output"] != default:
+            LOG.info("output: %s (%s holds an earlier run; --output chooses the folder)", given["output"], default)
     return CONFIGS[task](**given)
+
+
+def free_output(default: str) -> str:
+    """``default`` (``runs/train``), or the first of ``runs/train2``, ``runs/train3`` ... that holds no run (no
+    ``last.pt`` / ``best.pt``): typing the same command twice must not replace the model the first run trained."""
+    from ..engine.components import BEST_FILE, LAST_FILE
+
+    def holds_run(folder: str) -> bool:
+        return any((Path(folder) / name).exists() for name in (LAST_FILE, BEST_FILE))
+
+    candidate, n = default, 1
+    while holds_run(candidate):
+        n += 1
+        candidate = f"{default}{n}"
+    return candidate
 
 
 def _missing_data(task: str, args: argparse.Namespace) -> str | None:
