@@ -385,3 +385,16 @@ def test_ctrl_c_keeps_what_was_done_and_says_what_was_not(checkpoint, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["detections.json", "p0.png", "p1.png"]
     assert {Path(e["file_name"]).name for e in read_results(out)} <= {"p0.png", "p1.png"}
     assert read_results(out)  # the tiny model finds boxes in noise
+
+
+def test_without_output_a_second_run_gets_its_own_folder(checkpoint, tmp_path, capsys, monkeypatch):
+    """runs/predict, then runs/predict2 ...: two runs typed alike neither mix their files nor replace the first
+    run's detections.json; an explicit --output is used as given."""
+    image = random_image(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    for folder in ("runs/predict", "runs/predict2"):
+        code, out, _ = run_cli(capsys, str(image), "--checkpoint", str(checkpoint))
+        assert code == 0 and f"results in {folder}" in out
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["a.png", "detections.json"]
+    code, out, _ = run_cli(capsys, str(image), "--checkpoint", str(checkpoint), "--output", "runs/predict")
+    assert code == 0 and "results in runs/predict" in out and not (tmp_path / "runs" / "predict3").exists()

@@ -20,6 +20,7 @@ from ..inference.predict import (
 from ..inference.tiling import DEFAULT_TILE_OVERLAP
 from ..inference.video import VIDEO_EXTENSIONS
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
+from ..utils.folders import first_free_folder, holds_files
 from ..utils.text import counted
 from .argtypes import fraction, non_negative_int, overlap_arg, positive_int, tile_arg
 from .common import retain_memory_for_batches
@@ -33,6 +34,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..utils.device import DeviceError
 
     retain_memory_for_batches(args.batch_size)
+    if args.output is None:  # a new folder per run: runs/predict, runs/predict2, ...
+        args.output = first_free_folder(DEFAULT_OUTPUT, holds_files)
     if args.task == "segmentation":
         return _cmd_predict_segmentation(args)
     if not args.sources and not args.source:
@@ -107,7 +110,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_weights_options(p)
     add_backend_option(p)  # an exported --checkpoint (.onnx, .xml): efficientdet.runtimes
     p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
+    p.add_argument("--output", help=f"output folder (default {DEFAULT_OUTPUT}, or {DEFAULT_OUTPUT}2, "
+                   f"{DEFAULT_OUTPUT}3 ... when that already holds files)")  # fmt: skip
     p.add_argument("--score-threshold", type=fraction, default=DEFAULT_SCORE_THRESHOLD,
                    help=f"keep detections scoring at least this (default {DEFAULT_SCORE_THRESHOLD})")  # fmt: skip
     p.add_argument("--nms", choices=NMS_METHODS, default="hard",

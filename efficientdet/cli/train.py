@@ -23,6 +23,7 @@ from ..engine.tasks.detection import NECK_FIELDS, TrainConfig
 from ..engine.tasks.segmentation import SegTrainConfig
 from ..models.config import aspect_pairs
 from ..utils.fields import flag_name, resume_changeable
+from ..utils.folders import first_free_folder
 from .common import setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 
@@ -160,14 +161,7 @@ def free_output(default: str) -> str:
     ``last.pt`` / ``best.pt``): typing the same command twice must not replace the model the first run trained."""
     from ..engine.components import BEST_FILE, LAST_FILE
 
-    def holds_run(folder: str) -> bool:
-        return any((Path(folder) / name).exists() for name in (LAST_FILE, BEST_FILE))
-
-    candidate, n = default, 1
-    while holds_run(candidate):
-        n += 1
-        candidate = f"{default}{n}"
-    return candidate
+    return first_free_folder(default, lambda folder: any((folder / n).exists() for n in (LAST_FILE, BEST_FILE)))
 
 
 def _missing_data(task: str, args: argparse.Namespace) -> str | None:
