@@ -82,3 +82,18 @@ def parity_data() -> dict[str, dict]:
     """The effdet reference outputs, keyed by file name (loaded once)."""
     require_shared(PARITY_DIR)
     return {name: torch.load(PARITY_DIR / name, weights_only=True) for name, *_ in PARITY_CASES}
+
+
+def interrupt_at_call(monkeypatch, owner: object, name: str, n: int) -> None:
+    """Make ``owner.name`` raise KeyboardInterrupt (what Ctrl-C raises) at its ``n``-th call; the calls before run
+    as usual."""
+    real = getattr(owner, name)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)

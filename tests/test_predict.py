@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY_DIR, SHARED, require_shared, tiny_detector_checkpoint
+from conftest import PARITY_DIR, SHARED, interrupt_at_call, require_shared, tiny_detector_checkpoint
 from PIL import Image
 
 from efficientdet.cli import main
@@ -367,16 +367,7 @@ def test_ctrl_c_keeps_what_was_done_and_says_what_was_not(checkpoint, tmp_path, 
     folder = tmp_path / "photos"
     for i in range(4):
         random_image(folder / f"p{i}.png", seed=i)
-    calls = []
-    real = Detector.predict_tensor
-
-    def interrupted_on_the_third_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Detector, "predict_tensor", interrupted_on_the_third_batch)
+    interrupt_at_call(monkeypatch, Detector, "predict_tensor", 3)  # the third batch of one image
     out = tmp_path / "out"
     code, stdout, _ = run_cli(capsys, str(folder), "--checkpoint", str(checkpoint), "--output", str(out),
                               "--batch-size", "1")  # fmt: skip

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import interrupt_at_call
 from test_train import history, raccoon_subset
 
 from efficientdet.cli import main
@@ -387,13 +388,7 @@ def test_ctrl_c_stops_training_with_the_resume_command(tmp_path, capsys, monkeyp
     data = raccoon_subset(tmp_path, n_train=2, n_val=1)
     out = tmp_path / "run"
     real_epoch = Trainer.train_epoch
-
-    def interrupted_in_the_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_the_second_epoch)
+    interrupt_at_call(monkeypatch, Trainer, "train_epoch", 2)  # in the second epoch
     args = ["train", "--data", str(data), "--val-split", "none", "--epochs", "3", "--output", str(out),
             "--img-size", "64", "--batch-size", "2", "--workers", "0", "--no-pretrained-backbone"]  # fmt: skip
     assert main(args) == 130
@@ -411,10 +406,7 @@ def test_ctrl_c_stops_training_with_the_resume_command(tmp_path, capsys, monkeyp
 def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, capsys, monkeypatch):
     from efficientdet.engine.trainer import Trainer
 
-    def interrupted(self, epoch):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    interrupt_at_call(monkeypatch, Trainer, "train_epoch", 1)
     data = raccoon_subset(tmp_path, n_train=2, n_val=1)
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), "--val-split", "none", "--output", str(out), "--img-size", "64",

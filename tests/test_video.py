@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_detector_checkpoint
+from conftest import interrupt_at_call, tiny_detector_checkpoint
 
 from efficientdet.cli import main
 from efficientdet.inference import Detector
@@ -225,16 +225,7 @@ def test_parallel_frames_default_to_two_for_the_torch_network_on_a_cpu(checkpoin
 
 
 def test_ctrl_c_ends_with_closed_playable_outputs(clip, checkpoint, tmp_path, monkeypatch, capsys):
-    calls = []
-    original = Detector.predict_tensor
-
-    def interrupted_on_second_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Detector, "predict_tensor", interrupted_on_second_batch)
+    interrupt_at_call(monkeypatch, Detector, "predict_tensor", 2)
     assert predict(tmp_path, checkpoint, clip, clip, extra=("--batch-size", "4")) == 0
     assert "stopped by Ctrl-C" in capsys.readouterr().out
     assert len(records(tmp_path / "clip")) == 4
