@@ -479,3 +479,18 @@ def test_output_defaults_to_the_checkpoints_name_beside_it(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--no-verify"]) == 0
     assert f"wrote {tmp_path / 'best.onnx'} (onnx" in capsys.readouterr().out
     assert read_metadata(tmp_path / "best.onnx")["model"] == "efficientdet-lite0"
+
+
+def test_ctrl_c_in_any_command_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Commands without a Ctrl-C message of their own (train and predict have one) end with one line and exit 130;
+    the atomic writes leave no file behind."""
+    from conftest import interrupt_at_call
+
+    import efficientdet.cli.export as export_cli
+
+    ckpt = tmp_path / "best.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=2, image_size=128), ckpt)
+    interrupt_at_call(monkeypatch, export_cli, "export_verified", 1)
+    assert main(["export", "--checkpoint", str(ckpt)]) == 130
+    assert capsys.readouterr().err == "efficientdet export: interrupted\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]

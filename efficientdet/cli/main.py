@@ -181,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"efficientdet {args.command}: {line}", file=sys.stderr)
             return 2
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # train and predict say more themselves; every output is written atomically
+        print(f"efficientdet {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
 
 
 if __name__ == "__main__":
