@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import interrupt_at_call, tiny_detector_checkpoint
+from PIL import Image
 
 from efficientdet.cli import main
 from efficientdet.inference import Detector
@@ -391,3 +392,35 @@ def test_video_speed_benchmark_encodes_each_run_with_its_own_x264_options():
     with video_speed.x264_options({"preset": "ultrafast"}):
         assert video_module.X264_OPTIONS == {"preset": "ultrafast"}
     assert project == video_module.X264_OPTIONS
+
+
+def test_folders_and_globs_give_their_videos_too(clip, full_run, checkpoint, tmp_path, monkeypatch, capsys):
+    """A folder of photos and clips (what other detectors' predict commands take whole): the photos are drawn as
+    images and each clip as a video, as if named one by one; a glob finds clips the same way. Without PyAV the
+    clips are named as failures and the photos still run."""
+    import shutil
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(clip, folder / "clip.mkv")
+    Image.fromarray(decode(clip)[0][0]).save(folder / "frame0.png")
+    out = tmp_path / "out"
+    assert predict(out, checkpoint, folder, extra=("--batch-size", "5", "--save-txt")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip", "detections.json", "frame0.png", "labels"]
+    assert records(out / "clip") == records(full_run)  # the same detections as the clip named on its own
+
+    glob_out = tmp_path / "glob"
+    assert predict(glob_out, checkpoint, str(folder / "*.mkv"), extra=("--batch-size", "5")) == 0
+    assert records(glob_out / "clip") == records(full_run)
+
+    import efficientdet.inference.video as video_module
+
+    def no_av():
+        raise VideoDependencyError('video, camera and stream sources need PyAV: pip install "x"')
+
+    monkeypatch.setattr(video_module, "require_av", no_av)
+    capsys.readouterr()
+    no_av_out = tmp_path / "no_av"
+    assert predict(no_av_out, checkpoint, folder) == 1
+    assert f"{folder / 'clip.mkv'}: a video: video, camera and stream sources need PyAV" in capsys.readouterr().err
+    assert sorted(p.name for p in no_av_out.iterdir()) == ["detections.json", "frame0.png"]

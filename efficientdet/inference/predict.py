@@ -45,9 +45,10 @@ the memory of one batch. Very large images are expected here (a user pointing th
 by ``max_pixels``: by default the same limit at which Pillow refuses (about 179 million pixels, 13377 x 13377);
 larger files are reported as failures, and ``max_pixels=0`` removes the limit.
 
-Video files (by extension), ``/dev/video*`` cameras and stream URLs among the sources, and every ``video_sources``
-entry (``--source``: also camera indices such as ``0``), are run frame by frame after the images: a drawn video
-and ``detections.jsonl`` per source in ``OUTPUT/<name>/`` (see :mod:`efficientdet.video`).
+Video files (by extension; also those that folders and globs hold), ``/dev/video*`` cameras and stream URLs among
+the sources, and every ``video_sources`` entry (``--source``: also camera indices such as ``0``), are run frame by
+frame after the images: a drawn video and ``detections.jsonl`` per source in ``OUTPUT/<name>/`` (see
+:mod:`efficientdet.video`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -78,7 +79,7 @@ from ..viz.draw import draw_detections
 from .files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
 from .image_urls import ImageDownloadError, download_image, is_image_url, url_file_name
 from .tiling import DEFAULT_TILE_OVERLAP
-from .video import check_video_options, is_video_source, predict_videos
+from .video import VIDEO_EXTENSIONS, VideoDependencyError, check_video_options, is_video_source, predict_videos
 
 # Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -167,6 +168,10 @@ def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
+def _is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file()
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
@@ -175,11 +180,14 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
-    """Image files of a folder, sorted; an ``exclude`` folder strictly inside it (the output) is skipped."""
+def _folder_images(
+    folder: Path, recursive: bool, exclude: Path | None, kind: Callable[[Path], bool] = _is_image_file
+) -> list[Path]:
+    """Image files (or the files ``kind`` accepts) of a folder, sorted; an ``exclude`` folder strictly inside it
+    (the output) is skipped."""
     skip = exclude if exclude is not None and exclude.resolve() != folder.resolve() else None
     entries = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in entries if _is_image_file(p) and not (skip is not None and _is_within(p, skip)))
+    return sorted(p for p in entries if kind(p) and not (skip is not None and _is_within(p, skip)))
 
 
 def expand_sources(
@@ -187,6 +195,7 @@ def expand_sources(
     recursive: bool = False,
     exclude: str | os.PathLike | None = None,
     download_to: str | os.PathLike | None = None,
+    videos: list[Path] | None = None,
 ) -> tuple[list[SourceImage], list[tuple[str, str]]]:
     """Files, folders, glob patterns and image URLs -> the image files to process, plus one error per source that
     found none.
@@ -195,7 +204,8 @@ def expand_sources(
     ``**`` across folders) their matching image files and the image files of matching folders; a path that exists
     is taken as it is. A file reached twice (two sources, or through a symlink) is processed once. Image URLs
     (:func:`~efficientdet.inference.image_urls.is_image_url`) are downloaded into ``download_to`` (which the
-    caller removes afterwards); without it they are errors.
+    caller removes afterwards); without it they are errors. With ``videos`` (a list), the video files (by
+    extension) of folders and globs are appended to it (each once); without it they are passed over.
     """
     exclude_path = Path(exclude) if exclude is not None else None
     found: list[SourceImage] = []
@@ -215,6 +225,13 @@ def expand_sources(
             name = path.name
         found.append(SourceImage(path, name))
 
+    def add_videos(clips: list[Path]) -> None:
+        for clip in clips:
+            key = os.path.realpath(clip)
+            if videos is not None and key not in seen:
+                seen.add(key)
+                videos.append(clip)
+
     for source in map(str, sources):
         path = Path(source)
         if is_image_url(source):
@@ -232,7 +249,9 @@ def expand_sources(
                 errors.append((source, str(exc)))
         elif path.is_dir():
             images = _folder_images(path, recursive, exclude_path)
-            if not images:
+            clips = _folder_images(path, recursive, exclude_path, _is_video_file) if videos is not None else []
+            add_videos(clips)
+            if not images and not clips:
                 has_subfolders = not recursive and any(p.is_dir() for p in path.iterdir())
                 hint = " (--recursive searches its subfolders)" if has_subfolders else ""
                 errors.append((source, f"{source}: no images in this folder{hint}"))
@@ -243,13 +262,18 @@ def expand_sources(
         elif _has_magic(source):
             base = _glob_base(source)
             matches = sorted(Path(m) for m in glob.glob(source, recursive=True))
-            images = []
+            images, clips = [], []
             for match in matches:
                 if match.is_dir():
                     images += _folder_images(match, recursive, exclude_path)
+                    if videos is not None:
+                        clips += _folder_images(match, recursive, exclude_path, _is_video_file)
                 elif _is_image_file(match):
                     images.append(match)
-            if not images:
+                elif videos is not None and _is_video_file(match):
+                    clips.append(match)
+            add_videos(clips)
+            if not images and not clips:
                 what = "no image files" if matches else "nothing"
                 errors.append((source, f"{source}: matches {what}"))
             for image in images:
@@ -387,7 +411,8 @@ def predict(
     """Detect objects in every image that ``sources`` name; write drawn copies and ``detections.json`` to ``output``.
 
     Args:
-        sources: image files, folders (their image files; subfolders with ``recursive``) and glob patterns.
+        sources: image files, folders (their image and video files; subfolders with ``recursive``), glob
+            patterns, image URLs, video files, cameras and stream URLs.
         checkpoint: a model file (ours; effdet's with ``model_name``) or an already built model.
         output: folder for the drawn images and ``detections.json`` (created; see the module docstring for names).
         score_threshold, iou_threshold, nms, class_agnostic, max_det, image_size, class_names: passed to
@@ -450,7 +475,8 @@ def predict(
         folder = None
         if any(is_image_url(s) for s in sources):
             folder = downloads.enter_context(tempfile.TemporaryDirectory(prefix="efficientdet-url-images-"))
-        images, source_errors = expand_sources(sources, recursive, exclude=out, download_to=folder)
+        found_videos: list[Path] = []  # in folders and globs
+        images, source_errors = expand_sources(sources, recursive, exclude=out, download_to=folder, videos=found_videos)
         summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
         bar = progress_bar(total=len(images), enabled=progress is not False, unit="img")
 
@@ -463,6 +489,13 @@ def predict(
 
         for source, message in source_errors:
             fail(source, message)
+        if found_videos:
+            try:
+                check_video_options(vid_stride, max_frames)
+                videos += [str(v) for v in found_videos if str(v) not in map(str, videos)]
+            except VideoDependencyError as exc:  # the images still run
+                for clip in found_videos:
+                    fail(str(clip), f"{clip}: a video: {exc}")
         out.mkdir(parents=True, exist_ok=True)
         destinations = output_names(images, out)
         stems = image_stems(destinations, out) if save_txt or save_crop else []

@@ -133,12 +133,17 @@ def is_video_source(text: str | os.PathLike) -> bool:
     """Whether a positional ``predict`` source is a video (by extension), a ``/dev/video*`` camera or a stream URL.
 
     Camera indices (``0``) are only taken through ``--source``: a bare number could be a file name. An http(s) URL
-    of an image file (``.../bus.jpg``) is an image (:mod:`efficientdet.inference.image_urls`), not a stream.
+    of an image file (``.../bus.jpg``) is an image (:mod:`efficientdet.inference.image_urls`), not a stream; a glob
+    pattern (``clips/*.mp4``) is expanded with the images, its video files then run as videos.
     """
     text = os.fspath(text)
     if is_image_url(text):
         return False
-    return Path(text).suffix.lower() in VIDEO_EXTENSIONS or is_stream_url(text) or text.startswith("/dev/video")
+    if is_stream_url(text):
+        return True
+    if any(c in text for c in "*?[") and not Path(text).exists():  # a glob ("clips/*.mp4"): expanded by predict
+        return False
+    return Path(text).suffix.lower() in VIDEO_EXTENSIONS or text.startswith("/dev/video")
 
 
 def parse_source(text: str | int | os.PathLike, platform: str = sys.platform) -> VideoSource:
