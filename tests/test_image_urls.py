@@ -118,3 +118,17 @@ def test_an_image_url_that_is_no_image_names_the_url(photo_server, checkpoint, t
         httpd.server_close()
     err = capsys.readouterr().err
     assert code == 1 and f"{url}: cannot read image" in err and "efficientdet-url-images" not in err
+
+
+def test_the_python_detector_takes_image_urls_too(photo_server, checkpoint):
+    from efficientdet.data.images import ImageReadError
+    from efficientdet.inference import Detector
+
+    detector = Detector.from_checkpoint(checkpoint, score_threshold=0.3)
+    by_url, by_file = detector([f"{photo_server}/raccoon-1.jpg", PHOTOS / "raccoon-1.jpg"])
+    assert len(by_url["scores"]) and all((by_url[k] == by_file[k]).all() for k in ("boxes", "scores", "labels"))
+    tiled = Detector.from_checkpoint(checkpoint, score_threshold=0.3, tile=256)
+    (tile_url,), (tile_file,) = tiled(f"{photo_server}/raccoon-1.jpg"), tiled(PHOTOS / "raccoon-1.jpg")
+    assert (tile_url["boxes"] == tile_file["boxes"]).all()
+    with pytest.raises(ImageReadError, match=f"{photo_server}/none.jpg: cannot download image .HTTP Error 404"):
+        detector(f"{photo_server}/none.jpg")

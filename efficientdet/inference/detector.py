@@ -24,6 +24,7 @@ from ..ops.anchors import anchors_for_config
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
 from ..utils.threads import torch_threads
 from .class_filter import resolve_classes
+from .image_urls import is_image_url, read_url_image
 from .tiling import DEFAULT_TILE_OVERLAP, check_tile, detect_tiled, merge_detections
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
@@ -31,7 +32,7 @@ ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 def _as_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return read_url_image(str(image), load_image) if is_image_url(image) else load_image(image)
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):
@@ -265,7 +266,10 @@ class Detector:
     def decode(self, path: str | os.PathLike) -> DecodedImage:
         """The image file ``path`` decoded for this detector's input: a JPEG more than twice the input size at 1/2,
         1/4 or 1/8 of its resolution (:func:`~efficientdet.data.images.decode_image`; a 12 MP photo ~8x faster
-        than in full), anything else in full. Raises ``ImageReadError`` for a file that cannot be read."""
+        than in full), anything else in full; an http(s) URL of an image file is downloaded first
+        (:mod:`~efficientdet.inference.image_urls`). Raises ``ImageReadError`` for a file that cannot be read."""
+        if is_image_url(path):
+            return read_url_image(str(path), self.decode)
         return decode_image(path, size_hw(self.image_size))
 
     def model_input(self, batch: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
+
+from ..data.images import ImageReadError
 
 IMAGE_URL_SCHEMES = ("http", "https")
 IMAGE_URL_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -23,8 +28,9 @@ _CHUNK = 1 << 20
 _UNSAFE = re.compile(r"[^\w.\-]+")
 
 
-class ImageDownloadError(OSError):
-    """An image URL that could not be downloaded; the message names the URL and why."""
+class ImageDownloadError(ImageReadError):
+    """An image URL that could not be downloaded (an image that cannot be read, like a missing file); the message
+    names the URL and why."""
 
 
 def is_image_url(text: str | os.PathLike) -> bool:
@@ -70,3 +76,18 @@ def download_image(url: str, folder: str | os.PathLike, index: int) -> Path:
         reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
         raise ImageDownloadError(f"{url}: cannot download image ({reason})") from exc
     return target
+
+
+T = TypeVar("T")
+
+
+def read_url_image(url: str, read: Callable[[Path], T]) -> T:
+    """``read`` (a decoder taking a path) applied to the image at ``url``, downloaded into a temporary folder that
+    is removed afterwards: how the Python API (``Detector("https://.../bus.jpg")``) takes URLs. A decoding error
+    names the URL, not the temporary file."""
+    with tempfile.TemporaryDirectory(prefix="efficientdet-url-image-") as folder:
+        local = download_image(url, folder, 0)
+        try:
+            return read(local)
+        except ImageReadError as exc:
+            raise ImageReadError(str(exc).replace(str(local), url)) from exc
