@@ -164,7 +164,11 @@ class RecipeConfig:
     )
     output: str = field(
         default="runs/train",
-        metadata=option("folder for last.pt, best.pt, metrics.csv, metrics.png", resume=True),
+        metadata=option(
+            "folder for last.pt, best.pt, metrics.csv, metrics.png (left out: the default, or the default with 2, "
+            "3, ... added when that folder holds a run)",
+            resume=True,
+        ),
     )
     # None: default_lr(global batch, optimizer) (the paper's COCO rule: SGD at 0.08 per 64)
     lr: float | None = field(
