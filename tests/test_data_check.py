@@ -280,3 +280,22 @@ def test_bccd_train_counts_match_the_xml_files(tmp_path, capsys):
     assert {k: v["boxes"] for k, v in split["classes"].items()} == dict(expected)
     assert len(expected) == 3 and split["boxes"] == sum(expected.values()) and split["images"] == len(ids) == 205
     assert "== train: 205 images" in capsys.readouterr().out
+
+
+def test_check_data_checks_at_the_size_train_would_pick(tiny_voc, tmp_path, capsys):
+    """`train` logs the anchor coverage at the input size it chose from the data (448 px for small data) and points
+    to `check-data` for details: without --img-size check-data measures at that same size, and says so."""
+    from efficientdet.engine.tasks.detection_recipe import SMALL_DATA_IMAGES, training_size
+
+    assert training_size(10, 320) == 448 and training_size(10, 512) == 512  # never below the model's own
+    assert training_size(SMALL_DATA_IMAGES, 320) == 320  # large data: the model's own size
+
+    out = tmp_path / "report.json"
+    assert main(["check-data", "--data", str(tiny_voc), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "input size: 448 px, what `train` picks for 3 training images (small data); --img-size checks another" in (
+        printed
+    )
+    assert json.loads(out.read_text())["image_size"] == 448
+    assert main(["check-data", "--data", str(tiny_voc), "--img-size", "320", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["image_size"] == 320 and "input size:" not in capsys.readouterr().out

@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..engine.tasks.detection_recipe import SMALL_DATA_MIN_SIZE
 from ..models.config import EFFDET_PARAMS, get_config, list_models
 from ..ops.labeler import MATCH_IOU
+from ..utils.text import counted
 from .common import setup_logging
 from .options import TASKS, other_task
 from .train import add_anchor_options, anchor_overrides
@@ -78,7 +80,12 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     try:
         default = get_config(args.model)
         config = default.replace(**anchor_overrides(args.aspect_ratios, args.anchor_scale))
-        check = check_dataset(args.data, args.format, args.splits, config, args.img_size, default,
+        size = args.img_size
+        if size is None and isinstance(default.image_size, int):
+            size, why = _training_size(args.data, args.format, default.image_size)
+            if why:
+                print(f"input size: {size} px, what `train` picks for {why}; --img-size checks another")
+        check = check_dataset(args.data, args.format, args.splits, config, size, default,
                               match_iou=args.match_iou)  # fmt: skip
     except KeyError as e:  # an unknown model name
         print(f"efficientdet check-data: {e.args[0]}", file=sys.stderr)
@@ -95,6 +102,19 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_size(data: str, fmt: str | None, model_size: int) -> tuple[int, str | None]:
+    """The input size ``train`` would pick for ``data``'s ``train`` split, and why (None when there is no such
+    split: the model's own size)."""
+    from ..data.readers import read_dataset
+    from ..engine.tasks.detection_recipe import recipe_for, training_size
+
+    try:
+        count = len(read_dataset(data, fmt, "train").records)
+    except (ValueError, OSError):
+        return model_size, None
+    return training_size(count, model_size), f"{counted(count, 'training image')} ({recipe_for(count).kind})"
+
+
 def _add_check_data_parser(sub: Any) -> None:
     p = sub.add_parser("check-data", help="labels, box sizes and anchor coverage of a dataset, and better anchors")
     p.add_argument("--data", required=True, help="dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
@@ -102,7 +122,9 @@ def _add_check_data_parser(sub: Any) -> None:
     p.add_argument("--splits", nargs="+", metavar="SPLIT",
                    help="splits to check (default: those of train, val, test, trainval that exist)")  # fmt: skip
     p.add_argument("--model", default="efficientdet-lite0", help="whose anchors (default efficientdet-lite0)")
-    p.add_argument("--img-size", type=int, help="input size (default: the model's own)")
+    p.add_argument("--img-size", type=int,
+                   help="input size (default: what `train` picks for this data: the model's own, at least "
+                   f"{SMALL_DATA_MIN_SIZE} for small data)")  # fmt: skip
     add_anchor_options(p)
     p.add_argument("--match-iou", type=float, default=MATCH_IOU,
                    help=f"count a box as covered from this anchor IoU, the training run's --match-iou "

@@ -59,6 +59,12 @@ def recipe_for(num_images: int) -> DataRecipe:
     return SMALL_DATA if num_images < SMALL_DATA_IMAGES else LARGE_DATA
 
 
+def training_size(num_images: int, model_size: int) -> int:
+    """The input size ``train`` picks when ``--img-size`` is left open: the model's own, and at least
+    ``SMALL_DATA_MIN_SIZE`` for small data (``efficientdet check-data`` measures anchor coverage at it too)."""
+    return max(model_size, recipe_for(num_images).min_img_size or 0)
+
+
 @dataclass(frozen=True)
 class RecipeChoice:
     """The chosen values of the open options and the line that tells the user."""
@@ -79,7 +85,7 @@ def choose_settings(
     """
     recipe = recipe_for(num_images)
     freeze = recipe.freeze_backbone and backbone_pretrained
-    size = max(model_size, recipe.min_img_size or 0)
+    size = training_size(num_images, model_size)
     chosen = {"freeze_backbone": freeze, "img_size": size, "epochs": recipe.epochs,
               "box_loss_weight": recipe.box_loss_weight, "color_jitter": recipe.color_jitter,
               "iou_loss_weight": recipe.iou_loss_weight}  # fmt: skip
@@ -107,4 +113,4 @@ def choose_settings(
 
 
 __all__ = ["LARGE_DATA", "SMALL_DATA", "SMALL_DATA_IMAGES", "DataRecipe", "RecipeChoice", "choose_settings",
-           "recipe_for"]  # fmt: skip
+           "recipe_for", "training_size"]  # fmt: skip
