@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..engine.tasks.detection_recipe import SMALL_DATA_MIN_SIZE
@@ -75,18 +76,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from ..evaluation.data_check import check_dataset, format_report, save_plots, write_json
+    from ..evaluation.data_check import check_dataset, format_report, read_splits, save_plots, write_json
 
     try:
         default = get_config(args.model)
         config = default.replace(**anchor_overrides(args.aspect_ratios, args.anchor_scale))
-        size = args.img_size
-        if size is None and isinstance(default.image_size, int):
-            size, why = _training_size(args.data, args.format, default.image_size)
+        size, read = args.img_size, None
+        if size is None and isinstance(default.image_size, int):  # sized from the training split: read once here
+            read = read_splits(args.data, args.format, args.splits)
+            size, why = _training_size(read[0], args.data, args.format, default.image_size)
             if why:
                 print(f"input size: {size} px, what `train` picks for {why}; --img-size checks another")
         check = check_dataset(args.data, args.format, args.splits, config, size, default,
-                              match_iou=args.match_iou)  # fmt: skip
+                              match_iou=args.match_iou, read=read)  # fmt: skip
     except KeyError as e:  # an unknown model name
         print(f"efficientdet check-data: {e.args[0]}", file=sys.stderr)
         return 1
@@ -102,16 +104,22 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_size(data: str, fmt: str | None, model_size: int) -> tuple[int, str | None]:
+def _training_size(found: list[tuple[str, Any]], data: str, fmt: str | None, model_size: int) -> tuple[int, str | None]:
     """The input size ``train`` would pick for ``data``'s ``train`` split, and why (None when there is no such
-    split: the model's own size)."""
+    split: the model's own size). ``found``: the splits read already (``read_splits``); a single COCO file is its
+    own training split, and ``train`` is read here only when ``--splits`` left it out."""
     from ..data.readers import read_dataset
     from ..engine.tasks.detection_recipe import recipe_for, training_size
 
-    try:
-        count = len(read_dataset(data, fmt, "train").records)
-    except (ValueError, OSError):
-        return model_size, None
+    train = next((d for name, d in found if name == "train"), None)
+    if train is None and Path(data).is_file() and found[0][0] == Path(data).stem:  # one COCO file: one split
+        train = found[0][1]
+    if train is None:
+        try:
+            train = read_dataset(data, fmt, "train")
+        except (ValueError, OSError):
+            return model_size, None
+    count = len(train.records)
     return training_size(count, model_size), f"{counted(count, 'training image')} ({recipe_for(count).kind})"
 
 

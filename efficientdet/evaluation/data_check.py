@@ -495,12 +495,15 @@ def check_dataset(
     default_config: ModelConfig | None = None,
     propose: bool = True,
     match_iou: float = MATCH_IOU,
+    read: tuple[list[tuple[str, DetectionData]], list[str]] | None = None,
 ) -> DataCheck:
     """Check every split of a dataset against ``config``'s anchors (default: efficientdet-lite0's).
 
     ``default_config`` holds the model's own anchors when ``config`` carries candidate ones; the proposal is
     searched on the ``train`` split (else the first one read) and compared with those defaults. Coverage counts
-    boxes with an anchor at IoU >= ``match_iou``, the matching IoU of the training run it prepares.
+    boxes with an anchor at IoU >= ``match_iou``, the matching IoU of the training run it prepares. ``read``: what
+    :func:`read_splits` returned for these arguments, when the caller has read the splits already (the command does,
+    to size the check from the training split), so that the annotations are not read twice.
     """
     if not 0 < match_iou <= 1:
         raise ValueError(f"--match-iou must be in (0, 1], got {match_iou:g}")
@@ -509,7 +512,8 @@ def check_dataset(
     size = int(image_size if image_size is not None else config.image_size)
     if size <= 0:
         raise ValueError(f"image size must be positive, got {size}")
-    found, notes = read_splits(path, format, splits)
+    found, notes = read if read is not None else read_splits(path, format, splits)
+    notes = list(notes)
     checks = [check_split(data, name, config, size, match_iou) for name, data in found]
     proposal = None
     if propose:
