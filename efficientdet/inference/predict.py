@@ -492,7 +492,8 @@ def predict(
         if found_videos:
             try:
                 check_video_options(vid_stride, max_frames)
-                videos += [str(v) for v in found_videos if str(v) not in map(str, videos)]
+                named = set(map(str, videos))
+                videos += [str(v) for v in found_videos if str(v) not in named]
             except VideoDependencyError as exc:  # the images still run
                 for clip in found_videos:
                     fail(str(clip), f"{clip}: a video: {exc}")
@@ -503,6 +504,13 @@ def predict(
         keep_pixels = draw or save_crop or tile  # the decoded image is held until tiled, drawn or cropped
         results: list[dict] = []
         batch: list[tuple[int, np.ndarray | None, torch.Tensor | None, float, tuple[int, int]]] = []
+
+        finished = 0  # images done or failed; Ctrl-C leaves the rest
+
+        def advance() -> None:  # one image done or failed
+            nonlocal finished
+            finished += 1
+            bar.update(1)
 
         def run_batch() -> None:
             if tile:  # one image, cut into tiles and run batch_size tiles at a time by the Detector
@@ -543,10 +551,8 @@ def predict(
                         summary.drawn.append(destinations[index])
                     except (OSError, ValueError) as exc:
                         fail(img.shown, f"{img.shown}: cannot write {destinations[index]}: {exc}")
-                finished[0] += 1
-                bar.update(1)
+                advance()
 
-        finished = [0]  # images done or failed; Ctrl-C leaves the rest (a list: run_batch counts too)
         with _pixel_limit(max_pixels), bar, contextlib.suppress(KeyboardInterrupt):
             pixels = 0
             for index, img in enumerate(images):
@@ -560,13 +566,11 @@ def predict(
                         held = decode_image(img.path).pixels if decoded is None else full_picture(decoded, img.path)
                 except ImageReadError as exc:
                     fail(img.shown, img.naming(str(exc)))
-                    finished[0] += 1
-                    bar.update(1)
+                    advance()
                     continue
                 except MemoryError:
                     fail(img.shown, f"{img.shown}: cannot read image (out of memory)")
-                    finished[0] += 1
-                    bar.update(1)
+                    advance()
                     continue
                 if decoded is None:  # tiled: pre-processed tile by tile when its batch runs
                     tensor, scales, sizes = None, [1.0], [held.shape[:2]]
@@ -581,7 +585,7 @@ def predict(
                     pixels = 0
             if batch:
                 run_batch()
-        summary.images_left = len(images) - finished[0]
+        summary.images_left = len(images) - finished
         summary.interrupted = summary.images_left > 0
         if images or not videos:
             with atomic_open(summary.detections_path, "w") as f:
