@@ -203,11 +203,11 @@ def exported_network(
         path = export_openvino(model, folder / f"{name}.xml", int8=calibration is not None, calibration=calibration,
                                img_size=img_size, batch_size=batch_size)  # fmt: skip
     elif calibration is not None:
-        from ..export.quantize import export_onnx_int8
+        from ..export.quantize import DEFAULT_ACTIVATION_TYPE, export_onnx_int8
 
-        chosen = {"activations": activations} if activations else {}
-        path = export_onnx_int8(model, folder / f"{name}_{activations or 'default'}.onnx", calibration,
-                                img_size=img_size, batch_size=batch_size, **chosen)  # fmt: skip
+        activations = activations or DEFAULT_ACTIVATION_TYPE
+        path = export_onnx_int8(model, folder / f"{name}_{activations}.onnx", calibration, img_size=img_size,
+                                batch_size=batch_size, activations=activations)  # fmt: skip
     else:
         path = export_onnx(model, folder / f"{name}.onnx", img_size=img_size, batch_size=batch_size)
     return load_exported(path, backend, threads, compute)
