@@ -3,15 +3,12 @@ loopback HTTP server the test starts (no outside host is contacted)."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import socket
 import tempfile
-import threading
 
 import pytest
-from conftest import SHARED, require_shared, tiny_detector_checkpoint
+from conftest import SHARED, require_shared, serve_folder, tiny_detector_checkpoint
 
 from efficientdet.cli import main
 from efficientdet.inference import image_urls
@@ -21,21 +18,11 @@ from efficientdet.inference.video import is_video_source
 PHOTOS = SHARED / "datasets" / "raccoon" / "JPEGImages"
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep the test output clean
-        pass
-
-
 @pytest.fixture(scope="module")
 def photo_server():
-    """``http://127.0.0.1:PORT/``: the raccoon photos, served read-only from the shared data."""
-    folder = require_shared(PHOTOS)
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=folder))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    """``http://127.0.0.1:PORT``: the raccoon photos, served read-only from the shared data."""
+    with serve_folder(require_shared(PHOTOS)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +95,9 @@ def test_an_image_url_that_is_no_image_names_the_url(photo_server, checkpoint, t
     served = tmp_path / "site"
     served.mkdir()
     (served / "fake.jpg").write_text("<html>not an image</html>")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=served))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/fake.jpg"
+    with serve_folder(served) as site:
+        url = f"{site}/fake.jpg"
         code = main(["predict", url, "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")])
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     err = capsys.readouterr().err
     assert code == 1 and f"{url}: cannot read image" in err and "efficientdet-url-images" not in err
 

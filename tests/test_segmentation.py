@@ -437,10 +437,9 @@ def test_predict_keeps_inputs_with_the_same_stem_apart(trained_run, tmp_path):
 
 def test_predict_cli_segmentation_task(trained_run, tmp_path, capsys):
     """Folders, files and image URLs (a loopback server); a broken file is named once and skipped."""
-    import functools
-    import http.server
     import shutil
-    import threading
+
+    from conftest import serve_folder
 
     root, out = trained_run
     bad = tmp_path / "broken.png"
@@ -448,17 +447,10 @@ def test_predict_cli_segmentation_task(trained_run, tmp_path, capsys):
     site = tmp_path / "site"
     site.mkdir()
     shutil.copy(sorted((root / "val").iterdir())[0], site / "from-url.png")
-    quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=site))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/from-url.png"
-    args = ["predict", "--task", "segmentation", "--checkpoint", str(out / "best.pt"), str(root / "val"), str(bad),
-            url, "--output", str(tmp_path / "pred"), "--img-size", "64"]  # fmt: skip
-    try:
+    with serve_folder(site) as url:
+        args = ["predict", "--task", "segmentation", "--checkpoint", str(out / "best.pt"), str(root / "val"),
+                str(bad), f"{url}/from-url.png", "--output", str(tmp_path / "pred"), "--img-size", "64"]  # fmt: skip
         assert main(args) == 1  # the broken file is named and skipped; the rest is done
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     err = capsys.readouterr().err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{bad}: cannot read image (")  # named once, not "X: X: ..."
