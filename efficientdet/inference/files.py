@@ -24,6 +24,11 @@ CROP_JPEG_QUALITY = 95  # as for the drawn images: Pillow's default 75 visibly d
 _UNSAFE = re.compile(r"[^\w.\- ]+")  # keep letters/digits (any script), "_", ".", "-" and spaces
 
 
+def is_glob_pattern(text: str) -> bool:
+    """Whether a ``predict`` source holds a wildcard (``photos/*.jpg``): such a source is expanded, not opened."""
+    return any(c in text for c in "*?[")
+
+
 def image_stems(destinations: Sequence[Path], output: str | os.PathLike) -> list[str]:
     """Per image, a distinct extension-less name relative to ``output`` (``"2023/a"``), from predict's output names.
 

@@ -81,6 +81,12 @@ def download_image(url: str, folder: str | os.PathLike, index: int) -> Path:
 T = TypeVar("T")
 
 
+def naming_url(message: str, local: Path, url: str) -> str:
+    """``message`` (e.g. a decoding error, which names the file it read) with the downloaded file ``local`` named
+    by its ``url``: the user gave the URL and never saw the temporary file."""
+    return message.replace(str(local), url)
+
+
 def read_url_image(url: str, read: Callable[[Path], T]) -> T:
     """``read`` (a decoder taking a path) applied to the image at ``url``, downloaded into a temporary folder that
     is removed afterwards: how the Python API (``Detector("https://.../bus.jpg")``) takes URLs. A decoding error
@@ -90,4 +96,4 @@ def read_url_image(url: str, read: Callable[[Path], T]) -> T:
         try:
             return read(local)
         except ImageReadError as exc:
-            raise ImageReadError(str(exc).replace(str(local), url)) from exc
+            raise ImageReadError(naming_url(str(exc), local, url)) from exc

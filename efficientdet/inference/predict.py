@@ -76,8 +76,8 @@ from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
 from ..utils.atomic import atomic_open
 from ..utils.text import counted
 from ..viz.draw import draw_detections
-from .files import class_folders, image_stems, label_path, save_crops, write_label_file, yolo_lines
-from .image_urls import ImageDownloadError, download_image, is_image_url, url_file_name
+from .files import class_folders, image_stems, is_glob_pattern, label_path, save_crops, write_label_file, yolo_lines
+from .image_urls import ImageDownloadError, download_image, is_image_url, naming_url, url_file_name
 from .tiling import DEFAULT_TILE_OVERLAP
 from .video import VIDEO_EXTENSIONS, VideoDependencyError, check_video_options, is_video_source, predict_videos
 
@@ -110,7 +110,7 @@ class SourceImage:
     def naming(self, message: str) -> str:
         """``message`` (e.g. a decoding error, which names the file read) with a downloaded file's temporary path
         replaced by its URL."""
-        return message.replace(str(self.path), self.origin) if self.origin else message
+        return naming_url(message, self.path, self.origin) if self.origin else message
 
 
 @dataclass
@@ -149,16 +149,12 @@ class PredictSummary:
         )
 
 
-def _has_magic(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
 def _glob_base(pattern: str) -> Path:
     """The folder part of a pattern before its first wildcard: output names are taken relative to it."""
     parts = Path(pattern).parts
     fixed: list[str] = []
     for part in parts[:-1]:
-        if _has_magic(part):
+        if is_glob_pattern(part):
             break
         fixed.append(part)
     return Path(*fixed) if fixed else Path(".")
@@ -259,7 +255,7 @@ def expand_sources(
                 add(image, path)
         elif path.exists():
             add(path, path.parent)
-        elif _has_magic(source):
+        elif is_glob_pattern(source):
             base = _glob_base(source)
             matches = sorted(Path(m) for m in glob.glob(source, recursive=True))
             images, clips = [], []

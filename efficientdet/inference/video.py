@@ -52,7 +52,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_open, create_beside
 from ..viz.draw import draw_detections
-from .files import label_path, write_label_file, yolo_lines
+from .files import is_glob_pattern, label_path, write_label_file, yolo_lines
 from .image_urls import is_image_url
 from .parallel import ordered_map
 
@@ -141,7 +141,7 @@ def is_video_source(text: str | os.PathLike) -> bool:
         return False
     if is_stream_url(text):
         return True
-    if any(c in text for c in "*?[") and not Path(text).exists():  # a glob ("clips/*.mp4"): expanded by predict
+    if is_glob_pattern(text) and not Path(text).exists():  # a glob ("clips/*.mp4"): expanded by predict
         return False
     return Path(text).suffix.lower() in VIDEO_EXTENSIONS or text.startswith("/dev/video")
 
