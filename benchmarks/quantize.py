@@ -9,7 +9,7 @@ or random weights) the script writes these files into ``--workdir``:
   ``--onnx-methods`` entry;
 - ``openvino fp32`` / ``openvino int8 (METHOD)``: :func:`efficientdet.export.openvino.export_openvino` (NNCF for
   int8, the same calibration images), one int8 file per ``--openvino-methods`` entry (``METHOD`` or
-  ``METHOD+fast-bc`` for NNCF's fast bias correction instead of the full one);
+  ``METHOD+fast-bc`` for NNCF's fast bias correction instead of the full one, ``+7bit`` for 7-bit weights);
 
 and evaluates each, with the eager PyTorch model (BN and SAME pads folded, channels-last: what
 ``Detector(optimize=True)`` runs) as the reference row, through the project's own evaluation
@@ -131,13 +131,17 @@ def export_all(name: str, model: torch.nn.Module, args: argparse.Namespace, fold
                                                         **calib)  # fmt: skip
     jobs["openvino fp32"] = lambda p: export_openvino(model, p)
     for variant in args.openvino_methods:
-        method, _, bias = variant.partition("+")
-        jobs[f"openvino int8 ({variant})"] = partial(export_openvino, model, int8=True, calibration_method=method,
-                                                     fast_bias_correction=bias == "fast-bc", **calib)  # fmt: skip
+        method, *options = variant.split("+")
+        unknown = set(options) - {"fast-bc", "7bit"}
+        if unknown:
+            raise SystemExit(f"--openvino-methods {variant}: unknown option(s) {', '.join(sorted(unknown))}")
+        settings = dict(int8=True, calibration_method=method, fast_bias_correction="fast-bc" in options,
+                        seven_bit_weights="7bit" in options, **calib)  # fmt: skip
+        jobs[f"openvino int8 ({variant})"] = partial(export_openvino, model, **settings)
         if args.max_ap_drop is not None:
             jobs[f"openvino int8 ({variant}, max AP drop {args.max_ap_drop:g})"] = partial(
-                export_openvino, model, int8=True, calibration_method=method, fast_bias_correction=bias == "fast-bc",
-                max_ap_drop=args.max_ap_drop, accuracy_data=accuracy_images(args), score_ap=coco_ap, **calib,
+                export_openvino, model, max_ap_drop=args.max_ap_drop, accuracy_data=accuracy_images(args),
+                score_ap=coco_ap, **settings,
             )  # fmt: skip
     files = {}
     for label, job in jobs.items():
@@ -269,8 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--openvino-methods",
         default="mean-minmax",
         help="NNCF activation ranges to compare "
-        "(comma-separated: mean-minmax, minmax, percentile, histogram, each optionally +fast-bc; "
-        "default mean-minmax)",
+        "(comma-separated: mean-minmax, minmax, percentile, histogram, each optionally +fast-bc for NNCF's fast "
+        "bias correction and +7bit for 7-bit weights (--seven-bit-weights); default mean-minmax)",
     )
     p.add_argument(
         "--holdout-fraction",

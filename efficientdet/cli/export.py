@@ -69,7 +69,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         topk=args.topk,
     )  # fmt: skip
     int8_options = (args.int8, args.calibration, args.calibration_method, args.fast_bias_correction,
-                    args.max_ap_drop is not None, args.int8_activations)  # fmt: skip
+                    args.seven_bit_weights, args.max_ap_drop is not None, args.int8_activations)  # fmt: skip
     if args.format == "openvino" or any(int8_options):
         try:
             with warnings.catch_warnings():
@@ -161,11 +161,15 @@ def add_int8_options(p: Any) -> None:
     p.add_argument("--int8-activations", choices=ACTIVATION_TYPES,
                    help=f"onnx --int8: how activations are stored (default {DEFAULT_ACTIVATION_TYPE}: uint8 with 7-bit "
                         "weights, exact on every CPU); uint8-vnni: 8-bit weights, exact on CPUs with VNNI "
-                        "(AVX512-VNNI, AVX-VNNI, AMX) only; int8: int8 activations, 1.5-3x slower in onnxruntime "
-                        "here")  # fmt: skip
+                        "(AVX512-VNNI, AVX-VNNI, AMX) only; int8: int8 activations and 8-bit weights, 1.5-3x "
+                        "slower in onnxruntime here, exact with VNNI only")  # fmt: skip
     p.add_argument("--fast-bias-correction", action="store_true",
                    help="openvino --int8: NNCF's fast bias correction (half the export time; lost more AP here) "
                         "instead of the full one")  # fmt: skip
+    p.add_argument("--seven-bit-weights", action="store_true",
+                   help="openvino --int8: 7-bit weights in every layer, exact on x86 CPUs without VNNI (AVX2 only: "
+                        "Intel before Cascade Lake, AMD before Zen 4), where 8-bit weights can saturate (default: "
+                        "8 bits, NNCF's, for CPUs with VNNI or AMX)")  # fmt: skip
     p.add_argument("--max-ap-drop", type=float, metavar="D",
                    help="openvino --int8: accuracy control (NNCF): layers that cost the most AP go back to fp32 "
                         "until int8 loses at most D AP (e.g. 0.01) on the --accuracy-split images")  # fmt: skip
@@ -185,7 +189,7 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) ->
         raise ValueError("--calibration is for --int8 only")
     if args.calibration_method and not args.int8:
         raise ValueError("--calibration-method is for --int8 only")
-    for option in ("fast_bias_correction", "max_ap_drop"):
+    for option in ("fast_bias_correction", "seven_bit_weights", "max_ap_drop"):
         if getattr(args, option) not in (None, False) and not (args.int8 and args.format == "openvino"):
             raise ValueError(f"--{option.replace('_', '-')} is for --format openvino --int8 only")
     if args.int8_activations and not (args.int8 and args.format == "onnx"):
@@ -208,7 +212,7 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any]) ->
             accuracy = dict(max_ap_drop=args.max_ap_drop, score_ap=coco_ap,
                             accuracy_data=accuracy_images(args.calibration, args.accuracy_split))  # fmt: skip
         return export_openvino(model, args.output, int8=args.int8, fast_bias_correction=args.fast_bias_correction,
-                               **accuracy, **calib, **common)  # fmt: skip
+                               seven_bit_weights=args.seven_bit_weights, **accuracy, **calib, **common)  # fmt: skip
     if args.format != "onnx":
         raise ValueError(f"--int8 is for --format onnx or openvino, not {args.format}")
     try:

@@ -21,6 +21,15 @@ int8: NNCF post-training quantisation (``nncf.quantize``) of the converted model
   quantised; about 2x the export time), not its ``fast_bias_correction`` (each layer on its own): chosen on images
   held out of the training split of the raccoon set (``benchmarks/quantize.py --holdout-fraction``), where the
   full correction lost 0.007 AP to fp32 and the fast one 0.024 (Lite0 448 px, 100 calibration images).
+- weights: NNCF's default gives the first convolution 7-bit weights and every other layer 8 bits (its "overflow
+  fix" for the first layer). x86 CPUs without VNNI (AVX2 or AVX-512 only: Intel before Cascade Lake, AMD before Zen
+  4) multiply uint8 activations by int8 weights with VPMADDUBSW, whose int16 pair sums can saturate with 8-bit
+  weights (OpenVINO's documentation on the saturation issue); ``seven_bit_weights`` keeps every layer within 7 bits
+  (NNCF's ``OverflowFix.ENABLE``; depthwise convolutions keep 8 bits: NNCF leaves them alone), exact there.
+  Measured on an AVX2-only EPYC, Lite0 at 448 px: a BCCD model lost 0.105 AP on BCCD's val split with 8-bit
+  weights and 0.014 with 7-bit ones, a raccoon model 0.025 and none on images held out of raccoon's train. On CPUs
+  with VNNI (where this project's int8 figures were measured) the seventh bit would be given up for nothing, so
+  it is an option; files with 8-bit weights warn when loaded on a CPU without VNNI.
 - ``subset_size`` = the number of calibration images given, and with ``with_nms`` the post-processing
   (everything after the first TopK) in ``ignored_scope``: decoding and NMS stay fp32.
 - accuracy control (``max_ap_drop`` with ``accuracy_data``, labelled images the model was not trained on and that
@@ -65,6 +74,8 @@ APScorer = Callable[[Any, DetectionData], float]  # (network module, labelled im
 
 OPENVINO_CALIBRATION_METHODS = ("mean-minmax", "minmax", "percentile", "histogram")
 DEFAULT_OPENVINO_CALIBRATION_METHOD = "mean-minmax"
+OPENVINO_WEIGHTS = "int8 symmetric, per output channel"  # NNCF's default: the first layer within 7 bits
+OPENVINO_WEIGHTS_7_BIT = "int8 symmetric within 7 bits, per output channel"  # seven_bit_weights
 
 
 def range_estimator(method: str) -> Any:
@@ -168,7 +179,7 @@ def quantize_with_ap_control(
     float_model: Any,
     batches: list[np.ndarray],
     settings: dict[str, Any],
-    ranges: Any,
+    advanced: Any,
     data: DetectionData,
     score_ap: APScorer,
     max_ap_drop: float,
@@ -176,6 +187,7 @@ def quantize_with_ap_control(
 ) -> tuple[Any, dict[str, Any]]:
     """``nncf.quantize_with_accuracy_control`` scored by ``score_ap`` on ``data``; returns the model and what it
     measured: both APs on those images, so the file says what int8 costs there (a warning when above the bound).
+    ``advanced``: NNCF's ``AdvancedQuantizationParameters`` (activation ranges, weights' bits) as without control.
 
     ``inputs`` (``meta``, ``size``, ``model``, ``batch_size``) go to :func:`accuracy_control_inputs`.
     """
@@ -186,9 +198,7 @@ def quantize_with_ap_control(
     accuracy_set, validate = accuracy_control_inputs(nncf, data, score_ap, **inputs)
     quantized = nncf.quantize_with_accuracy_control(
         float_model.clone(), nncf.Dataset(batches), accuracy_set, validate, max_drop=max_ap_drop,
-        drop_type=nncf.DropType.ABSOLUTE,
-        **settings, advanced_quantization_parameters=nncf.AdvancedQuantizationParameters(
-            activations_range_estimator_params=ranges),
+        drop_type=nncf.DropType.ABSOLUTE, **settings, advanced_quantization_parameters=advanced,
     )  # fmt: skip
     fp32_ap, int8_ap = (validate(compile_for_cpu(m), data.records)[0] for m in (float_model, quantized))
     report = {"max_ap_drop": max_ap_drop, "images": len(data.records), "fp32_ap": round(fp32_ap, 6),
@@ -211,6 +221,7 @@ def export_openvino(
     batch_size: int = 1,
     calibration_method: str = DEFAULT_OPENVINO_CALIBRATION_METHOD,
     fast_bias_correction: bool = False,
+    seven_bit_weights: bool = False,
     max_ap_drop: float | None = None,
     accuracy_data: DetectionData | None = None,
     score_ap: APScorer | None = None,
@@ -220,10 +231,10 @@ def export_openvino(
 
     ``export_kwargs`` go to :func:`~efficientdet.export.export_onnx` (``dynamic_batch``, ``with_nms``, ...).
     ``int8`` needs ``calibration``: a dataset or image folder (:func:`~efficientdet.quantize.calibration_batches`)
-    or pre-processed float32 ``[batch_size, 3, H, W]`` arrays; ``calibration_method`` and ``fast_bias_correction``
-    as in the module docstring. ``max_ap_drop`` with ``accuracy_data`` (labelled images, e.g. the ``val`` split)
-    and ``score_ap`` (:func:`efficientdet.evaluation.validate.coco_ap`): accuracy control as in the module
-    docstring. Everything is checked (calibration and accuracy data, packages) before anything is written.
+    or pre-processed float32 ``[batch_size, 3, H, W]`` arrays; ``calibration_method``, ``fast_bias_correction``
+    and ``seven_bit_weights`` as in the module docstring. ``max_ap_drop`` with ``accuracy_data`` (labelled images,
+    e.g. the ``val`` split) and ``score_ap`` (:func:`efficientdet.evaluation.validate.coco_ap`): accuracy control as
+    in the module docstring. Everything is checked (calibration and accuracy data, packages) before anything is written.
     """
     from .exporter import _image_size
 
@@ -233,6 +244,8 @@ def export_openvino(
     check_calibration_method(calibration_method, OPENVINO_CALIBRATION_METHODS, "OpenVINO")
     if not int8 and (max_ap_drop is not None or accuracy_data is not None):
         raise CalibrationError("--max-ap-drop is for --int8 only")
+    if not int8 and seven_bit_weights:
+        raise CalibrationError("--seven-bit-weights is for --int8 only")
     check_accuracy_data(accuracy_data, max_ap_drop, bool(export_kwargs.get("with_nms")), score_ap)
     ov = require_openvino()
     nncf = require_nncf() if int8 else None
@@ -257,21 +270,23 @@ def export_openvino(
                 ignored_scope=nncf.IgnoredScope(names=postprocess_ops(ov_model), validate=False),
                 fast_bias_correction=fast_bias_correction,
             )
-            ranges = range_estimator(calibration_method)
+            advanced = nncf.AdvancedQuantizationParameters(
+                activations_range_estimator_params=range_estimator(calibration_method),
+                # NNCF's default, FIRST_LAYER, named so that a later NNCF changing it changes nothing here
+                overflow_fix=nncf.OverflowFix.ENABLE if seven_bit_weights else nncf.OverflowFix.FIRST_LAYER,
+            )
             with preserved_signal_stack():  # NNCF compiles with Cores of its own (see openvino_core)
                 if max_ap_drop is None:
-                    ov_model = nncf.quantize(ov_model, nncf.Dataset(batches), **settings,
-                                             advanced_parameters=nncf.AdvancedQuantizationParameters(
-                                                 activations_range_estimator_params=ranges))  # fmt: skip
+                    ov_model = nncf.quantize(ov_model, nncf.Dataset(batches), **settings, advanced_parameters=advanced)
                 else:
                     assert accuracy_data is not None and score_ap is not None  # check_accuracy_data
                     ov_model, report = quantize_with_ap_control(
-                        nncf, ov_model, batches, settings, ranges, accuracy_data, score_ap, max_ap_drop,
+                        nncf, ov_model, batches, settings, advanced, accuracy_data, score_ap, max_ap_drop,
                         meta=meta, size=size, model=model, batch_size=batch_size,
                     )  # fmt: skip
             quantization = {
                 "tool": "nncf.quantize" if max_ap_drop is None else "nncf.quantize_with_accuracy_control",
-                "preset": "mixed", "weights": "int8 symmetric, per output channel",
+                "preset": "mixed", "weights": OPENVINO_WEIGHTS_7_BIT if seven_bit_weights else OPENVINO_WEIGHTS,
                 "activations": f"int8 asymmetric, per tensor, {calibration_method} ranges",
                 "bias_correction": "fast" if fast_bias_correction else "full",
                 "calibration": used,

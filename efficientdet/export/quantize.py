@@ -67,7 +67,9 @@ DEFAULT_CALIBRATION_METHOD = "mean-minmax"
 # can saturate (onnxruntime's quantisation documentation) unless the weights stay within 7 bits (``reduce_range``).
 # - "uint8" (the default): U8S8 with 7-bit weights, exact on every x86 CPU;
 # - "uint8-vnni": U8S8 with 8-bit weights, exact only where the CPU has VNNI (the loader warns elsewhere);
-# - "int8": S8S8 with 8-bit weights, the quantiser's own default.
+# - "int8": S8S8 with 8-bit weights, the quantiser's own default; onnxruntime runs it through the same u8 x s8
+#   kernels on CPUs without VNNI, so it saturates there too (measured on an AVX2-only EPYC, a BCCD Lite0's val split:
+#   0.113 AP lost, "uint8-vnni" 0.121, the default 0.006; the loader warns).
 # Chosen on images held out of raccoon's training split (three Lite0 448 models, bias corrected, outputs fp32):
 # AP lost 0.0007 / -0.0054 / 0.0008, mean IoU with the fp32 boxes 0.971 / 0.978 / 0.979; network time on an Intel
 # Xeon with AMX 0.47x (448 px, trained) and 0.65x (320 px) of S8S8's for both U8S8 files, whose kernels onnxruntime
