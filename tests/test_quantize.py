@@ -529,6 +529,16 @@ def test_activation_types_store_what_they_say_and_8_bit_weights_warn_without_vnn
     # Lite0 lost 0.113 AP on its val split with the int8 file, 0.006 with the default)
     with pytest.warns(runtimes.Int8SaturationWarning, match="int8.onnx: int8 file with 8-bit weights"):
         load_exported(files["int8"], "onnxruntime")
+    # the command prints it as one line, as it prints errors (Python's format would name the library's source line)
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda *w: shown.append(warnings.formatwarning(*w[:4])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", runtimes.Int8SaturationWarning)
+        assert main(["bench", "--checkpoint", str(files["int8"]), "--backend", "onnxruntime", "--iterations", "1"]) == 0
+    assert shown == [f"efficientdet bench: warning: {files['int8']}: int8 file with 8-bit weights on a CPU without "
+                     "VNNI, where uint8 x int8 kernels can saturate (detections may differ from the file's measured "
+                     "ones); the default --int8-activations uint8 (7-bit weights) cannot\n"]  # fmt: skip
+    assert warnings.formatwarning.__module__ == "warnings"  # Python's own again after the command
     with warnings.catch_warnings():
         warnings.simplefilter("error", runtimes.Int8SaturationWarning)
         load_exported(files[None], "onnxruntime")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +202,27 @@ def _unsupported(command: str, task: str, unknown: list[str]) -> str | None:
     return f"{', '.join(theirs)}: {other} only, not an option of `efficientdet {command} --task {task}`"
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """The library's own warnings (e.g. an int8 file on a CPU where it may saturate) printed as one line, as errors
+    are: ``efficientdet predict: warning: ...``, not Python's file, line number and source line of the library.
+    Other packages' warnings keep Python's format."""
+    python_format = warnings.formatwarning
+
+    def format_warning(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if category.__module__.split(".")[0] == "efficientdet":
+            return f"efficientdet {command}: warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_format
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     task = requested_task(argv)
@@ -212,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return args.func(args)
+        with one_line_warnings(args.command):
+            return args.func(args)
     except KeyboardInterrupt:  # train and predict say more themselves; every output is written atomically
         print(f"efficientdet {args.command}: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
