@@ -25,11 +25,11 @@ int8: NNCF post-training quantisation (``nncf.quantize``) of the converted model
   fix" for the first layer). x86 CPUs without VNNI (AVX2 or AVX-512 only: Intel before Cascade Lake, AMD before Zen
   4) multiply uint8 activations by int8 weights with VPMADDUBSW, whose int16 pair sums can saturate with 8-bit
   weights (OpenVINO's documentation on the saturation issue); ``seven_bit_weights`` keeps every layer within 7 bits
-  (NNCF's ``OverflowFix.ENABLE``; depthwise convolutions keep 8 bits: NNCF leaves them alone), exact there.
-  Measured on an AVX2-only EPYC, Lite0 at 448 px: a BCCD model lost 0.105 AP on BCCD's val split with 8-bit
-  weights and 0.014 with 7-bit ones, a raccoon model 0.025 and none on images held out of raccoon's train. On CPUs
-  with VNNI (where this project's int8 figures were measured) the seventh bit would be given up for nothing, so
-  it is an option; files with 8-bit weights warn when loaded on a CPU without VNNI.
+  (NNCF's ``OverflowFix.ENABLE``; it leaves depthwise convolutions at 8 bits). Measured on an AVX2-only EPYC,
+  Lite0 at 448 px: a BCCD model lost 0.105 AP on BCCD's val split with 8-bit weights and 0.014 with 7-bit ones, a
+  raccoon model 0.025 and none on images held out of raccoon's train. On CPUs with VNNI (where this project's
+  int8 figures were measured) the eighth bit is exact and would be given up for nothing, so 7 bits are an option;
+  files with 8-bit weights warn when loaded on a CPU without VNNI.
 - ``subset_size`` = the number of calibration images given, and with ``with_nms`` the post-processing
   (everything after the first TopK) in ``ignored_scope``: decoding and NMS stay fp32.
 - accuracy control (``max_ap_drop`` with ``accuracy_data``, labelled images the model was not trained on and that
