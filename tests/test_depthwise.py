@@ -16,6 +16,7 @@ from efficientdet.layers.depthwise import (
     same_padded_depthwise_conv2d,
     weight_grad_by_blocks,
 )
+from efficientdet.utils.device import cpu_has_native_bf16
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (torch's CPU builds)")
 
@@ -89,9 +90,12 @@ def test_bf16_autocast_gradients_equal_the_convs_own(kernel, stride):
     y_ref, gx_ref, gw_ref = _grads(conv, x, grad_out, fast=False, dtype=torch.bfloat16)
     assert y_fast.dtype == torch.bfloat16 and torch.equal(y_fast, y_ref)
     assert gx_fast.dtype == gx_ref.dtype == torch.float32 and gw_fast.dtype == torch.float32
-    # both sum in fp32 and round to bf16 (equal on AVX-512 CPUs); allow one bf16 rounding step (2^-8) elsewhere
-    torch.testing.assert_close(gx_fast, gx_ref, rtol=0.004, atol=0.001 * gx_ref.abs().max().item())
-    torch.testing.assert_close(gw_fast, gw_ref, rtol=0.004, atol=0.001 * gw_ref.abs().max().item())
+    # both sum in fp32 and round to bf16 (equal on AVX-512 CPUs); allow one bf16 rounding step (2^-8) elsewhere.
+    # Where bf16 is emulated (no AVX512-BF16 / AMX) the conv's own backward rounds its partial sums on the way:
+    # measured on an AVX2-only EPYC, 0.0078 apart at magnitude ~1.7 (one bf16 step there) for strided convs.
+    scale = 0.001 if cpu_has_native_bf16() else 2**-7
+    torch.testing.assert_close(gx_fast, gx_ref, rtol=0.004, atol=scale * gx_ref.abs().max().item())
+    torch.testing.assert_close(gw_fast, gw_ref, rtol=0.004, atol=scale * gw_ref.abs().max().item())
 
 
 def test_fast_path_runs_only_where_the_plain_conv_is_slow():
