@@ -10,8 +10,9 @@ rotating from round to round), so that load from other processes and thermal dri
   reported); ``onnxruntime`` runs the file of :func:`efficientdet.export.export_onnx`; ``openvino`` the OpenVINO IR
   of :func:`efficientdet.export.openvino.export_openvino`; ``onnxruntime int8`` / ``openvino int8`` the
   post-training int8 files (onnxruntime's QDQ quantiser with the default uint8 activations / NNCF;
-  ``onnxruntime int8 int8`` and ``onnxruntime int8 uint8-vnni`` the other ``export --int8-activations``), calibrated
-  here on ``--calibration-images``
+  ``onnxruntime int8 int8`` and ``onnxruntime int8 uint8-vnni`` the other ``export --int8-activations``;
+  ``openvino int8 7bit`` / ``openvino int8 8bit``, timed only when named, OpenVINO's with 7-bit weights in every
+  dense conv / NNCF's default of 7 bits in the first conv only), calibrated here on ``--calibration-images``
   random images: speed does not depend on the calibration, accuracy does (``benchmarks/quantize.py`` measures
   it on real data). ``openvino bf16`` / ``openvino int8 bf16`` (by default only on CPUs with bf16 units) run the
   same files with OpenVINO computing the float layers in bf16, its own default on such CPUs (``bench --dtype
@@ -74,7 +75,10 @@ INT8_CONTESTANTS = ("onnxruntime int8", "onnxruntime int8 int8", "onnxruntime in
 # OpenVINO computing the float layers in bf16 (its own default on CPUs with bf16 units; ours is fp32): timed by
 # default where the CPU has such units
 BF16_CONTESTANTS = ("openvino bf16", "openvino int8 bf16")
-CONTESTANTS = ("plain",) + BACKENDS + INT8_CONTESTANTS + BF16_CONTESTANTS
+# OpenVINO int8 files with their weights' bits named (7: every dense conv within 7 bits, 8: NNCF's default, the
+# first layer only), whatever the export's default: for comparing the two, so not in the default set
+OPENVINO_WEIGHT_CONTESTANTS = ("openvino int8 7bit", "openvino int8 8bit")
+CONTESTANTS = ("plain",) + BACKENDS + INT8_CONTESTANTS + BF16_CONTESTANTS + OPENVINO_WEIGHT_CONTESTANTS
 # eager <= 0.75x and post-processing <= 5 ms: the first speed targets; best <= 0.20x with int8 / OpenVINO allowed;
 # the int8 network of Lite0 at 320 px within 8 ms (checked when that is the model and size measured).
 TARGETS = {"eager": 0.75, "best": 0.20, "postprocess_ms": 5.0, "lite0_320_int8_network_ms": 8.0}
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and onnxruntime (default 2)")
     p.add_argument("--iterations", type=int, default=30, help="timed rounds (default 30)")
     p.add_argument("--warmup", type=int, default=3)
-    default = CONTESTANTS if cpu_has_native_bf16() else tuple(c for c in CONTESTANTS if c not in BF16_CONTESTANTS)
+    skipped = OPENVINO_WEIGHT_CONTESTANTS + (() if cpu_has_native_bf16() else BF16_CONTESTANTS)
+    default = tuple(c for c in CONTESTANTS if c not in skipped)
     p.add_argument("--backends", default=",".join(default), help=f"ours to time (default {','.join(default)})")
     p.add_argument("--calibration-images", type=int, default=4,
                    help="random images calibrating the int8 contestants (default 4; speed only)")  # fmt: skip
@@ -197,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                 for image in synthetic_images(args.calibration_images, (480, 640), seed=1)
             ]
             compute = "bf16" if backend in BF16_CONTESTANTS else "fp32"
-            words = backend.split()  # "onnxruntime int8 [ACTIVATIONS]"; None: the export's default
-            activations = words[2] if words[0] == "onnxruntime" and len(words) > 2 else None
+            words = backend.split()  # "onnxruntime int8 [ACTIVATIONS]", "openvino int8 [7bit|8bit|bf16]"
+            activations = words[2] if words[0] == "onnxruntime" and len(words) > 2 else None  # None: the default
+            seven_bit = {"7bit": True, "8bit": False}.get(words[-1])  # None: the export's default
             net = exported_network(model, words[0], Path(workdir), size, batch_size, args.threads, calibration,
-                                   compute=compute, activations=activations)  # fmt: skip
+                                   compute=compute, activations=activations, seven_bit_weights=seven_bit)  # fmt: skip
         elif backend in BF16_CONTESTANTS:
             net = prepare_network(model, "openvino", "cpu", size, batch_size, args.threads, dtype="bf16",
                                   workdir=workdir)  # fmt: skip

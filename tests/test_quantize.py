@@ -133,6 +133,23 @@ def test_openvino_seven_bit_weights_and_the_warning_without_vnni(lite0, calibrat
         load_exported(default, "openvino")
 
 
+def test_the_speed_benchmark_times_named_openvino_weights(lite0, tmp_path):
+    """``exported_network`` (``benchmarks/speed.py``'s ``openvino int8 7bit`` / ``8bit``) writes one file per
+    weights' width, side by side in one folder, each holding what it is named for; unnamed, the export's default."""
+    pytest.importorskip("openvino")
+    from efficientdet.export.openvino import OPENVINO_WEIGHTS, OPENVINO_WEIGHTS_7_BIT
+    from efficientdet.tools.bench import exported_network
+
+    model, x = lite0
+    batches = [x[i : i + 1].numpy() for i in range(len(x))]
+    nets = {bits: exported_network(model, "openvino", tmp_path, 128, 1, 1, batches, seven_bit_weights=bits)
+            for bits in (True, False, None)}  # fmt: skip
+    assert len({net.path for net in nets.values()}) == 3 and all(net.path.parent == tmp_path for net in nets.values())
+    weights = {bits: net.metadata["quantization"]["weights"] for bits, net in nets.items()}
+    assert weights[True] == OPENVINO_WEIGHTS_7_BIT and weights[False] == OPENVINO_WEIGHTS
+    assert max(_largest_conv_weights(nets[True].path)) <= 64 < max(_largest_conv_weights(nets[False].path))
+
+
 @pytest.mark.slow
 def test_int8_onnx_biases_are_corrected_by_default(lite0, calibrated, tmp_path):
     """The parity Lite0's quantised convs with a bias (batch norms folded in) get it corrected, and the file says

@@ -27,9 +27,10 @@ int8: NNCF post-training quantisation (``nncf.quantize``) of the converted model
   weights (OpenVINO's documentation on the saturation issue); ``seven_bit_weights`` keeps every layer within 7 bits
   (NNCF's ``OverflowFix.ENABLE``; it leaves depthwise convolutions at 8 bits). Measured on an AVX2-only EPYC,
   Lite0 at 448 px: a BCCD model lost 0.105 AP on BCCD's val split with 8-bit weights and 0.014 with 7-bit ones, a
-  raccoon model 0.025 and none on images held out of raccoon's train. On CPUs with VNNI (where this project's
-  int8 figures were measured) the eighth bit is exact and would be given up for nothing, so 7 bits are an option;
-  files with 8-bit weights warn when loaded on a CPU without VNNI.
+  raccoon model 0.025 and none on images held out of raccoon's train. On CPUs with VNNI the eighth bit is exact:
+  on an Intel Xeon the 7-bit files of two other such models lost 0.005-0.007 AP more than the 8-bit ones on the same
+  images, at the same speed, so 7 bits are an option; files with 8-bit weights warn when loaded on a CPU without
+  VNNI.
 - ``subset_size`` = the number of calibration images given, and with ``with_nms`` the post-processing
   (everything after the first TopK) in ``ignored_scope``: decoding and NMS stay fp32.
 - accuracy control (``max_ap_drop`` with ``accuracy_data``, labelled images the model was not trained on and that

@@ -162,9 +162,18 @@ class Int8SaturationWarning(UserWarning):
     lost with 8-bit weights against 0.006 (onnxruntime) and 0.014 (OpenVINO) with 7-bit ones."""
 
 
-def warn_if_saturating(path: str | os.PathLike, what: str, remedy: str) -> None:
-    """Warn (:class:`Int8SaturationWarning`) that ``path``, ``what`` (an int8 file with 8-bit weights), may not
-    compute what it measured on this CPU, if it is an x86 CPU without VNNI; ``remedy`` says which file cannot."""
+def warn_if_saturating(path: str | os.PathLike, metadata: dict[str, Any], what: str, remedy: str) -> None:
+    """Warn (:class:`Int8SaturationWarning`) that ``path``, ``what``, may not compute what it measured on this CPU,
+    if its ``metadata`` says int8 with 8-bit weights and this is an x86 CPU without VNNI; ``remedy`` says which file
+    cannot. 7-bit weights are recognised by the words either writer stores for them (an onnxruntime file never
+    carries OpenVINO's, so one set serves both runtimes)."""
+    if metadata.get("precision") != "int8":
+        return
+    from .openvino import OPENVINO_WEIGHTS_7_BIT  # the writers' words for 7-bit weights
+    from .quantize import WEIGHTS_7_BIT
+
+    if metadata.get("quantization", {}).get("weights") in (OPENVINO_WEIGHTS_7_BIT, WEIGHTS_7_BIT):
+        return
     if x86_cpu_without_vnni():
         message = (f"{path}: {what} on a CPU without VNNI, where uint8 x int8 kernels can saturate (detections may "
                    f"differ from the file's measured ones); {remedy}")  # fmt: skip
@@ -193,13 +202,9 @@ class OnnxRuntimeNetwork(ExportedNetwork):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        if metadata.get("precision") == "int8":
-            from .quantize import WEIGHTS_7_BIT  # the writer's words for 7-bit weights
-
-            # uint8 and int8 activations alike: onnxruntime runs S8S8 through its u8 x s8 kernels on such CPUs
-            if metadata.get("quantization", {}).get("weights") != WEIGHTS_7_BIT:
-                warn_if_saturating(path, "int8 file with 8-bit weights",
-                                   "the default --int8-activations uint8 (7-bit weights) cannot")  # fmt: skip
+        # uint8 and int8 activations alike: onnxruntime runs S8S8 through its u8 x s8 kernels on such CPUs
+        warn_if_saturating(path, metadata, "int8 file with 8-bit weights",
+                           "the default --int8-activations uint8 (7-bit weights) cannot")  # fmt: skip
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, codes = self.session.run(None, {self.input_name: images})
@@ -312,13 +317,9 @@ class OpenVinoNetwork(CompiledOpenVinoNetwork):
             model = take_nhwc_input(model)
         super().__init__(compile_for_cpu(model, threads, compute), metadata, path)
         self.channels_last_input = channels_last_input
-        if metadata.get("precision") == "int8":  # an IR, or an int8 ONNX file (OpenVINO runs both)
-            from .openvino import OPENVINO_WEIGHTS_7_BIT  # the writers' words for 7-bit weights
-            from .quantize import WEIGHTS_7_BIT
-
-            if metadata.get("quantization", {}).get("weights") not in (OPENVINO_WEIGHTS_7_BIT, WEIGHTS_7_BIT):
-                warn_if_saturating(path, "OpenVINO int8 file with 8-bit weights",
-                                   "a file exported with --seven-bit-weights cannot")  # fmt: skip
+        # an IR, or an int8 ONNX file (OpenVINO runs both)
+        warn_if_saturating(path, metadata, "OpenVINO int8 file with 8-bit weights",
+                           "a file exported with --seven-bit-weights cannot")  # fmt: skip
 
 
 def take_nhwc_input(model: Any) -> Any:

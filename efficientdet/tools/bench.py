@@ -186,12 +186,14 @@ def exported_network(
     calibration: Sequence[np.ndarray] | None = None,
     compute: str = "fp32",
     activations: str | None = None,
+    seven_bit_weights: bool | None = None,
 ) -> nn.Module:
     """``model`` exported (fixed size and batch) into ``folder`` and opened in ``backend`` (onnxruntime: an ONNX
     file; openvino: an IR, fp32 weights): :class:`efficientdet.runtimes.ExportedNetwork`, raw outputs as one flat
     level each, the layout post-processing reads. onnxruntime's output buffers are handed over without a copy.
     With ``calibration`` (pre-processed ``[batch_size, 3, S, S]`` arrays) the file is post-training int8
-    (onnxruntime's QDQ quantiser, ``activations`` one of its ``ACTIVATION_TYPES``, by default its default / NNCF).
+    (onnxruntime's QDQ quantiser, ``activations`` one of its ``ACTIVATION_TYPES``, by default its default / NNCF,
+    ``seven_bit_weights`` as in :func:`~efficientdet.export.openvino.export_openvino`, by default its default).
     ``compute="bf16"``: OpenVINO computes the float layers in bf16."""
     from ..export.exporter import export_onnx
     from ..export.runtimes import load_exported
@@ -200,8 +202,10 @@ def exported_network(
     if backend == "openvino":
         from ..export.openvino import export_openvino
 
+        weights = {} if seven_bit_weights is None else {"seven_bit_weights": seven_bit_weights}
+        name += "" if seven_bit_weights is None else ("_7bit" if seven_bit_weights else "_8bit")
         path = export_openvino(model, folder / f"{name}.xml", int8=calibration is not None, calibration=calibration,
-                               img_size=img_size, batch_size=batch_size)  # fmt: skip
+                               img_size=img_size, batch_size=batch_size, **weights)  # fmt: skip
     elif calibration is not None:
         from ..export.quantize import DEFAULT_ACTIVATION_TYPE, export_onnx_int8
 
