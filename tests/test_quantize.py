@@ -397,6 +397,48 @@ def test_cli_int8_onnx_and_backend_check(tiny_files, capsys):
     assert "runs on --backend openvino only" in capsys.readouterr().err
 
 
+def test_cli_openvino_and_int8_exports_are_verified_before_they_are_written(tiny_files, tmp_path, monkeypatch, capsys):
+    """OpenVINO IRs and int8 files go through ``--verify`` like every export: an fp32 IR must compute the eager
+    network (float rounding apart), an int8 file must follow it on average (``verify.INT8``); a file that computes
+    something else (here: written from a model whose weights were scrambled) fails, and nothing is left behind,
+    neither the IR's .xml nor its .bin nor a temp file."""
+    pytest.importorskip("openvino")
+    import efficientdet.export.openvino as openvino_export
+    from efficientdet.models.factory import load_checkpoint
+
+    _, ckpt = tiny_files
+    xml = tmp_path / "ok" / "tiny.xml"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "openvino", "--output", str(xml)]) == 0
+    out = capsys.readouterr().out
+    assert "verified on 2 synthetic images against eager PyTorch (float32): class_logits" in out
+    diffs = [float(word.rstrip(",")) for word in out.split("(float32): ")[1].split()[1::2]]
+    assert len(diffs) == 2 and max(diffs) < 1e-4
+    assert sorted(p.name for p in xml.parent.iterdir()) == ["tiny.bin", "tiny.xml"]
+
+    int8 = tmp_path / "ok" / "tiny_int8.onnx"
+    args = ["export", "--checkpoint", str(ckpt), "--output", str(int8), "--int8", "--calibration", str(RACCOON),
+            "--calibration-images", "2"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "against eager PyTorch (float32) (int8: mean differences): class_logits" in out and int8.is_file()
+
+    real_export = openvino_export.export_openvino
+
+    def scrambled(model, path, **kwargs):
+        other = load_checkpoint(ckpt)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.copy_(p.flatten()[torch.randperm(p.numel(), generator=torch.Generator().manual_seed(1))].view_as(p))
+        return real_export(other, path, **kwargs)
+
+    monkeypatch.setattr(openvino_export, "export_openvino", scrambled)
+    bad = tmp_path / "bad" / "tiny.xml"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "openvino", "--output", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: verification failed, nothing written: differs from eager PyTorch" in err
+    assert len(err.strip().splitlines()) == 1 and list(bad.parent.iterdir()) == []
+
+
 def test_calibration_folder_without_images(tiny_files, tmp_path, capsys):
     folder, ckpt = tiny_files
     (tmp_path / "notes.txt").write_text("no images here")

@@ -64,6 +64,7 @@ from .onnx_passes import merge_max_pool_pads_in_file
 from .verify import (
     FLOAT16,
     FLOAT32,
+    INT8,
     Tolerance,
     detector_reference,
     image_batch,
@@ -561,6 +562,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(extra[METADATA_KEY + ".json"])
 
 
+def read_any_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_metadata`, and for an OpenVINO IR (``.xml``) the same description from its ``rt_info``."""
+    if Path(path).suffix.lower() == ".xml":
+        from .runtimes import read_exported_metadata
+
+        return read_exported_metadata(path)
+    return read_metadata(path)
+
+
 def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> list[torch.Tensor]:
     """Run an exported ONNX file in onnxruntime (CPU) on ``images``; the outputs as tensors, in output order."""
     import onnxruntime as ort
@@ -576,7 +586,22 @@ def run_pt2(path: str | os.PathLike, images: torch.Tensor) -> list[torch.Tensor]
         return [t.cpu() for t in load_torch(path)(images)]
 
 
-RUNNERS: dict[str, Callable[[Path, torch.Tensor], list[torch.Tensor]]] = {"onnx": run_onnx, "pt2": run_pt2}
+def run_openvino(path: str | os.PathLike, images: torch.Tensor) -> list[torch.Tensor]:
+    """Run an OpenVINO IR (``.xml``) on ``images`` as predict, eval and bench compile it (fp32 float layers, the
+    file's int8 layers in int8); the outputs as tensors, in output order."""
+    from .openvino_core import openvino_core
+    from .runtimes import compile_for_cpu
+
+    compiled = compile_for_cpu(openvino_core().read_model(str(path)))
+    result = compiled(images.detach().cpu().numpy())
+    return [torch.from_numpy(result[output].copy()) for output in compiled.outputs]
+
+
+RUNNERS: dict[str, Callable[[Path, torch.Tensor], list[torch.Tensor]]] = {
+    "onnx": run_onnx,
+    "pt2": run_pt2,
+    "openvino": run_openvino,
+}
 
 
 def _verify_sizes(meta: dict[str, Any]) -> list[tuple[int, int]]:
@@ -635,11 +660,11 @@ def verify_exported(
     ``tolerance`` defaults by the file's precision. A free-size file is checked at two sizes; a dynamic batch at
     ``batch_size``. Raises :class:`~efficientdet.export_verify.VerificationError` past the tolerance.
     """
-    meta = read_metadata(path)
+    meta = read_any_metadata(path)
     images = images if images is not None else load_verification_images(None)
     runner = runner or RUNNERS[meta["format"]]
     if tolerance is None:
-        tolerance = FLOAT16 if meta.get("precision") == "fp16" else FLOAT32
+        tolerance = {"fp16": FLOAT16, "int8": INT8}.get(meta.get("precision", "fp32"), FLOAT32)
     settings = {k: meta[k] for k in ("score_threshold", "iou_threshold", "max_det", "topk")} if meta["with_nms"] else {}
     fixed = meta["input"]["shape"][0]
     batch = fixed if isinstance(fixed, int) else batch_size
