@@ -437,6 +437,12 @@ def test_cli_openvino_and_int8_exports_are_verified_before_they_are_written(tiny
     err = capsys.readouterr().err
     assert f"{bad}: verification failed, nothing written: differs from eager PyTorch" in err
     assert len(err.strip().splitlines()) == 1 and list(bad.parent.iterdir()) == []
+    # an option error is found before anything is made, the output's folder included
+    never = tmp_path / "never" / "tiny.xml"
+    args = ["export", "--checkpoint", str(ckpt), "--format", "openvino", "--output", str(never), "--calibration-method",
+            "minmax"]  # fmt: skip
+    assert main(args) == 1
+    assert "--calibration-method is for --int8 only" in capsys.readouterr().err and not never.parent.exists()
 
 
 def test_calibration_folder_without_images(tiny_files, tmp_path, capsys):

@@ -166,12 +166,8 @@ def add_int8_options(p: Any) -> None:
                         "not the split you report accuracy on)")  # fmt: skip
 
 
-def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any], output: Path | None = None) -> Path:
-    """``efficientdet export`` for ``--int8`` and ``--format openvino`` (``common``: the shared export options), to
-    ``output`` (default ``--output``).
-
-    Raises ValueError / CalibrationError / ImportError with a one-line message for the command to print.
-    """
+def check_deployment_options(args: Any) -> None:
+    """The option errors of :func:`export_deployment`, raised before anything is written."""
     if args.int8 and not args.calibration:
         raise CalibrationError("--int8 needs --calibration DATA (a dataset or a folder of images)")
     if args.calibration and not args.int8:
@@ -183,10 +179,21 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any], ou
             raise ValueError(f"--{option.replace('_', '-')} is for --format openvino --int8 only")
     if args.int8_activations and not (args.int8 and args.format == "onnx"):
         raise ValueError("--int8-activations is for --format onnx --int8 only (OpenVINO's NNCF chooses its own)")
+    if args.int8 and args.format not in ("onnx", "openvino"):
+        raise ValueError(f"--int8 is for --format onnx or openvino, not {args.format}")
     what = "--int8" if args.int8 else "--format openvino"
     for option in ("half", "dynamic_size"):  # int8 and the IR are CPU files of one size, calibrated at that size
         if getattr(args, option, False):
             raise ValueError(f"--{option.replace('_', '-')} does not go with {what} (fixed-size fp32/int8 CPU files)")
+
+
+def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any], output: Path | None = None) -> Path:
+    """``efficientdet export`` for ``--int8`` and ``--format openvino`` (``common``: the shared export options), to
+    ``output`` (default ``--output``).
+
+    Raises ValueError / CalibrationError / ImportError with a one-line message for the command to print.
+    """
+    check_deployment_options(args)
     calib = dict(calibration=args.calibration, calibration_split=args.calibration_split,
                  calibration_images=args.calibration_images)  # fmt: skip
     if args.calibration_method:
@@ -203,8 +210,6 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any], ou
         return export_openvino(model, output or args.output, int8=args.int8,
                                fast_bias_correction=args.fast_bias_correction,
                                seven_bit_weights=args.seven_bit_weights, **accuracy, **calib, **common)  # fmt: skip
-    if args.format != "onnx":
-        raise ValueError(f"--int8 is for --format onnx or openvino, not {args.format}")
     try:
         import onnxruntime.quantization  # noqa: F401
     except ImportError as e:
@@ -246,8 +251,10 @@ def export_verified(model: EfficientDet, args: argparse.Namespace, common: dict[
     from ..data.images import ImageReadError
 
     try:
+        if deployment:
+            check_deployment_options(args)
         images = load_verification_images(args.verify_images) if args.verify else None
-    except (ValueError, OSError, ImageReadError) as e:  # each names the folder or file
+    except (ValueError, OSError, ImageReadError) as e:  # each names the option, folder or file
         print(f"efficientdet export: {e}", file=sys.stderr)
         return 1
     options = dict(common, dynamic_size=args.dynamic_size, half=args.half)
