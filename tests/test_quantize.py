@@ -404,6 +404,7 @@ def test_cli_openvino_and_int8_exports_are_verified_before_they_are_written(tiny
     neither the IR's .xml nor its .bin nor a temp file."""
     pytest.importorskip("openvino")
     import efficientdet.export.openvino as openvino_export
+    from efficientdet.export import verify_export
     from efficientdet.models.factory import load_checkpoint
 
     _, ckpt = tiny_files
@@ -414,6 +415,7 @@ def test_cli_openvino_and_int8_exports_are_verified_before_they_are_written(tiny
     diffs = [float(word.rstrip(",")) for word in out.split("(float32): ")[1].split()[1::2]]
     assert len(diffs) == 2 and max(diffs) < 1e-4
     assert sorted(p.name for p in xml.parent.iterdir()) == ["tiny.bin", "tiny.xml"]
+    assert max(verify_export(load_checkpoint(ckpt), xml).values()) < 1e-3  # the Python check on random tensors
 
     int8 = tmp_path / "ok" / "tiny_int8.onnx"
     args = ["export", "--checkpoint", str(ckpt), "--output", str(int8), "--int8", "--calibration", str(RACCOON),

@@ -628,7 +628,7 @@ def verify_export(model: EfficientDet, path: str | os.PathLike, batch_size: int 
     outputs (labels, counts) report 0 or the largest difference. Settings are read from the file.
     :func:`verify_exported` is the check on pictures that ``efficientdet export`` runs.
     """
-    meta = read_metadata(path)
+    meta = read_any_metadata(path)
     size = _verify_sizes(meta)[0]
     names = NMS_OUTPUTS if meta["with_nms"] else RAW_OUTPUTS
     fixed = meta["input"]["shape"][0]
