@@ -438,6 +438,7 @@ def test_cli_openvino_and_int8_exports_are_verified_before_they_are_written(tiny
     assert main(["export", "--checkpoint", str(ckpt), "--format", "openvino", "--output", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}: verification failed, nothing written: differs from eager PyTorch" in err
+    assert err.strip().endswith("(--no-verify writes the file unchecked)")
     assert len(err.strip().splitlines()) == 1 and list(bad.parent.iterdir()) == []
     # an option error is found before anything is made, the output's folder included
     never = tmp_path / "never" / "tiny.xml"

@@ -278,7 +278,8 @@ def export_verified(model: EfficientDet, args: argparse.Namespace, common: dict[
     try:
         path = write_verified(args.output, write, check, companions=(".bin",) if args.format == "openvino" else ())
     except VerificationError as e:
-        print(f"efficientdet export: {args.output}: verification failed, nothing written: {e}", file=sys.stderr)
+        print(f"efficientdet export: {args.output}: verification failed, nothing written: {e} (--no-verify writes "
+              "the file unchecked)", file=sys.stderr)  # fmt: skip
         return 1
     except (ImportError, ValueError, RuntimeError, OSError) as e:
         print(f"efficientdet export: {e}", file=sys.stderr)
