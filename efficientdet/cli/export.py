@@ -187,13 +187,12 @@ def check_deployment_options(args: Any) -> None:
             raise ValueError(f"--{option.replace('_', '-')} does not go with {what} (fixed-size fp32/int8 CPU files)")
 
 
-def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any], output: Path | None = None) -> Path:
+def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any], output: Path) -> Path:
     """``efficientdet export`` for ``--int8`` and ``--format openvino`` (``common``: the shared export options), to
-    ``output`` (default ``--output``).
+    ``output`` (the verified write's temp file), its options already checked (:func:`check_deployment_options`).
 
     Raises ValueError / CalibrationError / ImportError with a one-line message for the command to print.
     """
-    check_deployment_options(args)
     calib = dict(calibration=args.calibration, calibration_split=args.calibration_split,
                  calibration_images=args.calibration_images)  # fmt: skip
     if args.calibration_method:
@@ -207,7 +206,7 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any], ou
 
             accuracy = dict(max_ap_drop=args.max_ap_drop, score_ap=coco_ap,
                             accuracy_data=accuracy_images(args.calibration, args.accuracy_split))  # fmt: skip
-        return export_openvino(model, output or args.output, int8=args.int8,
+        return export_openvino(model, output, int8=args.int8,
                                fast_bias_correction=args.fast_bias_correction,
                                seven_bit_weights=args.seven_bit_weights, **accuracy, **calib, **common)  # fmt: skip
     try:
@@ -216,7 +215,7 @@ def export_deployment(model: EfficientDet, args: Any, common: dict[str, Any], ou
         raise ImportError("int8 ONNX export needs onnxruntime: pip install 'efficientdet[export]'") from e
     if args.int8_activations:
         calib["activations"] = args.int8_activations
-    return export_onnx_int8(model, output or args.output, opset=args.opset, **calib, **common)
+    return export_onnx_int8(model, output, opset=args.opset, **calib, **common)
 
 
 def accuracy_images(data: str, split: str) -> Any:
