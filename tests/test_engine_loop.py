@@ -33,8 +33,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from efficientdet.engine import ModelEma, RecipeConfig, Task, Trainer, TrainingError, resume_settings, run_training
-from efficientdet.engine.recipe import MAX_BAD_STEPS
+from efficientdet.engine.recipe import MAX_BAD_STEPS, lr_at
 from efficientdet.utils.distributed import DistEnv
+from efficientdet.utils.fields import OptionError
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -521,6 +522,10 @@ def _hang_in_checkpoint_write(epoch: int, marker: Path) -> None:
 def _train_worker(config_json: str) -> None:
     """Train the toy task with these ToyConfig fields (plain, or one process of torchrun's job)."""
     fields = json.loads(config_json)
+    if "epoch_seconds_by_rank" in fields:  # each rank's clock says its own epoch time (--time-limit's test)
+        seconds = fields.pop("epoch_seconds_by_rank")[int(os.environ.get("RANK", "0"))]
+        train_epoch = Trainer.train_epoch
+        Trainer.train_epoch = lambda self, epoch: {**train_epoch(self, epoch), "epoch_time_s": seconds}  # type: ignore[method-assign]
     if "hang_at_epoch" in fields:
         _hang_in_checkpoint_write(fields.pop("hang_at_epoch"), Path(fields.pop("marker")))
     run_training(ToyConfig(**fields), ToyTask)
@@ -597,3 +602,87 @@ def test_evaluation_time_is_logged_for_evaluated_epochs_only(tmp_path, capsys):
     assert times[0] == "" and all(float(t) >= 0.05 for t in times[1:])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert ["| eval 0s" in line for line in lines] == [False, True, True]
+
+
+# --------------------------------------------------------------------------------------------- time limit
+
+
+def _scripted_epoch_times(trainer: Trainer, seconds: list[float]) -> None:
+    """Each epoch's training reports the next of ``seconds`` as its ``epoch_time_s`` (a clock the test sets)."""
+    times = iter(seconds)
+    train_epoch = trainer.train_epoch
+
+    def timed(epoch: int) -> dict[str, Any]:
+        row = train_epoch(epoch)
+        row["epoch_time_s"] = next(times)
+        return row
+
+    trainer.train_epoch = timed  # type: ignore[method-assign]
+
+
+def test_time_limit_ends_the_run_after_the_last_epoch_that_fits(tmp_path, capsys):
+    """45 s for 8 epochs of 10 s: after epoch 4 (40 s spent) a fifth would end at 50 s, so epoch 4 is the last:
+    evaluated, saved, and said once; the schedule stays planned for 8 epochs (its rate at epoch 4 is step 15 of
+    32). Resumed with the same limit the run does nothing; with 66 s it continues the same schedule to epoch 6."""
+    cfg = _config(tmp_path, "limited", epochs=8, time_limit=0.75)
+    trainer = _trainer(cfg)
+    _scripted_epoch_times(trainer, [10.0] * 8)
+    result = trainer.fit()
+    assert result["epochs_done"] == 4 and result["steps"] == 16 and result["time_limit_reached"]
+    rows = _rows(tmp_path / "limited")
+    assert float(rows[-1]["lr"]) == pytest.approx(lr_at(15, 32, 2, 0.05))  # ToyConfig: lr 0.05, 2 warm-up steps
+    assert rows[-1]["score"] != ""  # the last epoch is evaluated
+    last = _load(tmp_path / "limited" / "last.pt")["train_state"]
+    assert last["epoch"] == 4 and last["train_config"]["epochs"] == 8
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("time limit")]
+    assert len(lines) == 1 and "ends after epoch 4 of 8" in lines[0]
+    saved = resume_settings(str(tmp_path / "limited" / "last.pt"), "toy")
+    trainer = _trainer(ToyConfig(**saved))
+    assert trainer.fit()["epochs_done"] == 4 and trainer.step == 16  # its time is spent: nothing more
+    trainer = _trainer(ToyConfig(**{**saved, "time_limit": 1.1}))
+    _scripted_epoch_times(trainer, [10.0] * 4)
+    result = trainer.fit()
+    assert result["epochs_done"] == 6 and result["time_limit_reached"]
+    assert float(_rows(tmp_path / "limited")[-1]["lr"]) == pytest.approx(lr_at(23, 32, 2, 0.05))
+
+
+def test_an_ample_time_limit_changes_nothing(tmp_path):
+    limited, plain = _config(tmp_path, "ample", epochs=3, time_limit=60.0), _config(tmp_path, "plain", epochs=3)
+    for cfg in (limited, plain):
+        trainer = _trainer(cfg)
+        _scripted_epoch_times(trainer, [10.0] * 3)
+        result = trainer.fit()
+        assert result["epochs_done"] == 3 and not result["time_limit_reached"]
+    _assert_same_run(tmp_path / "ample", tmp_path / "plain")
+
+
+def test_a_resumed_run_spends_what_is_left_of_its_time_limit(tmp_path):
+    """Stopped after epoch 1 (10 s of 45), resumed with 15 s epochs: 25 s after epoch 2 (12.5 s an epoch) leave
+    room for a third, 40 s after it do not, so the run ends at epoch 3; a resume that forgot the first epoch's
+    10 s would go on to epoch 4."""
+    cfg = _config(tmp_path, "cut", epochs=8, time_limit=0.75, max_steps=4)
+    trainer = _trainer(cfg)
+    _scripted_epoch_times(trainer, [10.0])
+    assert trainer.fit()["epochs_done"] == 1
+    trainer = _trainer(ToyConfig(**resume_settings(str(tmp_path / "cut" / "last.pt"), "toy", max_steps=None)))
+    _scripted_epoch_times(trainer, [15.0] * 7)
+    result = trainer.fit()
+    assert result["epochs_done"] == 3 and result["time_limit_reached"]
+
+
+def test_under_torchrun_every_rank_stops_after_the_same_epoch(tmp_path):
+    """Two ranks whose clocks say 10 s and 30 s an epoch, 45 s for 4 epochs: alone they would stop after epochs 4
+    and 1, and the rank that stopped would leave the other waiting in its next step; on the mean (20 s) both stop
+    after epoch 2."""
+    from test_distributed import torchrun
+
+    job = {"output": str(tmp_path / "ddp"), "batch_size": 2, "epochs": 4, "time_limit": 0.75,
+           "epoch_seconds_by_rank": [10.0, 30.0]}  # fmt: skip
+    torchrun([__file__, "train", json.dumps(job)], timeout=120)
+    last = _load(tmp_path / "ddp" / "last.pt")["train_state"]
+    assert last["world_size"] == 2 and last["epoch"] == 2 and last["train_config"]["epochs"] == 4
+
+
+def test_time_limit_must_be_positive(tmp_path):
+    with pytest.raises(OptionError, match="--time-limit must be a finite number > 0"):
+        _config(tmp_path, "zero", time_limit=0.0)

@@ -62,6 +62,7 @@ def test_corrupt_image_is_skipped_with_a_warning_and_counted(tmp_path, caplog):
         (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
         (["--img-size", "0"], "--img-size must be an integer >= 1, got 0"),
         (["--lr", "-0.1"], "--lr must be a finite number > 0"),
+        (["--time-limit", "0"], "--time-limit must be a finite number > 0, got 0.0"),
         (["--scale-range", "1.5", "0.5"], "--scale-range must be two numbers"),
         (["--val-split", "empty", "--tensorboard"], "validation split 'empty' has no images"),
     ],

@@ -162,6 +162,8 @@ class Trainer:
         self.start_epoch = 0
         self.step = 0
         self.stopped_early = False  # --patience ended the run
+        self.time_limit_reached = False  # --time-limit ended the run
+        self.time_spent = 0.0  # seconds of epochs and evaluations, as the last --time-limit check summed them
         self.last_metrics: dict[str, Any] = {}
 
     # --------------------------------------------------------------------------------------------- set-up
@@ -417,12 +419,47 @@ class Trainer:
         row["epoch_time_s"] = elapsed
         return row
 
+    def _time_is_up(self, row: dict[str, Any] | None = None) -> bool:
+        """With ``--time-limit``: whether one more epoch would end past the limit, after the epochs of the metrics
+        history and ``row`` (an epoch just trained, its evaluation still to come).
+
+        An epoch costs the mean of the run's epochs so far, training and validation; ``row``'s evaluation is
+        counted at the mean evaluation so far (as if it ran: it does when this epoch turns out to be the last).
+        The history holds the epochs of earlier processes too, so a resumed run spends what is left. Under DDP the
+        ranks average their times, so that all of them stop after the same epoch.
+        """
+        cfg, env = self.cfg, self.env
+        rows = [*self.log.history, *([row] if row is not None else [])]
+        if cfg.time_limit is None or not rows:
+            return False
+        evaluations = [r["eval_time_s"] for r in rows if r.get("eval_time_s") is not None]
+        pending = sum(evaluations) / len(evaluations) if row is not None and evaluations else 0.0
+        spent = sum(r.get("epoch_time_s") or 0.0 for r in rows) + sum(evaluations) + pending
+        if env.distributed:
+            spent = float(all_reduce_sum(torch.tensor([spent], dtype=torch.float64, device=self.device))[0])
+            spent /= env.world_size
+        self.time_spent = spent
+        return spent + spent / len(rows) > cfg.time_limit * 60
+
+    def _say_time_is_up(self, epoch: int) -> None:
+        if self.env.is_main:
+            print(f"time limit {self.cfg.time_limit:g} min: the run ends after epoch {epoch} of {self.cfg.epochs} "
+                  f"({self.time_spent / 60:.1f} min spent, {self.time_spent / epoch:.0f} s an epoch); last.pt holds "
+                  f"its weights, and --resume with a larger --time-limit continues the schedule",
+                  flush=True)  # fmt: skip
+
     def fit(self) -> dict[str, Any]:
-        """Train from the start (or the resumed epoch) to ``cfg.epochs``; the run's summary."""
+        """Train from the start (or the resumed epoch) to ``cfg.epochs`` (or until ``--patience`` or
+        ``--time-limit`` ends the run); the run's summary."""
         cfg, env, task = self.cfg, self.env, self.task
-        for epoch in range(self.start_epoch, cfg.epochs):
+        end = cfg.epochs
+        if self.start_epoch < end and self._time_is_up():  # resumed after its time limit ended it
+            self.time_limit_reached, end = True, self.start_epoch
+            self._say_time_is_up(self.start_epoch)
+        for epoch in range(self.start_epoch, end):
             row = self.train_epoch(epoch)
-            stop = cfg.max_steps is not None and self.step >= cfg.max_steps
+            out_of_time = self.time_limit_reached = self._time_is_up(row)
+            stop = out_of_time or (cfg.max_steps is not None and self.step >= cfg.max_steps)
             last = stop or epoch + 1 == cfg.epochs
             evaluate_now = task.has_validation and ((epoch + 1) % cfg.eval_interval == 0 or last)
             if evaluate_now:
@@ -462,6 +499,8 @@ class Trainer:
                 task.after_epoch(self.tb, epoch + 1, self.ema.module, evaluate_now, last)
                 if self.tb is not None:
                     self.tb.flush()
+            if out_of_time:
+                self._say_time_is_up(epoch + 1)
             if stop:
                 break
         if env.is_main and not self.checkpoints.best_path.exists():
@@ -476,6 +515,7 @@ class Trainer:
             "best": str(self.checkpoints.best_path),
             "epochs_done": len(self.log.history),
             "stopped_early": self.stopped_early,
+            "time_limit_reached": self.time_limit_reached,
             "steps": self.step,
             "skipped_steps": self.guard.total,
         }
