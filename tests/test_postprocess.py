@@ -115,12 +115,20 @@ def test_hard_nms_threshold_is_strict_and_degenerate_boxes_survive():
     assert pp.batched_nms(boxes, scores, labels, 0.49).tolist() == [0, 2]
 
 
-@pytest.mark.parametrize("n,classes,clustered", [(0, 1, False), (1, 1, False), (150, 1, False), (400, 3, True)])
+@pytest.mark.parametrize(
+    "n,classes,clustered", [(0, 1, False), (1, 1, False), (150, 1, False), (400, 3, True), (600, 20, True)]
+)
 @pytest.mark.parametrize("agnostic", [False, True])
-def test_soft_nms_matches_reference(n, classes, clustered, agnostic):
+@pytest.mark.parametrize("max_keep", [None, 25])
+@pytest.mark.parametrize("tied", [False, True])
+def test_soft_nms_matches_reference(n, classes, clustered, agnostic, max_keep, tied):
+    """Each class runs on its own boxes and the picks are merged by score (ties, across classes too, in input
+    order): the same picks as the one-box-at-a-time loop over every box, up to ``max_keep``."""
     boxes, scores, labels = random_boxes(n, classes, seed=1, clustered=clustered)
-    keep, decayed = pp.soft_nms(boxes, scores, None if agnostic else labels, 0.5, 0.001)
-    ref = reference_soft_nms(boxes, scores, labels, agnostic=agnostic)
+    if tied:  # many equal scores: ten values
+        scores = (scores * 10).floor() / 10 + 0.05
+    keep, decayed = pp.soft_nms(boxes, scores, None if agnostic else labels, 0.5, 0.001, max_keep)
+    ref = reference_soft_nms(boxes, scores, labels, agnostic=agnostic)[:max_keep]
     assert keep.tolist() == [i for i, _ in ref]
     assert decayed.double().tolist() == pytest.approx([s for _, s in ref], rel=1e-6)
     assert (decayed[1:] <= decayed[:-1]).all()  # best first
@@ -141,6 +149,8 @@ def test_soft_nms_decays_instead_of_removing():
     assert keep.tolist() == [0, 3]
     keep, _ = pp.soft_nms(boxes, scores, None, max_keep=2)
     assert keep.tolist() == [0, 3]
+    keep, decayed = pp.soft_nms(boxes, scores, torch.tensor([0, 1, 0, 1]), score_floor=0.95)  # none in play
+    assert keep.tolist() == [] and decayed.tolist() == []
 
 
 def naive_topk(class_outputs, num_classes, k):

@@ -200,31 +200,78 @@ def soft_nms(
 
     Repeatedly keeps the highest current score and multiplies the scores of the others by
     ``exp(-IoU^2 / sigma)``; boxes whose score falls below ``score_floor`` are dropped. The official EfficientDet
-    evaluation uses sigma 0.5 and floor 0.001.
+    evaluation uses sigma 0.5 and floor 0.001. Equal scores are kept in input order.
+
+    Classes never decay each other, so each class runs on its own boxes (:func:`_soft_nms_one_class`) and the
+    picks are merged by score: each class's picks come best first, so the merge is the order one loop over every
+    box would have taken them in, at a fraction of the work where there are several classes.
     """
     device = boxes.device
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=device), torch.empty(0, device=device)
+    # float64 offsets, as in hard NMS: the columns and so the IoUs are those of one loop over every class
     cols = _columns(_offset_by_class(boxes.double(), classes).cpu().numpy())
     current = scores.double().cpu().numpy()
-    idx = np.flatnonzero(current >= score_floor)  # boxes still in play, in input order (ties: lowest first)
-    cols, current = cols[idx], current[idx]
-    limit = len(idx) if max_keep is None else max_keep
-    keep: list[int] = []
-    kept_scores: list[float] = []
-    while idx.size and len(keep) < limit:
-        j = int(np.argmax(current))
-        keep.append(int(idx[j]))
-        kept_scores.append(float(current[j]))
-        iou = np.nan_to_num(_iou_matrix(cols[j : j + 1], cols)[0])
-        current = current * np.exp(-(iou**2) / sigma)
-        alive = current >= score_floor
-        alive[j] = False  # taken
-        idx, cols, current = idx[alive], cols[alive], current[alive]
+    in_play = np.flatnonzero(current >= score_floor)  # input order
+    limit = len(in_play) if max_keep is None else max_keep
+    if classes is None:
+        groups = [in_play]
+    else:
+        labels = classes.cpu().numpy()[in_play]
+        by_class = in_play[np.argsort(labels, kind="stable")]  # each class's boxes still in input order
+        groups = np.split(by_class, np.flatnonzero(np.diff(np.sort(labels))) + 1)
+    picked_scores, picked = [], []
+    for group in groups:
+        index, score = _soft_nms_one_class(cols[group], current[group], sigma, score_floor, limit)
+        picked.append(group[index])
+        picked_scores.append(score)
+    picked_index, picked_score = np.concatenate(picked), np.concatenate(picked_scores)
+    order = np.lexsort((picked_index, -picked_score))[:limit]  # best first; equal scores: input order
     return (
-        torch.as_tensor(keep, dtype=torch.long, device=device),
-        torch.as_tensor(kept_scores, dtype=scores.dtype, device=device),
+        torch.as_tensor(picked_index[order], dtype=torch.long, device=device),
+        torch.as_tensor(picked_score[order], dtype=scores.dtype, device=device),
     )
+
+
+def _soft_nms_one_class(
+    cols: np.ndarray, scores: np.ndarray, sigma: float, score_floor: float, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian soft-NMS over the boxes of one class (rows from :func:`_columns`, scores >= ``score_floor``, in
+    input order): (positions picked, their decayed scores), best first, at most ``limit``.
+
+    Each pick decays only the boxes that intersect it (the others' factor would be exp(0) = 1); a box picked or
+    decayed below the floor leaves play by its score alone (-inf, or under the floor, which the next best never
+    is), and the arrays are compacted once half of them are out of play: the loop costs a few whole-array passes
+    per pick instead of a dozen.
+    """
+    x1, y1, x2, y2, area = (np.ascontiguousarray(c) for c in cols.T)
+    current = scores.copy()
+    position = np.arange(len(current))
+    out_of_play = 0
+    picks, picked_scores = [], []
+    while len(picks) < limit and len(current):
+        j = int(np.argmax(current))
+        best = current[j]
+        if best < score_floor:
+            break
+        picks.append(position[j])
+        picked_scores.append(best)
+        current[j] = -np.inf
+        width = np.minimum(x2, x2[j]) - np.maximum(x1, x1[j])
+        height = np.minimum(y2, y2[j]) - np.maximum(y1, y1[j])
+        touching = np.flatnonzero((width > 0) & (height > 0) & (current >= score_floor))
+        if len(touching):
+            inter = width[touching] * height[touching]  # > 0, so the union is too
+            iou = inter / (area[j] + area[touching] - inter)
+            decayed = current[touching] * np.exp(-(iou**2) / sigma)
+            current[touching] = decayed
+            out_of_play += int((decayed < score_floor).sum())
+        out_of_play += 1
+        if out_of_play * 2 > len(current):  # compact: keep the boxes still in play, in order
+            alive = current >= score_floor
+            x1, y1, x2, y2, area = x1[alive], y1[alive], x2[alive], y2[alive], area[alive]
+            current, position, out_of_play = current[alive], position[alive], 0
+    return np.asarray(picks, dtype=np.int64), np.asarray(picked_scores, dtype=np.float64)
 
 
 def vote_boxes(
