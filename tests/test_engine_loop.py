@@ -62,6 +62,7 @@ class ToyConfig(RecipeConfig):
     lr: float | None = 0.05
     warmup_epochs: float = 0.5
     ema_decay: float = 0.5  # short runs: both the warm-up (updates 1-7) and the cap (8 on) of ModelEma's decay
+    eval_interval: int | None = 1  # every epoch (the default's cadence follows measured times; tested on its own)
     workers: int = 0
     device: str = "cpu"
     amp: str = "off"
@@ -681,6 +682,33 @@ def test_under_torchrun_every_rank_stops_after_the_same_epoch(tmp_path):
     torchrun([__file__, "train", json.dumps(job)], timeout=120)
     last = _load(tmp_path / "ddp" / "last.pt")["train_state"]
     assert last["world_size"] == 2 and last["epoch"] == 2 and last["train_config"]["epochs"] == 4
+
+
+# --------------------------------------------------------------------------------------------- validation cadence
+
+
+def test_auto_eval_interval_keeps_validation_near_a_tenth_of_the_training_time(tmp_path, capsys):
+    """Left open, validation runs after epochs 1 and 2; then a pass of 0.25 s against 1 s of training an epoch
+    gives every 3rd epoch (3 x 10% of 1 s covers 0.25 s), and always the last: epochs 1, 2, 3, 6, 8. The cadence is
+    said once and saved with the run; the weights are those of a run that evaluates every epoch."""
+
+    def slow_evaluate(model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        time.sleep(0.25)
+        return {"score": 0.5}, {"score": 0.5}
+
+    for name, interval in (("auto", None), ("every", 1)):
+        trainer = _trainer(_config(tmp_path, name, epochs=8, eval_interval=interval))
+        _scripted_epoch_times(trainer, [1.0] * 8)
+        trainer.task.evaluate = slow_evaluate  # type: ignore[method-assign]
+        trainer.fit()
+    rows = _rows(tmp_path / "auto")
+    assert [int(r["epoch"]) for r in rows if r["score"]] == [1, 2, 3, 6, 8]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation:")]
+    assert len(lines) == 1 and "every 3 epochs" in lines[0]
+    auto, every = _load(tmp_path / "auto" / "last.pt"), _load(tmp_path / "every" / "last.pt")
+    assert auto["train_state"]["train_config"]["eval_interval"] == 3  # a resume keeps the cadence
+    _assert_same(auto["state_dict"], every["state_dict"], "EMA weights")
+    _assert_same(auto["train_state"]["model"], every["train_state"]["model"], "raw weights")
 
 
 def test_time_limit_must_be_positive(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +41,8 @@ from ..utils.distributed import (
 from ..utils.progress import progress_bar
 from .components import Checkpointer, MetricsLog, NonFiniteGuard
 from .recipe import (
+    EVAL_CADENCE_EPOCH,
+    EVAL_SHARE,
     TENSORBOARD_DIR,
     RecipeConfig,
     decay_groups,
@@ -448,6 +451,22 @@ class Trainer:
                   f"its weights, and --resume with a larger --time-limit continues the schedule",
                   flush=True)  # fmt: skip
 
+    def _choose_eval_interval(self, row: dict[str, Any]) -> None:
+        """``--eval-interval`` left open: from this epoch's training and validation times (averaged over DDP's
+        ranks, so that all of them evaluate alike), the smallest interval that keeps validation within EVAL_SHARE
+        of the training time; it is saved with the run's config, so a resume keeps it."""
+        times = torch.tensor([row["epoch_time_s"], row["eval_time_s"]], dtype=torch.float64, device=self.device)
+        if self.env.distributed:
+            times = all_reduce_sum(times) / self.env.world_size
+        train_s, eval_s = (float(t) for t in times)
+        interval = max(1, math.ceil(eval_s / (EVAL_SHARE * max(train_s, 1e-9))))
+        self.cfg = dataclasses.replace(self.cfg, eval_interval=interval)
+        if self.env.is_main:
+            every = "every epoch" if interval == 1 else f"every {interval} epochs from here on, and after the last"
+            print(f"validation: a pass takes {eval_s:.1f} s against {train_s:.1f} s of training an epoch: {every} "
+                  f"(validation within {EVAL_SHARE:.0%} of the training time; --eval-interval N sets it)",
+                  flush=True)  # fmt: skip
+
     def fit(self) -> dict[str, Any]:
         """Train from the start (or the resumed epoch) to ``cfg.epochs`` (or until ``--patience`` or
         ``--time-limit`` ends the run); the run's summary."""
@@ -461,12 +480,14 @@ class Trainer:
             out_of_time = self.time_limit_reached = self._time_is_up(row)
             stop = out_of_time or (cfg.max_steps is not None and self.step >= cfg.max_steps)
             last = stop or epoch + 1 == cfg.epochs
-            evaluate_now = task.has_validation and ((epoch + 1) % cfg.eval_interval == 0 or last)
+            evaluate_now = task.has_validation and ((epoch + 1) % (self.cfg.eval_interval or 1) == 0 or last)
             if evaluate_now:
                 eval_start = time.perf_counter()
                 self.last_metrics, entries = task.evaluate(self.ema.module)
                 row.update(entries)
                 row["eval_time_s"] = time.perf_counter() - eval_start  # what validation costs the run
+                if self.cfg.eval_interval is None and epoch + 1 == EVAL_CADENCE_EPOCH:
+                    self._choose_eval_interval(row)
             self.log.append(row)
             summary = (
                 f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}{task.loss_detail(row)}  "
