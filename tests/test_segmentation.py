@@ -336,7 +336,8 @@ def trained_run(tmp_path_factory):
             "--val-masks", str(root / "valannot"), "--num-classes", "11", "--ignore-index", "11", "--epochs", "8",
             "--batch-size", "4", "--img-size", "80", "--crop-size", "64", "--lr", "0.1", "--warmup-epochs", "0",
             "--scale-range", "1", "1", "--workers", "0", "--pretrained-backbone", "--output", str(out),
-            "--tensorboard", "--class-weights", "none", "--eval-interval", "1"]  # fmt: skip  # plain CE: the loss drop below was measured so
+            "--tensorboard", "--eval-interval", "1",
+            "--class-weights", "none"]  # fmt: skip  # plain CE: the loss drop below was measured so
     assert main(args) == 0
     return root, out
 
