@@ -324,8 +324,8 @@ class RecipeConfig:
     )
     # A wall-clock budget (ultralytics' ``time``): the run ends after the last epoch that fits, its schedule still
     # planned for --epochs. Re-planning the cosine schedule to end within the budget instead (budget-aware decay,
-    # Li et al., ICLR 2020) scored lower on held-out raccoon images in four of four runs (the EMA weights of a run
-    # cut at a high rate did better), and keeping the plan lets --resume with a larger limit continue the same run.
+    # Li et al., ICLR 2020) scored lower on validation images in five of five runs (raccoon, BCCD: the EMA weights of
+    # a run cut at a high rate did better), and keeping the plan lets --resume with a larger limit continue the run.
     time_limit: float | None = field(
         default=None,
         metadata=option(
