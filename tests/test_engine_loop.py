@@ -527,6 +527,10 @@ def _train_worker(config_json: str) -> None:
         seconds = fields.pop("epoch_seconds_by_rank")[int(os.environ.get("RANK", "0"))]
         train_epoch = Trainer.train_epoch
         Trainer.train_epoch = lambda self, epoch: {**train_epoch(self, epoch), "epoch_time_s": seconds}  # type: ignore[method-assign]
+    if "eval_seconds_by_rank" in fields:  # each rank's validation pass takes its own time (the cadence's test)
+        pause = fields.pop("eval_seconds_by_rank")[int(os.environ.get("RANK", "0"))]
+        evaluate = ToyTask.evaluate
+        ToyTask.evaluate = lambda self, model: (time.sleep(pause), evaluate(self, model))[1]  # type: ignore[method-assign]
     if "hang_at_epoch" in fields:
         _hang_in_checkpoint_write(fields.pop("hang_at_epoch"), Path(fields.pop("marker")))
     run_training(ToyConfig(**fields), ToyTask)
@@ -709,6 +713,18 @@ def test_auto_eval_interval_keeps_validation_near_a_tenth_of_the_training_time(t
     assert auto["train_state"]["train_config"]["eval_interval"] == 3  # a resume keeps the cadence
     _assert_same(auto["state_dict"], every["state_dict"], "EMA weights")
     _assert_same(auto["train_state"]["model"], every["train_state"]["model"], "raw weights")
+
+
+def test_under_torchrun_every_rank_evaluates_on_the_same_cadence(tmp_path):
+    """Validation passes of 0 s and 0.3 s against 1 s epochs: alone the ranks would choose every epoch and every
+    3rd; on the mean (0.15 s) both evaluate every 2nd epoch, which the saved run records."""
+    from test_distributed import torchrun
+
+    job = {"output": str(tmp_path / "ddp"), "batch_size": 2, "epochs": 4, "eval_interval": None,
+           "epoch_seconds_by_rank": [1.0, 1.0], "eval_seconds_by_rank": [0.0, 0.3]}  # fmt: skip
+    torchrun([__file__, "train", json.dumps(job)], timeout=120)
+    assert _load(tmp_path / "ddp" / "last.pt")["train_state"]["train_config"]["eval_interval"] == 2
+    assert [int(r["epoch"]) for r in _rows(tmp_path / "ddp") if r["score"]] == [1, 2, 4]
 
 
 def test_time_limit_must_be_positive(tmp_path):
