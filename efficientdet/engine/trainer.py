@@ -422,6 +422,14 @@ class Trainer:
         row["epoch_time_s"] = elapsed
         return row
 
+    def _rank_mean(self, *seconds: float) -> list[float]:
+        """Each of ``seconds`` averaged over DDP's ranks (as given in a single process): the clock readings that
+        decide what every rank does next (stop, evaluate), so that all of them decide alike."""
+        values = torch.tensor(seconds, dtype=torch.float64, device=self.device)
+        if self.env.distributed:
+            values = all_reduce_sum(values) / self.env.world_size
+        return values.tolist()
+
     def _time_is_up(self, row: dict[str, Any] | None = None) -> bool:
         """With ``--time-limit``: whether one more epoch would end past the limit, after the epochs of the metrics
         history and ``row`` (an epoch just trained, its evaluation still to come).
@@ -431,16 +439,13 @@ class Trainer:
         The history holds the epochs of earlier processes too, so a resumed run spends what is left. Under DDP the
         ranks average their times, so that all of them stop after the same epoch.
         """
-        cfg, env = self.cfg, self.env
+        cfg = self.cfg
         rows = [*self.log.history, *([row] if row is not None else [])]
         if cfg.time_limit is None or not rows:
             return False
         evaluations = [r["eval_time_s"] for r in rows if r.get("eval_time_s") is not None]
         pending = sum(evaluations) / len(evaluations) if row is not None and evaluations else 0.0
-        spent = sum(r.get("epoch_time_s") or 0.0 for r in rows) + sum(evaluations) + pending
-        if env.distributed:
-            spent = float(all_reduce_sum(torch.tensor([spent], dtype=torch.float64, device=self.device))[0])
-            spent /= env.world_size
+        (spent,) = self._rank_mean(sum(r.get("epoch_time_s") or 0.0 for r in rows) + sum(evaluations) + pending)
         self.time_spent = spent
         return spent + spent / len(rows) > cfg.time_limit * 60
 
@@ -455,10 +460,7 @@ class Trainer:
         """``--eval-interval`` left open: from this epoch's training and validation times (averaged over DDP's
         ranks, so that all of them evaluate alike), the smallest interval that keeps validation within EVAL_SHARE
         of the training time; it is saved with the run's config, so a resume keeps it."""
-        times = torch.tensor([row["epoch_time_s"], row["eval_time_s"]], dtype=torch.float64, device=self.device)
-        if self.env.distributed:
-            times = all_reduce_sum(times) / self.env.world_size
-        train_s, eval_s = (float(t) for t in times)
+        train_s, eval_s = self._rank_mean(row["epoch_time_s"], row["eval_time_s"])
         interval = max(1, math.ceil(eval_s / (EVAL_SHARE * max(train_s, 1e-9))))
         self.cfg = dataclasses.replace(self.cfg, eval_interval=interval)
         if self.env.is_main:
