@@ -104,3 +104,22 @@ def test_an_unknown_flag_is_still_argparse_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--data", "x", "--no-such-flag"])
     assert info.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_version_names_the_package_and_torch(capsys):
+    import torch
+
+    import efficientdet
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"efficientdet {efficientdet.__version__} (torch {torch.__version__})"
+
+
+def test_export_help_names_every_format(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help at the terminal's width
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    export_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("export"))
+    assert "ONNX" in export_line and "OpenVINO" in export_line

@@ -424,3 +424,52 @@ def test_fine_tuning_from_the_published_weights_keeps_the_shared_class_rows(cach
     assert "2 of 3 classes keep their rows (aeroplane <- airplane, Person <- person); new: raccoon" in caplog.text
     with pytest.raises(ValueError, match="not both"):
         TrainConfig(model="efficientdet-d0", pretrained=True, checkpoint="x.pt")
+
+
+# --------------------------------------------------------------------------------------------- torch.hub
+
+
+def _hub(entry: str, *args, **kwargs):
+    """``torch.hub.load`` of this checkout's ``hubconf.py``, as ``torch.hub.load("owner/efficientdet", entry)``
+    runs it once GitHub's copy is downloaded (``source="local"``: nothing is fetched)."""
+    from conftest import REPO
+
+    return torch.hub.load(str(REPO), entry, *args, source="local", trust_repo=True, **kwargs)
+
+
+def test_torch_hub_lists_one_entry_per_model_and_the_detector():
+    import importlib.util
+
+    from conftest import REPO
+
+    # torch.hub.list reads GitHub only; its rule on the module: every public callable is an entry
+    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entries = [name for name in dir(module) if callable(getattr(module, name)) and not name.startswith("_")]
+    assert {name.replace("-", "_") for name in efficientdet.list_models()} | {"detector"} == set(entries)
+
+
+def test_torch_hub_builds_the_model_with_its_published_weights(cache, server):
+    by_hub = _hub("efficientdet_d0", pretrained=True)
+    direct = efficientdet.create_model("efficientdet-d0", pretrained=True)
+    assert len(server.requests) == 1  # downloaded once, then the cache answers
+    assert by_hub.config == direct.config and by_hub.class_names == direct.class_names
+    for (name, a), (_, b) in zip(by_hub.state_dict().items(), direct.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_torch_hub_passes_model_options_on():
+    model = _hub("efficientdet_lite0", num_classes=3, pretrained_backbone=False)
+    assert model.config.name == "efficientdet-lite0" and model.config.num_classes == 3
+    out = model.eval()(torch.zeros(1, 3, 128, 128))
+    assert out[0][0].shape[1] == 9 * 3  # 9 anchors x 3 classes at P3
+
+
+def test_torch_hub_detector_takes_pictures_and_returns_boxes_in_their_pixels(cache, server):
+    detector = _hub("detector", "efficientdet-lite0", pretrained=True, score_threshold=0.0, image_size=128)
+    picture = np.linspace(0, 255, 90 * 200 * 3).reshape(90, 200, 3).astype(np.uint8)
+    result = detector(picture)[0]
+    boxes = result["boxes"]
+    assert len(boxes) > 0 and result["label_names"][0] in detector.class_names
+    assert float(boxes[:, 2].max()) <= 200 and float(boxes[:, 3].max()) <= 90  # the picture's pixels, not 128's

@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="write a checkpoint as ONNX or a torch.export program (.pt2)",
+        help="write a checkpoint as ONNX (fp32, fp16, int8), an OpenVINO IR (fp32, int8) or a torch.export program",
         description="Input: images [B, 3, H, W], normalised RGB floats. Outputs: class_logits [B, A, C] and "
         "box_codes [B, A, 4] (anchors: efficientdet.anchors_for_config), or with --with-nms boxes [B, max_det, 4] "
         "(x1, y1, x2, y2 input pixels), scores, labels (-1 = padding) and num_detections.",

@@ -146,6 +146,9 @@ def _add_check_data_parser(sub: Any) -> None:
 
 def build_parser(task: str = "detection") -> argparse.ArgumentParser:
     """The whole command; ``train`` and ``eval`` offer the options of ``task`` (their ``--task``)."""
+    import torch
+
+    from .. import __version__
     from .bench import add_parser as add_bench_parser
     from .eval import add_eval_parser
     from .export import add_parser as add_export_parser
@@ -153,6 +156,8 @@ def build_parser(task: str = "detection") -> argparse.ArgumentParser:
     from .train import add_train_parser
 
     parser = argparse.ArgumentParser(prog="efficientdet", description=__doc__)
+    version = f"efficientdet {__version__} (torch {torch.__version__})"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="parameters, FLOPs and structure of the model family")
     info.add_argument("names", nargs="*", metavar="NAME", help="models to show (default: all)")
