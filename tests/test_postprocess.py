@@ -94,6 +94,28 @@ def test_hard_nms_compares_only_the_boxes_it_needs(monkeypatch):
     assert sum(pairs) < 100 * 1000
 
 
+@pytest.mark.parametrize(
+    "n,max_keep,kernel_expected",
+    [(5000, 100, False), (1001, 100, False), (1000, 100, True), (300, 100, True), (5000, None, True)],
+)
+def test_torchvisions_kernel_runs_only_where_it_is_the_faster(monkeypatch, n, max_keep, kernel_expected):
+    """Where torchvision is installed its NMS kernel compares every candidate with every box it keeps, while ours
+    stops at ``max_keep``: with more than ten candidates per box wanted ours ran 1.7x (BCCD) to 5.8x (raccoon)
+    faster on the candidates of ``eval`` (the same picks), so the kernel serves only the smaller sets (and runs
+    without a cap, and other devices than the CPU)."""
+    calls = []
+
+    def kernel(boxes, scores, labels, iou_threshold):  # stands in for torchvision.ops.batched_nms
+        calls.append(len(boxes))
+        return torch.as_tensor(reference_nms(boxes, scores, labels, iou_threshold), dtype=torch.long)
+
+    monkeypatch.setattr(pp, "_tv_batched_nms", kernel)
+    boxes, scores, labels = random_boxes(n, 5, clustered=True)
+    keep = pp.batched_nms(boxes, scores, labels, 0.5, max_keep=max_keep)
+    assert keep.tolist() == reference_nms(boxes, scores, labels, 0.5)[:max_keep]
+    assert bool(calls) == kernel_expected
+
+
 def test_hard_nms_ties_identical_boxes_and_max_keep():
     boxes = torch.tensor([[0.0, 0, 10, 10]] * 5 + [[20.0, 20, 30, 30]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
