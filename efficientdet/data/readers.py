@@ -559,11 +559,6 @@ def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, fl
     return rows
 
 
-# ------------------------------------------------------------------------------------- minimal data.yaml parser
-
-_KEY_LINE = re.compile(r"""^(?P<key>'[^']*'|"[^"]*"|[^\s:'"#][^:#]*?)\s*:(?:\s+(?P<value>.*))?$""")
-
-
 def read_dataset(path: str | os.PathLike, format: str | None = None, split: str = "train") -> DetectionData:
     """Read any supported dataset, detecting the format when ``format`` is None.
 

@@ -6,8 +6,6 @@ import logging
 import os
 from typing import Any
 
-import torch
-
 from ..data.labels import COCO_NUM_SLOTS, coco_slot_ids, coco_slot_names
 from .config import EFFDET_ASPECT_RATIOS, ModelConfig, get_config, list_models
 from .detector import EfficientDet
@@ -170,10 +168,6 @@ def save_model(
     if names is not None and ids is not None and len(ids) != len(names):
         ids = None  # the ids of another class list (a caller that renamed the classes): not this model's
     save_file_atomic(checkpoint_dict(model.state_dict(), model.config.to_dict(), names, ids, **extra), path)
-
-
-def num_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # the detection family: every row of the variant table (efficientdet.config.MODEL_TABLE)
