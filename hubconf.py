@@ -12,9 +12,13 @@ Every name here that does not start with ``_`` is listed by ``torch.hub.list``, 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 import efficientdet as _efficientdet
+
+if _TYPE_CHECKING:
+    from efficientdet.inference import Detector as _Detector
 
 # what torch.hub checks before running an entry: the packages ``import efficientdet`` needs
 dependencies = ["torch", "numpy", "PIL", "yaml", "tqdm"]
@@ -36,7 +40,9 @@ for _name in _efficientdet.list_models():
     globals()[_name.replace("-", "_")] = _model_entry(_name)
 
 
-def detector(name: str = "efficientdet-d0", pretrained: bool | str = True, device: str = "cpu", **kwargs: _Any):
+def detector(
+    name: str = "efficientdet-d0", pretrained: bool | str = True, device: str = "cpu", **kwargs: _Any
+) -> _Detector:
     """A ready :class:`efficientdet.inference.Detector`: ``detector(pictures)`` takes file paths, URLs, PIL images,
     RGB uint8 arrays or float tensors and returns one dict per picture (``boxes`` as x1, y1, x2, y2 in its pixels,
     ``scores``, ``labels``, ``label_names``).
