@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -77,6 +79,19 @@ def test_train_refuses_bad_input_before_writing_anything(tmp_path, capsys, args,
     assert rc != 0
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_a_missing_dataset_is_one_line_on_the_terminal(tmp_path):
+    """As a user sees it (a process of its own, the command's logging set up): the error alone, not preceded by the
+    run's start-up notes (pytest's own log handlers hide those from in-process tests)."""
+    missing = tmp_path / "no-such-dataset"
+    run = subprocess.run(
+        [sys.executable, "-m", "efficientdet", "train", "--data", str(missing), "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [f"efficientdet train: {missing}: dataset not found"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_without_data_is_an_error_not_the_demo(tmp_path, capsys):

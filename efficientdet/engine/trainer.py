@@ -551,14 +551,15 @@ def run_training(cfg: RecipeConfig, make_task: Callable[[Any, DistEnv, torch.dev
     CPU, NCCL on CUDA (device ``cuda:LOCAL_RANK``). All ranks return the same summary.
     """
     with distributed_session(cfg.device, resolve_device) as (env, device):
+        notes = []  # said once set-up has checked every input, so that a bad one is the only line a user sees
         if cfg.workers is None:
             cfg = dataclasses.replace(cfg, workers=default_workers(device))
             if cfg.workers == 0:
-                LOG.info("data loading: in the training process (a CPU of few cores, where worker processes would "
-                         "take cores from each step); --workers N overrides")  # fmt: skip
+                notes.append("data loading: in the training process (a CPU of few cores, where worker processes "
+                             "would take cores from each step); --workers N overrides")  # fmt: skip
         if retain_freed_memory():
-            LOG.info(f"memory: freed blocks stay in the process for reuse, sparing the kernel's page zeroing every "
-                     f"step (glibc malloc; {OPT_OUT_ENV}=0 turns it off)")  # fmt: skip
+            notes.append(f"memory: freed blocks stay in the process for reuse, sparing the kernel's page zeroing "
+                         f"every step (glibc malloc; {OPT_OUT_ENV}=0 turns it off)")  # fmt: skip
         quiet = logging.getLogger("efficientdet")
         level = quiet.level
         if not env.is_main:  # one copy of each message: rank 0 speaks for the job
@@ -568,6 +569,8 @@ def run_training(cfg: RecipeConfig, make_task: Callable[[Any, DistEnv, torch.dev
         try:
             trainer = Trainer(cfg, make_task(cfg, env, device), env, device, tb)
             trainer.setup()
+            for note in notes:
+                LOG.info(note)
             return trainer.fit()
         finally:
             if tb is not None:
