@@ -182,6 +182,20 @@ def test_unreadable_files_are_reported_by_name_and_skipped(checkpoint, tmp_path,
     assert {e["file_name"] for e in read_results(output)} == {good.as_posix()}
 
 
+def test_when_no_source_can_be_read_nothing_is_written(checkpoint, tmp_path, capsys):
+    """Every source missing or empty is bad input, not a run with failures: each named once, exit 1, and no output
+    folder with an empty detections.json left behind."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    output = tmp_path / "out"
+    code, out, err = run_cli(capsys, str(tmp_path / "missing.jpg"), str(empty), "--checkpoint", str(checkpoint),
+                             "--output", str(output))  # fmt: skip
+    assert code == 1
+    assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err and f"{empty}: no images" in err
+    assert out.strip() == "predict: nothing to run (2 sources failed); nothing written"
+    assert not output.exists()
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
 def test_any_pixel_mode_works(checkpoint, tmp_path, mode):
     image = random_image(tmp_path / ("in.jpg" if mode == "CMYK" else "in.png"), (70, 50), mode)

@@ -138,6 +138,8 @@ class PredictSummary:
 
     def line(self) -> str:
         """The one-line summary the command prints."""
+        if self.output is None and not (self.images or self.videos):
+            return f"predict: nothing to run ({counted(len(self.failures), 'source')} failed); nothing written"
         where = f"; results in {self.output}" if self.output is not None else ""
         videos = f"{counted(self.frames, 'frame')} of {counted(self.videos, 'video')}, " if self.videos else ""
         left = f": {counted(self.images_left, 'image')} not processed" if self.images_left else ""
@@ -410,7 +412,8 @@ def predict(
         sources: image files, folders (their image and video files; subfolders with ``recursive``), glob
             patterns, image URLs, video files, cameras and stream URLs.
         checkpoint: a model file (ours; effdet's with ``model_name``) or an already built model.
-        output: folder for the drawn images and ``detections.json`` (created; see the module docstring for names).
+        output: folder for the drawn images and ``detections.json`` (created; see the module docstring for names;
+            not created when no source can be read: the summary's ``output`` is then None).
         score_threshold, iou_threshold, nms, class_agnostic, max_det, image_size, class_names: passed to
             :class:`~efficientdet.inference.Detector` (``nms="soft"``: Gaussian soft-NMS, sigma 0.5).
         batch_size: images per forward pass (fewer when they are large, see ``BATCH_PIXEL_BUDGET``); default
@@ -493,6 +496,10 @@ def predict(
             except VideoDependencyError as exc:  # the images still run
                 for clip in found_videos:
                     fail(str(clip), f"{clip}: a video: {exc}")
+        if not images and not videos:  # nothing to run at all: bad input, so no output folder is made
+            summary.output = summary.detections_path = None
+            summary.seconds = time.perf_counter() - start
+            return summary
         out.mkdir(parents=True, exist_ok=True)
         destinations = output_names(images, out)
         stems = image_stems(destinations, out) if save_txt or save_crop else []
