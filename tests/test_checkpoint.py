@@ -111,3 +111,16 @@ def test_safetensors_checkpoint(tmp_path):
     safetensors.save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     model = efficientdet.create_model("efficientdet-lite0", checkpoint=path)
     assert model.config.padding == "same" and model.config.redundant_bias
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04"])
+def test_an_empty_or_cut_file_says_why_it_cannot_be_read(tmp_path, content):
+    from efficientdet.models.weights import read_file
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable PyTorch checkpoint (") and "()" not in message
+    assert ("an empty file" in message) == (content == b"")

@@ -123,3 +123,27 @@ def test_export_help_names_every_format(capsys, monkeypatch):
         main(["--help"])
     export_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("export"))
     assert "ONNX" in export_line and "OpenVINO" in export_line
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "taken_by"),
+    [("export", "--output", "folder"), ("check-data", "--json", "folder"), ("check-data", "--plots", "file")],
+)
+def test_output_paths_taken_by_the_other_kind_are_one_line_before_any_work(tmp_path, capsys, command, option, taken_by):
+    """A traceback after the export or the data check before; nothing the user had is touched."""
+    from test_train import raccoon_subset
+
+    import efficientdet
+
+    taken = tmp_path / "taken"
+    taken.mkdir() if taken_by == "folder" else taken.write_text("mine")
+    if command == "export":
+        ckpt = tmp_path / "m.pt"
+        efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64), ckpt)
+        argv = ["export", "--checkpoint", str(ckpt), option, str(taken)]
+    else:
+        argv = ["check-data", "--data", str(raccoon_subset(tmp_path, n_train=2, n_val=1)), option, str(taken)]
+    assert main(argv) == 2
+    what = "a folder, not a file" if taken_by == "folder" else "a file, not a folder"
+    assert capsys.readouterr().err.strip().splitlines() == [f"efficientdet {command}: {option} {taken}: {what}"]
+    assert (taken.is_dir() and not any(taken.iterdir())) if taken_by == "folder" else taken.read_text() == "mine"

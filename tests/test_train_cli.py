@@ -173,6 +173,35 @@ def test_train_reports_bad_data_clearly(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+def test_train_refuses_an_output_that_is_a_file_before_reading_the_data(tmp_path, capsys):
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    rc = main(["train", "--data", str(data), "--output", str(taken), "--workers", "0", "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == [f"efficientdet train: --output {taken}: a file, not a folder"], err
+    assert taken.read_text() == "mine"
+
+
+@pytest.mark.parametrize("option", ["--plots", "--json"])
+def test_eval_refuses_output_paths_it_cannot_write_before_evaluating(tmp_path, capsys, option):
+    """A ``--plots`` folder that is a file, or a ``--json`` file that is a folder, fails in one line before the
+    evaluation runs (a traceback after minutes of evaluation before)."""
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    ckpt = tmp_path / "m.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64), ckpt,
+                            ["raccoon"])  # fmt: skip
+    taken = tmp_path / "taken"
+    taken.write_text("mine") if option == "--plots" else taken.mkdir()
+    rc = main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "val", "--workers", "0",
+               option, str(taken)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    what = "a file, not a folder" if option == "--plots" else "a folder, not a file"
+    assert rc == 2 and err == [f"efficientdet eval: {option} {taken}: {what}"], err
+
+
 def test_eval_refuses_a_model_with_other_classes(tmp_path, capsys):
     import efficientdet
 

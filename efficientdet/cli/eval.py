@@ -28,7 +28,7 @@ from ..utils.fields import (
     optional_float,
     optional_int,
 )
-from .common import retain_memory_for_batches, setup_logging
+from .common import output_clash, retain_memory_for_batches, setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
 
@@ -158,6 +158,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         options = OPTIONS[task](**given)
     except OptionError as e:
         print(f"efficientdet eval: {e}", file=sys.stderr)
+        return 2
+    problem = output_clash(("--plots", getattr(options, "plots", None), "folder"), ("--json", options.json, "file"))
+    if problem:
+        print(f"efficientdet eval: {problem}", file=sys.stderr)
         return 2
     setup_logging()
     retain_memory_for_batches(options.batch_size)

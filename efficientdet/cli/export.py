@@ -32,6 +32,7 @@ from ..export.quantize import (
 from ..export.verify import VERIFY_IMAGES, VerificationError, describe, load_verification_images, write_verified
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
+from .common import output_clash
 
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml"}  # by --format
 
@@ -63,6 +64,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output is None:
         checkpoint = None if args.pretrained else str(args.checkpoint)
         args.output = str(default_output(checkpoint, model.config.name, args.format, args.int8, args.half))
+    problem = output_clash(("--output", args.output, "file"))
+    if problem:
+        print(f"efficientdet export: {problem}", file=sys.stderr)
+        return 2
     common = dict(
         img_size=img_size, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, with_nms=args.with_nms,
         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold, max_det=args.max_det,

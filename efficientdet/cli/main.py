@@ -15,7 +15,7 @@ from ..engine.tasks.detection_recipe import SMALL_DATA_MIN_SIZE
 from ..models.config import EFFDET_PARAMS, get_config, list_models
 from ..ops.labeler import MATCH_IOU
 from ..utils.text import counted
-from .common import setup_logging
+from .common import output_clash, setup_logging
 from .options import TASKS, other_task
 from .train import add_anchor_options, anchor_overrides
 
@@ -80,6 +80,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     from ..evaluation.data_check import check_dataset, format_report, read_splits, save_plots, write_json
 
+    problem = output_clash(("--json", args.json, "file"), ("--plots", args.plots, "folder"))
+    if problem:
+        print(f"efficientdet check-data: {problem}", file=sys.stderr)
+        return 2
     try:
         default = get_config(args.model)
         config = default.replace(**anchor_overrides(args.aspect_ratios, args.anchor_scale))

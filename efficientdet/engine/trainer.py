@@ -175,6 +175,8 @@ class Trainer:
         """Read the data, build the model, optimiser and components; every input is checked before the output
         folder exists, so a failed start leaves nothing behind."""
         cfg, env, task, device = self.cfg, self.env, self.task, self.device
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainingError(f"--output {self.out}: a file, not a folder")
         seed_everything(cfg.seed)
         task.read_data()
         model = task.build_model().to(device)

@@ -69,7 +69,8 @@ def read_file(path: str | os.PathLike) -> Any:
             f"(torch.save of a state_dict, or .safetensors). Details: {str(e).splitlines()[0]}"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+        why = str(e) or ("an empty file" if os.path.getsize(path) == 0 else f"the file ends early ({type(e).__name__})")
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({why})") from e
 
 
 def _is_state_dict(obj: Any) -> bool:
