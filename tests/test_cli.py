@@ -147,3 +147,34 @@ def test_output_paths_taken_by_the_other_kind_are_one_line_before_any_work(tmp_p
     what = "a folder, not a file" if taken_by == "folder" else "a file, not a folder"
     assert capsys.readouterr().err.strip().splitlines() == [f"efficientdet {command}: {option} {taken}: {what}"]
     assert (taken.is_dir() and not any(taken.iterdir())) if taken_by == "folder" else taken.read_text() == "mine"
+
+
+SEGMENTATION_HELD = "holds a segmentation model; add --task segmentation"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["predict", "{image}", "--checkpoint", "{seg}"], "{seg}: " + SEGMENTATION_HELD),
+        (["eval", "--checkpoint", "{seg}", "--data", "{data}"], "{seg}: " + SEGMENTATION_HELD),
+        (["export", "--checkpoint", "{seg}"], "{seg}: holds a segmentation model; export writes detection models only"),
+        (["predict", "--task", "segmentation", "{image}", "--checkpoint", "{det}"],
+         "{det}: holds a detection model; drop --task segmentation"),
+    ],
+)  # fmt: skip
+def test_a_model_of_the_other_task_is_one_line(tmp_path, capsys, argv, expected):
+    """A traceback or torch.export's failure report before (a segmentation model has no box outputs)."""
+    from test_train import raccoon_subset
+
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    names = {"seg": tmp_path / "seg.pt", "det": tmp_path / "det.pt", "data": data,
+             "image": next((data / "JPEGImages").iterdir())}  # fmt: skip
+    efficientdet.save_model(efficientdet.create_model("efficientdet-seg-lite0", num_classes=3), names["seg"])
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1), names["det"])
+    argv = [a.format(**names) for a in argv]
+    out = tmp_path / "out"
+    assert main([*argv, "--output", str(out)] if argv[0] in ("predict", "export") else argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"efficientdet {argv[0]}: {expected.format(**names)}"]
+    assert not out.exists()

@@ -57,7 +57,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         img_size = img_size_values(args.img_size)
-        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained,
+                                        other_task_hint="export writes detection models only")  # fmt: skip
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet export: {e}", file=sys.stderr)
         return 1

@@ -70,7 +70,7 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        model = load_model_from_options(args.checkpoint, args.model, args.pretrained)
+        model = load_model_from_options(args.checkpoint, args.model, args.pretrained, task="segmentation")
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet predict: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from ..export.runtimes import RUNTIME_BACKENDS
 from ..models.config import list_models
 from ..models.weights import CheckpointError
@@ -30,13 +32,34 @@ def add_weights_options(p: argparse.ArgumentParser, required: bool = True, check
 
 
 def load_model_from_options(
-    checkpoint: str | None, model: str | None, pretrained: bool = False, backend: str | None = None
+    checkpoint: str | None,
+    model: str | None,
+    pretrained: bool = False,
+    backend: str | None = None,
+    task: str = "detection",
+    other_task_hint: str = "add --task segmentation",
 ) -> Any:
     """The model that ``--checkpoint`` / ``--model`` / ``--pretrained`` name (a CheckpointError says what is amiss).
 
     An exported file (``.onnx``, OpenVINO ``.xml``) as ``--checkpoint`` comes back as a network that runs in
-    ``backend`` (:func:`efficientdet.runtimes.load_exported`; default by suffix), with the same interface.
+    ``backend`` (:func:`efficientdet.runtimes.load_exported`; default by suffix), with the same interface. A model
+    of the other task than ``task`` is refused in one line (``other_task_hint`` says what to do about a
+    segmentation model where detection is wanted): it would otherwise fail deep inside the command.
     """
+    loaded = _load_model(checkpoint, model, pretrained, backend)
+    if isinstance(loaded, torch.nn.Module):
+        from ..models.segmenter import EfficientDetSegmentation
+
+        where = checkpoint if checkpoint is not None else model
+        segmentation = isinstance(loaded, EfficientDetSegmentation)
+        if task == "detection" and segmentation:
+            raise CheckpointError(f"{where}: holds a segmentation model; {other_task_hint}")
+        if task == "segmentation" and not segmentation:
+            raise CheckpointError(f"{where}: holds a detection model; drop --task segmentation")
+    return loaded
+
+
+def _load_model(checkpoint: str | None, model: str | None, pretrained: bool, backend: str | None) -> Any:
     from ..export.runtimes import is_exported_file, load_exported
     from ..models.factory import create_model, load_checkpoint
 
