@@ -178,3 +178,17 @@ def test_a_model_of_the_other_task_is_one_line(tmp_path, capsys, argv, expected)
     assert main([*argv, "--output", str(out)] if argv[0] in ("predict", "export") else argv) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"efficientdet {argv[0]}: {expected.format(**names)}"]
     assert not out.exists()
+
+
+def test_predict_segmentation_with_no_readable_source_writes_nothing(tmp_path, capsys):
+    import efficientdet
+
+    seg = tmp_path / "seg.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-seg-lite0", num_classes=3), seg)
+    out = tmp_path / "out"
+    rc = main(["predict", "--task", "segmentation", str(tmp_path / "missing.jpg"), "--checkpoint", str(seg),
+               "--output", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1 and f"{tmp_path / 'missing.jpg'}: no such file or folder" in captured.err
+    assert captured.out.strip() == "predict: nothing to run (1 source failed); nothing written"
+    assert not out.exists()

@@ -79,6 +79,9 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
         images, failures = expand_sources(args.sources, args.recursive, exclude=args.output, download_to=downloads)
         for _, message in failures:  # each message names its source
             print(message, file=sys.stderr)
+        if not images:  # as for detection: bad input, nothing written
+            print(f"predict: nothing to run ({counted(len(failures), 'source')} failed); nothing written")
+            return 1
         for image in images:
             try:
                 predict_segmentation(model, [image.path], args.output, img_size=args.img_size, device=args.device)
