@@ -61,6 +61,18 @@ def test_list_input_and_bad_input(detector):
         detector(torch.zeros(2, 1, 8, 8))
 
 
+def test_an_empty_list_gives_no_results_and_odd_inputs_say_what_is_expected(detector):
+    """torchvision's detectors map an empty list to an empty list; a non-image or a picture without pixels is one
+    clear error (a bare TypeError from iterating an int, or a division by zero, before)."""
+    assert detector([]) == []
+    for bad in (123, [123], None):
+        with pytest.raises(TypeError, match=r"expected an image \(a path, URL, PIL image or HxWx3 uint8 array\)"):
+            detector(bad)
+    for shape in ((0, 10, 3), (10, 0, 3)):
+        with pytest.raises(ValueError, match=rf"an image without pixels \({shape[0]}x{shape[1]}\)"):
+            detector(np.zeros(shape, np.uint8))
+
+
 # ----------------------------------------------------------------------------------- one prediction path (issue 18)
 
 RACCOON = SHARED / "datasets" / "raccoon"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,20 +30,27 @@ from .tiling import DEFAULT_TILE_OVERLAP, check_tile, detect_tiled, merge_detect
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
+IMAGE_KINDS = "an image (a path, URL, PIL image or HxWx3 uint8 array)"
+
+
 def _as_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
-        return read_url_image(str(image), load_image) if is_image_url(image) else load_image(image)
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
+        array = read_url_image(str(image), load_image) if is_image_url(image) else load_image(image)
+    elif isinstance(image, Image.Image):
+        array = np.asarray(image.convert("RGB"))
+    elif isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"expected an HxWx3 (or HxWx4) array, got shape {image.shape}")
         if image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image array, got {image.dtype}")
-        return image[:, :, :3]
-    raise TypeError(f"unsupported image type {type(image).__name__}")
+        array = image[:, :, :3]
+    else:
+        raise TypeError(f"expected {IMAGE_KINDS}, got {type(image).__name__}")
+    if array.shape[0] == 0 or array.shape[1] == 0:  # would reach the resize as a division by zero
+        raise ValueError(f"an image without pixels ({array.shape[0]}x{array.shape[1]})")
+    return array
 
 
 def network_pixels(image: ImageInput | DecodedImage) -> tuple[np.ndarray, int, tuple[int, int]]:
@@ -75,6 +82,9 @@ def as_image_list(
         return [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, DecodedImage)):
         return [images]
+    if not isinstance(images, Iterable):
+        raise TypeError(f"expected {IMAGE_KINDS}, a list of them or a float tensor [B, 3, H, W]; "
+                        f"got {type(images).__name__}")  # fmt: skip
     return list(images)
 
 
@@ -390,6 +400,8 @@ class Detector:
         although a large JPEG is decoded at a reduced scale: :meth:`decode`).
         """
         images = as_image_list(images)
+        if not images:
+            return []
         if self.tile:  # one image at a time, its tiles batched
             return [detect_tiled(self, _as_rgb_array(image)) for image in images]
         batch, scales, sizes = self.preprocess(images)
