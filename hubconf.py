@@ -1,9 +1,10 @@
 """torch.hub entry points: ``torch.hub.load("<owner>/efficientdet", "efficientdet_d0", pretrained=True)``.
 
 One entry per model of the family (``efficientdet_d0`` ... ``efficientdet_d7x``, ``efficientdet_lite0`` ...
-``efficientdet_lite4``), each returning the ``nn.Module`` that :func:`efficientdet.create_model` builds, with the
-same keyword arguments (``pretrained``, ``num_classes``, ``pretrained_backbone``, ``checkpoint``, any
-``ModelConfig`` field), and ``detector``, which wraps such a model in the pre- and post-processing of
+``efficientdet_lite4``, and the segmentation variants ``efficientdet_seg_d0`` ... ``efficientdet_seg_lite2``),
+each returning the ``nn.Module`` that :func:`efficientdet.create_model` builds, with the same keyword arguments
+(``pretrained``, ``num_classes``, ``pretrained_backbone``, ``checkpoint``, any ``ModelConfig`` field), and
+``detector``, which wraps such a model in the pre- and post-processing of
 :class:`efficientdet.inference.Detector` (pictures in, boxes in their pixels out). Published weights come through
 the package's own downloader (torch's, with the file's SHA-256 checked, read with ``weights_only=True``).
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 import efficientdet as _efficientdet
+from efficientdet.models.registry import model_names as _model_names
 
 if _TYPE_CHECKING:
     from efficientdet.inference import Detector as _Detector
@@ -30,13 +32,14 @@ def _model_entry(name: str):
 
     entry.__name__ = entry.__qualname__ = name.replace("-", "_")
     entry.__doc__ = (
-        f"{name}: ``pretrained=True`` loads its published COCO weights (downloaded once into the cache); other "
-        "keyword arguments as efficientdet.create_model (num_classes, pretrained_backbone, checkpoint, ...)."
+        f"{name}: ``pretrained=True`` loads its published COCO weights where effdet released them (downloaded once "
+        "into the cache); other keyword arguments as efficientdet.create_model (num_classes, pretrained_backbone, "
+        "checkpoint, ...)."
     )
     return entry
 
 
-for _name in _efficientdet.list_models():
+for _name in _model_names():
     globals()[_name.replace("-", "_")] = _model_entry(_name)
 
 

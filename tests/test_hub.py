@@ -447,7 +447,10 @@ def test_torch_hub_lists_one_entry_per_model_and_the_detector():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     entries = [name for name in dir(module) if callable(getattr(module, name)) and not name.startswith("_")]
-    assert {name.replace("-", "_") for name in efficientdet.list_models()} | {"detector"} == set(entries)
+    from efficientdet.models.registry import model_names
+
+    assert {name.replace("-", "_") for name in model_names()} | {"detector"} == set(entries)
+    assert "efficientdet_d0" in entries and "efficientdet_seg_lite0" in entries
 
 
 def test_torch_hub_builds_the_model_with_its_published_weights(cache, server):
@@ -464,6 +467,8 @@ def test_torch_hub_passes_model_options_on():
     assert model.config.name == "efficientdet-lite0" and model.config.num_classes == 3
     out = model.eval()(torch.zeros(1, 3, 128, 128))
     assert out[0][0].shape[1] == 9 * 3  # 9 anchors x 3 classes at P3
+    segmenter = _hub("efficientdet_seg_lite0", num_classes=5)
+    assert segmenter.eval()(torch.zeros(1, 3, 64, 96)).shape == (1, 5, 64, 96)
 
 
 def test_torch_hub_detector_takes_pictures_and_returns_boxes_in_their_pixels(cache, server):
