@@ -158,6 +158,8 @@ SEGMENTATION_HELD = "holds a segmentation model; add --task segmentation"
         (["predict", "{image}", "--checkpoint", "{seg}"], "{seg}: " + SEGMENTATION_HELD),
         (["eval", "--checkpoint", "{seg}", "--data", "{data}"], "{seg}: " + SEGMENTATION_HELD),
         (["export", "--checkpoint", "{seg}"], "{seg}: holds a segmentation model; export writes detection models only"),
+        (["bench", "--checkpoint", "{seg}", "--iterations", "1"],
+         "{seg}: holds a segmentation model; bench times detection models only"),
         (["predict", "--task", "segmentation", "{image}", "--checkpoint", "{det}"],
          "{det}: holds a detection model; drop --task segmentation"),
     ],
@@ -175,7 +177,7 @@ def test_a_model_of_the_other_task_is_one_line(tmp_path, capsys, argv, expected)
     efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1), names["det"])
     argv = [a.format(**names) for a in argv]
     out = tmp_path / "out"
-    assert main([*argv, "--output", str(out)] if argv[0] in ("predict", "export") else argv) == 1
+    assert main([*argv, "--output", str(out)] if argv[0] in ("predict", "export") else argv) == 1, argv
     assert capsys.readouterr().err.strip().splitlines() == [f"efficientdet {argv[0]}: {expected.format(**names)}"]
     assert not out.exists()
 
