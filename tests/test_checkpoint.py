@@ -124,3 +124,35 @@ def test_an_empty_or_cut_file_says_why_it_cannot_be_read(tmp_path, content):
     message = str(info.value)
     assert message.startswith(f"{path}: not a readable PyTorch checkpoint (") and "()" not in message
     assert ("an empty file" in message) == (content == b"")
+
+
+def test_class_names_must_be_one_per_class(tmp_path):
+    """A name list of the wrong length was saved as it was, and the first detection of a class without a name
+    raised an IndexError far from the cause; now saving, loading and the Detector each say so at once."""
+    import numpy as np
+    import torch
+
+    import efficientdet
+    from efficientdet.inference import Detector
+
+    model = efficientdet.create_model("efficientdet-lite0", num_classes=2, image_size=64)
+    with pytest.raises(ValueError, match="1 class name for a model of 2 classes"):
+        efficientdet.save_model(model, tmp_path / "m.pt", class_names=["cat"])
+    assert not (tmp_path / "m.pt").exists()
+    with pytest.raises(ValueError, match="3 class names for a model of 2 classes"):
+        Detector(model, class_names=["a", "b", "c"])
+    # a file written elsewhere with a wrong list: refused on loading, naming the file
+    stored = torch.load(_saved(model, tmp_path / "ok.pt"), weights_only=True)
+    stored["class_names"] = ["cat"]
+    torch.save(stored, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: 1 class name for a model of 2 classes"):
+        efficientdet.load_checkpoint(tmp_path / "bad.pt")
+    detector = Detector(efficientdet.load_checkpoint(tmp_path / "ok.pt"), score_threshold=0.0)
+    assert set(detector(np.zeros((40, 40, 3), np.uint8))[0]["label_names"]) <= {"cat", "dog"}
+
+
+def _saved(model, path):
+    import efficientdet
+
+    efficientdet.save_model(model, path, class_names=["cat", "dog"])
+    return path

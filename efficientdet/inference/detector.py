@@ -20,6 +20,7 @@ from ..data.transforms import eval_transform, size_hw, stack_images
 from ..models.detector import EfficientDet
 from ..models.factory import load_checkpoint
 from ..models.fuse import optimize_for_inference, to_model_layout, uses_channels_last
+from ..models.weights import class_names_mismatch
 from ..ops.anchors import anchors_for_config
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
 from ..utils.threads import torch_threads
@@ -231,6 +232,9 @@ class Detector:
         self.vote_iou = vote_iou
         self.class_agnostic = class_agnostic
         names = class_names if class_names is not None else getattr(model, "class_names", None)
+        problem = class_names_mismatch(list(names) if names else None, self.config.num_classes)
+        if problem:
+            raise ValueError(f"class_names: {problem}")
         self.class_names = list(names) if names else [str(i) for i in range(self.config.num_classes)]
         ids = getattr(model, "category_ids", None)  # the training data's category ids (COCO JSON), where known
         self.category_ids: list[int] | None = list(ids) if ids else None

@@ -17,6 +17,7 @@ from .weights import (
     Checkpoint,
     CheckpointError,
     checkpoint_dict,
+    class_names_mismatch,
     load_weights,
     read_checkpoint,
     save_file_atomic,
@@ -136,6 +137,9 @@ def create_detector(
     if ckpt is not None:
         load_weights(model, ckpt.state_dict, source=str(checkpoint))
         model.class_names, model.category_ids = checkpoint_labels(ckpt, config.num_classes)
+        problem = class_names_mismatch(model.class_names, config.num_classes)
+        if problem:
+            raise CheckpointError(f"{checkpoint}: {problem}")
     elif pretrained_backbone:
         load_pretrained_backbone(model, None if pretrained_backbone is True else str(pretrained_backbone))
     return model
@@ -164,6 +168,9 @@ def save_model(
     Class names and category ids default to the model's own (``model.class_names``, ``model.category_ids``).
     """
     names = class_names if class_names is not None else getattr(model, "class_names", None)
+    problem = class_names_mismatch(names, model.config.num_classes)
+    if problem:
+        raise ValueError(f"save_model: {problem}")
     ids = category_ids if category_ids is not None else getattr(model, "category_ids", None)
     if names is not None and ids is not None and len(ids) != len(names):
         ids = None  # the ids of another class list (a caller that renamed the classes): not this model's

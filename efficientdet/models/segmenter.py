@@ -26,7 +26,7 @@ from .config import MODEL_TABLE, NetworkConfig
 from .efficientnet import SEGMENTATION_FEATURE_STAGES, EfficientNet
 from .pretrained import load_pretrained_backbone
 from .registry import ModelFamily, register_family
-from .weights import CheckpointError, load_weights, read_checkpoint
+from .weights import CheckpointError, class_names_mismatch, load_weights, read_checkpoint
 
 SEG_PREFIX = "efficientdet-seg-"
 OUTPUT_LEVEL = 2  # paper, section 5.2: the head runs at P2 (stride 4)
@@ -253,6 +253,9 @@ def create_segmentation_model(
     model = EfficientDetSegmentation(base.replace(**settings))
     if ckpt is not None:
         load_weights(model, ckpt.state_dict, source=str(checkpoint))
+        problem = class_names_mismatch(ckpt.class_names, model.config.num_classes)
+        if problem:
+            raise CheckpointError(f"{checkpoint}: {problem}")
         model.class_names = ckpt.class_names
     elif pretrained_backbone:
         load_pretrained_backbone(model, None if pretrained_backbone is True else str(pretrained_backbone))

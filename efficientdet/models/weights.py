@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..utils.atomic import atomic_open
+from ..utils.text import counted
 
 LOG = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ class Checkpoint:
 
 
 # --------------------------------------------------------------------------------------------- reading files
+
+
+def class_names_mismatch(names: list[str] | None, num_classes: int) -> str | None:
+    """What is wrong with ``names`` as the names of a model's ``num_classes`` outputs (None: nothing, or no names).
+    A list of another length would name the wrong classes, or fail on the first detection without a name."""
+    if names is None or len(names) == num_classes:
+        return None
+    return f"{counted(len(names), 'class name')} for a model of {counted(num_classes, 'class')}"
 
 
 def read_file(path: str | os.PathLike) -> Any:
