@@ -202,6 +202,23 @@ def test_eval_refuses_output_paths_it_cannot_write_before_evaluating(tmp_path, c
     assert rc == 2 and err == [f"efficientdet eval: {option} {taken}: {what}"], err
 
 
+def test_training_detection_from_a_segmentation_checkpoint_says_so(tmp_path, capsys):
+    """ "unknown model config fields: ['detection_variant', 'head_channels']" before."""
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    seg = tmp_path / "seg.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-seg-lite0", num_classes=3), seg)
+    rc = main(["train", "--data", str(data), "--checkpoint", str(seg), "--output", str(tmp_path / "run"),
+               "--workers", "0", "--epochs", "1"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == [
+        f"efficientdet train: {seg}: holds a segmentation model (efficientdet-seg-lite0), not a detection one; "
+        "train it with --task segmentation"
+    ], err
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_refuses_a_model_with_other_classes(tmp_path, capsys):
     import efficientdet
 

@@ -12,6 +12,7 @@ from .detector import EfficientDet
 from .hub import detection_weights_file, resolve_weights
 from .pretrained import load_pretrained_backbone
 from .registry import ModelFamily, family_for, register_family
+from .segmenter import is_segmentation_model
 from .weights import (
     FORMAT_NAME,
     Checkpoint,
@@ -48,6 +49,10 @@ def _effdet_flavour(ckpt: Checkpoint, num_anchors: int) -> dict[str, Any]:
 def config_for_checkpoint(base: ModelConfig, ckpt: Checkpoint, source: str) -> dict[str, Any]:
     """Config fields that a checkpoint fixes for the variant ``base`` (our stored config, or effdet's flavour)."""
     if ckpt.layout == FORMAT_NAME and ckpt.config is not None:
+        stored_name = str(ckpt.config.get("name", ""))
+        if is_segmentation_model(stored_name):
+            raise CheckpointError(f"{source}: holds a segmentation model ({stored_name}), not a detection one; "
+                                  "train it with --task segmentation")  # fmt: skip
         stored = ModelConfig.from_dict(ckpt.config)
         if stored.name != base.name:
             raise CheckpointError(f"{source}: holds a {stored.name} model, not {base.name}")
