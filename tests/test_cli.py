@@ -192,5 +192,5 @@ def test_predict_segmentation_with_no_readable_source_writes_nothing(tmp_path, c
                "--output", str(out)])  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 1 and f"{tmp_path / 'missing.jpg'}: no such file or folder" in captured.err
-    assert captured.out.strip() == "predict: nothing to run (1 source failed); nothing written"
+    assert captured.out.strip() == "predict: no source could be read (1 source failed); nothing written"
     assert not out.exists()

@@ -192,7 +192,7 @@ def test_when_no_source_can_be_read_nothing_is_written(checkpoint, tmp_path, cap
                              "--output", str(output))  # fmt: skip
     assert code == 1
     assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err and f"{empty}: no images" in err
-    assert out.strip() == "predict: nothing to run (2 sources failed); nothing written"
+    assert out.strip() == "predict: no source could be read (2 sources failed); nothing written"
     assert not output.exists()
 
 

@@ -266,6 +266,11 @@ def test_unreadable_and_missing_videos_are_named_and_leave_no_output(clip, check
     assert any("missing.mkv: no such file" in line for line in err)
     assert sorted(p.name for p in output.iterdir()) == ["clip"]  # the good source still ran
     assert sorted(p.name for p in (output / "clip").iterdir()) == [JSONL_FILE]  # --no-draw: no video
+    # when no source opens at all, no empty output folder is left behind
+    alone = tmp_path / "alone"
+    assert predict(alone, checkpoint, bad, tmp_path / "missing.mkv", extra=extra) == 1
+    assert "predict: no source could be read (2 sources failed); nothing written" in capsys.readouterr().out
+    assert not alone.exists()
 
 
 def test_drawing_runs_beside_the_model_and_a_writing_error_reaches_the_caller(clip, checkpoint, tmp_path, monkeypatch):

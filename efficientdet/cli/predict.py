@@ -80,7 +80,7 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
         for _, message in failures:  # each message names its source
             print(message, file=sys.stderr)
         if not images:  # as for detection: bad input, nothing written
-            print(f"predict: nothing to run ({counted(len(failures), 'source')} failed); nothing written")
+            print(f"predict: no source could be read ({counted(len(failures), 'source')} failed); nothing written")
             return 1
         for image in images:
             try:

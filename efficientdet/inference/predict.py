@@ -139,7 +139,7 @@ class PredictSummary:
     def line(self) -> str:
         """The one-line summary the command prints."""
         if self.output is None and not (self.images or self.videos):
-            return f"predict: nothing to run ({counted(len(self.failures), 'source')} failed); nothing written"
+            return f"predict: no source could be read ({counted(len(self.failures), 'source')} failed); nothing written"
         where = f"; results in {self.output}" if self.output is not None else ""
         videos = f"{counted(self.frames, 'frame')} of {counted(self.videos, 'video')}, " if self.videos else ""
         left = f": {counted(self.images_left, 'image')} not processed" if self.images_left else ""
@@ -500,6 +500,7 @@ def predict(
             summary.output = summary.detections_path = None
             summary.seconds = time.perf_counter() - start
             return summary
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         destinations = output_names(images, out)
         stems = image_stems(destinations, out) if save_txt or save_crop else []
@@ -602,5 +603,8 @@ def predict(
         )  # fmt: skip
         summary.videos, summary.frames, summary.interrupted = run.videos, run.frames, run.interrupted
         summary.detections += run.detections
+    if created and not summary.images and not summary.videos and not any(out.iterdir()):
+        out.rmdir()  # every video failed to open: no empty folder left behind
+        summary.output = summary.detections_path = None
     summary.seconds = time.perf_counter() - start
     return summary
