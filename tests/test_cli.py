@@ -194,3 +194,33 @@ def test_predict_segmentation_with_no_readable_source_writes_nothing(tmp_path, c
     assert rc == 1 and f"{tmp_path / 'missing.jpg'}: no such file or folder" in captured.err
     assert captured.out.strip() == "predict: no source could be read (1 source failed); nothing written"
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--epochs", "0"],
+        ["demo", "--workers", "-1"],
+        ["info", "--img-size", "0"],
+        ["info", "--num-classes", "0"],
+        ["bench", "--iterations", "0"],
+        ["bench", "--img-size", "0"],
+        ["bench", "--batch-size", "0"],
+        ["bench", "--warmup", "-1"],
+        ["bench", "--threads", "0"],
+        ["export", "--checkpoint", "m.pt", "--batch-size", "0"],
+        ["export", "--checkpoint", "m.pt", "--img-size", "0"],
+        ["export", "--checkpoint", "m.pt", "--calibration-images", "0"],
+        ["check-data", "--data", "d", "--img-size", "0"],
+    ],
+)
+def test_counts_and_sizes_out_of_range_are_argparse_errors(tmp_path, capsys, monkeypatch, argv):
+    """Tracebacks (an IndexError, a kernel larger than its input, an uncaught OptionError) or a silent default
+    before; and `demo --epochs 0` had already made its output folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert f"argument {argv[-2]}: must be " in err.splitlines()[-1], err
+    assert not any(tmp_path.iterdir())

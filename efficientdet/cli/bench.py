@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..tools.bench import BACKENDS, DEFAULT_MODEL, DTYPES, BenchConfig, format_result, run_benchmark
+from .argtypes import non_negative_int, positive_int
 from .common import retain_memory_for_batches
 
 
@@ -49,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency, throughput and peak memory: network alone and end to end")
     p.add_argument("--model", help=f"model name (default: the --checkpoint's model, else {DEFAULT_MODEL})")
-    p.add_argument("--img-size", type=int, help="square input size (default: the model's own)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--img-size", type=positive_int, help="square input size (default: the model's own)")
+    p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -58,10 +59,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="eager (default), compile (torch.compile, inductor), onnxruntime or openvino (CPU); with an exported "
         "--checkpoint file (.onnx, .xml; int8 too) the file runs as it is (default runtime by suffix)",
     )
-    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's default)")
+    p.add_argument("--threads", type=positive_int, help="intra-op threads (default: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
-    p.add_argument("--iterations", type=int, default=20, help="timed calls per measurement (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3; compilation happens here)")
+    p.add_argument("--iterations", type=positive_int, default=20, help="timed calls per measurement (default 20)")
+    p.add_argument(
+        "--warmup", type=non_negative_int, default=3, help="untimed calls first (default 3; compilation happens here)"
+    )
     p.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -81,7 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="NHWC memory layout (default: on for eager and compile on CPU)",
     )
-    p.add_argument("--num-classes", type=int, default=90, help="class count of the random-weight model (default 90)")
+    p.add_argument(
+        "--num-classes", type=positive_int, default=90, help="class count of the random-weight model (default 90)"
+    )
     add_weights_options(
         p, required=False, checkpoint_help="time these weights instead of random ones (speed does not depend on them)"
     )

@@ -32,6 +32,7 @@ from ..export.quantize import (
 from ..export.verify import VERIFY_IMAGES, VerificationError, describe, load_verification_images, write_verified
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
+from .argtypes import positive_int
 from .common import output_clash
 
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml"}  # by --format
@@ -112,14 +113,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="file to write (default: beside the checkpoint, named after it: best.pt -> "
         "best.onnx, best_int8.onnx, best_fp16.onnx, best.xml, best.pt2; --pretrained: MODEL.onnx here)",
     )
-    p.add_argument("--img-size", type=int, nargs="+", metavar="S", help="input size S or H W (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of the input (default 1)")
+    p.add_argument(
+        "--img-size", type=positive_int, nargs="+", metavar="S", help="input size S or H W (default: the model's)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the input (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="let the batch dimension vary")
     p.add_argument("--with-nms", action="store_true", help="include top-k, box decoding and per-class NMS")
     p.add_argument("--score-threshold", type=float, default=0.05, help="with --with-nms (default 0.05)")
     p.add_argument("--iou-threshold", type=float, default=NMS_IOU, help=f"with --with-nms (default {NMS_IOU})")
-    p.add_argument("--max-det", type=int, default=MAX_DETECTIONS, help=f"with --with-nms (default {MAX_DETECTIONS})")
-    p.add_argument("--topk", type=int, default=EXPORT_TOPK,
+    p.add_argument(
+        "--max-det", type=positive_int, default=MAX_DETECTIONS, help=f"with --with-nms (default {MAX_DETECTIONS})"
+    )
+    p.add_argument("--topk", type=positive_int, default=EXPORT_TOPK,
                    help=f"in-graph top-k with --with-nms (default {EXPORT_TOPK}, TensorRT's TopK limit; eager "
                         "post-processing uses 5000)")  # fmt: skip
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -147,7 +152,7 @@ def add_int8_options(p: Any) -> None:
     p.add_argument("--calibration", metavar="DATA",
                    help="calibration images for --int8: a VOC/COCO/YOLO dataset or a folder of images")  # fmt: skip
     p.add_argument("--calibration-split", default="train", help="dataset split to calibrate on (default train)")
-    p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+    p.add_argument("--calibration-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES,
                    help=f"images to calibrate on (default {DEFAULT_CALIBRATION_IMAGES})")  # fmt: skip
     p.add_argument("--calibration-method", metavar="METHOD",
                    help="how --int8 sets activation ranges: onnx mean-minmax (default), minmax or percentile; "

@@ -15,6 +15,7 @@ from ..engine.tasks.detection_recipe import SMALL_DATA_MIN_SIZE
 from ..models.config import EFFDET_PARAMS, get_config, list_models
 from ..ops.labeler import MATCH_IOU
 from ..utils.text import counted
+from .argtypes import non_negative_int, positive_int
 from .common import output_clash, setup_logging
 from .options import TASKS, other_task
 from .train import add_anchor_options, anchor_overrides
@@ -136,7 +137,7 @@ def _add_check_data_parser(sub: Any) -> None:
     p.add_argument("--splits", nargs="+", metavar="SPLIT",
                    help="splits to check (default: those of train, val, test, trainval that exist)")  # fmt: skip
     p.add_argument("--model", default="efficientdet-lite0", help="whose anchors (default efficientdet-lite0)")
-    p.add_argument("--img-size", type=int,
+    p.add_argument("--img-size", type=positive_int,
                    help="input size (default: what `train` picks for this data: the model's own, at least "
                    f"{SMALL_DATA_MIN_SIZE} for small data)")  # fmt: skip
     add_anchor_options(p)
@@ -166,16 +167,18 @@ def build_parser(task: str = "detection") -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="parameters, FLOPs and structure of the model family")
     info.add_argument("names", nargs="*", metavar="NAME", help="models to show (default: all)")
     info.add_argument("--json", action="store_true", help="print a JSON list of {name, params, flops, image_size}")
-    info.add_argument("--num-classes", type=int, default=90, help="class count (default 90, COCO)")
-    info.add_argument("--img-size", type=int, default=None, help="count FLOPs at this input size instead")
+    info.add_argument("--num-classes", type=positive_int, default=90, help="class count (default 90, COCO)")
+    info.add_argument("--img-size", type=positive_int, default=None, help="count FLOPs at this input size instead")
     info.set_defaults(func=cmd_info)
     add_train_parser(sub, task)
     add_eval_parser(sub, task)
     demo = sub.add_parser("demo", help="generate a synthetic dataset, train a few minutes on CPU, evaluate, draw")
     demo.add_argument("--output", help="output folder (default runs/demo)")
-    demo.add_argument("--epochs", type=int, default=25)
+    demo.add_argument("--epochs", type=positive_int, default=25)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, default=None, help="data-loading processes (default: as train's)")
+    demo.add_argument(
+        "--workers", type=non_negative_int, default=None, help="data-loading processes (default: as train's)"
+    )
     demo.set_defaults(func=cmd_demo)
     _add_check_data_parser(sub)
     add_predict_parser(sub)
