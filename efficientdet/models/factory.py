@@ -12,7 +12,6 @@ from .detector import EfficientDet
 from .hub import detection_weights_file, resolve_weights
 from .pretrained import load_pretrained_backbone
 from .registry import ModelFamily, family_for, register_family
-from .segmenter import is_segmentation_model
 from .weights import (
     FORMAT_NAME,
     Checkpoint,
@@ -49,6 +48,8 @@ def _effdet_flavour(ckpt: Checkpoint, num_anchors: int) -> dict[str, Any]:
 def config_for_checkpoint(base: ModelConfig, ckpt: Checkpoint, source: str) -> dict[str, Any]:
     """Config fields that a checkpoint fixes for the variant ``base`` (our stored config, or effdet's flavour)."""
     if ckpt.layout == FORMAT_NAME and ckpt.config is not None:
+        from .segmenter import is_segmentation_model  # here: importing it first would register its family first
+
         stored_name = str(ckpt.config.get("name", ""))
         if is_segmentation_model(stored_name):
             raise CheckpointError(f"{source}: holds a segmentation model ({stored_name}), not a detection one; "
@@ -173,7 +174,7 @@ def save_model(
     Class names and category ids default to the model's own (``model.class_names``, ``model.category_ids``).
     """
     names = class_names if class_names is not None else getattr(model, "class_names", None)
-    problem = class_names_mismatch(names, model.config.num_classes)
+    problem = class_names_mismatch(names, getattr(model.config, "num_classes", None))
     if problem:
         raise ValueError(f"save_model: {problem}")
     ids = category_ids if category_ids is not None else getattr(model, "category_ids", None)

@@ -50,10 +50,11 @@ class Checkpoint:
 # --------------------------------------------------------------------------------------------- reading files
 
 
-def class_names_mismatch(names: list[str] | None, num_classes: int) -> str | None:
-    """What is wrong with ``names`` as the names of a model's ``num_classes`` outputs (None: nothing, or no names).
-    A list of another length would name the wrong classes, or fail on the first detection without a name."""
-    if names is None or len(names) == num_classes:
+def class_names_mismatch(names: list[str] | None, num_classes: int | None) -> str | None:
+    """What is wrong with ``names`` as the names of a model's ``num_classes`` outputs (None: nothing, no names, or
+    a model without a class count). A list of another length would name the wrong classes, or fail on the first
+    detection without a name."""
+    if names is None or num_classes is None or len(names) == num_classes:
         return None
     return f"{counted(len(names), 'class name')} for a model of {counted(num_classes, 'class')}"
 
