@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from ..utils.allocator import retain_freed_memory
 
@@ -22,17 +21,3 @@ def retain_memory_for_batches(batch_size: int | None) -> None:
     """
     if batch_size is not None and batch_size > 1:
         retain_freed_memory()
-
-
-def output_clash(*places: tuple[str, str | os.PathLike | None, str]) -> str | None:
-    """The first ``(option, path, kind)`` whose path is taken by the other kind (``kind``: "file" or "folder"),
-    as one line; None when each can be written. Checked before a command's work, so that a wrong path is said at
-    once, not as a traceback after minutes of evaluation or export."""
-    for option, path, kind in places:
-        if not path:
-            continue
-        if kind == "file" and os.path.isdir(path):
-            return f"{option} {path}: a folder, not a file"
-        if kind == "folder" and os.path.exists(path) and not os.path.isdir(path):
-            return f"{option} {path}: a file, not a folder"
-    return None

@@ -28,7 +28,8 @@ from ..utils.fields import (
     optional_float,
     optional_int,
 )
-from .common import output_clash, retain_memory_for_batches, setup_logging
+from ..utils.folders import output_clash
+from .common import retain_memory_for_batches, setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
 

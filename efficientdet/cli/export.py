@@ -32,8 +32,8 @@ from ..export.quantize import (
 from ..export.verify import VERIFY_IMAGES, VerificationError, describe, load_verification_images, write_verified
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
+from ..utils.folders import output_clash
 from .argtypes import positive_int
-from .common import output_clash
 
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml"}  # by --format
 

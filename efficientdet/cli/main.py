@@ -14,9 +14,10 @@ from typing import Any
 from ..engine.tasks.detection_recipe import SMALL_DATA_MIN_SIZE
 from ..models.config import EFFDET_PARAMS, get_config, list_models
 from ..ops.labeler import MATCH_IOU
+from ..utils.folders import output_clash
 from ..utils.text import counted
 from .argtypes import non_negative_int, positive_int
-from .common import output_clash, setup_logging
+from .common import setup_logging
 from .options import TASKS, other_task
 from .train import add_anchor_options, anchor_overrides
 

@@ -38,6 +38,7 @@ from ..utils.distributed import (
     convert_sync_batchnorm,
     distributed_session,
 )
+from ..utils.folders import output_clash
 from ..utils.progress import progress_bar
 from .components import Checkpointer, MetricsLog, NonFiniteGuard
 from .recipe import (
@@ -175,8 +176,9 @@ class Trainer:
         """Read the data, build the model, optimiser and components; every input is checked before the output
         folder exists, so a failed start leaves nothing behind."""
         cfg, env, task, device = self.cfg, self.env, self.task, self.device
-        if self.out.exists() and not self.out.is_dir():
-            raise TrainingError(f"--output {self.out}: a file, not a folder")
+        problem = output_clash(("--output", self.out, "folder"))
+        if problem:
+            raise TrainingError(problem)
         seed_everything(cfg.seed)
         task.read_data()
         model = task.build_model().to(device)
