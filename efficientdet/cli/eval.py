@@ -242,15 +242,16 @@ def _eval_segmentation(args: argparse.Namespace, options: SegmentationEvalOption
     from ..evaluation.segmentation import DEFAULT_IGNORE_INDEX, evaluate_segmentation
     from ..evaluation.segmentation_metrics import format_metrics, json_safe
     from ..models.factory import load_checkpoint
-    from ..models.segmenter import EfficientDetSegmentation
+    from ..models.segmenter import task_mismatch
     from ..models.weights import CheckpointError, read_file
     from ..utils.device import DeviceError, resolve_device
 
     try:
         device = resolve_device(options.device)
         model = load_checkpoint(args.checkpoint, args.model)
-        if not isinstance(model, EfficientDetSegmentation):
-            raise CheckpointError(f"{args.checkpoint}: holds a detection model; drop --task segmentation")
+        problem = task_mismatch(model, "segmentation")
+        if problem:
+            raise CheckpointError(f"{args.checkpoint}: {problem}")
         model = model.to(device)
         ignore: Any
         if ignore_given:

@@ -48,14 +48,11 @@ def load_model_from_options(
     """
     loaded = _load_model(checkpoint, model, pretrained, backend)
     if isinstance(loaded, torch.nn.Module):
-        from ..models.segmenter import EfficientDetSegmentation
+        from ..models.segmenter import task_mismatch
 
-        where = checkpoint if checkpoint is not None else model
-        segmentation = isinstance(loaded, EfficientDetSegmentation)
-        if task == "detection" and segmentation:
-            raise CheckpointError(f"{where}: holds a segmentation model; {other_task_hint}")
-        if task == "segmentation" and not segmentation:
-            raise CheckpointError(f"{where}: holds a detection model; drop --task segmentation")
+        problem = task_mismatch(loaded, task, other_task_hint)
+        if problem:
+            raise CheckpointError(f"{checkpoint if checkpoint is not None else model}: {problem}")
     return loaded
 
 

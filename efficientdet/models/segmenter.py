@@ -280,7 +280,20 @@ def segmentation_stats(config: SegmentationConfig | str, image_size: int | tuple
     }
 
 
+def task_mismatch(model: nn.Module, task: str, detection_hint: str = "add --task segmentation") -> str | None:
+    """What a model of the other task than ``task`` ("detection" or "segmentation") is told, or None: a
+    segmentation model where detections are wanted (``detection_hint`` says what to do), or the reverse. Said at
+    once, since either would otherwise fail deep inside the command that got it."""
+    segmentation = isinstance(model, EfficientDetSegmentation)
+    if task == "detection" and segmentation:
+        return f"holds a segmentation model; {detection_hint}"
+    if task == "segmentation" and not segmentation:
+        return "holds a detection model; drop --task segmentation"
+    return None
+
+
 # the segmentation family: the rows of SEGMENTATION_TABLE, scaled from the detection variants
+
 register_family(
     ModelFamily("efficientdet-seg", "segmentation", list_segmentation_models, create_segmentation_model,
                 SegmentationConfig)

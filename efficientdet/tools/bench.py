@@ -302,8 +302,8 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     """Run one benchmark and return the result dict (the JSON that ``efficientdet bench --json`` prints)."""
     from ..export.runtimes import is_exported_file, load_exported, resolve_backend
     from ..inference.detector import Detector, picture_regions
-    from ..models.detector import EfficientDet
     from ..models.factory import create_model, load_checkpoint
+    from ..models.segmenter import task_mismatch
     from ..models.weights import CheckpointError
     from ..ops.postprocess import _tv_batched_nms
 
@@ -321,10 +321,9 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
             setup_s = time.perf_counter() - start
         elif cfg.checkpoint:
             model = load_checkpoint(cfg.checkpoint, cfg.model)
-            if not isinstance(model, EfficientDet):  # a segmentation model has no detections to time
-                raise CheckpointError(
-                    f"{cfg.checkpoint}: holds a segmentation model; bench times detection models only"
-                )
+            problem = task_mismatch(model, "detection", "bench times detection models only")
+            if problem:
+                raise CheckpointError(f"{cfg.checkpoint}: {problem}")
         elif cfg.pretrained:
             model = create_model(cfg.model or DEFAULT_MODEL, pretrained=True)
         else:
