@@ -15,6 +15,7 @@ from ..inference.predict import (
     DEFAULT_OUTPUT,
     DEFAULT_SCORE_THRESHOLD,
     expand_sources,
+    nothing_read_line,
     predict,
 )
 from ..inference.tiling import DEFAULT_TILE_OVERLAP
@@ -80,7 +81,7 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
         for _, message in failures:  # each message names its source
             print(message, file=sys.stderr)
         if not images:  # as for detection: bad input, nothing written
-            print(f"predict: no source could be read ({counted(len(failures), 'source')} failed); nothing written")
+            print(nothing_read_line(len(failures)))
             return 1
         for image in images:
             try:

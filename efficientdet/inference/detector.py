@@ -232,10 +232,11 @@ class Detector:
         self.vote_iou = vote_iou
         self.class_agnostic = class_agnostic
         names = class_names if class_names is not None else getattr(model, "class_names", None)
-        problem = class_names_mismatch(list(names) if names else None, self.config.num_classes)
+        names = list(names) if names else None
+        problem = class_names_mismatch(names, self.config.num_classes)
         if problem:
             raise ValueError(f"class_names: {problem}")
-        self.class_names = list(names) if names else [str(i) for i in range(self.config.num_classes)]
+        self.class_names = names or [str(i) for i in range(self.config.num_classes)]
         ids = getattr(model, "category_ids", None)  # the training data's category ids (COCO JSON), where known
         self.category_ids: list[int] | None = list(ids) if ids else None
         self.classes: list[int] | None = None if classes is None else resolve_classes(classes, self.class_names)

@@ -113,6 +113,11 @@ class SourceImage:
         return naming_url(message, self.path, self.origin) if self.origin else message
 
 
+def nothing_read_line(failed: int) -> str:
+    """The summary of a run in which no source could be read (each was named as it failed): nothing is written."""
+    return f"predict: no source could be read ({counted(failed, 'source')} failed); nothing written"
+
+
 @dataclass
 class PredictSummary:
     """What a run did; ``exit_code`` is 130 when Ctrl-C left images unprocessed, else 1 when any source or file
@@ -139,7 +144,7 @@ class PredictSummary:
     def line(self) -> str:
         """The one-line summary the command prints."""
         if self.output is None and not (self.images or self.videos):
-            return f"predict: no source could be read ({counted(len(self.failures), 'source')} failed); nothing written"
+            return nothing_read_line(len(self.failures))
         where = f"; results in {self.output}" if self.output is not None else ""
         videos = f"{counted(self.frames, 'frame')} of {counted(self.videos, 'video')}, " if self.videos else ""
         left = f": {counted(self.images_left, 'image')} not processed" if self.images_left else ""
