@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from ..data.segmentation import SegmentationData, SegmentationDataset, loader_kwargs
 from ..inference.segmenter import Segmenter
 from ..models.segmenter import EfficientDetSegmentation
-from ..utils.device import amp_mode
+from ..utils.device import amp_mode, as_device
 from .segmentation_metrics import ConfusionMatrix
 
 DEFAULT_IGNORE_INDEX = 255  # VOC's convention and the most common one; CamVid (SegNet) uses 11
@@ -39,7 +39,7 @@ def evaluate_segmentation(
     ``efficientdet predict`` writes; this function only reads the data and counts. The model's training mode is
     restored afterwards.
     """
-    device = torch.device(device)
+    device = as_device(device)
     k = num_classes if num_classes is not None else model.config.num_classes
     if k != model.config.num_classes:
         raise ValueError(f"the model predicts {model.config.num_classes} classes, the evaluation asks for {k}")

@@ -116,8 +116,6 @@ def predict_segmentation(
         model = load_checkpoint(model)  # type: ignore[assignment]
     if not isinstance(model, EfficientDetSegmentation):
         raise TypeError(f"expected a segmentation model, got {type(model).__name__}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     segmenter = Segmenter(model, device=device, image_size=img_size)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from ..data.transforms import normalise
 from ..models.factory import load_checkpoint
 from ..models.fuse import to_model_layout, uses_channels_last
 from ..models.segmenter import EfficientDetSegmentation
+from ..utils.device import as_device
 from .detector import ImageInput, as_image_list, network_pixels
 
 
@@ -43,7 +44,7 @@ class Segmenter:
     ) -> None:
         """``image_size``: the longer side the network sees (default: the model's). ``amp_dtype`` (e.g.
         ``torch.bfloat16``) runs the network under autocast; the upsampling and arg-max stay float32."""
-        self.device = torch.device(device)
+        self.device = as_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.image_size = image_size or self.config.image_size

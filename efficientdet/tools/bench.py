@@ -306,8 +306,9 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     from ..models.segmenter import task_mismatch
     from ..models.weights import CheckpointError
     from ..ops.postprocess import _tv_batched_nms
+    from ..utils.device import resolve_device
 
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     rss_before = _proc_status_mb("VmRSS") or max_rss_mb()
     peak_reset = False
     with torch_threads(cfg.threads), tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as workdir:

@@ -12,12 +12,37 @@ class DeviceError(ValueError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when there is one, else the CPU; a CUDA device on a machine without CUDA is an error."""
+    """``auto``: CUDA when there is one, else the CPU; any other name through :func:`parse_device`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"--device {name}: CUDA is not available on this machine")
+    return parse_device(name)
+
+
+def as_device(device: str | torch.device) -> torch.device:
+    """``device`` itself when it is a ``torch.device`` (the Python API's callers), else the name resolved by
+    :func:`resolve_device` (``auto`` included), so that every entry point checks a name the same way."""
+    return device if isinstance(device, torch.device) else resolve_device(str(device))
+
+
+def parse_device(name: str) -> torch.device:
+    """The device ``name`` names, checked before any work: a name torch does not know, or a device this machine
+    lacks (CUDA, a CUDA index past the last GPU, MPS, XPU ...), is a :class:`DeviceError` naming ``--device``
+    instead of torch's error deep inside the first model call (bench's was an AssertionError)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name}: not a device torch knows (auto, cpu, cuda, cuda:1, mps ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
+        is_available = getattr(backend, "is_available", None)
+        if is_available is not None and not is_available():
+            raise DeviceError(f"--device {name}: {device.type.upper()} is not available on this machine")
     return device
 
 

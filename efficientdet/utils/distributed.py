@@ -32,6 +32,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Sampler
 
+from .device import parse_device
+
 LOG = logging.getLogger(__name__)
 
 
@@ -72,20 +74,16 @@ def current_env() -> DistEnv:
 
 def distributed_device(name: str, env: DistEnv) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for ``auto``/``cuda`` when CUDA exists, else what was asked."""
-    cuda = torch.cuda.is_available()
     if name == "auto":
-        name = "cuda" if cuda else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not cuda:
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is None:
-            if env.local_rank >= torch.cuda.device_count():
-                raise ValueError(
-                    f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} CUDA device(s) on this node: "
-                    f"use --nproc-per-node <= {torch.cuda.device_count()}"
-                )
-            device = torch.device("cuda", env.local_rank)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = parse_device(name)  # an unknown name or a missing device: one line naming --device
+    if device.type == "cuda" and device.index is None:
+        if env.local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} CUDA device(s) on this node: "
+                f"use --nproc-per-node <= {torch.cuda.device_count()}"
+            )
+        device = torch.device("cuda", env.local_rank)
     return device
 
 
