@@ -1,9 +1,12 @@
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from efficientdet.cli import main
 from efficientdet.models.config import EFFDET_PARAMS, list_models
@@ -224,3 +227,147 @@ def test_counts_and_sizes_out_of_range_are_argparse_errors(tmp_path, capsys, mon
     assert stop.value.code == 2 and "Traceback" not in err
     assert f"argument {argv[-2]}: must be " in err.splitlines()[-1], err
     assert not any(tmp_path.iterdir())
+
+
+MPS_MISSING = not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "predict-segmentation", "bench"])
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("foo", "--device foo: not a device torch knows (auto, cpu, cuda, cuda:1, mps ...)"),
+        pytest.param("mps", "--device mps: MPS is not available on this machine",
+                     marks=pytest.mark.skipif(not MPS_MISSING, reason="this machine has MPS")),
+        pytest.param("cuda:3", "--device cuda:3: CUDA is not available on this machine",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    ],
+)  # fmt: skip
+def test_a_device_this_machine_cannot_run_is_one_line(tmp_path, capsys, command, device, expected):
+    """torch's RuntimeError, or bench's AssertionError, as a traceback before, or a line not naming --device."""
+    from test_train import raccoon_subset
+
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    image = str(next((data / "JPEGImages").iterdir()))
+    det, seg, out = tmp_path / "det.pt", tmp_path / "seg.pt", tmp_path / "out"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64), det)
+    efficientdet.save_model(efficientdet.create_model("efficientdet-seg-lite0", num_classes=3), seg)
+    argv = {
+        "train": ["train", "--data", str(data), "--output", str(out), "--no-pretrained-backbone"],
+        "eval": ["eval", "--checkpoint", str(det), "--data", str(data), "--split", "val"],
+        "predict": ["predict", image, "--checkpoint", str(det), "--output", str(out)],
+        "predict-segmentation": ["predict", "--task", "segmentation", image, "--checkpoint", str(seg), "--output",
+                                 str(out)],
+        "bench": ["bench", "--checkpoint", str(det), "--iterations", "1"],
+    }[command]  # fmt: skip
+    assert main([*argv, "--device", device]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"efficientdet {argv[0]}: {expected}"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("openvino", "x.onnx"), ("onnx", "x.xml"), ("pt2", "x.onnx"), ("onnx", "x")])
+def test_export_output_of_another_format_is_one_line_before_any_work(tmp_path, capsys, fmt, name):
+    """OpenVINO's check named the hidden temp file after the work, an ONNX file named .xml failed its verification
+    the same way, and a torch.export program named .onnx was written (predict would hand it to onnxruntime)."""
+    import efficientdet
+
+    ckpt = tmp_path / "m.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64), ckpt)
+    out = tmp_path / "out" / name
+    assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--output", str(out)]) == 2
+    suffix = {"onnx": ".onnx", "openvino": ".xml (+ NAME.bin)", "pt2": ".pt2"}[fmt]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"efficientdet export: --output {out}: --format {fmt} writes NAME{suffix}; predict, eval and bench tell "
+        "the format by the suffix"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "name"),
+    [("train", "--output", "run"), ("eval", "--json", "m.json"), ("eval", "--plots", "plots"),
+     ("export", "--output", "m.onnx"), ("check-data", "--json", "d.json"), ("check-data", "--plots", "plots")],
+)  # fmt: skip
+@pytest.mark.parametrize("under", ["a file", "/proc"])
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys, command, option, name, under):
+    """A traceback after the evaluation, the export or the data check before (an OSError from the temporary file
+    beside the output, naming that file): below a file, or where the system refuses files (/proc, read-only
+    mounts, another user's folder)."""
+    from test_train import raccoon_subset
+
+    import efficientdet
+
+    if under == "/proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("no Linux /proc here")
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    ckpt = tmp_path / "m.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64), ckpt)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    path = blocker / "sub" / name if under == "a file" else f"/proc/efficientdet-test/{name}"
+    argv = {
+        "train": ["train", "--data", str(data), "--no-pretrained-backbone", "--epochs", "1"],
+        "eval": ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "val"],
+        "export": ["export", "--checkpoint", str(ckpt)],
+        "check-data": ["check-data", "--data", str(data)],
+    }[command]
+    assert main([*argv, option, str(path)]) == (1 if command == "train" else 2)
+    reason = f"{blocker} is a file, not a folder" if under == "a file" else "cannot write in /proc"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"efficientdet {command}: {option} {path}: {reason}"), err
+    assert blocker.read_text() == "mine"
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+@pytest.mark.parametrize("under", ["a file", "/proc"])
+def test_a_predict_output_that_cannot_be_written_is_one_line(tmp_path, capsys, task, under):
+    """`predict --task segmentation` gave a traceback (FileExistsError / an OSError from mkdir), detection said
+    "output X is a file" without the option, and neither looked past the folder itself."""
+    from test_train import raccoon_subset
+
+    import efficientdet
+
+    if under == "/proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("no Linux /proc here")
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    image = str(next((data / "JPEGImages").iterdir()))
+    model = "efficientdet-seg-lite0" if task == "segmentation" else "efficientdet-lite0"
+    ckpt = tmp_path / "m.pt"
+    efficientdet.save_model(efficientdet.create_model(model, num_classes=3), ckpt)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    for out, reason in ([(blocker, "a file, not a folder"), (blocker / "sub", f"{blocker} is a file, not a folder")]
+                        if under == "a file" else [("/proc/efficientdet-test", "cannot write in /proc")]):  # fmt: skip
+        assert main(["predict", "--task", task, image, "--checkpoint", str(ckpt), "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"efficientdet predict: --output {out}: {reason}"), err
+    assert blocker.read_text() == "mine"
+
+
+def test_demo_twice_keeps_the_first_and_a_bad_output_is_one_line(tmp_path, capsys, monkeypatch):
+    """The README's first command, typed a second time, failed with a traceback once an --output holding a run was
+    refused (before that, it replaced the first demo's model); a file as --output gave a NotADirectoryError after
+    the synthetic data was half written."""
+    import efficientdet.tools.demo as demo
+
+    used = []
+
+    def fake_run_demo(output, **kwargs):  # the folder handling is under test, not the training
+        used.append(output)
+        Path(output).mkdir(parents=True, exist_ok=True)
+        (Path(output) / "last.pt").write_bytes(b"run")
+        return {}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0 and main(["demo"]) == 0
+    assert used == ["runs/demo", "runs/demo2"]
+    capsys.readouterr()
+    (tmp_path / "notes.txt").write_text("mine")
+    for output, reason in [("runs/demo", "holds an earlier run (last.pt); choose another folder, or leave --output "
+                            "out (runs/demo3 is free)"), ("notes.txt", "a file, not a folder")]:  # fmt: skip
+        assert main(["demo", "--output", output]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"efficientdet demo: --output {output}: {reason}"]
+    assert used == ["runs/demo", "runs/demo2"] and (tmp_path / "notes.txt").read_text() == "mine"

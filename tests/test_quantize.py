@@ -631,7 +631,7 @@ def test_calibration_method_errors(tiny_files, tmp_path, capsys):
         (base + int8 + ["--fast-bias-correction"], "--fast-bias-correction is for --format openvino --int8 only"),
         (base + ["--int8-activations", "uint8"], "--int8-activations is for --format onnx --int8 only"),
         (base + int8 + ["--seven-bit-weights"], "--seven-bit-weights is for --format openvino --int8 only"),
-        (base + ["--format", "openvino", "--seven-bit-weights"],
+        (base + ["--format", "openvino", "--output", str(out.with_suffix(".xml")), "--seven-bit-weights"],
          "--seven-bit-weights is for --format openvino --int8 only"),
     ]  # fmt: skip
     for args, message in cases:

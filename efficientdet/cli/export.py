@@ -51,6 +51,16 @@ def default_output(checkpoint: str | None, model_name: str, fmt: str, int8: bool
     return Path(stem + ("_int8" if int8 else "_fp16" if half else "") + SUFFIXES[fmt])
 
 
+def wrong_suffix(output: str, fmt: str) -> str | None:
+    """Why ``output`` cannot hold a ``fmt`` file, or None: ``predict``, ``eval`` and ``bench`` choose the runtime by
+    the suffix, so an ONNX file must end in .onnx, an OpenVINO IR in .xml and a torch.export program in .pt2."""
+    if Path(output).suffix.lower() == SUFFIXES[fmt]:
+        return None
+    companion = " (+ NAME.bin)" if fmt == "openvino" else ""
+    return (f"--output {output}: --format {fmt} writes NAME{SUFFIXES[fmt]}{companion}; predict, eval and bench "
+            "tell the format by the suffix")  # fmt: skip
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``efficientdet export``: load a checkpoint, write the file, optionally check it against eager PyTorch."""
     from ..models.weights import CheckpointError
@@ -66,7 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output is None:
         checkpoint = None if args.pretrained else str(args.checkpoint)
         args.output = str(default_output(checkpoint, model.config.name, args.format, args.int8, args.half))
-    problem = output_clash(("--output", args.output, "file"))
+    problem = output_clash(("--output", args.output, "file")) or wrong_suffix(args.output, args.format)
     if problem:
         print(f"efficientdet export: {problem}", file=sys.stderr)
         return 2

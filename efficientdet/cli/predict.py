@@ -21,7 +21,7 @@ from ..inference.predict import (
 from ..inference.tiling import DEFAULT_TILE_OVERLAP
 from ..inference.video import VIDEO_EXTENSIONS
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
-from ..utils.folders import first_free_folder, holds_files
+from ..utils.folders import first_free_folder, holds_files, output_clash
 from ..utils.text import counted
 from .argtypes import fraction, non_negative_int, overlap_arg, positive_int, tile_arg
 from .common import retain_memory_for_batches
@@ -37,6 +37,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     retain_memory_for_batches(args.batch_size)
     if args.output is None:  # a new folder per run: runs/predict, runs/predict2, ...
         args.output = first_free_folder(DEFAULT_OUTPUT, holds_files)
+    problem = output_clash(("--output", args.output, "folder"))
+    if problem:  # said before the model loads, as the other commands say theirs
+        print(f"efficientdet predict: {problem}", file=sys.stderr)
+        return 2
     if args.task == "segmentation":
         return _cmd_predict_segmentation(args)
     if not args.sources and not args.source:
@@ -68,10 +72,12 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
     """``predict --task segmentation``: colour overlays and id masks, one image at a time, failures named."""
     from ..inference.segmentation import predict_segmentation
     from ..models.weights import CheckpointError
+    from ..utils.device import resolve_device
 
     start = time.perf_counter()
     try:
         model = load_model_from_options(args.checkpoint, args.model, args.pretrained, task="segmentation")
+        device = resolve_device(args.device)  # checked before any output: DeviceError is a ValueError
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"efficientdet predict: {e}", file=sys.stderr)
         return 1
@@ -85,7 +91,7 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
             return 1
         for image in images:
             try:
-                predict_segmentation(model, [image.path], args.output, img_size=args.img_size, device=args.device)
+                predict_segmentation(model, [image.path], args.output, img_size=args.img_size, device=device)
                 done += 1
             except (ImageReadError, OSError) as e:
                 message = image.naming(str(e))

@@ -74,6 +74,7 @@ from ..data.images import ImageReadError, decode_image, full_picture, image_size
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS
 from ..utils.atomic import atomic_open
+from ..utils.folders import output_clash
 from ..utils.text import counted
 from ..viz.draw import draw_detections
 from .files import class_folders, image_stems, is_glob_pattern, label_path, save_crops, write_label_file, yolo_lines
@@ -358,12 +359,6 @@ def _load_model(checkpoint: Any, model_name: str | None) -> Any:
     return load_checkpoint(checkpoint, model_name)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    from ..utils.device import resolve_device
-
-    return device if isinstance(device, torch.device) else resolve_device(str(device))
-
-
 def _check_options(
     score_threshold: float, iou_threshold: float, max_det: int, batch_size: int | None, nms: str
 ) -> None:
@@ -458,8 +453,9 @@ def predict(
     _check_options(score_threshold, iou_threshold, max_det, batch_size, nms)
     save_txt = save_txt or save_conf  # a score column needs a label file to go in
     out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} is a file, not a folder")
+    problem = output_clash(("output", out, "folder"))
+    if problem:
+        raise ValueError(problem)
     if isinstance(sources, (str, os.PathLike)):  # one source, not a sequence of characters
         sources = [sources]
     videos = [*(s for s in sources if is_video_source(s)), *video_sources]
@@ -468,7 +464,7 @@ def predict(
         check_video_options(vid_stride, max_frames)
     model = _load_model(checkpoint, model_name)
     detector = Detector(
-        model, device=_resolve_device(device), image_size=image_size,
+        model, device=device, image_size=image_size,
         optimize=optimize and isinstance(model, EfficientDet), score_threshold=score_threshold,
         iou_threshold=iou_threshold, max_det=max_det, class_names=class_names, nms=nms,
         class_agnostic=class_agnostic, classes=classes, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
