@@ -111,7 +111,7 @@ def train_ap(model: str, name: str, args: argparse.Namespace) -> dict[str, float
     cfg = TrainConfig(
         model=model, data=args.data, format="voc", train_split="train", val_split="test", epochs=args.epochs,
         batch_size=args.batch_size, img_size=args.img_size, amp=args.amp, workers=args.workers, seed=args.seed,
-        pretrained_backbone=not args.no_pretrained, output=str(Path(args.output) / name),
+        pretrained_backbone=not args.no_pretrained, output=str(Path(args.output) / name), exist_ok=True,
         freeze_backbone=args.freeze_backbone, eval_interval=args.epochs, model_overrides=variant_overrides(model, name),
     )  # fmt: skip
     t0 = time.time()

@@ -60,7 +60,7 @@ def main() -> int:
         crop_size=args.crop_size, lr=args.lr, scale_range=tuple(args.scale_range), amp=args.amp,
         class_weights=args.class_weights,
         pretrained_backbone=args.resume is None, workers=args.workers, seed=args.seed,
-        eval_interval=args.eval_interval, output=args.output, resume=args.resume,
+        eval_interval=args.eval_interval, output=args.output, resume=args.resume, exist_ok=True,
     )  # fmt: skip
     t0 = time.time()
     result = train_segmentation(cfg)

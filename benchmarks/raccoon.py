@@ -10,7 +10,7 @@ For each seed this runs exactly what a user types, with nothing tuned by hand:
 evaluate on.
 The final EMA weights (`last.pt`) are evaluated once on `test` (40 images) with `eval`'s default NMS; the test
 split chooses nothing. Prints AP, AP50 and training minutes per seed and their mean; seeds already evaluated in
-OUT are read back. Run from the repository root, with nothing else running:
+OUT are read back, and a seed that did not finish trains again from the start (``--exist-ok``). Run from the repository root, with nothing else running:
 
     python benchmarks/raccoon.py --seeds 0 1 2 --json raccoon.json
     python benchmarks/raccoon.py --seeds 0 --extra "--epochs 1" --output runs/raccoon-smoke     # a smoke run
@@ -49,7 +49,7 @@ def one_seed(data: str, seed: int, run: Path, extra: list[str]) -> dict:
         return json.loads(figures_path.read_text())
     run.mkdir(parents=True, exist_ok=True)
     train = [sys.executable, "-m", "efficientdet", "train", "--data", data, "--seed", str(seed), "--output",
-             str(run), *extra]  # fmt: skip
+             str(run), "--exist-ok", *extra]  # fmt: skip
     start = time.perf_counter()
     run_logged(train, run / "train.log")
     minutes = (time.perf_counter() - start) / 60

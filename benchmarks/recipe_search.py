@@ -143,7 +143,7 @@ def train_once(
     """Train one run with the plain command, holding out draw ``holdout_seed``; return its wall minutes."""
     cmd = [sys.executable, "-m", "efficientdet", "train", "--data", data, "--val-split", "auto",
            "--holdout-fraction", str(HOLDOUT_FRACTION), "--holdout-seed", str(holdout_seed), "--seed", str(seed),
-           "--output", str(run), *setting, *extra]  # fmt: skip
+           "--output", str(run), "--exist-ok", *setting, *extra]  # fmt: skip
     start = time.perf_counter()
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "train.log", "w") as log:

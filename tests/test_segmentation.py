@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,11 @@ def test_folder_pairs_errors_name_the_unpaired_file(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "lonely.jpg")
     with pytest.raises(DatasetError, match=r"no mask for image\(s\) lonely\.jpg"):
         pair_by_stem(images, masks)
+    # one folder of the pair alone: the folder given is named ("give both ..." named neither)
+    with pytest.raises(DatasetError, match=f"^{re.escape(str(images))}: an image folder without its mask folder"):
+        read_segmentation_split(images, None)
+    with pytest.raises(DatasetError, match=f"^{re.escape(str(masks))}: a mask folder without its image folder"):
+        read_segmentation_split(None, masks)
 
 
 def test_joint_augmentation_keeps_image_and_mask_aligned():
@@ -564,3 +570,21 @@ def test_ablation_fast_part_runs():
         assert name in proc.stdout
     panet_line = next(line for line in proc.stdout.splitlines() if line.startswith("panet "))
     assert "1.00x" in panet_line
+
+
+def test_validation_on_the_training_images_is_said(tmp_path, caplog):
+    """One folder given as --train-images and --val-images trained and chose best.pt on the same frames silently."""
+    from efficientdet.engine.tasks.segmentation import SegmentationTask, SegTrainConfig
+    from efficientdet.utils.distributed import DistEnv
+
+    root = _camvid_subset(tmp_path, n_train=3, n_val=1)
+    train_images, train_masks = str(root / "train"), str(root / "trainannot")
+    for val_images, val_masks, said in ((str(root / "val"), str(root / "valannot"), False),
+                                        (train_images, train_masks, True)):  # fmt: skip
+        cfg = SegTrainConfig(train_images=train_images, train_masks=train_masks, val_images=val_images,
+                             val_masks=val_masks, num_classes=12, ignore_index=11)  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="efficientdet"):
+            SegmentationTask(cfg, DistEnv(), torch.device("cpu")).read_data()
+        line = f"--val-images {train_images} shares 3 of 3 images with --train-images {train_images}: its score"
+        assert (line in caplog.text) == said, caplog.text

@@ -190,10 +190,11 @@ def test_trainable_stages_train_the_last_convs_with_bn_frozen(tmp_path):
         assert torch.equal(trained[key], fresh[key]), key  # stages 0-4 and every BN: untouched
     for key in ("backbone.blocks.5.0.dw.conv.weight", "backbone.blocks.6.0.project.conv.weight"):
         assert not torch.equal(trained[key], fresh[key]), key  # the last two stages' convs: trained
+    unused = str(tmp_path / "refused")  # run/ holds the run above, which would be refused first
     with pytest.raises(TrainingError, match="only applies with freeze_backbone"):
-        train(tiny_config(tmp_path, data, trainable_stages=2))
+        train(tiny_config(tmp_path, data, trainable_stages=2, output=unused))
     with pytest.raises(TrainingError, match="has 7 stages"):
-        train(tiny_config(tmp_path, data, freeze_backbone=True, trainable_stages=8))
+        train(tiny_config(tmp_path, data, freeze_backbone=True, trainable_stages=8, output=unused))
 
 
 def test_unfreeze_epochs_train_the_backbone_convs_in_the_closing_epochs_and_resume_exactly(tmp_path):

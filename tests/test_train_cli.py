@@ -117,6 +117,25 @@ def test_validation_split_without_boxes_is_said(tmp_path, caplog):
     assert "validation split 'val' has 1 image but no boxes" in caplog.text
 
 
+def test_validation_images_the_run_trains_on_are_said(tmp_path, caplog):
+    """VOC's trainval holds val: training on one and validating on the other scored the training images without a
+    word, and best.pt was chosen on them."""
+    from test_train import tiny_config, training_task
+
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    splits = data / "ImageSets" / "Main"
+    (splits / "trainval.txt").write_text((splits / "train.txt").read_text() + (splits / "val.txt").read_text())
+    with caplog.at_level("WARNING", logger="efficientdet"):
+        training_task(tiny_config(tmp_path, data, val_split="val"))
+    assert "training split" not in caplog.text  # disjoint: nothing to say
+    with caplog.at_level("WARNING", logger="efficientdet"):
+        training_task(tiny_config(tmp_path, data, train_split="trainval", val_split="val"))
+    assert (
+        "validation split 'val' shares 1 of 1 images with the training split 'trainval': its score overstates "
+        "what new images would score, and best.pt is chosen on images the model trained on"
+    ) in caplog.text
+
+
 def test_eval_counts_unreadable_images(tmp_path, capsys):
     import efficientdet
 
@@ -305,11 +324,38 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys):
     capsys.readouterr()
     last = out / "last.pt"
     before = last.read_bytes()
-    assert main(["train", "--resume", str(last), "--lr", "0.5", "--data", str(tmp_path)]) == 1
+    assert main(["train", "--resume", str(last), "--lr", "0.5", "--img-size", "96"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--data, --lr cannot change on --resume" in err[0] and "--epochs" in err[0], err
+    assert len(err) == 1 and "--img-size, --lr cannot change on --resume" in err[0] and "--epochs" in err[0], err
     assert last.read_bytes() == before
     assert main(["train", "--resume", str(last), "--data", str(data), "--epochs", "2", "--workers", "0"]) == 0
+    assert len(history(out)) == 2
+
+
+def test_a_moved_dataset_resumes_and_another_one_is_refused(tmp_path, capsys):
+    """A run continued on another machine, or after its data moved, finds the dataset at another path: `--data`
+    may change on `--resume` as long as the training images are the run's own (names, count, classes, kept in
+    `last.pt`); before, any new path was refused. Other images are one line, the run untouched."""
+    import shutil
+
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    out = tmp_path / "run"
+    common = ["--img-size", "64", "--batch-size", "2", "--workers", "0", "--no-pretrained-backbone"]
+    assert main(["train", "--data", str(data), "--val-split", "none", "--epochs", "1", "--output", str(out),
+                 *common]) == 0  # fmt: skip
+    last = out / "last.pt"
+    before = last.read_bytes()
+    other = raccoon_subset(tmp_path, n_train=3, n_val=1, name="other")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(last), "--data", str(other), "--epochs", "2"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"efficientdet train: --data {other}: not the dataset this run trained on (3 training images, the run's "
+        f"2); resume with the run's data, or start a new run from its weights with --checkpoint {last}"
+    ]
+    assert last.read_bytes() == before
+    moved = tmp_path / "moved"
+    shutil.move(data, moved)
+    assert main(["train", "--resume", str(last), "--data", str(moved), "--epochs", "2"]) == 0
     assert len(history(out)) == 2
 
 
@@ -480,7 +526,8 @@ def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, cap
 
 def test_a_second_run_without_output_does_not_replace_the_first(tmp_path, capsys, monkeypatch, caplog):
     """The default --output (runs/train) moves on to runs/train2, runs/train3 ... once it holds a run, so typing
-    the same command twice keeps the first model; an explicit --output is used as given."""
+    the same command twice keeps the first model. An explicit --output that holds a run is refused in one line,
+    its files untouched (the --checkpoint it would start from included), until --exist-ok says to replace it."""
     data = raccoon_subset(tmp_path, n_train=2, n_val=1)
     monkeypatch.chdir(tmp_path)
     args = ["train", "--data", str(data), "--val-split", "none", "--epochs", "1", "--img-size", "64",
@@ -492,6 +539,14 @@ def test_a_second_run_without_output_does_not_replace_the_first(tmp_path, capsys
     assert (tmp_path / "runs" / "train" / "last.pt").read_bytes() == first
     assert (tmp_path / "runs" / "train2" / "last.pt").is_file()
     assert "output: runs/train2 (runs/train holds an earlier run; --output chooses the folder)" in caplog.text
-    assert main([*args, "--output", "runs/train"]) == 0  # as given
+    capsys.readouterr()
+    for extra in ([], ["--checkpoint", "runs/train/last.pt"]):
+        assert main([*args, "--output", "runs/train", *extra]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "efficientdet train: --output runs/train holds an earlier run (last.pt): continue it with --resume "
+            "runs/train/last.pt, choose another folder, or add --exist-ok to replace it"
+        ]
+        assert (tmp_path / "runs" / "train" / "last.pt").read_bytes() == first
+    assert main([*args, "--output", "runs/train", "--exist-ok"]) == 0
     assert (tmp_path / "runs" / "train" / "last.pt").read_bytes() != first
     assert not (tmp_path / "runs" / "train3").exists()

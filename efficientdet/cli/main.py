@@ -72,10 +72,31 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..tools.demo import run_demo
+    """``efficientdet demo``: into ``runs/demo`` (``runs/demo2`` ... once that holds a run) or ``--output``, whose
+    problems (a file, no write access, an earlier run) are said before the synthetic data is made."""
+    from ..data.readers import DatasetError
+    from ..engine.components import run_file_in
+    from ..engine.utils import TrainingError
+    from ..tools.demo import DEMO_OUTPUT, run_demo
+    from .train import free_output
 
     setup_logging()
-    run_demo(args.output or "runs/demo", epochs=args.epochs, seed=args.seed, workers=args.workers)
+    output = args.output or free_output(DEMO_OUTPUT)
+    problem = output_clash(("--output", output, "folder"))
+    held = None if problem else run_file_in(Path(output))
+    if held is not None:
+        problem = (f"--output {output}: holds an earlier run ({held.name}); choose another folder, or leave --output "
+                   f"out ({free_output(DEMO_OUTPUT)} is free)")  # fmt: skip
+    if problem:
+        print(f"efficientdet demo: {problem}", file=sys.stderr)
+        return 2
+    if output != DEMO_OUTPUT and not args.output:
+        print(f"output: {output} ({DEMO_OUTPUT} holds an earlier demo; --output chooses the folder)")
+    try:
+        run_demo(output, epochs=args.epochs, seed=args.seed, workers=args.workers)
+    except (TrainingError, DatasetError, ValueError, OSError) as e:
+        print(f"efficientdet demo: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

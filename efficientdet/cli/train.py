@@ -159,9 +159,9 @@ def train_config(args: argparse.Namespace) -> RecipeConfig:
 def free_output(default: str) -> str:
     """``default`` (``runs/train``), or the first of ``runs/train2``, ``runs/train3`` ... that holds no run (no
     ``last.pt`` / ``best.pt``): typing the same command twice must not replace the model the first run trained."""
-    from ..engine.components import BEST_FILE, LAST_FILE
+    from ..engine.components import run_file_in
 
-    return first_free_folder(default, lambda folder: any((folder / n).exists() for n in (LAST_FILE, BEST_FILE)))
+    return first_free_folder(default, lambda folder: run_file_in(folder) is not None)
 
 
 def _missing_data(task: str, args: argparse.Namespace) -> str | None:

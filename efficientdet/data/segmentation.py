@@ -156,8 +156,10 @@ def read_segmentation_split(
 ) -> SegmentationData:
     """Either a folder pair (``images`` + ``masks``) or a VOC root and a split name."""
     if images is not None or masks is not None:
-        if images is None or masks is None:
-            raise DatasetError("give both an image folder and a mask folder")
+        if masks is None:
+            raise DatasetError(f"{images}: an image folder without its mask folder")
+        if images is None:
+            raise DatasetError(f"{masks}: a mask folder without its image folder")
         return pair_by_stem(images, masks)
     if voc_root is None or split is None:
         raise DatasetError("no segmentation data: give image + mask folders, or a VOC root and a split")

@@ -94,6 +94,11 @@ LAST_FILE = "last.pt"  # in the run's output folder: what --resume continues
 BEST_FILE = "best.pt"
 
 
+def run_file_in(folder: Path) -> Path | None:
+    """The ``last.pt`` (else ``best.pt``) that makes ``folder`` hold a training run, or None."""
+    return next((path for path in (folder / LAST_FILE, folder / BEST_FILE) if path.exists()), None)
+
+
 class Checkpointer:
     """``last.pt`` every epoch (EMA weights + everything ``--resume`` needs) and ``best.pt`` at the best metric.
 

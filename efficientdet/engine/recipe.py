@@ -149,7 +149,12 @@ class RecipeConfig:
     """
 
     model: str = field(default="", metadata=option("model name"))
-    data: str | None = field(default=None, metadata=option("dataset folder or file"))
+    # may change on --resume (the data moved, or the run goes on on another machine) when the training images are
+    # the run's own: the trainer compares them with the identity last.pt keeps
+    data: str | None = field(
+        default=None,
+        metadata=option("dataset folder or file (--resume: the run's own data at a new path)", resume=True),
+    )
     train_split: str = field(default="train", metadata=option("split to train on"))
     val_split: str | None = field(
         default="val",
@@ -171,6 +176,11 @@ class RecipeConfig:
             "3, ... added when that folder holds a run)",
             resume=True,
         ),
+    )
+    # An --output that holds a run (last.pt / best.pt) is refused unless this is set: a second run would replace
+    # the first one's model at its first epoch (ultralytics' exist_ok is the same switch)
+    exist_ok: bool = field(
+        default=False, metadata=option("replace the run an --output folder already holds", resume=True)
     )
     # None: default_lr(global batch, optimizer) (the paper's COCO rule: SGD at 0.08 per 64)
     lr: float | None = field(

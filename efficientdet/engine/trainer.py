@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +42,7 @@ from ..utils.distributed import (
 )
 from ..utils.folders import output_clash
 from ..utils.progress import progress_bar
-from .components import Checkpointer, MetricsLog, NonFiniteGuard
+from .components import LAST_FILE, Checkpointer, MetricsLog, NonFiniteGuard, run_file_in
 from .recipe import (
     EVAL_CADENCE_EPOCH,
     EVAL_SHARE,
@@ -117,6 +119,11 @@ class Task:
         """Top-level keys of ``last.pt`` / ``best.pt`` besides the model."""
         return {}
 
+    def training_files(self) -> list[str] | None:
+        """The image files this run trains on, in order (after :meth:`read_data`): what ``--resume`` with the
+        data at another path must find again. None: the task cannot say, and ``--data`` may not change."""
+        return None
+
     def plot(self, csv_path: Path, png_path: Path) -> None:
         """Draw ``metrics.csv`` into ``metrics.png``."""
 
@@ -155,6 +162,29 @@ class Task:
         return {}
 
 
+def data_identity(files: list[str] | None, class_names: list[str]) -> dict[str, Any] | None:
+    """What ``last.pt`` keeps of the training data to recognise it at another path: the number of images, a
+    SHA-256 of their file names in reading order (folders aside: they are what moves) and the class names."""
+    if files is None:
+        return None
+    digest = hashlib.sha256("\n".join(os.path.basename(f) for f in files).encode()).hexdigest()
+    return {"images": len(files), "names_sha256": digest, "class_names": list(class_names)}
+
+
+def identity_mismatch(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> str | None:
+    """Why the data read now is not the run's (one phrase), or None when it is."""
+    if saved is None or current is None:
+        return "cannot tell whether it holds this run's images (its last.pt keeps no identity of its data)"
+    if saved["images"] != current["images"]:
+        return f"not the dataset this run trained on ({current['images']} training images, the run's {saved['images']})"
+    if saved["class_names"] != current["class_names"]:
+        return (f"not the dataset this run trained on (classes {', '.join(current['class_names'])}; the run's "
+                f"{', '.join(saved['class_names'])})")  # fmt: skip
+    if saved["names_sha256"] != current["names_sha256"]:
+        return "not the dataset this run trained on (the same number of training images, other files)"
+    return None
+
+
 class Trainer:
     """The loop around a :class:`Task`: :meth:`setup`, optional resume, then :meth:`fit` epoch by epoch."""
 
@@ -176,11 +206,12 @@ class Trainer:
         """Read the data, build the model, optimiser and components; every input is checked before the output
         folder exists, so a failed start leaves nothing behind."""
         cfg, env, task, device = self.cfg, self.env, self.task, self.device
-        problem = output_clash(("--output", self.out, "folder"))
+        problem = output_clash(("--output", self.out, "folder")) or self._earlier_run_in_output()
         if problem:
             raise TrainingError(problem)
         seed_everything(cfg.seed)
         task.read_data()
+        self.data_identity = data_identity(task.training_files(), task.class_names)
         model = task.build_model().to(device)
         model.grad_checkpoint = cfg.grad_checkpoint
         if cfg.patience is not None and not task.has_validation:
@@ -235,6 +266,17 @@ class Trainer:
             LOG.info("resumed from %s at epoch %d (step %d)", cfg.resume, self.start_epoch, self.step)
         self.net: nn.Module = self._wrap(model)
 
+    def _earlier_run_in_output(self) -> str | None:
+        """Why this run may not write into its output folder: another run's ``last.pt`` / ``best.pt`` is there
+        (not the one it resumes) and ``exist_ok`` was not given. None when it may."""
+        if self.cfg.exist_ok:
+            return None
+        held = run_file_in(self.out)
+        if held is None or (self.cfg.resume and Path(self.cfg.resume).resolve().parent == self.out.resolve()):
+            return None
+        return (f"--output {self.out} holds an earlier run ({held.name}): continue it with --resume "
+                f"{self.out / LAST_FILE}, choose another folder, or add --exist-ok to replace it")  # fmt: skip
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         """The module the steps run: DDP around ``model`` under torchrun (over the parameters that train now)."""
         if not self.env.distributed:
@@ -274,6 +316,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "global_batch": self.global_batch,
             "train_config": self.cfg.to_dict(),
+            "data_identity": self.data_identity,
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
@@ -281,6 +324,11 @@ class Trainer:
         if not isinstance(saved, dict) or "train_state" not in saved:
             raise CheckpointError(f"{self.cfg.resume}: not a training checkpoint (no train_state)")
         state = saved["train_state"]
+        if state["train_config"].get("data") != self.cfg.data:  # --data changed: the same images at a new path?
+            problem = identity_mismatch(state.get("data_identity"), self.data_identity)
+            if problem:
+                raise TrainingError(f"--data {self.cfg.data}: {problem}; resume with the run's data, or start a new "
+                                    f"run from its weights with --checkpoint {self.cfg.resume}")  # fmt: skip
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(saved["state_dict"])  # the file's main weights are the EMA weights
         self.ema.updates = state["ema_updates"]

@@ -7,6 +7,7 @@ task's module imports the other's private names.
 from __future__ import annotations
 
 import copy
+import os
 import random
 from typing import Any
 
@@ -104,6 +105,18 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool, net: nn.Module | Non
         model.backbone.eval()  # frozen BN statistics too
 
 
+def shared_images_line(val_label: str, val_files: list[str], train_label: str, train_files: list[str]) -> str | None:
+    """A warning when validation images are training images too (VOC's ``val`` inside ``trainval``, one folder
+    given for both): their score overstates, and ``best.pt`` is chosen on what the model has seen. Worth a warning,
+    not a stop. Paths are compared as written, made absolute (no system calls: COCO has 118k images)."""
+    trained = {os.path.abspath(f) for f in train_files}
+    shared = sum(os.path.abspath(f) in trained for f in val_files)
+    if not shared:
+        return None
+    return (f"{val_label} shares {shared} of {len(val_files)} images with {train_label}: its score overstates what "
+            "new images would score, and best.pt is chosen on images the model trained on")  # fmt: skip
+
+
 __all__ = [
     "DeviceError",
     "ModelEma",
@@ -115,5 +128,6 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "set_train_mode",
+    "shared_images_line",
     "unfreeze_backbone_convs",
 ]

@@ -18,13 +18,14 @@ from ..viz.draw import draw_detections
 
 LOG = logging.getLogger(__name__)
 
+DEMO_OUTPUT = "runs/demo"  # then runs/demo2, ... once it holds a run (`efficientdet demo` without --output)
 DEMO_IMAGE_SIZE = 192  # small input: more optimiser steps fit in the demo's few CPU minutes
 DEMO_LR = 0.05  # a short run on an easy task: a high peak learning rate gets there within the budget
 DEMO_EVAL_INTERVAL = 5
 DEMO_DRAWN_IMAGES = 8
 
 
-def run_demo(output: str = "runs/demo", epochs: int = 25, seed: int = 0, workers: int | None = None) -> dict:
+def run_demo(output: str = DEMO_OUTPUT, epochs: int = 25, seed: int = 0, workers: int | None = None) -> dict:
     """Train EfficientDet-Lite0 on a synthetic shapes dataset and write predictions drawn on images."""
     out = Path(output)
     t0 = time.time()

@@ -44,7 +44,7 @@ from ...viz.plot import plot_training_metrics
 from ..recipe import RecipeConfig
 from ..tensorboard_log import TensorBoardLogger
 from ..trainer import Task
-from ..utils import TrainingError
+from ..utils import TrainingError, shared_images_line
 from .detection_recipe import LARGE_DATA, SMALL_DATA, SMALL_DATA_IMAGES, choose_settings
 
 LOG = logging.getLogger(__name__)
@@ -63,7 +63,11 @@ DEFAULT_HOLDOUT_FRACTION = 0.1
 MIXING_CLOSE_FRACTION = 0.1
 MIN_HOLDOUT_IMAGES = 10  # fewer training images than this: no holdout, train on all (and say so)
 # --data and --format of `train` and `eval` (one wording, one check)
-DATASET_OPTION = option("dataset: VOC root, YOLO root (data.yaml) or COCO json / folder")
+# --resume may name the run's data at a new path: the trainer checks that it holds the run's training images
+DATASET_OPTION = option(
+    "dataset: VOC root, YOLO root (data.yaml) or COCO json / folder (--resume: the run's own data at a new path)",
+    resume=True,
+)
 FORMAT_OPTION = option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
 PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
 # Options of the data's recipe that a checkpoint may lack, because its run was saved before they existed, and what
@@ -478,6 +482,11 @@ class DetectionTask(Task):
             val_data = read_dataset(cfg.data, cfg.format, val_split)
             _check_validation_split(cfg, val_split, val_data, env.is_main)
             if env.is_main:
+                shared = shared_images_line(f"validation split {val_split!r}", [r.path for r in val_data.records],
+                                            f"the training split {cfg.train_split!r}",
+                                            [r.path for r in train_data.records])  # fmt: skip
+                if shared:
+                    LOG.warning(shared)
                 _report_fixes(val_split, val_data.fixes)
             val_data = val_data.with_class_names(train_data.class_names)
         self.train_data, self.val_data = train_data, val_data
@@ -505,6 +514,9 @@ class DetectionTask(Task):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"recipe": self.cfg.recipe} if self.cfg.recipe else {}
+
+    def training_files(self) -> list[str]:
+        return [r.path for r in self.train_data.records]
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg, self.train_data.class_names, self.train_data.category_ids)

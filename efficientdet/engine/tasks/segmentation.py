@@ -45,7 +45,7 @@ from ...utils.fields import increasing_pair, int_at_least, option, optional_int
 from ...viz.plot import plot_segmentation_metrics
 from ..recipe import RecipeConfig
 from ..trainer import Task
-from ..utils import TrainingError
+from ..utils import TrainingError, shared_images_line
 
 LOG = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class SegTrainConfig(RecipeConfig):
         default=None,
         metadata=option(
             "a VOC root (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/); or give "
-            "--train-images/--train-masks"
+            "--train-images/--train-masks (--resume: the run's own data at a new path)",
+            resume=True,
         ),
     )
     num_classes: int | None = field(  # required unless resuming or the data's class names say it
@@ -242,6 +243,14 @@ class SegmentationTask(Task):
         val_data = None
         if cfg.val_images is not None or cfg.val_masks is not None or (cfg.data is not None and cfg.val_split):
             val_data = _read_split(cfg, cfg.val_images, cfg.val_masks, cfg.val_split)
+            shared = shared_images_line(
+                f"--val-images {cfg.val_images}" if cfg.val_images else f"validation split {cfg.val_split!r}",
+                [pair.image for pair in val_data.pairs],
+                f"--train-images {cfg.train_images}" if cfg.train_images else f"the training split {cfg.train_split!r}",
+                [pair.image for pair in train_data.pairs],
+            )
+            if shared and self.env.is_main:
+                LOG.warning(shared)
         num_classes = cfg.num_classes
         if num_classes is None:
             names = cfg.class_names or train_data.class_names
@@ -262,6 +271,9 @@ class SegmentationTask(Task):
             weights = weights.to(self.device)
         self.train_data, self.val_data, self.class_weights = train_data, val_data, weights
         self.num_classes, self.class_names = num_classes, class_names
+
+    def training_files(self) -> list[str]:
+        return [pair.image for pair in self.train_data.pairs]
 
     def build_model(self) -> nn.Module:
         model = build_segmentation_model(self.cfg, self.num_classes)
