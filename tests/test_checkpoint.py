@@ -29,7 +29,7 @@ def test_own_format_round_trip(tmp_path):
 def test_own_format_refuses_another_variant(tmp_path):
     path = tmp_path / "lite.pt"
     efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=2), path)
-    with pytest.raises(CheckpointError, match="holds a efficientdet-lite0 model, not efficientdet-lite1"):
+    with pytest.raises(CheckpointError, match="holds an efficientdet-lite0 model, not efficientdet-lite1"):
         efficientdet.create_model("efficientdet-lite1", checkpoint=path)
 
 

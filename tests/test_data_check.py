@@ -299,3 +299,19 @@ def test_check_data_checks_at_the_size_train_would_pick(tiny_voc, tmp_path, caps
     assert json.loads(out.read_text())["image_size"] == 448
     assert main(["check-data", "--data", str(tiny_voc), "--img-size", "320", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["image_size"] == 320 and "input size:" not in capsys.readouterr().out
+
+
+def test_splits_that_fail_alike_are_named_once(tmp_path, capsys):
+    """A folder or file that is no dataset fails every split for the same reason; the line said it four times."""
+    stray = tmp_path / "notes.xml"
+    stray.write_text("<annotation/>")
+    assert main(["check-data", "--data", str(stray)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"efficientdet check-data: {stray}: no split could be read (split 'train' not checked: {stray}: "
+                   "cannot tell the dataset format of a .xml file (and 'val', 'test', 'trainval' alike))"]  # fmt: skip
+    (tmp_path / "photos").mkdir()
+    assert main(["check-data", "--data", str(tmp_path / "photos")]) == 1
+    err = capsys.readouterr().err
+    # val is looked for in one more place (valid/, Roboflow's name), so its reason differs and stays apart
+    assert err.count("not checked") == 2 and "annotations/instances_test.json" not in err, err
+    assert "annotations/instances_train.json (COCO)" in err and "(and 'test', 'trainval' alike)" in err

@@ -57,8 +57,10 @@ def test_list_input_and_bad_input(detector):
     assert len(out) == 2 and all(set(d) == {"boxes", "scores", "labels", "label_names"} for d in out)
     with pytest.raises(ValueError, match="uint8"):
         detector(np.zeros((10, 10, 3), np.float32))
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\] in \[0, 1\], got float32 \(2, 1, 8, 8\)"):
         detector(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"got uint8 \(3, 8, 8\)"):  # the shape fits, the type does not
+        detector(torch.zeros(3, 8, 8, dtype=torch.uint8))
 
 
 def test_an_empty_list_gives_no_results_and_odd_inputs_say_what_is_expected(detector):
@@ -71,6 +73,21 @@ def test_an_empty_list_gives_no_results_and_odd_inputs_say_what_is_expected(dete
     for shape in ((0, 10, 3), (10, 0, 3)):
         with pytest.raises(ValueError, match=rf"an image without pixels \({shape[0]}x{shape[1]}\)"):
             detector(np.zeros(shape, np.uint8))
+
+
+def test_a_model_file_path_is_a_model_too(detector, tmp_path):
+    """`Detector("best.pt")`, as ultralytics' `YOLO("best.pt")` is typed, failed with "'str' object has no
+    attribute 'to'"; a file path now loads as `from_checkpoint` loads it, and anything else says what it takes."""
+    path = tmp_path / "m.pt"
+    efficientdet.save_model(detector.model, path)
+    image = np.full((90, 120, 3), 120, np.uint8)
+    image[20:60, 30:90] = 250
+    expected = detector(image)[0]
+    for given in (str(path), path):
+        got = Detector(given, image_size=128, score_threshold=0.0, max_det=20)(image)[0]
+        assert torch.equal(got["boxes"], expected["boxes"]) and torch.equal(got["scores"], expected["scores"])
+    with pytest.raises(TypeError, match="a model, an exported network or the path of a model file, not int"):
+        Detector(3)
 
 
 # ----------------------------------------------------------------------------------- one prediction path (issue 18)

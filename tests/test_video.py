@@ -26,6 +26,7 @@ from efficientdet.inference.video import (
     VideoWriter,
     is_video_source,
     jsonl_record,
+    open_source,
     output_folders,
     parse_source,
     predict_videos,
@@ -324,6 +325,14 @@ def test_source_parsing():
     assert parse_source("HTTPS://example.org/a.m3u8").kind == "stream"
     clip = parse_source("videos/Clip.MOV")
     assert (clip.kind, clip.live, clip.name) == ("file", False, "Clip")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or Path("/dev/video57").exists(), reason="Linux, no camera 57")
+def test_a_missing_camera_names_the_device_it_tried(tmp_path):
+    """ "7: cannot open video (No such file or directory)" before: neither the word camera nor /dev/video7."""
+    for text, named in (("57", "57 (/dev/video57)"), ("/dev/video57", "/dev/video57")):
+        with pytest.raises(VideoError, match=rf"^{re.escape(named)}: cannot open camera \("):
+            open_source(parse_source(text, platform="linux"))
     # positional sources: videos by extension, devices and URLs; a bare number stays an image path
     assert [is_video_source(s) for s in ("a.webm", "b.AVI", "/dev/video1", "rtsp://h/x", "0", "a.jpg", "mp4")] == [
         True, True, True, True, False, False, False,

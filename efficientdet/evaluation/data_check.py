@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -475,15 +476,36 @@ def read_splits(
         if splits:
             notes.append(f"{source.name} is a single COCO file: --splits ignored")
         return [(source.stem, read_dataset(source, "coco"))], notes
-    found = []
+    found, failed = [], []
     for split in splits or DEFAULT_SPLITS:
         try:
             found.append((split, read_dataset(source, format, split)))
         except DatasetError as e:
-            notes.append(f"split {split!r} not checked: {e}")
+            failed.append((split, str(e)))
+    notes += [f"split {split!r} not checked: {reason}" for split, reason in failed]
     if not found:
-        raise DatasetError(f"{path}: no split could be read ({'; '.join(notes)})")
+        raise DatasetError(f"{path}: no split could be read ({same_reasons_once(failed, str(path))})")
     return found, notes
+
+
+SPLIT_MARK, ROOT_MARK = "\x00", "\x01"  # where a split's own name and the dataset's path stood in a reason
+
+
+def same_reasons_once(failed: Sequence[tuple[str, str]], root: str) -> str:
+    """``(split, reason)`` pairs as one phrase, splits that failed for the same reason (their own name aside, not
+    counting where it appears in ``root``, the dataset's path) named together: a folder that is no dataset at all
+    fails every split alike, and four copies of the same sentence hide what differs."""
+    groups: dict[str, list[str]] = {}
+    for split, reason in failed:
+        template = re.sub(rf"(?<![A-Za-z0-9]){re.escape(split)}(?![A-Za-z0-9])", lambda _: SPLIT_MARK,
+                          reason.replace(root, ROOT_MARK))  # fmt: skip
+        groups.setdefault(template, []).append(split)
+    phrases = []
+    for template, names in groups.items():
+        reason = template.replace(SPLIT_MARK, names[0]).replace(ROOT_MARK, root)
+        others = f" (and {', '.join(repr(n) for n in names[1:])} alike)" if len(names) > 1 else ""
+        phrases.append(f"split {names[0]!r} not checked: {reason}{others}")
+    return "; ".join(phrases)
 
 
 def check_dataset(

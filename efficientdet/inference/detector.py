@@ -23,6 +23,7 @@ from ..models.fuse import optimize_for_inference, to_model_layout, uses_channels
 from ..models.weights import class_names_mismatch
 from ..ops.anchors import anchors_for_config
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, NMS_METHODS, TOPK_CANDIDATES, postprocess, to_original_pixels
+from ..utils.device import as_device
 from ..utils.threads import torch_threads
 from .class_filter import resolve_classes
 from .image_urls import is_image_url, read_url_image
@@ -79,7 +80,8 @@ def as_image_list(
     if isinstance(images, torch.Tensor):
         batch = images if images.ndim == 4 else images[None]
         if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
-            raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
+            got = f"{str(images.dtype).removeprefix('torch.')} {tuple(images.shape)}"
+            raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1], got {got}")
         return [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, DecodedImage)):
         return [images]
@@ -154,7 +156,7 @@ class Detector:
 
     def __init__(
         self,
-        model: EfficientDet,
+        model: EfficientDet | str | os.PathLike,
         device: str | torch.device = "cpu",
         image_size: int | tuple[int, int] | None = None,
         score_threshold: float = 0.05,
@@ -173,7 +175,10 @@ class Detector:
         vote_iou: float | None = None,
         parallel_frames: int | None = None,
     ) -> None:
-        """``image_size``: the square input side (default: the model's), or an (H, W) input, as an exported file
+        """``model``: an :class:`EfficientDet`, an exported network (``efficientdet.export.runtimes.load_exported``)
+        or the path of a checkpoint (loaded as :meth:`from_checkpoint` loads it).
+
+        ``image_size``: the square input side (default: the model's), or an (H, W) input, as an exported file
         of that fixed size takes (export verification builds such a detector).
 
         ``classes`` keeps only those classes (names, case-insensitive, or 0-based indices; a list or ``"a,b"``).
@@ -200,6 +205,11 @@ class Detector:
         :func:`default_parallel_frames`: 2 for the torch network on a CPU, else 1. Single images and ``__call__``
         are not affected.
         """
+        if isinstance(model, (str, os.PathLike)):  # Detector("best.pt"), as other detectors' classes are typed
+            model = load_checkpoint(model)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"Detector takes a model, an exported network or the path of a model file, not "
+                            f"{type(model).__name__}")  # fmt: skip
         if nms not in NMS_METHODS:
             raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
         check_tile(tile, tile_overlap)
@@ -209,7 +219,7 @@ class Detector:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if parallel_frames is not None and parallel_frames < 1:
             raise ValueError(f"parallel_frames must be at least 1, got {parallel_frames}")
-        self.device = torch.device(device)
+        self.device = as_device(device)
         self.tile, self.tile_overlap = tile, tile_overlap
         self.batch_size = batch_size or default_batch_size(self.device)
         self.flip_tta = flip_tta

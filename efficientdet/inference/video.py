@@ -177,13 +177,15 @@ def open_source(source: VideoSource) -> tuple[Any, Any]:
             kwargs["options"] = {"rtsp_transport": "tcp"}  # FFmpeg's default UDP loses packets on busy networks
     if source.format == "avfoundation":
         kwargs["options"] = {"framerate": "30"}  # FFmpeg's default 29.97 is refused by many Mac cameras
+    shown = source.text if source.url == source.text else f"{source.text} ({source.url})"  # camera 0: /dev/video0
+    what = "camera" if source.kind == "camera" else "video"
     try:
         container = av.open(source.url, **kwargs)
     except (av.FFmpegError, OSError) as exc:
-        raise VideoError(f"{source.text}: cannot open video ({_reason(exc)})") from exc
+        raise VideoError(f"{shown}: cannot open {what} ({_reason(exc)})") from exc
     if not container.streams.video:
         container.close()
-        raise VideoError(f"{source.text}: cannot open video (no video stream in it)")
+        raise VideoError(f"{shown}: cannot open {what} (no video stream in it)")
     return container, container.streams.video[0]
 
 

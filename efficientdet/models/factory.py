@@ -56,7 +56,7 @@ def config_for_checkpoint(base: ModelConfig, ckpt: Checkpoint, source: str) -> d
                                   "train it with --task segmentation")  # fmt: skip
         stored = ModelConfig.from_dict(ckpt.config)
         if stored.name != base.name:
-            raise CheckpointError(f"{source}: holds a {stored.name} model, not {base.name}")
+            raise CheckpointError(f"{source}: holds an {stored.name} model, not {base.name}")
         settings = stored.to_dict()
         for key in ("paper_params", "paper_flops"):
             settings.pop(key, None)

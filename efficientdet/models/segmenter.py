@@ -239,7 +239,7 @@ def create_segmentation_model(
             raise CheckpointError(f"{checkpoint}: not an efficientdet segmentation checkpoint (no stored config)")
         stored = SegmentationConfig.from_dict(ckpt.config)
         if stored.name != base.name:
-            raise CheckpointError(f"{checkpoint}: holds a {stored.name} model, not {base.name}")
+            raise CheckpointError(f"{checkpoint}: holds an {stored.name} model, not {base.name}")
         settings = stored.to_dict()
         settings.pop("paper_flops", None)
         if num_classes is not None and stored.num_classes != num_classes:
