@@ -144,6 +144,20 @@ def test_counts_per_class_and_images_without_boxes(tiny_voc, tmp_path):
     assert "anchor coverage at 64 px" in line and "check-data" in line
 
 
+def test_image_files_listed_but_not_on_disk_are_named(tmp_path):
+    """A COCO file carries the sizes, so reading it opens no image: a missing file went unsaid until training or
+    evaluation met it (VOC's reader looks for each image already)."""
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
+    coco = {"images": [{"id": i, "file_name": f"{n}.jpg", "width": 64, "height": 48} for i, n in enumerate("abc")],
+            "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [5, 5, 20, 20]}],
+            "categories": [{"id": 1, "name": "cat"}]}  # fmt: skip
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    check = check_dataset(tmp_path / "val.json", None, None, LITE0, 64)
+    assert check.splits[0].to_dict()["missing_files"] == ["b.jpg", "c.jpg"]
+    assert "  image files not found: 2 of 3 (b.jpg, c.jpg)" in format_report(check)
+
+
 def test_proposal_beats_the_defaults_on_extreme_aspects_and_its_flags_parse_back():
     rng = np.random.default_rng(0)
     corner = rng.uniform(10, 200, (300, 2))

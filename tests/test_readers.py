@@ -130,9 +130,14 @@ def test_coco_unknown_category_names_file_and_id(tmp_path):
         read_coco(path)
 
 
-def test_coco_missing_key_names_file(tmp_path):
-    path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "category_id": 1}])
-    with pytest.raises(DatasetError, match=r"instances\.json.*'bbox'"):
+def test_coco_missing_key_names_file_and_entry(tmp_path):
+    """The entry is named by its id where it has one ("an annotation is missing the key 'bbox'" before: one of
+    how many?); a segmentation-only annotation is the usual case."""
+    path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]}])
+    with pytest.raises(DatasetError, match=r"instances\.json: annotation 5 \(image 7\) is missing the key 'bbox'$"):
+        read_coco(path)
+    path = _coco_dataset(tmp_path, [{"image_id": 7, "category_id": 1}])
+    with pytest.raises(DatasetError, match=r"instances\.json: an annotation \(image 7\) is missing the key 'bbox'$"):
         read_coco(path)
 
 

@@ -305,7 +305,13 @@ def _require(path: Path, entry: Any, keys: Iterable[str], what: str) -> None:
         raise DatasetError(f"{path}: {what} is not a JSON object: {entry!r}")
     for key in keys:
         if key not in entry:
-            raise DatasetError(f"{path}: {what} is missing the key {key!r}")
+            raise DatasetError(f"{path}: {_entry_name(entry, what)} is missing the key {key!r}")
+
+
+def _entry_name(entry: dict[str, Any], what: str) -> str:
+    """``what`` ("an annotation") named by the entry's id and image where it has them: "annotation 5 (image 7)"."""
+    name = f"{what.split(' ', 1)[1]} {entry['id']}" if "id" in entry else what
+    return f"{name} (image {entry['image_id']})" if "image_id" in entry else name
 
 
 def _coco_list(path: Path, content: dict[str, Any], key: str, required: bool = True) -> list[Any]:

@@ -14,6 +14,7 @@ fits the annotated image into the S x S input.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -317,6 +318,12 @@ class SplitCheck:
     def images_without_boxes(self) -> int:
         return sum(1 for r in self.data.records if not len(r.boxes))
 
+    @functools.cached_property
+    def missing_files(self) -> list[str]:
+        """Names of the split's image files that are not on disk: VOC and COCO annotations carry the sizes, so
+        reading them opens no image, and a missing one would first be met by training or evaluation."""
+        return [os.path.basename(r.path) for r in self.data.records if not os.path.isfile(r.path)]
+
     @property
     def coverage(self) -> float:
         return coverage(self.best_iou, self.match_iou)
@@ -361,6 +368,7 @@ class SplitCheck:
                 name: {"boxes": n, "coverage": cov} for name, n, cov in zip(self.class_names, counts, per_class)
             },
             "fixes": dict(self.data.fixes),
+            "missing_files": self.missing_files,
             "width": distribution(widths),
             "height": distribution(heights),
             "aspect": distribution(widths / np.maximum(heights, 1e-9)),
@@ -619,6 +627,10 @@ def _split_lines(check: SplitCheck, size: int, max_listed: int) -> list[str]:
     fixes = {k: v for k, v in data.fixes.items() if v}
     fixed = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in fixes.items()) if fixes else "nothing"
     lines.append(f"  fixed while reading: {fixed}")
+    missing = check.missing_files
+    if missing:
+        named = ", ".join(missing[:max_listed]) + (", ..." if len(missing) > max_listed else "")
+        lines.append(f"  image files not found: {len(missing):,} of {len(data):,} ({named})")
     if not total:
         return lines
     widths, heights = check.boxes.widths, check.boxes.heights
