@@ -150,12 +150,15 @@ def test_image_files_listed_but_not_on_disk_are_named(tmp_path):
     (tmp_path / "images").mkdir()
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
     coco = {"images": [{"id": i, "file_name": f"{n}.jpg", "width": 64, "height": 48} for i, n in enumerate("abc")],
-            "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [5, 5, 20, 20]}],
+            "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [5, 5, 20, 20]},
+                            {"id": 2, "image_id": 0, "category_id": 1, "bbox": [5, 5, 0, 20]}],  # zero area
             "categories": [{"id": 1, "name": "cat"}]}  # fmt: skip
     (tmp_path / "val.json").write_text(json.dumps(coco))
     check = check_dataset(tmp_path / "val.json", None, None, LITE0, 64)
     assert check.splits[0].to_dict()["missing_files"] == ["b.jpg", "c.jpg"]
-    assert "  image files not found: 2 of 3 (b.jpg, c.jpg)" in format_report(check)
+    report = format_report(check)
+    assert "  image files not found: 2 of 3 (b.jpg, c.jpg)" in report
+    assert "  fixed while reading: 1 zero area box\n" in report  # one box, not "1 zero area boxes"
 
 
 def test_proposal_beats_the_defaults_on_extreme_aspects_and_its_flags_parse_back():

@@ -241,6 +241,35 @@ def test_yolo_class_out_of_range_names_file_line_and_class(tmp_path):
         read_yolo(root, "train")
 
 
+def test_every_bad_label_file_of_a_split_is_named_at_once(tmp_path):
+    """The first bad file stopped the reader, so a dataset with many was fixed one run of check-data at a time;
+    each bad file (its first bad line) is named now, ten at the most, then a count. VOC's XML files the same."""
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    labels = root / "labels" / "train"
+    (labels / "boxed.txt").write_text("0 0.5 0.5 0.1\n")
+    for i in range(11):
+        _image(root / "images" / "train" / f"more{i:02d}.jpg")
+        (labels / f"more{i:02d}.txt").write_text(f"{2 + i} 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError) as error:
+        read_yolo(root, "train")
+    message = str(error.value)
+    assert message.startswith(
+        f"12 label files have problems: {labels / 'boxed.txt'}: line 1: expected 'class cx cy w h'"
+    )
+    assert f"{labels / 'more00.txt'}: line 1: class index 2 is out of range (the dataset has 2)" in message
+    assert "more08.txt" in message and "more09.txt" not in message and message.endswith("; and 2 more")
+    (tmp_path / "voc").mkdir()
+    voc = _voc_dataset(tmp_path / "voc", _voc_xml("bird", (1, 1, 100, 50)))
+    for stem, xml in (("a", _voc_xml("", (1, 1, 9, 9))), ("b", "not xml")):  # no class name; not XML at all
+        _image(voc / "JPEGImages" / f"{stem}.png")
+        (voc / "Annotations" / f"{stem}.xml").write_text(xml)
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("a\nimg1\nb\n")
+    with pytest.raises(
+        DatasetError, match=r"^2 label files have problems: \S*a\.xml: object 1.*; \S*b\.xml: malformed"
+    ):
+        read_voc(voc, "train")
+
+
 def test_yolo_malformed_line_names_file_and_line(tmp_path):
     root = _yolo_dataset(tmp_path, "names: [cat, dog]")
     (root / "labels" / "train" / "boxed.txt").write_text("0 0.5 0.5 0.1\n")

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ def read_voc(root: str | os.PathLike, split: str) -> DetectionData:
     root = Path(root)
     ids = _read_voc_split(root / "ImageSets" / "Main" / f"{split}.txt")
     image_paths = _images_by_stem(root / "JPEGImages")
-    annotations = [_parse_voc_xml(root / "Annotations" / f"{image_id}.xml") for image_id in ids]
+    annotations = every_or_all_problems(ids, lambda image_id: _parse_voc_xml(root / "Annotations" / f"{image_id}.xml"))
     class_file = next((root / name for name in _CLASS_FILES if (root / name).is_file()), None)
     if class_file is not None:
         class_names = _read_class_file(class_file)
@@ -192,6 +192,28 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
         if current is None or rank[suffix] < rank[current.suffix.lower()]:
             found[entry.stem] = entry
     return found
+
+
+MAX_NAMED_PROBLEMS = 10  # label files named in one error; the rest are counted
+
+
+def every_or_all_problems(items: Iterable[Any], read: Callable[[Any], Any]) -> list[Any]:
+    """``read`` of each item, or one DatasetError naming every item that failed (the first ``MAX_NAMED_PROBLEMS``,
+    then a count): a dataset with many bad label files is then fixed in one pass of ``check-data`` or ``train``
+    instead of one file per run. A single problem keeps its own message."""
+    results, problems = [], []
+    for item in items:
+        try:
+            results.append(read(item))
+        except DatasetError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise DatasetError(problems[0])
+    if problems:
+        more = f"; and {len(problems) - MAX_NAMED_PROBLEMS} more" if len(problems) > MAX_NAMED_PROBLEMS else ""
+        named = "; ".join(problems[:MAX_NAMED_PROBLEMS])
+        raise DatasetError(f"{len(problems)} label files have problems: {named}{more}")
+    return results
 
 
 def _parse_voc_xml(path: Path) -> dict[str, Any]:
@@ -442,7 +464,9 @@ def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
     class_names = _yolo_names(yaml_path, config)
     image_paths = _yolo_split_images(yaml_path, config, split)
     fixes = _new_fixes()
-    records = [_yolo_record(index, path, len(class_names), fixes) for index, path in enumerate(image_paths)]
+    records = every_or_all_problems(
+        enumerate(image_paths), lambda item: _yolo_record(item[0], item[1], len(class_names), fixes)
+    )
     return DetectionData(records=records, class_names=class_names, format="yolo", fixes=fixes)
 
 

@@ -625,7 +625,9 @@ def _split_lines(check: SplitCheck, size: int, max_listed: int) -> list[str]:
     if empty:
         lines.append(f"  no boxes at all for: {', '.join(empty)} (wrong class ids or names?)")
     fixes = {k: v for k, v in data.fixes.items() if v}
-    fixed = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in fixes.items()) if fixes else "nothing"
+    # the fixes' keys are plural nouns ("zero_area_boxes"): their singular for a count of one
+    fixed = ", ".join(counted(v, k.replace("_", " ").removesuffix("es" if k.endswith("xes") else "s"))
+                      for k, v in fixes.items()) if fixes else "nothing"  # fmt: skip
     lines.append(f"  fixed while reading: {fixed}")
     missing = check.missing_files
     if missing:
