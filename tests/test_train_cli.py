@@ -550,3 +550,18 @@ def test_a_second_run_without_output_does_not_replace_the_first(tmp_path, capsys
     assert main([*args, "--output", "runs/train", "--exist-ok"]) == 0
     assert (tmp_path / "runs" / "train" / "last.pt").read_bytes() != first
     assert not (tmp_path / "runs" / "train3").exists()
+
+
+def test_data_identity_tells_the_runs_data_from_other_data():
+    """What `--resume --data NEW` compares: the same file names in other folders are the run's data; another count,
+    other classes, other names or a last.pt that kept no identity are not, each said in its own words."""
+    from efficientdet.engine.trainer import data_identity, identity_mismatch
+
+    run = data_identity(["/a/x.jpg", "/a/y.jpg"], ["cat"])
+    assert identity_mismatch(run, data_identity(["/elsewhere/x.jpg", "/elsewhere/y.jpg"], ["cat"])) is None
+    assert "(3 training images, the run's 2)" in identity_mismatch(run, data_identity(["x.jpg", "y.jpg", "z.jpg"],
+                                                                                      ["cat"]))  # fmt: skip
+    assert "(classes dog; the run's cat)" in identity_mismatch(run, data_identity(["x.jpg", "y.jpg"], ["dog"]))
+    assert "other files" in identity_mismatch(run, data_identity(["x.jpg", "w.jpg"], ["cat"]))
+    assert "keeps no identity" in identity_mismatch(None, run)
+    assert "keeps no identity" in identity_mismatch(run, data_identity(None, ["cat"]))  # a task that cannot say
