@@ -194,6 +194,14 @@ def test_when_no_source_can_be_read_nothing_is_written(checkpoint, tmp_path, cap
     assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err and f"{empty}: no images" in err
     assert out.strip() == "predict: no source could be read (2 sources failed); nothing written"
     assert not output.exists()
+    # found, but not one could be decoded (or each was over --max-pixels): the same, not an empty detections.json
+    (tmp_path / "broken.jpg").write_bytes(b"this is not a JPEG")
+    large = random_image(tmp_path / "large.png", (200, 150))
+    code, out, err = run_cli(capsys, str(tmp_path / "broken.jpg"), str(large), "--checkpoint", str(checkpoint),
+                             "--output", str(output), "--max-pixels", "1000")  # fmt: skip
+    assert code == 1 and "broken.jpg: cannot read image" in err and "over the limit of 1,000" in err
+    assert out.strip() == "predict: no source could be read (2 sources failed); nothing written"
+    assert not output.exists()
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])

@@ -79,7 +79,7 @@ from ..utils.text import counted
 from ..viz.draw import draw_detections
 from .files import class_folders, image_stems, is_glob_pattern, label_path, save_crops, write_label_file, yolo_lines
 from .image_urls import ImageDownloadError, download_image, is_image_url, naming_url, url_file_name
-from .tiling import DEFAULT_TILE_OVERLAP
+from .tiling import DEFAULT_TILE_OVERLAP, too_many_tiles
 from .video import VIDEO_EXTENSIONS, VideoDependencyError, check_video_options, is_video_source, predict_videos
 
 # Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
@@ -569,6 +569,8 @@ def predict(
                     held = None
                     if keep_pixels:
                         held = decode_image(img.path).pixels if decoded is None else full_picture(decoded, img.path)
+                    if tile and (problem := too_many_tiles(*held.shape[:2], tile, tile_overlap)):
+                        raise ImageReadError(f"{img.shown}: {problem}")  # this image is skipped, the others run
                 except ImageReadError as exc:
                     fail(img.shown, img.naming(str(exc)))
                     advance()
@@ -592,7 +594,8 @@ def predict(
                 run_batch()
         summary.images_left = len(images) - finished
         summary.interrupted = summary.images_left > 0
-        if images or not videos:
+        # not when every image failed to decode (as for no source, nothing is written); a Ctrl-C keeps its file
+        if images and (summary.images or summary.interrupted):
             with atomic_open(summary.detections_path, "w") as f:
                 json.dump(results, f)
         else:
@@ -605,7 +608,7 @@ def predict(
         summary.videos, summary.frames, summary.interrupted = run.videos, run.frames, run.interrupted
         summary.detections += run.detections
     if created and not summary.images and not summary.videos and not any(out.iterdir()):
-        out.rmdir()  # every video failed to open: no empty folder left behind
+        out.rmdir()  # every image and video failed to open: no empty folder left behind
         summary.output = summary.detections_path = None
     summary.seconds = time.perf_counter() - start
     return summary
