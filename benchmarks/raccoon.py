@@ -10,7 +10,8 @@ For each seed this runs exactly what a user types, with nothing tuned by hand:
 evaluate on.
 The final EMA weights (`last.pt`) are evaluated once on `test` (40 images) with `eval`'s default NMS; the test
 split chooses nothing. Prints AP, AP50 and training minutes per seed and their mean; seeds already evaluated in
-OUT are read back, and a seed that did not finish trains again from the start (``--exist-ok``). Run from the repository root, with nothing else running:
+OUT are read back, and a seed that did not finish trains again from the start (``--exist-ok``). Run from the
+repository root, with nothing else running:
 
     python benchmarks/raccoon.py --seeds 0 1 2 --json raccoon.json
     python benchmarks/raccoon.py --seeds 0 --extra "--epochs 1" --output runs/raccoon-smoke     # a smoke run
