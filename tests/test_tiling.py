@@ -271,6 +271,7 @@ def test_an_image_needing_too_many_tiles_is_refused_by_name(tmp_path, capsys):
     from efficientdet.inference.tiling import MAX_TILES, tile_count
 
     assert tile_count(3000, 4000, 512, 0.99) == 348_801 > MAX_TILES
+    assert tile_count(100_000, 100_000, 512, 0.2) == 59_536 <= MAX_TILES  # a huge scene at the default overlap
     assert tile_count(300, 400, 128, 0.25) == len(tile_grid(300, 400, 128, 0.25))
     with pytest.raises(ValueError, match=r"4000x3000 in 512 px tiles at overlap 0\.99 is 348,801 tiles"):
         tile_grid(3000, 4000, 512, 0.99)
@@ -280,10 +281,10 @@ def test_an_image_needing_too_many_tiles_is_refused_by_name(tmp_path, capsys):
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "small.png")
     out = tmp_path / "out"
     args = ["predict", str(tmp_path / "big.png"), str(tmp_path / "small.png"), "--checkpoint", str(ckpt),
-            "--output", str(out), "--no-draw", "--tile", "32", "--tile-overlap", "0.95"]  # fmt: skip
+            "--output", str(out), "--no-draw", "--tile", "32", "--tile-overlap", "0.98"]  # fmt: skip
     assert main(args) == 1
     captured = capsys.readouterr()
-    assert (f"{tmp_path / 'big.png'}: 400x300 in 32 px tiles at overlap 0.95 is 24,975 tiles (more than 4,096): "
+    assert (f"{tmp_path / 'big.png'}: 400x300 in 32 px tiles at overlap 0.98 is 99,261 tiles (more than 65,536): "
             "lower --tile-overlap or raise --tile") in captured.err  # fmt: skip
     assert "predict: 1 image," in captured.out and "1 failed" in captured.out
     assert {e["file_name"] for e in json.loads((out / "detections.json").read_text())} <= {str(tmp_path / "small.png")}

@@ -71,9 +71,9 @@ def check_tile(tile: int, overlap: float) -> None:
 
 
 # tiles of one image at the most: past this, an --tile-overlap close to 1 or a tiny --tile is almost surely a slip
-# (0.99 on a 12 MP photo in 512 px tiles plans 348,801 tiles); 4,096 covers a 10000 x 10000 image in 256 px tiles
-# at the default overlap (2,601)
-MAX_TILES = 4096
+# (0.99 on a 12 MP photo in 512 px tiles plans 348,801 tiles, hours of work), while a 100000 x 100000 px scene in
+# 512 px tiles at the default overlap is 59,536 (a 30000 x 30000 one 5,329)
+MAX_TILES = 65_536
 
 
 def _stride(tile: int, overlap: float) -> int:
