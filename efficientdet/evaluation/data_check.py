@@ -320,8 +320,9 @@ class SplitCheck:
 
     @functools.cached_property
     def missing_files(self) -> list[str]:
-        """Names of the split's image files that are not on disk: VOC and COCO annotations carry the sizes, so
-        reading them opens no image, and a missing one would first be met by training or evaluation."""
+        """Names of the split's image files that are not on disk: a COCO file carries the sizes, so reading it
+        looks at no image, and a missing one would first be met by training or evaluation (VOC's reader looks for
+        each image already; YOLO's reads each header)."""
         return [os.path.basename(r.path) for r in self.data.records if not os.path.isfile(r.path)]
 
     @property
