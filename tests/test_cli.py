@@ -69,6 +69,13 @@ def test_help_shows_each_tasks_own_defaults(capsys):
     assert re.search(r"--nms \{hard,soft\}.*?\(default: soft\)", _help(capsys, "eval"), re.S)  # paper's evaluation
 
 
+def test_only_train_mentions_resume(capsys):
+    """``eval`` has no --resume: its --data help must not tell of one (it shared train's wording)."""
+    assert "--resume" in _help(capsys, "train")
+    for task in ("detection", "segmentation"):
+        assert "--resume" not in _help(capsys, "eval", "--task", task)
+
+
 def test_every_config_field_is_a_flag_with_help():
     """A field added to a training config is on the command line at once, with a help text."""
     import argparse
@@ -318,6 +325,31 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"efficientdet {command}: {option} {path}: {reason}"), err
     assert blocker.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("command", "option"), [("eval", "--json"), ("export", "--output"), ("check-data", "--json")]
+)
+def test_a_file_output_named_as_a_folder_is_one_line_before_any_work(tmp_path, capsys, command, option):
+    """``eval --json out/`` evaluated, made the folder ``out`` for its detections file, then failed with an
+    IsADirectoryError naming the temporary file: a name ending in a path separator is a folder's."""
+    from test_train import raccoon_subset
+
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    ckpt = tmp_path / "m.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64), ckpt)
+    argv = {
+        "eval": ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "val"],
+        "export": ["export", "--checkpoint", str(ckpt)],
+        "check-data": ["check-data", "--data", str(data)],
+    }[command]
+    path = str(tmp_path / "out") + os.sep
+    assert main([*argv, option, path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"efficientdet {command}: {option} {path}: a folder's name (it ends in {os.sep}), not a file's"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])

@@ -25,6 +25,10 @@ def holds_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
+# A name ending in one of these is a folder's (``out/``): as a file it would be written as ``out`` or not at all
+FOLDER_ENDINGS = tuple(sep for sep in (os.sep, os.altsep) if sep)
+
+
 def output_clash(*places: tuple[str, str | os.PathLike | None, str]) -> str | None:
     """The first ``(option, path, kind)`` that cannot be written, as one line; None when each can. ``kind``: "file"
     or "folder"; a path taken by the other kind, below a file, or in a folder that refuses new files (no write
@@ -33,6 +37,8 @@ def output_clash(*places: tuple[str, str | os.PathLike | None, str]) -> str | No
     for option, path, kind in places:
         if not path:
             continue
+        if kind == "file" and str(path).endswith(FOLDER_ENDINGS):
+            return f"{option} {path}: a folder's name (it ends in {str(path)[-1]}), not a file's"
         if kind == "file" and os.path.isdir(path):
             return f"{option} {path}: a folder, not a file"
         if kind == "folder" and os.path.exists(path) and not os.path.isdir(path):

@@ -63,11 +63,10 @@ DEFAULT_HOLDOUT_FRACTION = 0.1
 MIXING_CLOSE_FRACTION = 0.1
 MIN_HOLDOUT_IMAGES = 10  # fewer training images than this: no holdout, train on all (and say so)
 # --data and --format of `train` and `eval` (one wording, one check)
-# --resume may name the run's data at a new path: the trainer checks that it holds the run's training images
-DATASET_OPTION = option(
-    "dataset: VOC root, YOLO root (data.yaml) or COCO json / folder (--resume: the run's own data at a new path)",
-    resume=True,
-)
+DATASET_HELP = "dataset: VOC root, YOLO root (data.yaml) or COCO json / folder"
+DATASET_OPTION = option(DATASET_HELP)
+# train's --resume may name the run's data at a new path: the trainer checks that it holds the run's training images
+TRAIN_DATASET_OPTION = option(DATASET_HELP + " (--resume: the run's own data at a new path)", resume=True)
 FORMAT_OPTION = option("dataset format", one_of(DATASET_FORMATS, optional=True), default_text="detected")
 PLOTS_DIR = "plots"  # under the output folder: PR curves, F1 curve and confusion matrix of the final evaluation
 # Options of the data's recipe that a checkpoint may lack, because its run was saved before they existed, and what
@@ -95,7 +94,7 @@ class TrainConfig(RecipeConfig):
     """Every option of `efficientdet train` (the CLI maps its flags one to one onto these fields)."""
 
     model: str = field(default="efficientdet-lite0", metadata=one_of(list_models()))
-    data: str | None = field(default=None, metadata=DATASET_OPTION)
+    data: str | None = field(default=None, metadata=TRAIN_DATASET_OPTION)
     val_split: str | None = field(
         default=AUTO_VALIDATION,
         metadata=option(
