@@ -327,9 +327,7 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, 
     assert blocker.read_text() == "mine"
 
 
-@pytest.mark.parametrize(
-    ("command", "option"), [("eval", "--json"), ("export", "--output"), ("check-data", "--json")]
-)
+@pytest.mark.parametrize(("command", "option"), [("eval", "--json"), ("export", "--output"), ("check-data", "--json")])
 def test_a_file_output_named_as_a_folder_is_one_line_before_any_work(tmp_path, capsys, command, option):
     """``eval --json out/`` evaluated, made the folder ``out`` for its detections file, then failed with an
     IsADirectoryError naming the temporary file: a name ending in a path separator is a folder's."""
