@@ -340,6 +340,34 @@ def test_api_errors(lite0, tmp_path):
     _needs_onnx()
     with pytest.raises(ValueError, match="opset 16"):
         export_onnx(lite0, tmp_path / "x.onnx", opset=16)
+    import onnx.defs
+
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(ValueError, match=f"opset {newest + 71}: .* at most opset {newest}"):
+        export_onnx(lite0, tmp_path / "x.onnx", opset=newest + 71)  # an opset-18 file was written without a word
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--score-threshold", "2", "--with-nms"], "argument --score-threshold: must be between 0 and 1, got 2"),
+        (["--iou-threshold", "-0.5", "--with-nms"], "argument --iou-threshold: must be between 0 and 1, got -0.5"),
+        (["--score-threshold", "0.3"], "--score-threshold is for --with-nms only"),
+        (["--max-det", "10"], "--max-det is for --with-nms only"),
+        (["--topk", "100"], "--topk is for --with-nms only"),
+    ],
+)
+def test_nms_options_are_checked(tmp_path, capsys, extra, expected):
+    """A score threshold of 2 exported a graph that never detects anything; without --with-nms the NMS options
+    were dropped without a word (the file holds raw outputs, the caller's own post-processing applies)."""
+    ckpt = tmp_path / "m.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64), ckpt)
+    out = tmp_path / "m.onnx"
+    with contextlib.suppress(SystemExit):  # argparse's own errors exit 2
+        assert main(["export", "--checkpoint", str(ckpt), "--output", str(out), *extra]) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
 
 
 def _write_pictures(folder, count: int = 2):

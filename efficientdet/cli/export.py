@@ -33,9 +33,11 @@ from ..export.verify import VERIFY_IMAGES, VerificationError, describe, load_ver
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU
 from ..utils.folders import output_clash
-from .argtypes import positive_int
+from .argtypes import fraction, positive_int
 
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml"}  # by --format
+# --with-nms's options where not given
+NMS_DEFAULTS = {"score_threshold": 0.05, "iou_threshold": NMS_IOU, "max_det": MAX_DETECTIONS, "topk": EXPORT_TOPK}
 
 
 def default_output(checkpoint: str | None, model_name: str, fmt: str, int8: bool = False, half: bool = False) -> Path:
@@ -61,11 +63,26 @@ def wrong_suffix(output: str, fmt: str) -> str | None:
             "tell the format by the suffix")  # fmt: skip
 
 
+def nms_options_problem(args: argparse.Namespace) -> str | None:
+    """An NMS option given without ``--with-nms`` (the file then holds raw outputs and the caller's own
+    post-processing decides), as one line; else None, with the options not given set to :data:`NMS_DEFAULTS`."""
+    for name, default in NMS_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif not args.with_nms:
+            return f"--{name.replace('_', '-')} is for --with-nms only"
+    return None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``efficientdet export``: load a checkpoint, write the file, optionally check it against eager PyTorch."""
     from ..models.weights import CheckpointError
     from .weights_options import load_model_from_options
 
+    problem = nms_options_problem(args)
+    if problem:
+        print(f"efficientdet export: {problem}", file=sys.stderr)
+        return 2
     try:
         img_size = img_size_values(args.img_size)
         model = load_model_from_options(args.checkpoint, args.model, args.pretrained,
@@ -129,12 +146,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the input (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="let the batch dimension vary")
     p.add_argument("--with-nms", action="store_true", help="include top-k, box decoding and per-class NMS")
-    p.add_argument("--score-threshold", type=float, default=0.05, help="with --with-nms (default 0.05)")
-    p.add_argument("--iou-threshold", type=float, default=NMS_IOU, help=f"with --with-nms (default {NMS_IOU})")
-    p.add_argument(
-        "--max-det", type=positive_int, default=MAX_DETECTIONS, help=f"with --with-nms (default {MAX_DETECTIONS})"
-    )
-    p.add_argument("--topk", type=positive_int, default=EXPORT_TOPK,
+    # the in-graph NMS's options: None until given, so that one given without --with-nms is said (NMS_DEFAULTS)
+    p.add_argument("--score-threshold", type=fraction,
+                   help=f"with --with-nms (default {NMS_DEFAULTS['score_threshold']})")  # fmt: skip
+    p.add_argument("--iou-threshold", type=fraction, help=f"with --with-nms (default {NMS_IOU})")
+    p.add_argument("--max-det", type=positive_int, help=f"with --with-nms (default {MAX_DETECTIONS})")
+    p.add_argument("--topk", type=positive_int,
                    help=f"in-graph top-k with --with-nms (default {EXPORT_TOPK}, TensorRT's TopK limit; eager "
                         "post-processing uses 5000)")  # fmt: skip
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")

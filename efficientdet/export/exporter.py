@@ -462,7 +462,7 @@ def export_onnx(
         with_nms: include top-``topk``, decoding and per-class NMS (``iou_threshold``, scores >=
             ``score_threshold``, ``max_det`` kept) in the graph. A ``topk`` above :data:`EXPORT_TOPK` (TensorRT's
             limit) warns with :class:`TopKWarning`.
-        opset: ONNX opset, >= 18 (the torch.export-based exporter's floor).
+        opset: ONNX opset, >= 18 (the torch.export-based exporter's floor), at most the installed onnx's newest.
         dynamic_size: free height and width ("height", "width"): multiples of ``2**max_level`` (128), at least
             two of them (:mod:`efficientdet.export_graph`); other sizes give wrong outputs or an error.
         half: float16 weights and network arithmetic, for GPU runtimes; input and outputs stay float32.
@@ -476,6 +476,12 @@ def export_onnx(
     _require_onnx_exporter()
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset {opset}: the torch.export-based ONNX exporter writes opset {DEFAULT_OPSET} or newer")
+    import onnx
+    import onnx.defs
+
+    if opset > onnx.defs.onnx_opset_version():  # the exporter would log a traceback and write opset 18 instead
+        raise ValueError(f"opset {opset}: the installed onnx {onnx.__version__} writes at most opset "
+                         f"{onnx.defs.onnx_opset_version()}")  # fmt: skip
     path = Path(path)
     nms = dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det, topk=topk)
     table = {torch.ops.efficientdet.nms_keep_mask.default: _onnx_nms_translation()} if with_nms else None
