@@ -176,6 +176,16 @@ def test_bench_of_a_checkpoint_takes_its_model(tmp_path, capsys):
     assert result["model"] == "efficientdet-lite0" and result["img_size"] == 128
 
 
+def test_num_classes_with_a_checkpoint_is_one_line(tmp_path, capsys):
+    """`--num-classes 5` beside a one-class checkpoint was dropped without a word (the file's classes were timed)."""
+    from conftest import tiny_detector_checkpoint
+
+    ckpt = tiny_detector_checkpoint(tmp_path / "tiny.pt", ["raccoon"])
+    assert main(["bench", "--checkpoint", str(ckpt), "--num-classes", "5", "--iterations", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["efficientdet bench: --num-classes is for random weights; --checkpoint's model has its own classes"]
+
+
 def test_interleaved_rotates_the_order_and_rewarms_before_each_timed_call():
     """The benchmarks' interleaving (speed.py, quantize.py, openvino_request.py): each round times every function
     once, the starting function rotating, and each timed call follows ``rewarm`` untimed calls of that function."""

@@ -18,6 +18,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.model is not None and args.model.lower() not in list_models():
         print(f"efficientdet bench: unknown model {args.model}; known: {', '.join(list_models())}", file=sys.stderr)
         return 2
+    if args.num_classes is not None and (args.checkpoint or args.pretrained):
+        weights = "--checkpoint" if args.checkpoint else "--pretrained"
+        print(f"efficientdet bench: --num-classes is for random weights; {weights}'s model has its own classes",
+              file=sys.stderr)  # fmt: skip
+        return 2
     retain_memory_for_batches(args.batch_size)  # as predict and eval do: bench times what they run
     cfg = BenchConfig(
         model=args.model.lower() if args.model else None,
@@ -31,7 +36,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         fold=args.fold,
         channels_last=args.channels_last,
-        num_classes=args.num_classes,
+        num_classes=args.num_classes or BenchConfig.num_classes,
         checkpoint=args.checkpoint,
         pretrained=args.pretrained,
     )
@@ -84,9 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="NHWC memory layout (default: on for eager and compile on CPU)",
     )
-    p.add_argument(
-        "--num-classes", type=positive_int, default=90, help="class count of the random-weight model (default 90)"
-    )
+    p.add_argument("--num-classes", type=positive_int,
+                   help=f"class count of the random-weight model (default {BenchConfig.num_classes})")  # fmt: skip
     add_weights_options(
         p, required=False, checkpoint_help="time these weights instead of random ones (speed does not depend on them)"
     )
