@@ -191,7 +191,7 @@ def test_trainable_stages_train_the_last_convs_with_bn_frozen(tmp_path):
     for key in ("backbone.blocks.5.0.dw.conv.weight", "backbone.blocks.6.0.project.conv.weight"):
         assert not torch.equal(trained[key], fresh[key]), key  # the last two stages' convs: trained
     unused = str(tmp_path / "refused")  # run/ holds the run above, which would be refused first
-    with pytest.raises(TrainingError, match="only applies with freeze_backbone"):
+    with pytest.raises(TrainingError, match="--trainable-stages only applies with --freeze-backbone"):
         train(tiny_config(tmp_path, data, trainable_stages=2, output=unused))
     with pytest.raises(TrainingError, match="has 7 stages"):
         train(tiny_config(tmp_path, data, freeze_backbone=True, trainable_stages=8, output=unused))
@@ -217,9 +217,9 @@ def test_unfreeze_epochs_train_the_backbone_convs_in_the_closing_epochs_and_resu
         resumed = read_file(train(resume_config(str(tmp_path / name / "last.pt"), max_steps=None))["last"])
         resumed = resumed["state_dict"]
         assert all(torch.allclose(straight["state_dict"][k].float(), resumed[k].float(), atol=1e-6) for k in resumed)
-    with pytest.raises(TrainingError, match="only applies with freeze_backbone"):
+    with pytest.raises(TrainingError, match="--unfreeze-epochs only applies with --freeze-backbone"):
         train(tiny_config(tmp_path, data, unfreeze_epochs=1))
-    with pytest.raises(TrainingError, match="more than the 3 epochs"):
+    with pytest.raises(TrainingError, match="--unfreeze-epochs is 4, more than the 3 epochs"):
         train(tiny_config(tmp_path, data, freeze_backbone=True, epochs=3, unfreeze_epochs=4))
 
 

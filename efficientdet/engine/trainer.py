@@ -216,12 +216,11 @@ class Trainer:
         model.grad_checkpoint = cfg.grad_checkpoint
         if cfg.patience is not None and not task.has_validation:
             raise TrainingError("--patience stops on the validation metric, and this run has no validation split")
-        if cfg.trainable_stages and not cfg.freeze_backbone:
-            raise TrainingError("trainable_stages only applies with freeze_backbone (without it every stage trains)")
-        if cfg.unfreeze_epochs and not cfg.freeze_backbone:
-            raise TrainingError("unfreeze_epochs only applies with freeze_backbone (without it every stage trains)")
+        for flag, value in (("--trainable-stages", cfg.trainable_stages), ("--unfreeze-epochs", cfg.unfreeze_epochs)):
+            if value and not cfg.freeze_backbone:
+                raise TrainingError(f"{flag} only applies with --freeze-backbone (without it every stage trains)")
         if cfg.unfreeze_epochs > cfg.epochs:
-            raise TrainingError(f"unfreeze_epochs is {cfg.unfreeze_epochs}, more than the {cfg.epochs} epochs")
+            raise TrainingError(f"--unfreeze-epochs is {cfg.unfreeze_epochs}, more than the {cfg.epochs} epochs")
         if cfg.freeze_backbone:
             freeze_backbone(model, cfg.trainable_stages)
         # the epoch (0-based) from which the backbone's convs train; None: never

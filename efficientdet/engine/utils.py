@@ -76,7 +76,7 @@ def freeze_backbone(model: nn.Module, trainable_stages: int = 0) -> None:
     stages still train (BN stays frozen)."""
     stages = list(model.backbone.blocks)
     if not 0 <= trainable_stages <= len(stages):
-        raise TrainingError(f"trainable_stages is {trainable_stages}; this backbone has {len(stages)} stages")
+        raise TrainingError(f"--trainable-stages is {trainable_stages}; this backbone has {len(stages)} stages")
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     for stage in stages[len(stages) - trainable_stages :]:
