@@ -223,6 +223,15 @@ def test_unfreeze_epochs_train_the_backbone_convs_in_the_closing_epochs_and_resu
         train(tiny_config(tmp_path, data, freeze_backbone=True, epochs=3, unfreeze_epochs=4))
 
 
+def test_a_warm_up_longer_than_the_run_is_refused_before_any_output(tmp_path):
+    """`--warmup-epochs 100 --epochs 2` trained the whole run in the warm-up: the rate never reached --lr and the
+    cosine decay never began, without a word."""
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    with pytest.raises(TrainingError, match=r"--warmup-epochs 100 is longer than the run \(2 epochs\)"):
+        train(tiny_config(tmp_path, data, epochs=2, warmup_epochs=100))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_wholly_frozen_backbone_trains_through_its_folded_copy_until_it_wakes(tmp_path, monkeypatch):
     data = raccoon_subset(tmp_path)  # 8 images, batch 8: one step per epoch
     used = []

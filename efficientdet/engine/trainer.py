@@ -219,6 +219,8 @@ class Trainer:
         for flag, value in (("--trainable-stages", cfg.trainable_stages), ("--unfreeze-epochs", cfg.unfreeze_epochs)):
             if value and not cfg.freeze_backbone:
                 raise TrainingError(f"{flag} only applies with --freeze-backbone (without it every stage trains)")
+        if cfg.warmup_epochs > cfg.epochs:  # the rate would never reach its peak nor begin to decay
+            raise TrainingError(f"--warmup-epochs {cfg.warmup_epochs:g} is longer than the run ({cfg.epochs} epochs)")
         if cfg.unfreeze_epochs > cfg.epochs:
             raise TrainingError(f"--unfreeze-epochs is {cfg.unfreeze_epochs}, more than the {cfg.epochs} epochs")
         if cfg.freeze_backbone:
