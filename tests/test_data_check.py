@@ -193,6 +193,12 @@ def test_check_data_command_writes_json_and_plots(tiny_voc, tmp_path, capsys):
         assert img.format == "PNG" and img.width > 100
 
 
+def test_a_split_named_twice_is_checked_once(tiny_voc, capsys):
+    """`--splits train train` printed the train report twice."""
+    assert main(["check-data", "--data", str(tiny_voc), "--splits", "train", "train", "--img-size", "64"]) == 0
+    assert capsys.readouterr().out.count("== train:") == 1
+
+
 def test_check_data_with_candidate_anchors(tiny_voc, tmp_path, capsys):
     out = tmp_path / "report.json"
     rc = main(["check-data", "--data", str(tiny_voc), "--splits", "train", "--img-size", "64", "--aspect-ratios",

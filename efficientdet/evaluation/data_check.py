@@ -486,7 +486,7 @@ def read_splits(
             notes.append(f"{source.name} is a single COCO file: --splits ignored")
         return [(source.stem, read_dataset(source, "coco"))], notes
     found, failed = [], []
-    for split in splits or DEFAULT_SPLITS:
+    for split in dict.fromkeys(splits or DEFAULT_SPLITS):  # each once, in the order given
         try:
             found.append((split, read_dataset(source, format, split)))
         except DatasetError as e:
