@@ -63,6 +63,22 @@ def test_list_input_and_bad_input(detector):
         detector(torch.zeros(3, 8, 8, dtype=torch.uint8))
 
 
+def test_a_float_tensor_off_the_unit_range_is_refused_not_clamped(detector):
+    """A tensor of 0-255 floats was clamped to [0, 1] (a white picture: no detections, no word), and a mean/std
+    normalised one lost its negative half the same way (the Segmenter alike); a slight resampling overshoot is still
+    clamped."""
+    pixels = torch.from_numpy(np.random.default_rng(2).integers(0, 255, (3, 40, 60))).float()
+    with pytest.raises(ValueError, match=r"values from 0 to 254: 0-255 pixels\? Divide by 255"):
+        detector(pixels)
+    normalised = (pixels / 255 - 0.45) / 0.225
+    with pytest.raises(ValueError, match=r"values from -2 to 2.43: .*normalised inside"):
+        detector(normalised)
+    with pytest.raises(ValueError, match=r"not finite"):
+        detector(torch.full((3, 8, 8), float("nan")))
+    overshoot = (pixels / 255 * 1.04 - 0.02)[None]  # bicubic resampling's ringing: a few hundredths past the ends
+    assert len(detector(overshoot)) == 1
+
+
 def test_an_empty_list_gives_no_results_and_odd_inputs_say_what_is_expected(detector):
     """torchvision's detectors map an empty list to an empty list; a non-image or a picture without pixels is one
     clear error (a bare TypeError from iterating an int, or a division by zero, before)."""

@@ -69,6 +69,24 @@ def network_pixels(image: ImageInput | DecodedImage) -> tuple[np.ndarray, int, t
     return array, 1, array.shape[:2]
 
 
+# How far past [0, 1] a float picture may reach and still be clamped: the ringing of bicubic or antialiased
+# resampling (a few hundredths), not 0-255 pixels nor mean/std-normalised ones (about -2.1 to 2.6)
+UNIT_RANGE_SLACK = 0.5
+
+
+def unit_range_problem(pixels: torch.Tensor) -> str | None:
+    """Why a float picture is not in [0, 1] (give or take :data:`UNIT_RANGE_SLACK`), as a sentence; else None."""
+    low, high = (float(v) for v in torch.aminmax(pixels.detach().float()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "some values are not finite (NaN or infinity)"
+    if low >= -UNIT_RANGE_SLACK and high <= 1 + UNIT_RANGE_SLACK:
+        return None
+    span = f"values from {low:.3g} to {high:.3g}"
+    if low >= -UNIT_RANGE_SLACK:
+        return f"{span}: 0-255 pixels? Divide by 255"
+    return f"{span}: normalised by a mean and std? Give the [0, 1] picture, which is normalised inside"
+
+
 def as_image_list(
     images: ImageInput | DecodedImage | Sequence[ImageInput | DecodedImage] | torch.Tensor,
 ) -> list[ImageInput | DecodedImage]:
@@ -82,6 +100,9 @@ def as_image_list(
         if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
             got = f"{str(images.dtype).removeprefix('torch.')} {tuple(images.shape)}"
             raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1], got {got}")
+        range_problem = unit_range_problem(batch)
+        if range_problem:
+            raise ValueError(f"expected a float tensor [B, 3, H, W] in [0, 1]; {range_problem}")
         return [(t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy() for t in batch]
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, DecodedImage)):
         return [images]
