@@ -79,6 +79,25 @@ def test_a_float_tensor_off_the_unit_range_is_refused_not_clamped(detector):
     assert len(detector(overshoot)) == 1
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("score_threshold", 2.0, r"score threshold must be in \[0, 1\], got 2.0"),
+        ("score_threshold", -1.0, r"score threshold must be in \[0, 1\], got -1.0"),
+        ("iou_threshold", 5.0, r"IoU threshold must be in \[0, 1\], got 5.0"),
+        ("max_det", 0, "max_det must be at least 1, got 0"),
+        ("image_size", 0, r"image_size must be a side >= 1 or \(H, W\), got 0"),
+        ("image_size", -5, r"image_size must be a side >= 1 or \(H, W\), got -5"),
+        ("image_size", (64, 0), r"image_size must be a side >= 1 or \(H, W\), got \(64, 0\)"),
+    ],
+)
+def test_detector_options_are_checked_when_it_is_made(detector, option, value, expected):
+    """The Python API took a score threshold of 2 (nothing detected, no word), image_size=0 (the model's size) and
+    image_size=-5 (a RuntimeError from the first image): only `predict` checked them."""
+    with pytest.raises(ValueError, match=expected):
+        Detector(detector.model, **{option: value})
+
+
 def test_an_empty_list_gives_no_results_and_odd_inputs_say_what_is_expected(detector):
     """torchvision's detectors map an empty list to an empty list; a non-image or a picture without pixels is one
     clear error (a bare TypeError from iterating an int, or a division by zero, before)."""

@@ -80,3 +80,10 @@ def test_box_coder_round_trip():
     codes = encode_boxes(boxes, anchors)
     xyxy = decode_boxes(codes, anchors)
     assert torch.allclose(xyxy[:, [1, 0, 3, 2]], boxes, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_a_model_without_an_input_size_is_refused(size):
+    """create_model(..., image_size=0) built a model whose anchors and Detector then used a 0-pixel input."""
+    with pytest.raises(ValueError, match=f"image_size must be >= 1, got {size}"):
+        efficientdet.create_model("efficientdet-lite0", image_size=size)

@@ -69,6 +69,21 @@ def network_pixels(image: ImageInput | DecodedImage) -> tuple[np.ndarray, int, t
     return array, 1, array.shape[:2]
 
 
+def check_detection_options(
+    score_threshold: float, iou_threshold: float, max_det: int, image_size: int | tuple[int, int] | None = None
+) -> None:
+    """ValueError naming the first option of a :class:`Detector` (and of ``predict``) out of its range."""
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"IoU threshold must be in [0, 1], got {iou_threshold}")
+    if max_det < 1:
+        raise ValueError(f"max_det must be at least 1, got {max_det}")
+    sides = image_size if isinstance(image_size, (tuple, list)) else (image_size,)
+    if image_size is not None and (len(sides) not in (1, 2) or any(side < 1 for side in sides)):
+        raise ValueError(f"image_size must be a side >= 1 or (H, W), got {image_size}")
+
+
 # How far past [0, 1] a float picture may reach and still be clamped: the ringing of bicubic or antialiased
 # resampling (a few hundredths), not 0-255 pixels nor mean/std-normalised ones (about -2.1 to 2.6)
 UNIT_RANGE_SLACK = 0.5
@@ -233,6 +248,7 @@ class Detector:
                             f"{type(model).__name__}")  # fmt: skip
         if nms not in NMS_METHODS:
             raise ValueError(f"unknown NMS method {nms!r}; choose from {', '.join(NMS_METHODS)}")
+        check_detection_options(score_threshold, iou_threshold, max_det, image_size)
         check_tile(tile, tile_overlap)
         if vote_iou is not None and not 0 < vote_iou <= 1:
             raise ValueError(f"vote_iou (--box-voting) must be in (0, 1] or None, got {vote_iou}")

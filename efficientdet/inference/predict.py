@@ -362,12 +362,11 @@ def _load_model(checkpoint: Any, model_name: str | None) -> Any:
 def _check_options(
     score_threshold: float, iou_threshold: float, max_det: int, batch_size: int | None, nms: str
 ) -> None:
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"IoU threshold must be in [0, 1], got {iou_threshold}")
-    if max_det < 1 or (batch_size is not None and batch_size < 1):
-        raise ValueError(f"max_det and batch_size must be at least 1, got {max_det} and {batch_size}")
+    from .detector import check_detection_options
+
+    check_detection_options(score_threshold, iou_threshold, max_det)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if nms not in NMS_METHODS:
         raise ValueError(f"nms must be one of {', '.join(NMS_METHODS)}, got {nms!r}")
 

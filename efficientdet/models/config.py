@@ -130,6 +130,8 @@ class NetworkConfig:
                 raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
         if self.backbone not in BACKBONES:  # type: ignore[attr-defined]
             raise ValueError(f"unknown backbone {self.backbone!r}; known: {sorted(BACKBONES)}")  # type: ignore[attr-defined]
+        if self.image_size < 1:  # type: ignore[attr-defined]
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")  # type: ignore[attr-defined]
 
     @property
     def backbone_config(self) -> BackboneConfig:
