@@ -328,6 +328,13 @@ def test_source_parsing():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or Path("/dev/video57").exists(), reason="Linux, no camera 57")
+def test_stream_takes_one_source(checkpoint):
+    """A list of videos gave "expected str, bytes or os.PathLike object, not list" from inside the decoder."""
+    for bad in (["a.mp4", "b.mp4"], None, 1.5):
+        with pytest.raises(TypeError, match=r"^stream takes one source \(a video file, a camera index or device, a "):
+            next(iter(detector(checkpoint).stream(bad)))
+
+
 def test_a_missing_camera_names_the_device_it_tried(tmp_path):
     """ "7: cannot open video (No such file or directory)" before: neither the word camera nor /dev/video7."""
     for text, named in (("57", "57 (/dev/video57)"), ("/dev/video57", "/dev/video57")):

@@ -477,5 +477,8 @@ class Detector:
         """
         from .video import stream
 
+        if isinstance(source, bool) or not isinstance(source, (str, int, os.PathLike)):
+            raise TypeError("stream takes one source (a video file, a camera index or device, a stream URL), not "
+                            f"{type(source).__name__}; call it once per source")  # fmt: skip
         return stream(self, source, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames,
                       parallel_frames=parallel_frames)  # fmt: skip
