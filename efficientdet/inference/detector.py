@@ -475,9 +475,9 @@ class Detector:
         never the whole video in memory. A damaged file raises ``VideoError`` after its last good frame. See
         :mod:`efficientdet.video`.
         """
-        from .video import stream
+        from .video import VideoSource, stream
 
-        if isinstance(source, bool) or not isinstance(source, (str, int, os.PathLike)):
+        if isinstance(source, bool) or not isinstance(source, (str, int, os.PathLike, VideoSource)):
             raise TypeError("stream takes one source (a video file, a camera index or device, a stream URL), not "
                             f"{type(source).__name__}; call it once per source")  # fmt: skip
         return stream(self, source, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames,
