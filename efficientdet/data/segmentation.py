@@ -148,13 +148,18 @@ def is_voc_segmentation(root: str | os.PathLike) -> bool:
     return (root / "SegmentationClass").is_dir() and (root / "ImageSets" / "Segmentation").is_dir()
 
 
+# The mask folder beside each split's image folder in the SegNet layout (CamVid: train/ and trainannot/)
+ANNOTATION_SUFFIX = "annot"
+
+
 def read_segmentation_split(
     images: str | os.PathLike | None = None,
     masks: str | os.PathLike | None = None,
     voc_root: str | os.PathLike | None = None,
     split: str | None = None,
 ) -> SegmentationData:
-    """Either a folder pair (``images`` + ``masks``) or a VOC root and a split name."""
+    """Either a folder pair (``images`` + ``masks``), or a root and a split name: a VOC root, or a folder holding
+    ``<split>/`` and ``<split>annot/`` (the SegNet layout)."""
     if images is not None or masks is not None:
         if masks is None:
             raise DatasetError(f"{images}: an image folder without its mask folder")
@@ -163,10 +168,13 @@ def read_segmentation_split(
         return pair_by_stem(images, masks)
     if voc_root is None or split is None:
         raise DatasetError("no segmentation data: give image + mask folders, or a VOC root and a split")
-    if not is_voc_segmentation(voc_root):
-        raise DatasetError(f"{voc_root}: not a VOC segmentation root (needs SegmentationClass/ and "
-                           f"ImageSets/Segmentation/)")  # fmt: skip
-    return read_voc_segmentation(voc_root, split)
+    if is_voc_segmentation(voc_root):
+        return read_voc_segmentation(voc_root, split)
+    images, masks = Path(voc_root) / split, Path(voc_root) / f"{split}{ANNOTATION_SUFFIX}"
+    if images.is_dir() and masks.is_dir():  # CamVid as SegNet prepared it: train/ + trainannot/ ...
+        return pair_by_stem(images, masks)
+    raise DatasetError(f"{voc_root}: neither a VOC segmentation root (SegmentationClass/ and ImageSets/Segmentation/) "
+                       f"nor a folder of {split}/ and {split}{ANNOTATION_SUFFIX}/ (images and masks)")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- masks
