@@ -58,8 +58,9 @@ class SegTrainConfig(RecipeConfig):
     data: str | None = field(
         default=None,
         metadata=option(
-            "a VOC root (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/); or give "
-            "--train-images/--train-masks (--resume: the run's own data at a new path)",
+            "a VOC root (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/) or a folder of train/ + "
+            "trainannot/, val/ + valannot/; or give --train-images/--train-masks (--resume: the run's own data at "
+            "a new path)",
             resume=True,
         ),
     )
