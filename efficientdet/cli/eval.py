@@ -105,7 +105,9 @@ class DetectionEvalOptions(EvalOptions):
 
 @dataclass
 class SegmentationEvalOptions(EvalOptions):
-    data: str | None = field(default=None, metadata=option("a VOC root or a folder of SPLIT/ + SPLITannot/ (or give --images and --masks)"))
+    data: str | None = field(
+        default=None, metadata=option("a VOC root or a folder of SPLIT/ + SPLITannot/ (or give --images and --masks)")
+    )
     images: str | None = field(default=None, metadata=option("folder of images (paired with --masks by file stem)"))
     masks: str | None = field(default=None, metadata=option("folder of label PNGs"))
     num_classes: int | None = field(
