@@ -126,6 +126,26 @@ def test_an_empty_or_cut_file_says_why_it_cannot_be_read(tmp_path, content):
     assert ("an empty file" in message) == (content == b"")
 
 
+def test_a_text_file_or_a_folder_is_not_called_a_dangerous_pickle(tmp_path):
+    """`train --resume script.py` said the file "holds pickled Python objects ... which could run code" (torch's
+    safe unpickler failing on text), and `--resume runs/train` "no such checkpoint file" for the run's folder."""
+    from efficientdet.models.weights import read_file
+
+    text = tmp_path / "notes.py"
+    text.write_text("import torch\nprint('hello')\n")
+    with pytest.raises(CheckpointError, match=r"notes.py: not a PyTorch model file \(neither the zip archive nor the "):
+        read_file(text)
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match=r"run: a folder, not a model file$"):
+        read_file(run)
+    torch.save({"x": torch.zeros(1)}, run / "last.pt")
+    torch.save({"x": torch.zeros(1)}, run / "best.pt")
+    with pytest.raises(CheckpointError, match=r"run: a folder, not a model file \(give one of its files: best.pt, "
+                       r"last.pt\)"):  # fmt: skip
+        read_file(run)
+
+
 def test_class_names_must_be_one_per_class(tmp_path):
     """A name list of the wrong length was saved as it was, and the first detection of a class without a name
     raised an IndexError far from the cause; now saving, loading and the Detector each say so at once."""

@@ -59,11 +59,31 @@ def class_names_mismatch(names: list[str] | None, num_classes: int | None) -> st
     return f"{counted(len(names), 'class name')} for a model of {counted(num_classes, 'class')}"
 
 
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".safetensors")  # what a folder given as a model file may hold instead
+_PICKLE_PROTOCOL_OPCODE = b"\x80"  # how a pickle of protocol 2 or later (torch.save's legacy format) begins
+
+
+def _torch_save_format(path: str) -> bool:
+    """Whether the file begins as torch.save's output does (a zip archive, or a pickle for the legacy format), so
+    that a text or image file is named for what it is rather than as a pickle refused for safety. An empty or cut
+    file passes: torch.load says what is missing."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return len(head) < 4 or head.startswith(b"PK") or head.startswith(_PICKLE_PROTOCOL_OPCODE)
+
+
 def read_file(path: str | os.PathLike) -> Any:
     """Load a model file safely: safetensors, or torch.load with ``weights_only=True``."""
     path = str(path)
+    if os.path.isdir(path):
+        held = sorted(n for n in os.listdir(path) if n.endswith(MODEL_FILE_SUFFIXES))
+        hint = f" (give one of its files: {', '.join(held)})" if held else ""
+        raise CheckpointError(f"{path}: a folder, not a model file{hint}")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.endswith(".safetensors") and not _torch_save_format(path):
+        raise CheckpointError(f"{path}: not a PyTorch model file (neither the zip archive nor the pickle that "
+                              "torch.save writes)")  # fmt: skip
     if path.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file
