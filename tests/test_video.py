@@ -103,7 +103,7 @@ def clip(tmp_path_factory) -> Path:
 def full_run(clip, checkpoint, tmp_path_factory) -> Path:
     """Every frame, batches of 5 (the last one short), drawn: the reference the other runs are compared with."""
     output = tmp_path_factory.mktemp("full") / "out"
-    assert predict(output, checkpoint, clip, extra=("--batch-size", "5", "--save-txt")) == 0
+    assert predict(output, checkpoint, clip, extra=("--batch-size", "5", "--save-txt", "--save-crop")) == 0
     return output / "clip"
 
 
@@ -140,6 +140,26 @@ def test_save_txt_writes_a_label_file_per_frame(full_run):
     for path, line in zip(files, records(full_run)):
         non_empty = [b for b in line["boxes"] if b[2] > b[0] and b[3] > b[1]]
         assert len(path.read_text().splitlines()) == len(non_empty)
+
+
+def test_save_crop_writes_each_frames_detections(clip, checkpoint, full_run):
+    """`--save-crop` on a video wrote nothing and said nothing (images only)."""
+    from efficientdet.inference.files import class_folders, crop_region
+
+    folders = class_folders(CLASS_NAMES)
+    expected = {}
+    for result in detector(checkpoint).stream(clip, batch_size=5):  # predict's detections, unrounded
+        det = result.detections
+        for k, (box, label) in enumerate(zip(det["boxes"].tolist(), det["labels"].tolist())):
+            region = crop_region(box, WIDTH, HEIGHT)
+            if region is not None:
+                x1, y1, x2, y2 = region
+                expected[f"{folders[label]}/clip_{result.index:06d}_{k}.jpg"] = (x2 - x1, y2 - y1)
+    written = {str(p.relative_to(full_run / "crops")): p for p in (full_run / "crops").rglob("*.jpg")}
+    assert expected and set(written) == set(expected)
+    for name, path in written.items():
+        with Image.open(path) as crop:
+            assert crop.size == expected[name]
 
 
 def test_vid_stride_and_max_frames(clip, checkpoint, full_run, tmp_path):

@@ -146,7 +146,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--save-txt", action="store_true",
                    help="write YOLO label files labels/<image>.txt (class cx cy w h, 0..1); auto-labels")  # fmt: skip
     p.add_argument("--save-conf", action="store_true", help="add the score to each label line (implies --save-txt)")
-    p.add_argument("--save-crop", action="store_true", help="save each detection as crops/<class>/<image>_<k>.jpg")
+    p.add_argument("--save-crop", action="store_true",
+                   help="save each detection as crops/<class>/<image>_<k>.jpg (videos: <name>/crops/<class>/"
+                        "<name>_<frame>_<k>.jpg)")  # fmt: skip
     p.add_argument("--no-draw", dest="draw", action="store_false", help="do not write the drawn images")
     p.add_argument("--tile", type=tile_arg, default=0, metavar="SIZE",
                    help="sliced inference for small objects in large images: tiles of SIZE px (>= 32) plus a "

@@ -602,7 +602,7 @@ def predict(
     if videos and not summary.interrupted:
         run = predict_videos(
             detector, videos, out, fail, batch_size=batch_size, vid_stride=vid_stride, max_frames=max_frames,
-            draw=draw, save_txt=save_txt, save_conf=save_conf, progress=progress is not False,
+            draw=draw, save_txt=save_txt, save_conf=save_conf, save_crop=save_crop, progress=progress is not False,
         )  # fmt: skip
         summary.videos, summary.frames, summary.interrupted = run.videos, run.frames, run.interrupted
         summary.detections += run.detections

@@ -25,6 +25,7 @@ the stream's host and path; ``_2``, ... when two sources share a name):
   time in seconds (for cameras and streams: since the first frame), boxes in frame pixels rounded to 0.01 px,
   ``labels`` 0-based class indices.
 - ``labels/<name>_<frame>.txt`` with ``save_txt``: YOLO label lines per frame, as for images.
+- ``crops/<class>/<name>_<frame>_<k>.jpg`` with ``save_crop``: the frame's k-th detection, as for images.
 
 Both files are written under temporary names and renamed when closed, so a run that crashes leaves none of them.
 A source that ends early (Ctrl-C, ``max_frames``, a damaged file) still gets closed, playable files. Damage is
@@ -52,7 +53,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_open, create_beside
 from ..viz.draw import draw_detections
-from .files import is_glob_pattern, label_path, write_label_file, yolo_lines
+from .files import class_folders, is_glob_pattern, label_path, save_crops, write_label_file, yolo_lines
 from .image_urls import is_image_url
 from .parallel import ordered_map
 
@@ -610,6 +611,7 @@ def predict_videos(
     draw: bool = True,
     save_txt: bool = False,
     save_conf: bool = False,
+    save_crop: bool = False,
     progress: bool = False,
     progress_file: IO[str] | None = None,
 ) -> VideoRun:
@@ -624,6 +626,7 @@ def predict_videos(
     batch_size = detector.batch_size if batch_size is None else batch_size
     parallel = _parallel_frames(detector, parallel_frames)
 
+    crop_folders = class_folders(detector.class_names) if save_crop else []
     run = VideoRun()
     parsed: list[VideoSource] = []
     for text in sources:
@@ -658,6 +661,9 @@ def predict_videos(
                         rows = yolo_lines(det["boxes"], det["labels"], det["scores"] if save_conf else None,
                                           result.image.shape[:2])  # fmt: skip
                         write_label_file(label_path(folder, f"{folder.name}_{result.index:06d}"), rows)
+                    if save_crop:
+                        save_crops(result.image, det["boxes"], det["labels"], crop_folders, folder,
+                                   f"{folder.name}_{result.index:06d}")  # fmt: skip
                     if drawing is not None:
                         drawing.put(result)
                     run.frames += 1
