@@ -483,6 +483,24 @@ def test_predict_cli_segmentation_task(trained_run, tmp_path, capsys):
     assert written == sorted([f"{s}_mask.png" for s in stems] + [f"{s}_overlay.png" for s in stems])
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [["--save-txt"], ["--tile", "256"], ["--classes", "1"], ["--score-threshold", "0.5"], ["--max-det", "5"],
+     ["--no-draw"], ["--nms", "soft", "--save-crop"]],
+)  # fmt: skip
+def test_predict_segmentation_refuses_the_detection_options(trained_run, tmp_path, capsys, extra):
+    """They were taken and dropped without a word: a --tile or --classes run segmented as if neither was given."""
+    root, out = trained_run
+    image = str(sorted((root / "val").iterdir())[0])
+    args = ["predict", "--task", "segmentation", "--checkpoint", str(out / "best.pt"), image,
+            "--output", str(tmp_path / "pred"), *extra]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"efficientdet predict: {extra[0]} is for detection models; --task segmentation takes sources, "
+                   "--checkpoint/--pretrained, --model, --output, --device, --img-size and --recursive"]  # fmt: skip
+    assert not (tmp_path / "pred").exists()
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(["train", "--task", "segmentation", "--model", "efficientdet-lite0", "--train-images", "x"]) == 2
     assert "efficientdet-seg-*" in capsys.readouterr().err

@@ -42,6 +42,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"efficientdet predict: {problem}", file=sys.stderr)
         return 2
     if args.task == "segmentation":
+        given = detection_options_given(args)
+        if given:
+            print(f"efficientdet predict: {given[0]} is for detection models; --task segmentation takes sources, "
+                  "--checkpoint/--pretrained, --model, --output, --device, --img-size and --recursive",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         return _cmd_predict_segmentation(args)
     if not args.sources and not args.source:
         print("efficientdet predict: give at least one SOURCE or --source", file=sys.stderr)
@@ -66,6 +72,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 1
     print(summary.line())
     return summary.exit_code
+
+
+def detection_options_given(args: argparse.Namespace) -> list[str]:
+    """The flags given that only detection uses (each differs from its default), in the order of the help."""
+    defaults: dict[str, tuple[str, Any]] = args.detection_only
+    return [flag for dest, (flag, default) in defaults.items() if getattr(args, dest) != default]
 
 
 def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
@@ -165,5 +177,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    f"{CPU_PARALLEL_FRAMES} on a CPU, 1 on a GPU and for exported files)")  # fmt: skip
     p.add_argument("--task", choices=["detection", "segmentation"], default="detection",
                    help="segmentation: write <stem>_overlay.png and <stem>_mask.png (class ids) per image")  # fmt: skip
-    p.set_defaults(func=cmd_predict)
+    # what --task segmentation does not take: said, not dropped (detection_options_given)
+    segmentation_takes = {"sources", "checkpoint", "pretrained", "model", "output", "device", "img_size", "recursive",
+                          "task", "help"}  # fmt: skip
+    detection_only = {a.dest: (a.option_strings[0], a.default) for a in p._actions
+                      if a.dest not in segmentation_takes}  # fmt: skip
+    p.set_defaults(func=cmd_predict, detection_only=detection_only)
     return p
