@@ -364,6 +364,22 @@ def test_voc_class_file_with_unknown_class_names_xml_and_class(tmp_path):
         read_voc(root, "train")
 
 
+def test_voc_class_names_written_two_ways_are_said(tmp_path, caplog):
+    """`Raccoon` in one file and `raccoon` in the others trained as two classes without a word (check-data listed
+    them, unremarked); the names stay as written, and a class file settles it."""
+    root = _voc_dataset(tmp_path, _voc_xml("Raccoon", (2, 2, 20, 20)))
+    _image(root / "JPEGImages" / "img2.png")
+    (root / "Annotations" / "img2.xml").write_text(_voc_xml("raccoon", (2, 2, 20, 20)))
+    (root / "ImageSets" / "Main" / "train.txt").write_text("img1\nimg2\n")
+    with caplog.at_level("WARNING"):
+        data = read_voc(root, "train")
+    assert data.class_names == ["Raccoon", "raccoon"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{root}: class names that differ only in case: 'Raccoon', 'raccoon' (one class written "
+                        "two ways? they train as separate classes; correct the XML files, or list the classes in "
+                        "classes.txt)"]  # fmt: skip
+
+
 def test_voc_missing_and_malformed_xml_name_the_file(tmp_path):
     root = _voc_dataset(tmp_path, "<annotation><object>")
     with pytest.raises(DatasetError, match=r"img1\.xml: malformed XML"):

@@ -155,6 +155,7 @@ def read_voc(root: str | os.PathLike, split: str) -> DetectionData:
         class_names = _read_class_file(class_file)
     else:
         class_names = sorted({obj[0] for ann in annotations for obj in ann["objects"]})
+        _warn_case_variants(root, class_names)
     class_index = {name: index for index, name in enumerate(class_names)}
     fixes = _new_fixes()
     records = []
@@ -163,6 +164,19 @@ def read_voc(root: str | os.PathLike, split: str) -> DetectionData:
             raise DatasetError(f"{root / 'JPEGImages'}: no image for id {stem!r} (looked for {IMAGE_EXTENSIONS})")
         records.append(_voc_record(index, image_paths[stem], ann, class_index, fixes))
     return DetectionData(records=records, class_names=class_names, format="voc", fixes=fixes)
+
+
+def _warn_case_variants(root: Path, class_names: list[str]) -> None:
+    """A warning for names found in the annotations that differ only in case ("Raccoon" and "raccoon"): most likely
+    one class typed two ways, which would train as two. Kept as written: the data says two names."""
+    by_folded: dict[str, list[str]] = {}
+    for name in class_names:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    variants = [name for names in by_folded.values() if len(names) > 1 for name in names]
+    if variants:
+        LOG.warning("%s: class names that differ only in case: %s (one class written two ways? they train as "
+                    "separate classes; correct the XML files, or list the classes in classes.txt)",
+                    root, ", ".join(map(repr, variants)))  # fmt: skip
 
 
 _PER_CLASS_SPLIT = re.compile(r".+_(train|val|trainval|test)")
