@@ -159,6 +159,22 @@ def test_output_paths_taken_by_the_other_kind_are_one_line_before_any_work(tmp_p
     assert (taken.is_dir() and not any(taken.iterdir())) if taken_by == "folder" else taken.read_text() == "mine"
 
 
+def test_eval_of_a_model_for_another_class_count_says_it_plainly(tmp_path, capsys):
+    """"the model predicts 1 classes, the data has 2 (cat, dog...)": a plural for one, and an ellipsis after a
+    complete list (a model without class names, as the published ones, is compared by count)."""
+    from test_train import raccoon_subset
+
+    import efficientdet
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    (data / "classes.txt").write_text("raccoon\nbadger\n")
+    ckpt = tmp_path / "m.pt"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=64), ckpt)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "val"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["efficientdet eval: the model predicts 1 class, the data has 2 (raccoon, badger)"]
+
+
 SEGMENTATION_HELD = "holds a segmentation model; add --task segmentation"
 
 

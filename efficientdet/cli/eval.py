@@ -29,6 +29,7 @@ from ..utils.fields import (
     optional_int,
 )
 from ..utils.folders import output_clash
+from ..utils.text import counted
 from .common import retain_memory_for_batches, setup_logging
 from .options import add_config_options, add_task_parser, given_options, option_flags
 from .weights_options import add_weights_options
@@ -154,6 +155,14 @@ def loading_workers(given: int | None, device: torch.device) -> int:
     return default_workers(device) if given is None else given
 
 
+def named_few(names: list[str] | None, shown: int = 5) -> str:
+    """`` (a, b, c)``: the first ``shown`` names in brackets, with how many more; empty without names."""
+    if not names:
+        return ""
+    more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+    return f" ({', '.join(names[:shown])}{more})"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     task = args.task
     given = given_options(OPTIONS[task], args)
@@ -198,8 +207,9 @@ def _eval_detection(args: argparse.Namespace, options: DetectionEvalOptions) -> 
         print(f"efficientdet eval: {e}", file=sys.stderr)
         return 1
     if model.config.num_classes != len(data.class_names):
-        print(f"efficientdet eval: the model predicts {model.config.num_classes} classes, the data has "
-              f"{len(data.class_names)} ({', '.join(data.class_names[:5])}...)", file=sys.stderr)  # fmt: skip
+        print(f"efficientdet eval: the model predicts {counted(model.config.num_classes, 'class')}"
+              f"{named_few(model.class_names)}, the data has {len(data.class_names)}{named_few(data.class_names)}",
+              file=sys.stderr)  # fmt: skip
         return 1
     if not len(data):
         print(f"efficientdet eval: {options.data}: split {options.split!r} has no images", file=sys.stderr)
