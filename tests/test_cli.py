@@ -160,7 +160,7 @@ def test_output_paths_taken_by_the_other_kind_are_one_line_before_any_work(tmp_p
 
 
 def test_eval_of_a_model_for_another_class_count_says_it_plainly(tmp_path, capsys):
-    """"the model predicts 1 classes, the data has 2 (cat, dog...)": a plural for one, and an ellipsis after a
+    """ "the model predicts 1 classes, the data has 2 (cat, dog...)": a plural for one, and an ellipsis after a
     complete list (a model without class names, as the published ones, is compared by count)."""
     from test_train import raccoon_subset
 
