@@ -141,6 +141,18 @@ def test_coco_missing_key_names_file_and_entry(tmp_path):
         read_coco(path)
 
 
+def test_coco_image_without_a_size_takes_the_files(tmp_path):
+    """An image entry without width/height stopped the whole dataset ("is missing the key 'width'"), while a zero
+    size already fell back to the file's header; the boxes need no size to be read."""
+    path = _coco_dataset(tmp_path, [{"id": 1, "image_id": 9, "category_id": 18, "bbox": [10, 5, 20, 10]}])
+    content = json.loads(path.read_text())
+    del content["images"][1]["width"], content["images"][1]["height"]
+    path.write_text(json.dumps(content))
+    records = read_coco(path).records
+    assert [(r.width, r.height) for r in records] == [(100, 50), (100, 50)]
+    np.testing.assert_allclose(records[1].boxes, [[10, 5, 30, 15]])
+
+
 def test_coco_folder_layout_is_detected(tmp_path):
     _image(tmp_path / "val2017" / "a.jpg")
     content = {

@@ -385,16 +385,18 @@ def _unused_parent_categories(path: Path, content: dict[str, Any]) -> list[int]:
 
 
 def _coco_images(path: Path, content: dict[str, Any]) -> list[dict[str, Any]]:
-    """The image entries in file order, each with id, file_name, width and height; duplicate ids rejected."""
+    """The image entries in file order, each with id and file_name (width and height, where given, are numbers;
+    where not, the file's header says them, :func:`_coco_record`); duplicate ids rejected."""
     images = _coco_list(path, content, "images")
     seen: set[Any] = set()
     for image in images:
-        _require(path, image, ("id", "file_name", "width", "height"), "an image")
+        _require(path, image, ("id", "file_name"), "an image")
         if image["id"] in seen:
             raise DatasetError(f"{path}: image id {image['id']} appears twice")
         seen.add(image["id"])
         for key in ("width", "height"):
-            _finite_number(image[key], f"{path}: image {image['id']} {key}")
+            if key in image:
+                _finite_number(image[key], f"{path}: image {image['id']} {key}")
     return images
 
 
@@ -443,9 +445,9 @@ def _default_coco_image_dir(json_path: Path, images: list[dict[str, Any]]) -> Pa
 
 
 def _coco_record(folder: Path, image: dict[str, Any], objects: list[_CocoObject], fixes: dict[str, int]) -> ImageRecord:
-    """One COCO image; a zero width/height in the JSON falls back to the file's header."""
+    """One COCO image; a width/height that the JSON leaves out or gives as zero comes from the file's header."""
     path = folder / str(image["file_name"])
-    size = (int(image["width"]), int(image["height"]))
+    size = (int(image.get("width", 0)), int(image.get("height", 0)))
     if size[0] <= 0 or size[1] <= 0:
         size = _size_from_header(path, fixes)
         if size is None:
