@@ -153,6 +153,18 @@ def test_coco_image_without_a_size_takes_the_files(tmp_path):
     np.testing.assert_allclose(records[1].boxes, [[10, 5, 30, 15]])
 
 
+def test_coco_file_names_relative_to_the_json_are_found(tmp_path):
+    """`"file_name": "images/b.jpg"` beside `images/a.jpg` (exporters that write the path from the JSON's folder)
+    was looked for as images/images/b.jpg: an unreadable image and its boxes lost."""
+    path = _coco_dataset(tmp_path, [{"id": 1, "image_id": 9, "category_id": 18, "bbox": [10, 5, 20, 10]}])
+    content = json.loads(path.read_text())
+    content["images"][1]["file_name"] = "images/b.jpg"
+    path.write_text(json.dumps(content))
+    data = read_coco(path)
+    assert data.records[1].path == str((tmp_path / "images" / "b.jpg").resolve())
+    assert data.fixes["unreadable_images"] == 0 and len(data.records[1].boxes) == 1
+
+
 def test_coco_folder_layout_is_detected(tmp_path):
     _image(tmp_path / "val2017" / "a.jpg")
     content = {

@@ -297,7 +297,9 @@ def read_coco(annotation_json: str | os.PathLike, image_dir: str | os.PathLike |
     ``image_dir`` defaults to the first of these folders that holds the first image's ``file_name``: ``images/``
     beside the JSON; for the COCO layout ``<root>/annotations/instances_<split>.json``, ``<root>/<split>``,
     ``<root>/images/<split>`` and ``<root>/images``; the JSON's own folder (Roboflow exports). When none holds it,
-    the first of them that exists (else the JSON's folder) is used and missing files surface when loaded.
+    the first of them that exists (else the JSON's folder) is used and missing files surface when loaded. A
+    ``file_name`` with a folder in it (``images/a.jpg``) that is not in that folder is looked for from the JSON's
+    folder. Images without ``width`` / ``height`` (or with zero) take the file's size.
     """
     json_path = Path(annotation_json)
     content = _load_json(json_path)
@@ -312,7 +314,8 @@ def read_coco(annotation_json: str | os.PathLike, image_dir: str | os.PathLike |
     folder = Path(image_dir) if image_dir is not None else _default_coco_image_dir(json_path, images)
     boxes_of = _coco_annotations(json_path, content, images, label_of)
     fixes = _new_fixes()
-    records = [_coco_record(folder, image, boxes_of[image["id"]], fixes) for image in images]
+    records = [_coco_record(_coco_image_path(folder, json_path.parent, image), image, boxes_of[image["id"]], fixes)
+               for image in images]  # fmt: skip
     return DetectionData(
         records=records,
         class_names=[categories[cat_id] for cat_id in category_ids],
@@ -444,9 +447,19 @@ def _default_coco_image_dir(json_path: Path, images: list[dict[str, Any]]) -> Pa
     return next((folder for folder in candidates if folder.is_dir()), here)
 
 
-def _coco_record(folder: Path, image: dict[str, Any], objects: list[_CocoObject], fixes: dict[str, int]) -> ImageRecord:
-    """One COCO image; a width/height that the JSON leaves out or gives as zero comes from the file's header."""
-    path = folder / str(image["file_name"])
+def _coco_image_path(folder: Path, json_folder: Path, image: dict[str, Any]) -> Path:
+    """Where an image's ``file_name`` is: in the image folder, or, for a name with a folder in it that is not
+    there, relative to the JSON's folder where it is there (exporters that write ``images/a.jpg``)."""
+    name = str(image["file_name"])
+    path = folder / name
+    if ("/" in name or "\\" in name) and not path.is_file() and (json_folder / name).is_file():
+        return json_folder / name
+    return path
+
+
+def _coco_record(path: Path, image: dict[str, Any], objects: list[_CocoObject], fixes: dict[str, int]) -> ImageRecord:
+    """One COCO image (its file at ``path``); a width/height that the JSON leaves out or gives as zero comes from the
+    file's header."""
     size = (int(image.get("width", 0)), int(image.get("height", 0)))
     if size[0] <= 0 or size[1] <= 0:
         size = _size_from_header(path, fixes)
