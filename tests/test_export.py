@@ -522,3 +522,29 @@ def test_ctrl_c_in_any_command_is_one_line_not_a_traceback(tmp_path, capsys, mon
     assert main(["export", "--checkpoint", str(ckpt)]) == 130
     assert capsys.readouterr().err == "efficientdet export: interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_an_input_size_the_exported_file_does_not_take_is_one_line(tmp_path, capsys):
+    """`eval --checkpoint m.onnx --img-size 448` of a file fixed at 128 px gave a traceback from the first batch
+    (predict and bench said it in one line, the same one)."""
+    _needs_onnx()
+    pytest.importorskip("onnxruntime")
+    from test_train import raccoon_subset
+
+    data = raccoon_subset(tmp_path, n_train=1, n_val=1)
+    ckpt, onnx_file = tmp_path / "m.pt", tmp_path / "m.onnx"
+    efficientdet.save_model(efficientdet.create_model("efficientdet-lite0", num_classes=1, image_size=128), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--output", str(onnx_file), "--no-verify"]) == 0
+    capsys.readouterr()
+    expected = (f"{onnx_file} takes 128x128 inputs, got 256x256 (use the file's size: leave --img-size out, or "
+                "export again at the size wanted)")  # fmt: skip
+    image = next((data / "JPEGImages").iterdir())
+    runs = {
+        "eval": ["eval", "--checkpoint", str(onnx_file), "--data", str(data), "--split", "val", "--img-size", "256"],
+        "predict": ["predict", str(image), "--checkpoint", str(onnx_file), "--img-size", "256",
+                    "--output", str(tmp_path / "out")],
+    }  # fmt: skip
+    for command, argv in runs.items():
+        assert main(argv) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [f"efficientdet {command}: {expected}"]
+    assert not (tmp_path / "out").exists()

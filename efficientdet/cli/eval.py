@@ -193,6 +193,7 @@ def _eval_detection(args: argparse.Namespace, options: DetectionEvalOptions) -> 
     from ..data.readers import read_dataset
     from ..evaluation.coco import format_metrics, format_per_class
     from ..evaluation.validate import evaluate_model
+    from ..export.runtimes import input_size_problem
     from ..models.weights import CheckpointError
     from ..utils.device import DeviceError, resolve_device
     from .weights_options import load_model_from_options
@@ -200,6 +201,9 @@ def _eval_detection(args: argparse.Namespace, options: DetectionEvalOptions) -> 
     try:
         device = resolve_device(options.device)
         model = load_model_from_options(args.checkpoint, args.model, args.pretrained, args.backend).to(device)
+        size_problem = input_size_problem(model, options.img_size)
+        if size_problem:
+            raise ValueError(size_problem)
         data = read_dataset(options.data, options.format, options.split)
         if model.class_names:
             data = data.with_class_names(model.class_names, model.category_ids)

@@ -128,13 +128,22 @@ class ExportedNetwork(nn.Module):
         (:data:`ANCHOR_MAXIMA_OUTPUT`)."""
         raise NotImplementedError
 
+    def input_size_problem(self, size: int | tuple[int, int] | None) -> str | None:
+        """Why the file cannot take inputs of ``size`` (a side or (H, W); None: the file's own), or None: checked by
+        the commands before their work, and by :meth:`forward` on every batch."""
+        if size is None or self.input_size is None:
+            return None
+        got = (size, size) if isinstance(size, int) else tuple(size)
+        if got == self.input_size:
+            return None
+        h, w = self.input_size
+        return (f"{self.path} takes {h}x{w} inputs, got {got[0]}x{got[1]} (use the file's size: leave --img-size "
+                "out, or export again at the size wanted)")  # fmt: skip
+
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        if self.input_size is not None and tuple(images.shape[-2:]) != self.input_size:
-            h, w = self.input_size
-            raise ValueError(
-                f"{self.path} takes {h}x{w} inputs, got {images.shape[-2]}x{images.shape[-1]} (use the file's size: "
-                "leave --img-size out, or export again at the size wanted)"
-            )
+        problem = self.input_size_problem(tuple(images.shape[-2:]))
+        if problem:
+            raise ValueError(problem)
         tensor = images.detach().cpu().float()
         if self.channels_last_input:  # NHWC: a view of a channels-last batch's memory
             tensor = tensor.permute(0, 2, 3, 1)
@@ -404,3 +413,9 @@ def load_exported(
     backend = resolve_backend(path, backend)
     metadata = read_exported_metadata(path)
     return _WRAPPERS[backend](path, metadata, threads, compute)
+
+
+def input_size_problem(model: torch.nn.Module, size: int | tuple[int, int] | None) -> str | None:
+    """Why ``model`` cannot take inputs of ``size``: an exported file fixed at another size (a torch model takes
+    any size), as one line; else None."""
+    return model.input_size_problem(size) if isinstance(model, ExportedNetwork) else None
