@@ -591,6 +591,25 @@ def test_segmenter_refuses_a_detection_checkpoint(tmp_path):
         Segmenter.from_checkpoint(path)
 
 
+def test_segmenter_takes_a_model_file_path_and_checks_its_size(trained_run, tmp_path):
+    """`Segmenter("best.pt")` failed with "'str' object has no attribute 'to'" (Detector took paths already), and
+    image_size=-3 failed at the first image."""
+    from conftest import tiny_detector_checkpoint
+
+    _, out = trained_run
+    image = np.full((60, 80, 3), 120, np.uint8)
+    expected = Segmenter.from_checkpoint(out / "best.pt")(image)[0]["mask"]
+    for given in (str(out / "best.pt"), out / "best.pt"):
+        assert torch.equal(Segmenter(given)(image)[0]["mask"], expected)
+    with pytest.raises(TypeError, match="segmentation model"):
+        Segmenter(tiny_detector_checkpoint(tmp_path / "det.pt", ["a", "b"]))
+    with pytest.raises(TypeError, match="a segmentation model or the path of its file, not int"):
+        Segmenter(3)
+    for size in (0, -3):
+        with pytest.raises(ValueError, match=f"image_size must be >= 1, got {size}"):
+            Segmenter(out / "best.pt", image_size=size)
+
+
 # ----------------------------------------------------------------------------------------------------- ablation
 
 

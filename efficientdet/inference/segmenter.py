@@ -37,13 +37,22 @@ class Segmenter:
 
     def __init__(
         self,
-        model: EfficientDetSegmentation,
+        model: EfficientDetSegmentation | str | os.PathLike,
         device: str | torch.device = "cpu",
         image_size: int | None = None,
         amp_dtype: torch.dtype | None = None,
     ) -> None:
-        """``image_size``: the longer side the network sees (default: the model's). ``amp_dtype`` (e.g.
+        """``model``: a segmentation model, or the path of its file (loaded as :meth:`from_checkpoint` loads it).
+        ``image_size``: the longer side the network sees (default: the model's). ``amp_dtype`` (e.g.
         ``torch.bfloat16``) runs the network under autocast; the upsampling and arg-max stay float32."""
+        if isinstance(model, (str, os.PathLike)):  # Segmenter("best.pt"), as Detector("best.pt")
+            path, model = model, load_checkpoint(model)
+            if not isinstance(model, EfficientDetSegmentation):
+                raise TypeError(f"{path}: expected a segmentation model, got {type(model).__name__}")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"Segmenter takes a segmentation model or the path of its file, not {type(model).__name__}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
         self.device = as_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
