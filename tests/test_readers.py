@@ -310,8 +310,23 @@ def test_yolo_optional_score_column_is_ignored_but_checked(tmp_path):
     labels.write_text("1 0.5 0.5 0.2 0.4 high\n")
     with pytest.raises(DatasetError, match=r"boxed\.txt: line 1 score"):
         read_yolo(root, "train")
-    labels.write_text("1 0.5 0.5 0.2 0.4 0.9 7\n")
+    labels.write_text("1 0.5 0.5 0.2 0.4 0.9 0.7 0.1\n")  # 7 numbers after the class: neither a box nor a polygon
     with pytest.raises(DatasetError, match=r"boxed\.txt: line 1: expected"):
+        read_yolo(root, "train")
+
+
+def test_yolo_polygon_lines_train_as_their_boxes(tmp_path):
+    """A YOLO segmentation label (``class x1 y1 x2 y2 x3 y3 ...``, what Roboflow's and ultralytics' segmentation
+    exports write) stopped the dataset with "expected 'class cx cy w h'"; ultralytics' detection trainer takes
+    the polygon's bounding box, and so does this reader (boxes and polygons may share a file)."""
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    labels = root / "labels" / "train" / "boxed.txt"
+    labels.write_text("1 0.4 0.3 0.6 0.3 0.6 0.7 0.4 0.7\n0 0.9 0.4 1.0 0.6 0.85 0.5\n1 0.5 0.5 0.2 0.4\n")
+    (boxed, _) = read_yolo(root, "train").records
+    np.testing.assert_allclose(boxed.boxes, [[80, 30, 120, 70], [170, 40, 200, 60], [80, 30, 120, 70]], atol=1e-4)
+    np.testing.assert_array_equal(boxed.labels, [1, 0, 1])
+    labels.write_text("1 0.4 0.3 0.6 0.3 0.6 nan\n")
+    with pytest.raises(DatasetError, match=r"boxed\.txt: line 1: expected a finite number"):
         read_yolo(root, "train")
 
 

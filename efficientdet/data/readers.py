@@ -590,11 +590,16 @@ def _yolo_record(index: int, image_path: Path, num_classes: int, fixes: dict[str
     return _make_record(image_path, index, size, boxes, labels, [False] * len(labels), fixes)
 
 
+MIN_POLYGON_POINTS = 3  # a YOLO segmentation label's outline: class, then x y pairs
+
+
 def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, float, float, float]]:
     """``(class, cx, cy, w, h)`` rows of a label file; blank lines are skipped, anything else must be valid.
 
     A sixth column is a confidence (``efficientdet predict --save-txt --save-conf`` writes one, as YOLOv5's
     ``detect.py --save-conf`` does): it must be a number and is ignored, so auto-labelled files train as they are.
+    A line of three or more points (``class x1 y1 x2 y2 x3 y3 ...``, a YOLO segmentation label) is an object's
+    outline: its bounding box is the row, as ultralytics' detection trainer reads such files.
     """
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
@@ -602,8 +607,15 @@ def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, fl
         if not fields:
             continue
         where = f"{path}: line {number}"
-        if len(fields) not in (5, 6):
-            raise DatasetError(f"{where}: expected 'class cx cy w h' (and an optional score), got {line.strip()!r}")
+        is_polygon = len(fields) >= 1 + 2 * MIN_POLYGON_POINTS and len(fields) % 2 == 1
+        if len(fields) not in (5, 6) and not is_polygon:
+            raise DatasetError(f"{where}: expected 'class cx cy w h' (and an optional score) or a polygon 'class x1 "
+                               f"y1 x2 y2 x3 y3 ...', got {line.strip()!r}")  # fmt: skip
+        if is_polygon:
+            points = [_finite_number(field, where) for field in fields[1:]]
+            xs, ys = points[0::2], points[1::2]
+            box = ((min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys))
+            fields = [fields[0], *map(repr, box)]
         if len(fields) == 6:
             _finite_number(fields[5], f"{where} score")
             fields = fields[:5]
