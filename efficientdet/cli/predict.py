@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..data.images import ImageReadError
+from ..export.runtimes import input_size_problem
 from ..inference.detector import CPU_BATCH_SIZE, CPU_PARALLEL_FRAMES, GPU_BATCH_SIZE
 from ..inference.predict import (
     DEFAULT_MAX_PIXELS,
@@ -54,6 +55,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     try:
         model = load_model_from_options(args.checkpoint, args.model, args.pretrained, args.backend)
+        size_problem = input_size_problem(model, args.img_size)
+        if size_problem:  # before any image is read (the network would say it at the first one)
+            raise ValueError(size_problem)
         summary = predict(
             args.sources, model, args.output, model_name=args.model, video_sources=args.source or (),
             vid_stride=args.vid_stride, max_frames=args.max_frames, parallel_frames=args.parallel_frames,

@@ -445,7 +445,6 @@ def predict(
     ``CheckpointError`` / ``FileNotFoundError`` for a bad model file, before any image is read or any file written.
     Unreadable images are not exceptions: they are in ``PredictSummary.failures``.
     """
-    from ..export.runtimes import input_size_problem
     from ..utils.progress import progress_bar
     from .detector import Detector
 
@@ -463,9 +462,6 @@ def predict(
     if videos:
         check_video_options(vid_stride, max_frames)
     model = _load_model(checkpoint, model_name)
-    size_problem = input_size_problem(model, image_size)
-    if size_problem:
-        raise ValueError(size_problem)
     detector = Detector(
         model, device=device, image_size=image_size,
         optimize=optimize and isinstance(model, EfficientDet), score_threshold=score_threshold,
