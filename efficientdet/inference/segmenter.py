@@ -28,6 +28,14 @@ from ..utils.device import as_device
 from .detector import ImageInput, as_image_list, network_pixels
 
 
+def _load_segmentation_model(path: str | os.PathLike, model_name: str | None = None) -> EfficientDetSegmentation:
+    """The model in ``path``; a TypeError naming the file when it holds another kind."""
+    model = load_checkpoint(path, model_name)
+    if not isinstance(model, EfficientDetSegmentation):
+        raise TypeError(f"{path}: expected a segmentation model, got {type(model).__name__}")
+    return model
+
+
 class Segmenter:
     """A segmentation model plus its pre- and post-processing.
 
@@ -46,9 +54,7 @@ class Segmenter:
         ``image_size``: the longer side the network sees (default: the model's). ``amp_dtype`` (e.g.
         ``torch.bfloat16``) runs the network under autocast; the upsampling and arg-max stay float32."""
         if isinstance(model, (str, os.PathLike)):  # Segmenter("best.pt"), as Detector("best.pt")
-            path, model = model, load_checkpoint(model)
-            if not isinstance(model, EfficientDetSegmentation):
-                raise TypeError(f"{path}: expected a segmentation model, got {type(model).__name__}")
+            model = _load_segmentation_model(model)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"Segmenter takes a segmentation model or the path of its file, not {type(model).__name__}")
         if image_size is not None and image_size < 1:
@@ -66,10 +72,7 @@ class Segmenter:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> Segmenter:
         """Load a segmentation checkpoint of this package (``efficientdet train --task segmentation``)."""
-        model = load_checkpoint(path, kwargs.pop("model", None))
-        if not isinstance(model, EfficientDetSegmentation):
-            raise TypeError(f"{path}: expected a segmentation model, got {type(model).__name__}")
-        return cls(model, device=device, **kwargs)  # type: ignore[arg-type]
+        return cls(_load_segmentation_model(path, kwargs.pop("model", None)), device=device, **kwargs)
 
     def model_input(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` on the device and in the model's memory layout (see ``Detector.model_input``)."""
