@@ -132,13 +132,56 @@ def test_coco_unknown_category_names_file_and_id(tmp_path):
 
 def test_coco_missing_key_names_file_and_entry(tmp_path):
     """The entry is named by its id where it has one ("an annotation is missing the key 'bbox'" before: one of
-    how many?); a segmentation-only annotation is the usual case."""
-    path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]}])
-    with pytest.raises(DatasetError, match=r"instances\.json: annotation 5 \(image 7\) is missing the key 'bbox'$"):
+    how many?)."""
+    path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "bbox": [1, 1, 2, 2]}])
+    with pytest.raises(DatasetError, match=r"instances\.json: annotation 5 \(image 7\) is missing the key 'category"):
         read_coco(path)
     path = _coco_dataset(tmp_path, [{"image_id": 7, "category_id": 1}])
-    with pytest.raises(DatasetError, match=r"instances\.json: an annotation \(image 7\) is missing the key 'bbox'$"):
+    with pytest.raises(DatasetError, match=r"instances\.json: an annotation \(image 7\) has no 'bbox' and no polygon"):
         read_coco(path)
+
+
+def test_coco_polygon_only_annotations_train_as_their_bounding_boxes(tmp_path):
+    """Converters that write an instance's outline and leave `bbox` out (it is derived data) stopped the dataset
+    ("is missing the key 'bbox'"); the box of all of an object's polygons is its bounding box, as COCO's own `bbox`
+    is defined. A given `bbox` wins; an outline in run-length encoding (no polygon to read) stays an error."""
+    outline = [[10, 5, 30, 5, 30, 15], [12, 8, 14, 20, 13, 9]]  # two parts: the box spans both
+    path = _coco_dataset(
+        tmp_path,
+        [
+            {"id": 5, "image_id": 7, "category_id": 1, "segmentation": outline},
+            {"id": 6, "image_id": 7, "category_id": 18, "segmentation": outline, "bbox": [0, 0, 4, 4]},
+        ],
+    )
+    record = read_coco(path).records[0]
+    np.testing.assert_allclose(record.boxes, [[10, 5, 30, 20], [0, 0, 4, 4]])
+    np.testing.assert_array_equal(record.labels, [0, 1])
+    rle = {"size": [50, 100], "counts": "PP3"}
+    path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "category_id": 1, "segmentation": rle}])
+    with pytest.raises(DatasetError, match=r"annotation 5 \(image 7\) has no 'bbox' and no polygon"):
+        read_coco(path)
+    bad = [[10, 5, 30]]  # an odd number of coordinates
+    path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "category_id": 1, "segmentation": bad}])
+    with pytest.raises(DatasetError, match=r"annotation 5: segmentation polygon must be x y pairs"):
+        read_coco(path)
+
+
+def test_coco_annotations_of_images_not_listed_are_skipped_with_a_warning(tmp_path, caplog):
+    """An annotation whose image is not in `images` (an image deleted from the JSON by hand, or a split cut from a
+    bigger file) stopped the whole dataset; it has no picture to train on, so it is left out and the warning says
+    how many and of which image ids."""
+    path = _coco_dataset(
+        tmp_path,
+        [
+            {"id": 1, "image_id": 7, "category_id": 18, "bbox": [10, 5, 20, 10]},
+            {"id": 2, "image_id": 44, "category_id": 18, "bbox": [10, 5, 20, 10]},
+            {"id": 3, "image_id": 44, "category_id": 1, "bbox": [10, 5, 20, 10]},
+        ],
+    )
+    with caplog.at_level("WARNING"):
+        data = read_coco(path)
+    assert [len(r.boxes) for r in data.records] == [1, 0]
+    assert "instances.json: left out 2 annotations whose image is not in 'images' (image id 44)" in caplog.text
 
 
 def test_coco_image_without_a_size_takes_the_files(tmp_path):

@@ -28,6 +28,8 @@ from .records import DetectionData, ImageRecord
 
 LOG = logging.getLogger(__name__)
 
+MIN_POLYGON_POINTS = 3  # an object's outline, where a format gives one instead of a box (YOLO, COCO)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FORMATS = ("coco", "voc", "yolo")
 _CLASS_FILES = ("classes.txt", "labels.txt")
@@ -299,7 +301,9 @@ def read_coco(annotation_json: str | os.PathLike, image_dir: str | os.PathLike |
     ``<root>/images/<split>`` and ``<root>/images``; the JSON's own folder (Roboflow exports). When none holds it,
     the first of them that exists (else the JSON's folder) is used and missing files surface when loaded. A
     ``file_name`` with a folder in it (``images/a.jpg``) that is not in that folder is looked for from the JSON's
-    folder. Images without ``width`` / ``height`` (or with zero) take the file's size.
+    folder. Images without ``width`` / ``height`` (or with zero) take the file's size. An annotation without ``bbox``
+    takes the box of its polygon ``segmentation``; annotations of image ids not in ``images`` are left out with a
+    warning.
     """
     json_path = Path(annotation_json)
     content = _load_json(json_path)
@@ -414,21 +418,51 @@ def _coco_annotations(
     ``area`` is the annotation's own (None when absent): COCO's small / medium / large split is defined on it.
     """
     boxes_of: dict[Any, list[_CocoObject]] = {image["id"]: [] for image in images}
+    orphans: dict[Any, int] = {}  # image id not in 'images' -> its annotation count
     for ann in _coco_list(path, content, "annotations", required=False):
-        _require(path, ann, ("image_id", "category_id", "bbox"), "an annotation")
+        _require(path, ann, ("image_id", "category_id"), "an annotation")
         where = f"{path}: annotation {ann.get('id', '?')}"
         if ann["category_id"] not in label_of:
             raise DatasetError(f"{where} has category id {ann['category_id']}, which is not in 'categories'")
+        x1, y1, x2, y2 = _coco_box(path, ann)
         if ann["image_id"] not in boxes_of:
-            raise DatasetError(f"{where} refers to image id {ann['image_id']}, which is not in 'images'")
+            orphans[ann["image_id"]] = orphans.get(ann["image_id"], 0) + 1
+            continue
+        crowd = bool(ann.get("iscrowd", 0))
+        area = _finite_number(ann["area"], f"{where} area") if ann.get("area") is not None else None
+        boxes_of[ann["image_id"]].append(([x1, y1, x2, y2], label_of[ann["category_id"]], crowd, area))
+    if orphans:
+        ids = list(orphans)
+        shown = ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        count = sum(orphans.values())
+        LOG.warning("%s: left out %d annotation%s whose image is not in 'images' (image id%s %s)", path, count,
+                    "s" if count > 1 else "", "s" if len(ids) > 1 else "", shown)  # fmt: skip
+    return boxes_of
+
+
+def _coco_box(path: Path, ann: dict[str, Any]) -> tuple[float, float, float, float]:
+    """An annotation's ``x1, y1, x2, y2``: its ``bbox``, or, where a converter left ``bbox`` out, the box around all
+    of its ``segmentation`` polygons (COCO defines ``bbox`` as that box). A run-length-encoded outline without a
+    ``bbox`` is an error (its box would need the mask decoded)."""
+    where = f"{path}: annotation {ann.get('id', '?')}"
+    if "bbox" in ann:
         bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise DatasetError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
         x, y, w, h = (_finite_number(value, f"{where} bbox") for value in bbox)
-        crowd = bool(ann.get("iscrowd", 0))
-        area = _finite_number(ann["area"], f"{where} area") if ann.get("area") is not None else None
-        boxes_of[ann["image_id"]].append(([x, y, x + w, y + h], label_of[ann["category_id"]], crowd, area))
-    return boxes_of
+        return x, y, x + w, y + h
+    polygons = ann.get("segmentation")
+    if not isinstance(polygons, list) or not polygons or not all(isinstance(p, list) for p in polygons):
+        raise DatasetError(f"{path}: {_entry_name(ann, 'an annotation')} has no 'bbox' and no polygon 'segmentation' "
+                           "to take one from")  # fmt: skip
+    xs, ys = [], []
+    for polygon in polygons:
+        if len(polygon) < 2 * MIN_POLYGON_POINTS or len(polygon) % 2:
+            raise DatasetError(f"{where}: segmentation polygon must be x y pairs, three or more, got {polygon!r}")
+        points = [_finite_number(value, f"{where} segmentation") for value in polygon]
+        xs += points[0::2]
+        ys += points[1::2]
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _default_coco_image_dir(json_path: Path, images: list[dict[str, Any]]) -> Path:
@@ -588,9 +622,6 @@ def _yolo_record(index: int, image_path: Path, num_classes: int, fixes: dict[str
     ]
     labels = [row[0] for row in rows]
     return _make_record(image_path, index, size, boxes, labels, [False] * len(labels), fixes)
-
-
-MIN_POLYGON_POINTS = 3  # a YOLO segmentation label's outline: class, then x y pairs
 
 
 def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, float, float, float]]:
