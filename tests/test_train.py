@@ -17,6 +17,7 @@ from efficientdet.engine.train import (
     TrainConfig,
     TrainingError,
     build_model,
+    default_lr,
     lr_at,
     param_groups,
     resume_config,
@@ -230,6 +231,19 @@ def test_a_warm_up_longer_than_the_run_is_refused_before_any_output(tmp_path):
     with pytest.raises(TrainingError, match=r"--warmup-epochs 100 is longer than the run \(2 epochs\)"):
         train(tiny_config(tmp_path, data, epochs=2, warmup_epochs=100))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_larger_than_the_training_set_scales_the_rate_by_the_images_it_holds(tmp_path, caplog):
+    """`--batch-size 8` on 2 training images trained each step on the 2 at the rate scaled for 8 (4x the linear
+    rule's), without a word: the default rate follows the batch the steps really hold, and a line says so."""
+    data = raccoon_subset(tmp_path, n_train=2, n_val=1)
+    with caplog.at_level("WARNING"):
+        out = train(tiny_config(tmp_path, data, epochs=1, warmup_epochs=0.0))
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        first = next(csv.DictReader(f))
+    assert math.isclose(float(first["lr"]), default_lr(2), rel_tol=1e-6)
+    assert read_file(out["last"])["train_state"]["global_batch"] == 2
+    assert "--batch-size 8 is more than the 2 training images" in caplog.text
 
 
 def test_a_wholly_frozen_backbone_trains_through_its_folded_copy_until_it_wakes(tmp_path, monkeypatch):

@@ -237,7 +237,14 @@ class Trainer:
                 f"{len(self.dataset)} training images for {env.world_size} processes: each needs one at least"  # type: ignore[arg-type]
             )
         self.global_batch = cfg.batch_size * env.world_size
-        self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch)  # type: ignore[arg-type]
+        images = len(self.dataset)  # type: ignore[arg-type]
+        if images < self.global_batch:  # each step holds the whole set (GlobalBatchSampler): the rate follows that
+            asked = f"--batch-size {cfg.batch_size}" + (f" x {env.world_size} processes" if env.distributed else "")
+            rate = f"the default learning rate for a batch of {images}" if cfg.lr is None else "--lr as given"
+            LOG.warning("%s is more than the %d training images: each step trains on all of them, at %s", asked, images,
+                        rate)  # fmt: skip
+            self.global_batch = images
+        self.steps_per_epoch = max(1, images // self.global_batch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.peak_lr = cfg.lr if cfg.lr is not None else default_lr(self.global_batch, cfg.optimizer)
