@@ -410,6 +410,25 @@ def test_yolo_roboflow_parent_relative_entries(tmp_path):
     assert len(read_yolo(root / "data.yaml", "train")) == 2
 
 
+def test_yolo_path_key_of_another_machine_falls_back_to_the_yaml_folder(tmp_path, caplog):
+    """A data.yaml written elsewhere (`path: /content/datasets/x` in Colab, `path: ../datasets/coco8` as
+    ultralytics' own files) stopped a dataset whose split folders sit beside the yaml; the entries are read from
+    the yaml's folder then, with a warning naming the `path:` that was not there. A `path:` that exists is
+    followed as before, and an entry missing from both places still names the entry."""
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    (root / "data.yaml").write_text("path: /nonexistent/datasets/x\ntrain: images/train\nnames: [cat, dog]\n")
+    with caplog.at_level("WARNING"):
+        assert len(read_yolo(root, "train")) == 2
+        assert len(read_yolo(root, "train")) == 2  # each split read again: said once
+    assert caplog.text.count("data.yaml: path: /nonexistent/datasets/x does not exist; reading the split entries") == 1
+    (root / "data.yaml").write_text("path: /nonexistent/datasets/x\ntrain: images/nowhere\nnames: [cat, dog]\n")
+    with pytest.raises(DatasetError, match=r"split entry /nonexistent/datasets/x/images/nowhere is neither"):
+        read_yolo(root, "train")
+    (root / "data.yaml").write_text("train: images/train\nnames: [cat, dog]\nroboflow:\n  project: p\n")
+    with pytest.raises(DatasetError, match=r"no entry for split 'test' \(entries: \['train'\]\)"):
+        read_yolo(root, "test")
+
+
 # -------------------------------------------------------------------------------------------------- crafted VOC
 
 

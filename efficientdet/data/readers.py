@@ -27,6 +27,14 @@ from .images import ImageReadError, image_size
 from .records import DetectionData, ImageRecord
 
 LOG = logging.getLogger(__name__)
+_SAID: set[str] = set()  # warnings about a dataset's files, said once a process though each split reads them again
+
+
+def _warn_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        LOG.warning(message)
+
 
 MIN_POLYGON_POINTS = 3  # an object's outline, where a format gives one instead of a box (YOLO, COCO)
 
@@ -176,9 +184,9 @@ def _warn_case_variants(root: Path, class_names: list[str]) -> None:
         by_folded.setdefault(name.casefold(), []).append(name)
     variants = [name for names in by_folded.values() if len(names) > 1 for name in names]
     if variants:
-        LOG.warning("%s: class names that differ only in case: %s (one class written two ways? they train as "
-                    "separate classes; correct the XML files, or list the classes in classes.txt)",
-                    root, ", ".join(map(repr, variants)))  # fmt: skip
+        _warn_once(f"{root}: class names that differ only in case: {', '.join(map(repr, variants))} (one class "
+                   "written two ways? they train as separate classes; correct the XML files, or list the classes in "
+                   "classes.txt)")  # fmt: skip
 
 
 _PER_CLASS_SPLIT = re.compile(r".+_(train|val|trainval|test)")
@@ -568,12 +576,19 @@ def _yolo_names(path: Path, config: dict[str, Any]) -> list[str]:
 def _yolo_split_images(path: Path, config: dict[str, Any], split: str) -> list[Path]:
     """All image paths of a split entry, in a stable (sorted per folder) order."""
     if config.get(split) in (None, ""):
-        splits = [key for key in config if key not in ("path", "names", "nc", "download")]
+        splits = [key for key, value in config.items()
+                  if key not in ("path", "names", "download") and isinstance(value, (str, list))]  # fmt: skip
         raise DatasetError(f"{path}: no entry for split {split!r} (entries: {splits})")
     base = path.parent
-    if config.get("path"):
-        base = base / str(config["path"])
     entries = config[split] if isinstance(config[split], list) else [config[split]]
+    if config.get("path"):
+        given = base / str(config["path"])
+        beside = [_yolo_entry_path(base, str(entry)) for entry in entries]
+        if given.exists() or not all(entry.exists() for entry in beside):
+            base = given
+        else:  # a yaml written on another machine (Colab's /content/..., ultralytics' ../datasets/<name>)
+            _warn_once(f"{path}: path: {config['path']} does not exist; reading the split entries beside the yaml "
+                       f"({path.parent})")  # fmt: skip
     images: list[Path] = []
     for entry in entries:
         images += _yolo_entry_images(path, _yolo_entry_path(base, str(entry)))
