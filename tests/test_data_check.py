@@ -324,6 +324,21 @@ def test_check_data_checks_at_the_size_train_would_pick(tiny_voc, tmp_path, caps
     assert json.loads(out.read_text())["image_size"] == 320 and "input size:" not in capsys.readouterr().out
 
 
+def test_a_folder_of_images_and_xml_files_is_checked_once(tmp_path, capsys):
+    """A labelImg folder is one set: every split name reads all of it, so check-data would report it four times
+    (train, val, test, trainval) as if it held four splits; it is checked once, named after the folder."""
+    flat = tmp_path / "labelled"
+    flat.mkdir()
+    for stem in ("a", "b"):
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(flat / f"{stem}.jpg")
+        (flat / f"{stem}.xml").write_text("<annotation><object><name>cat</name><bndbox><xmin>5</xmin><ymin>5</ymin>"
+                                          "<xmax>30</xmax><ymax>30</ymax></bndbox></object></annotation>")  # fmt: skip
+    assert main(["check-data", "--data", str(flat), "--img-size", "64", "--splits", "val"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("== labelled: 2 images") == 1 and "== val" not in printed
+    assert "labelled is one set without named splits: --splits ignored" in printed
+
+
 def test_splits_that_fail_alike_are_named_once(tmp_path, capsys):
     """A folder or file that is no dataset fails every split for the same reason; the line said it four times."""
     stray = tmp_path / "notes.xml"

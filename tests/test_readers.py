@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,12 @@ from PIL import Image
 from efficientdet.data.images import load_image
 from efficientdet.data.readers import (
     DatasetError,
+    has_split,
     read_coco,
     read_dataset,
     read_voc,
     read_yolo,
+    single_set,
     yolo_label_path,
 )
 
@@ -504,3 +507,53 @@ def test_voc_missing_split_names_the_split_files_there_are(tmp_path):
         other.unlink()
     with pytest.raises(DatasetError, match=r"train\.txt: split file not found \(no split files in "):
         read_voc(root, "train")
+
+
+def _xml_beside(folder: Path, stem: str, name: str = "cat") -> None:
+    """An image and its VOC XML side by side (labelImg's output; Roboflow's Pascal VOC export per split folder)."""
+    _image(folder / f"{stem}.jpg")
+    (folder / f"{stem}.xml").write_text(_voc_xml(name, (11, 6, 50, 40)))
+
+
+def test_voc_roboflow_export_reads_a_folder_per_split(tmp_path):
+    """Roboflow's Pascal VOC export (train/, valid/, test/, each with images and XML files side by side) was "cannot
+    tell the dataset format"; each split is its folder, `val` is `valid/` as in its COCO export."""
+    for split, stems in (("train", ["a", "b", "c"]), ("valid", ["d"]), ("test", ["e", "f"])):
+        for stem in stems:
+            _xml_beside(tmp_path / split, f"{stem}_jpg.rf.0123")
+    (tmp_path / "README.roboflow.txt").write_text("exported from roboflow\n")
+    train, val = read_dataset(tmp_path, split="train"), read_dataset(tmp_path, split="val")
+    assert train.format == "voc" and train.class_names == ["cat"]
+    assert [Path(r.path).name for r in train.records] == ["a_jpg.rf.0123.jpg", "b_jpg.rf.0123.jpg", "c_jpg.rf.0123.jpg"]
+    np.testing.assert_array_equal(train.records[0].boxes, [[10, 5, 50, 40]])
+    assert [Path(r.path).parent.name for r in val.records] == ["valid"]
+    assert len(read_dataset(tmp_path, split="test")) == 2
+    assert has_split(tmp_path, None, "val") and not has_split(tmp_path, None, "trainval")
+    assert not single_set(tmp_path, None)
+    with pytest.raises(DatasetError, match=r"no folder 'trainval/' of images and XML files \(the splits here: test, "
+                       r"train, valid\)"):  # fmt: skip
+        read_dataset(tmp_path, split="trainval")
+
+
+def test_voc_folder_of_images_and_xml_files_is_one_set(tmp_path, caplog):
+    """labelImg's output (one folder of images, each with its XML) and a VOC folder without ImageSets/ were "cannot
+    tell the dataset format" and "split file not found"; each is one set, as a single COCO file is: every split
+    name reads all of it, and `train` holds validation images out of it. An image without an XML file is left out
+    with a warning (unlabelled, not known to be empty)."""
+    for stem in ("p1", "p2", "p3"):
+        _xml_beside(tmp_path / "flat", stem)
+    _image(tmp_path / "flat" / "unlabelled.jpg")
+    with caplog.at_level("WARNING"):
+        data = read_dataset(tmp_path / "flat", split="train")
+    assert data.format == "voc" and [Path(r.path).stem for r in data.records] == ["p1", "p2", "p3"]
+    assert "flat: 1 image without an XML file left out (unlabelled.jpg)" in caplog.text
+    assert single_set(tmp_path / "flat", None) and not has_split(tmp_path / "flat", None, "val")
+    assert len(read_dataset(tmp_path / "flat", split="val")) == 3
+    (tmp_path / "voc").mkdir()
+    root = _voc_dataset(tmp_path / "voc", _voc_xml("bird", (2, 2, 20, 20)))
+    assert not single_set(root, None)
+    shutil.rmtree(root / "ImageSets")
+    _image(root / "JPEGImages" / "img2.png")
+    (root / "Annotations" / "img2.xml").write_text(_voc_xml("cat", (2, 2, 20, 20)))
+    data = read_voc(root, "train")
+    assert [Path(r.path).name for r in data.records] == ["img1.png", "img2.png"] and single_set(root, "voc")

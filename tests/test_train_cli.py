@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from conftest import interrupt_at_call
+from PIL import Image
 from test_train import history, raccoon_subset
 
 from efficientdet.cli import main
@@ -401,6 +402,15 @@ def test_val_split_of_a_single_coco_file_is_an_error(tmp_path, capsys):
     assert main(["train", "--data", str(train_file), "--val-split", "val", "--output", str(out)]) == 1
     err = capsys.readouterr().err
     assert "would evaluate on the training images" in err and not out.exists()
+    flat = tmp_path / "labelimg"  # one folder of images and their XML files: one set as well
+    flat.mkdir()
+    (flat / "a.xml").write_text("<annotation><object><name>cat</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>9</xmax>"
+                                "<ymax>9</ymax></bndbox></object></annotation>")  # fmt: skip
+    Image.new("RGB", (16, 16)).save(flat / "a.jpg")
+    assert main(["train", "--data", str(flat), "--val-split", "val", "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{flat} is one set without named splits, so --val-split val would evaluate on the training images" in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("cpus", "expected"), [(2, 0), (4, 0), (16, 2)])

@@ -135,13 +135,13 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def _training_size(found: list[tuple[str, Any]], data: str, fmt: str | None, model_size: int) -> tuple[int, str | None]:
     """The input size ``train`` would pick for ``data``'s ``train`` split, and why (None when there is no such
-    split: the model's own size). ``found``: the splits read already (``read_splits``); a single COCO file is its
-    own training split, and ``train`` is read here only when ``--splits`` left it out."""
-    from ..data.readers import read_dataset
+    split: the model's own size). ``found``: the splits read already (``read_splits``); a set without named splits
+    is its own training split, and ``train`` is read here only when ``--splits`` left it out."""
+    from ..data.readers import read_dataset, single_set
     from ..engine.tasks.detection_recipe import recipe_for, training_size
 
     train = next((d for name, d in found if name == "train"), None)
-    if train is None and Path(data).is_file() and found[0][0] == Path(data).stem:  # one COCO file: one split
+    if train is None and single_set(data, fmt):  # one COCO file, one folder of XML files: the set is `train`'s
         train = found[0][1]
     if train is None:
         try:

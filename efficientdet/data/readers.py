@@ -155,11 +155,16 @@ def read_voc(root: str | os.PathLike, split: str) -> DetectionData:
     then an error), else from the sorted names found in this split's annotations. Without a class file two splits
     can disagree on the label indices (a class missing from one split shifts the others), so ship a class file
     whenever splits are read separately.
+
+    Two layouts without ``ImageSets/`` are read too (:func:`_voc_set`): Roboflow's Pascal VOC export, a folder per
+    split (``valid/`` for ``val``) with each image beside its XML file, and one folder of images and XML files
+    (labelImg's output; also ``Annotations/`` + ``JPEGImages/`` without ``ImageSets/``), which is one set whatever
+    the split asked (:func:`single_set`). There the images without an XML file are left out with a warning.
     """
     root = Path(root)
-    ids = _read_voc_split(root / "ImageSets" / "Main" / f"{split}.txt")
-    image_paths = _images_by_stem(root / "JPEGImages")
-    annotations = every_or_all_problems(ids, lambda image_id: _parse_voc_xml(root / "Annotations" / f"{image_id}.xml"))
+    xml_folder, image_folder, ids = _voc_set(root, split)
+    image_paths = _images_by_stem(image_folder)
+    annotations = every_or_all_problems(ids, lambda image_id: _parse_voc_xml(xml_folder / f"{image_id}.xml"))
     class_file = next((root / name for name in _CLASS_FILES if (root / name).is_file()), None)
     if class_file is not None:
         class_names = _read_class_file(class_file)
@@ -171,7 +176,7 @@ def read_voc(root: str | os.PathLike, split: str) -> DetectionData:
     records = []
     for index, (stem, ann) in enumerate(zip(ids, annotations)):
         if stem not in image_paths:
-            raise DatasetError(f"{root / 'JPEGImages'}: no image for id {stem!r} (looked for {IMAGE_EXTENSIONS})")
+            raise DatasetError(f"{image_folder}: no image for id {stem!r} (looked for {IMAGE_EXTENSIONS})")
         records.append(_voc_record(index, image_paths[stem], ann, class_index, fixes))
     return DetectionData(records=records, class_names=class_names, format="voc", fixes=fixes)
 
@@ -190,6 +195,64 @@ def _warn_case_variants(root: Path, class_names: list[str]) -> None:
 
 
 _PER_CLASS_SPLIT = re.compile(r".+_(train|val|trainval|test)")
+
+
+def _voc_set(root: Path, split: str) -> tuple[Path, Path, list[str]]:
+    """Where a VOC split's XML files and images are, and its image ids (the XML files' stems).
+
+    ``Annotations/`` with ``ImageSets/Main/<split>.txt``: VOC's own layout. ``Annotations/`` without ``ImageSets/``,
+    or XML files in ``root`` itself: one set of every XML file. Otherwise a folder per split (Roboflow's export).
+    """
+    if (root / "Annotations").is_dir():
+        if (root / "ImageSets").is_dir():
+            return (
+                root / "Annotations",
+                root / "JPEGImages",
+                _read_voc_split(root / "ImageSets" / "Main" / f"{split}.txt"),
+            )
+        return root / "Annotations", root / "JPEGImages", _xml_stems(root / "Annotations", root / "JPEGImages")
+    if _holds_xml(root):
+        return root, root, _xml_stems(root, root)
+    folder = next((root / name for name in split_folder_names(split) if _holds_xml(root / name)), None)
+    if folder is None:
+        there = sorted(child.name for child in root.iterdir() if _holds_xml(child)) if root.is_dir() else []
+        hint = f"the splits here: {', '.join(there)}" if there else "no folder here holds XML files"
+        raise DatasetError(f"{root}: no folder '{split}/' of images and XML files ({hint})")
+    return folder, folder, _xml_stems(folder, folder)
+
+
+def _holds_xml(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("*.xml"))
+
+
+def _xml_stems(xml_folder: Path, image_folder: Path) -> list[str]:
+    """The sorted stems of the XML files in ``xml_folder``; a warning names the images of ``image_folder`` that have
+    none (left out: an image nobody labelled is not known to hold no objects)."""
+    stems = sorted(path.stem for path in xml_folder.glob("*.xml"))
+    labelled = set(stems)
+    unlabelled = sorted(p.name for p in image_folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                        and p.stem not in labelled) if image_folder.is_dir() else []  # fmt: skip
+    if unlabelled:
+        shown = ", ".join(unlabelled[:5]) + (f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else "")
+        count = f"{len(unlabelled)} image{'s' if len(unlabelled) > 1 else ''} without an XML file"
+        _warn_once(f"{image_folder}: {count} left out ({shown})")
+    return stems
+
+
+def single_set(path: str | os.PathLike, format: str | None) -> bool:
+    """Whether the dataset at ``path`` is one set with no named splits: a COCO JSON file, or a VOC folder without
+    ``ImageSets/`` (one folder of images and XML files, or ``Annotations/`` + ``JPEGImages/``). Any split name reads
+    all of it, so validation must be held out of it."""
+    path = Path(path)
+    try:
+        fmt = format.lower() if format else _detect_format(path, "train")
+    except DatasetError:
+        return False
+    if fmt == "coco":
+        return path.is_file()
+    if fmt == "voc":
+        return (path / "Annotations").is_dir() and not (path / "ImageSets").is_dir() or _holds_xml(path)
+    return False
 
 
 def _read_voc_split(path: Path) -> list[str]:
@@ -681,7 +744,8 @@ def read_dataset(path: str | os.PathLike, format: str | None = None, split: str 
 
     Detection: a ``.json`` file is COCO; a ``.yaml``/``.yml`` file or a folder with ``data.yaml`` is YOLO; a folder
     with ``Annotations/`` is VOC; a folder with ``annotations/instances_<split>.json``, ``annotations/<split>.json``,
-    ``<split>.json`` or ``<split>/_annotations.coco.json`` (Roboflow; ``valid/`` for ``val``) is COCO.
+    ``<split>.json`` or ``<split>/_annotations.coco.json`` (Roboflow; ``valid/`` for ``val``) is COCO; a folder with
+    XML files in it or in a folder of its own is VOC (labelImg's output, Roboflow's VOC export).
     """
     path = Path(path)
     fmt = format.lower() if format else _detect_format(path, split)
@@ -703,7 +767,9 @@ def has_split(path: str | os.PathLike, format: str | None, split: str) -> bool:
     except DatasetError:
         return False
     if fmt == "voc":
-        return (path / "ImageSets" / "Main" / f"{split}.txt").is_file()
+        if (path / "Annotations").is_dir() or _holds_xml(path):
+            return (path / "ImageSets" / "Main" / f"{split}.txt").is_file()
+        return any(_holds_xml(path / name) for name in split_folder_names(split))
     if fmt == "coco":
         return path.is_dir() and any(candidate.is_file() for candidate in _coco_json_candidates(path, split))
     if fmt == "yolo":
@@ -718,11 +784,16 @@ def has_split(path: str | os.PathLike, format: str | None, split: str) -> bool:
 ROBOFLOW_COCO_JSON = "_annotations.coco.json"  # Roboflow's COCO export: <split>/_annotations.coco.json + images
 
 
+def split_folder_names(split: str) -> tuple[str, ...]:
+    """The folder names of a split in exports with a folder per split: Roboflow names the validation one ``valid``."""
+    return (split, "valid") if split == "val" else (split,)
+
+
 def _coco_json_candidates(folder: Path, split: str) -> list[Path]:
     """Where a COCO JSON for ``split`` is looked for inside a dataset folder: the COCO layout, a JSON per split, and
     Roboflow's export (a folder per split, the validation one named ``valid``)."""
     annotations = folder / "annotations"
-    roboflow = [folder / name / ROBOFLOW_COCO_JSON for name in ((split, "valid") if split == "val" else (split,))]
+    roboflow = [folder / name / ROBOFLOW_COCO_JSON for name in split_folder_names(split)]
     return [annotations / f"instances_{split}.json", annotations / f"{split}.json", folder / f"{split}.json", *roboflow]
 
 
@@ -755,8 +826,10 @@ def _detect_format(path: Path, split: str) -> str:
         return "voc"
     if any(candidate.is_file() for candidate in _coco_json_candidates(path, split)):
         return "coco"
+    if _holds_xml(path) or any(_holds_xml(child) for child in path.iterdir()):  # labelImg's folder, Roboflow's VOC
+        return "voc"
     looked = ", ".join(
-        ["data.yaml (YOLO)", "Annotations/ (VOC)"]
+        ["data.yaml (YOLO)", "Annotations/ (VOC)", "XML files here or in a folder per split (VOC)"]
         + [f"{candidate.relative_to(path)} (COCO)" for candidate in _coco_json_candidates(path, split)]
     )
     raise DatasetError(f"{path}: cannot tell the dataset format (looked for {looked})")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.readers import DatasetError, read_dataset
+from ..data.readers import DatasetError, read_dataset, single_set
 from ..data.records import DetectionData
 from ..models.config import ModelConfig, aspect_pairs, aspect_ratio_values, get_config
 from ..ops.anchors import anchors_for_config, feature_sizes
@@ -474,17 +474,18 @@ def read_splits(
 ) -> tuple[list[tuple[str, DetectionData]], list[str]]:
     """The splits of the dataset at ``path`` that can be read, and a note for each one that cannot.
 
-    ``splits`` None means every one of DEFAULT_SPLITS that exists. A COCO JSON file is one split (named after the
-    file). Raises DatasetError when the path does not exist or no split could be read.
+    ``splits`` None means every one of DEFAULT_SPLITS that exists. A set without named splits (a COCO JSON file, a
+    folder of images and VOC XML files: :func:`single_set`) is one split, named after the file or folder. Raises
+    DatasetError when the path does not exist or no split could be read.
     """
     source = Path(path)
     if not source.exists():
         raise DatasetError(f"{path}: dataset not found")
     notes: list[str] = []
-    if source.is_file() and (format or ("coco" if source.suffix.lower() == ".json" else "")).lower() == "coco":
+    if single_set(source, format):
         if splits:
-            notes.append(f"{source.name} is a single COCO file: --splits ignored")
-        return [(source.stem, read_dataset(source, "coco"))], notes
+            notes.append(f"{source.name} is one set without named splits: --splits ignored")
+        return [(source.stem if source.is_file() else source.name, read_dataset(source, format))], notes
     found, failed = [], []
     for split in dict.fromkeys(splits or DEFAULT_SPLITS):  # each once, in the order given
         try:

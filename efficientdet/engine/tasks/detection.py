@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ...data.dataset import Batch, DetectionDataset, loader_kwargs
 from ...data.images import ImageReadError, load_image
-from ...data.readers import has_split, read_dataset
+from ...data.readers import has_split, read_dataset, single_set
 from ...data.records import DetectionData, ImageRecord
 from ...evaluation.coco import CocoEvaluation, format_metrics
 from ...evaluation.data_check import data_summary
@@ -462,11 +462,12 @@ class DetectionTask(Task):
         if env.is_main:
             _report_fixes(cfg.train_split, train_data.fixes)
         val_split = cfg.val_split
-        if val_split not in (None, AUTO_VALIDATION) and Path(cfg.data).is_file():
+        if val_split not in (None, AUTO_VALIDATION) and single_set(cfg.data, cfg.format):
+            where = ("give the dataset folder (annotations/instances_<split>.json), " if Path(cfg.data).is_file()
+                     else "")  # fmt: skip
             raise TrainingError(
-                f"{cfg.data}: one annotation file is one split, so --val-split {val_split} would evaluate on the "
-                "training images; give the dataset folder (annotations/instances_<split>.json), or --val-split auto "
-                "to hold out part of this file, or none"
+                f"{cfg.data} is one set without named splits, so --val-split {val_split} would evaluate on the "
+                f"training images; {where}--val-split auto holds out part of it, or none"
             )
         val_data = None
         if val_split == AUTO_VALIDATION:
