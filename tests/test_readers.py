@@ -557,3 +557,28 @@ def test_voc_folder_of_images_and_xml_files_is_one_set(tmp_path, caplog):
     (root / "Annotations" / "img2.xml").write_text(_voc_xml("cat", (2, 2, 20, 20)))
     data = read_voc(root, "train")
     assert [Path(r.path).name for r in data.records] == ["img1.png", "img2.png"] and single_set(root, "voc")
+
+
+@pytest.mark.parametrize("class_file", ["classes.txt", "obj.names"])
+def test_yolo_folder_without_a_yaml_is_one_set_named_by_its_class_file(tmp_path, class_file):
+    """labelImg's YOLO output (images, a .txt label file each, and classes.txt) and Darknet-style folders
+    (obj.names; CVAT's YOLO export) have no data.yaml: "cannot tell the dataset format". Such a folder is one set,
+    searched through like a YOLO split folder, images without a label file negatives as YOLO has them."""
+    root = tmp_path / "labelled"
+    _image(root / "a.jpg", (200, 100))
+    (root / "a.txt").write_text("1 0.5 0.5 0.2 0.4\n")
+    _image(root / "more" / "images" / "b.png", (64, 32))
+    (root / "more" / "labels").mkdir()
+    (root / "more" / "labels" / "b.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    _image(root / "negative.jpg")
+    (root / class_file).write_text("cat\nhot dog\n")
+    data = read_dataset(root, split="val")
+    assert data.format == "yolo" and data.class_names == ["cat", "hot dog"]
+    assert [Path(r.path).name for r in data.records] == ["a.jpg", "b.png", "negative.jpg"]
+    np.testing.assert_allclose(data.records[0].boxes, [[80, 30, 120, 70]], atol=1e-4)
+    np.testing.assert_allclose(data.records[1].boxes, [[16, 8, 48, 24]], atol=1e-4)
+    assert len(data.records[2].boxes) == 0
+    assert single_set(root, None) and not has_split(root, None, "train")
+    (root / class_file).write_text("cat\n")
+    with pytest.raises(DatasetError, match=r"a\.txt: line 1: class index 1 is out of range"):
+        read_dataset(root)

@@ -240,9 +240,9 @@ def _xml_stems(xml_folder: Path, image_folder: Path) -> list[str]:
 
 
 def single_set(path: str | os.PathLike, format: str | None) -> bool:
-    """Whether the dataset at ``path`` is one set with no named splits: a COCO JSON file, or a VOC folder without
-    ``ImageSets/`` (one folder of images and XML files, or ``Annotations/`` + ``JPEGImages/``). Any split name reads
-    all of it, so validation must be held out of it."""
+    """Whether the dataset at ``path`` is one set with no named splits: a COCO JSON file, a VOC folder without
+    ``ImageSets/`` (one folder of images and XML files, or ``Annotations/`` + ``JPEGImages/``), a YOLO folder without
+    ``data.yaml``. Any split name reads all of it, so validation must be held out of it."""
     path = Path(path)
     try:
         fmt = format.lower() if format else _detect_format(path, "train")
@@ -252,6 +252,8 @@ def single_set(path: str | os.PathLike, format: str | None) -> bool:
         return path.is_file()
     if fmt == "voc":
         return (path / "Annotations").is_dir() and not (path / "ImageSets").is_dir() or _holds_xml(path)
+    if fmt == "yolo":
+        return path.is_dir() and not (path / "data.yaml").is_file() and _yolo_class_file(path) is not None
     return False
 
 
@@ -590,9 +592,15 @@ def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
     ``images`` path component replaced); with no ``images`` component it is ``<stem>.txt`` beside the image. A
     missing or empty label file makes the image a negative. Lines are ``class cx cy w h``, normalised to 0..1, with an
     optional sixth column (a detection's score, ignored).
+
+    A folder without ``data.yaml`` that holds ``classes.txt`` or ``obj.names`` (labelImg's YOLO output, Darknet and
+    CVAT's YOLO export) is one set whatever the split (:func:`single_set`): its images, searched as a split folder.
     """
     yaml_path = Path(root)
     if yaml_path.is_dir():
+        class_file = _yolo_class_file(yaml_path)
+        if class_file is not None and not (yaml_path / "data.yaml").is_file():
+            return _read_yolo_folder(yaml_path, class_file)
         yaml_path = yaml_path / "data.yaml"
     config = _load_yolo_yaml(yaml_path)
     class_names = _yolo_names(yaml_path, config)
@@ -600,6 +608,24 @@ def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
     fixes = _new_fixes()
     records = every_or_all_problems(
         enumerate(image_paths), lambda item: _yolo_record(item[0], item[1], len(class_names), fixes)
+    )
+    return DetectionData(records=records, class_names=class_names, format="yolo", fixes=fixes)
+
+
+YOLO_CLASS_FILES = ("classes.txt", "obj.names")  # the class list of a YOLO folder without data.yaml
+
+
+def _yolo_class_file(folder: Path) -> Path | None:
+    return next((folder / name for name in YOLO_CLASS_FILES if (folder / name).is_file()), None)
+
+
+def _read_yolo_folder(folder: Path, class_file: Path) -> DetectionData:
+    """A YOLO set without ``data.yaml``: the class names of ``class_file``, every image under ``folder``."""
+    class_names = _read_class_file(class_file)
+    fixes = _new_fixes()
+    records = every_or_all_problems(
+        enumerate(_yolo_entry_images(class_file, folder)),
+        lambda item: _yolo_record(item[0], item[1], len(class_names), fixes),
     )
     return DetectionData(records=records, class_names=class_names, format="yolo", fixes=fixes)
 
@@ -745,7 +771,8 @@ def read_dataset(path: str | os.PathLike, format: str | None = None, split: str 
     Detection: a ``.json`` file is COCO; a ``.yaml``/``.yml`` file or a folder with ``data.yaml`` is YOLO; a folder
     with ``Annotations/`` is VOC; a folder with ``annotations/instances_<split>.json``, ``annotations/<split>.json``,
     ``<split>.json`` or ``<split>/_annotations.coco.json`` (Roboflow; ``valid/`` for ``val``) is COCO; a folder with
-    XML files in it or in a folder of its own is VOC (labelImg's output, Roboflow's VOC export).
+    XML files in it or in a folder of its own is VOC (labelImg's output, Roboflow's VOC export); a folder with
+    ``classes.txt`` or ``obj.names`` is YOLO without a yaml.
     """
     path = Path(path)
     fmt = format.lower() if format else _detect_format(path, split)
@@ -828,8 +855,15 @@ def _detect_format(path: Path, split: str) -> str:
         return "coco"
     if _holds_xml(path) or any(_holds_xml(child) for child in path.iterdir()):  # labelImg's folder, Roboflow's VOC
         return "voc"
+    if _yolo_class_file(path) is not None:  # labelImg's YOLO folder, Darknet's obj.names
+        return "yolo"
     looked = ", ".join(
-        ["data.yaml (YOLO)", "Annotations/ (VOC)", "XML files here or in a folder per split (VOC)"]
+        [
+            "data.yaml (YOLO)",
+            "Annotations/ (VOC)",
+            "XML files here or in a folder per split (VOC)",
+            "classes.txt or obj.names (YOLO)",
+        ]
         + [f"{candidate.relative_to(path)} (COCO)" for candidate in _coco_json_candidates(path, split)]
     )
     raise DatasetError(f"{path}: cannot tell the dataset format (looked for {looked})")
