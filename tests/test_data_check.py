@@ -339,6 +339,23 @@ def test_a_folder_of_images_and_xml_files_is_checked_once(tmp_path, capsys):
     assert "labelled is one set without named splits: --splits ignored" in printed
 
 
+def test_a_coco_folder_is_checked_on_the_splits_it_has(tmp_path, capsys):
+    """COCO's own folder (instances_train2017.json, instances_val2017.json) and CVAT's export (instances_default.json)
+    name their splits otherwise than train / val / test / trainval: check-data without --splits read none of them
+    ("no split could be read"); it checks the splits the folder has."""
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
+    coco = {"images": [{"id": 0, "file_name": "a.jpg", "width": 64, "height": 48}],
+            "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [5, 5, 20, 20]}],
+            "categories": [{"id": 1, "name": "cat"}]}  # fmt: skip
+    (tmp_path / "annotations").mkdir()
+    for split in ("train2017", "val2017"):
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+    assert main(["check-data", "--data", str(tmp_path), "--img-size", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "== train2017: 1 image " in printed and "== val2017: 1 image " in printed and "not checked" not in printed
+
+
 def test_splits_that_fail_alike_are_named_once(tmp_path, capsys):
     """A folder or file that is no dataset fails every split for the same reason; the line said it four times."""
     stray = tmp_path / "notes.xml"

@@ -224,6 +224,20 @@ def test_coco_folder_layout_is_detected(tmp_path):
     assert data.format == "coco" and data.records[0].path == str((tmp_path / "val2017" / "a.jpg").resolve())
 
 
+def test_coco_folder_without_the_split_asked_names_the_splits_it_has(tmp_path):
+    """CVAT's COCO export (annotations/instances_default.json + images/) asked for `train` was "cannot tell the
+    dataset format", listing nine places looked in; it is a COCO folder, and the error names its split."""
+    _image(tmp_path / "images" / "a.jpg")
+    content = {"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 3, "name": "car"}]}
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_default.json").write_text(json.dumps(content))
+    (tmp_path / "annotations" / "person_keypoints_default.json").write_text("{}")
+    with pytest.raises(DatasetError, match=r"no COCO annotation file for split 'train' \(the splits here: default; "
+                       r"looked for annotations/instances_train\.json"):  # fmt: skip
+        read_dataset(tmp_path, split="train")
+    assert len(read_dataset(tmp_path, split="default")) == 1 and not has_split(tmp_path, None, "train")
+
+
 def test_roboflow_coco_export_layout_is_detected_with_valid_as_the_val_split(tmp_path):
     """Roboflow's COCO export: a folder per split (train/, valid/, test/), each with _annotations.coco.json and its
     images beside it."""

@@ -832,8 +832,41 @@ def _coco_json_for(path: Path, split: str) -> Path:
     found = next((candidate for candidate in candidates if candidate.is_file()), None)
     if found is None:
         looked = ", ".join(str(candidate.relative_to(path)) for candidate in candidates)
-        raise DatasetError(f"{path}: no COCO annotation file for split {split!r} (looked for {looked})")
+        here = _coco_splits_here(path)
+        there = f"the splits here: {', '.join(here)}; " if here else ""
+        raise DatasetError(f"{path}: no COCO annotation file for split {split!r} ({there}looked for {looked})")
     return found
+
+
+def coco_folder_splits(path: str | os.PathLike, format: str | None) -> list[str]:
+    """The split names of a COCO dataset folder, as its files name them (``train2017``, CVAT's ``default``); empty for
+    a dataset of another kind or a single file, whose splits are looked up by the names asked."""
+    path = Path(path)
+    if not path.is_dir() or (format or "coco").lower() != "coco":
+        return []
+    try:
+        if format is None and _detect_format(path, "train") != "coco":
+            return []
+    except DatasetError:
+        return []
+    return _coco_splits_here(path)
+
+
+_OTHER_COCO_TASKS = ("person_keypoints_", "captions_", "panoptic_", "image_info_", "stuff_")  # not detection files
+
+
+def _coco_splits_here(folder: Path) -> list[str]:
+    """The split names a COCO dataset folder holds files for: ``annotations/instances_<split>.json`` (CVAT's export
+    names its one split ``default``), ``annotations/<split>.json`` and Roboflow's ``<split>/_annotations.coco.json``."""
+    names = []
+    annotations = folder / "annotations"
+    if annotations.is_dir():
+        for path in sorted(annotations.glob("*.json")):
+            if not path.stem.startswith(_OTHER_COCO_TASKS):
+                names.append(path.stem.removeprefix("instances_"))
+    if folder.is_dir():
+        names += sorted(child.name for child in folder.iterdir() if (child / ROBOFLOW_COCO_JSON).is_file())
+    return list(dict.fromkeys(names))
 
 
 def _detect_format(path: Path, split: str) -> str:
@@ -851,7 +884,7 @@ def _detect_format(path: Path, split: str) -> str:
         return "yolo"
     if (path / "Annotations").is_dir():
         return "voc"
-    if any(candidate.is_file() for candidate in _coco_json_candidates(path, split)):
+    if any(candidate.is_file() for candidate in _coco_json_candidates(path, split)) or _coco_splits_here(path):
         return "coco"
     if _holds_xml(path) or any(_holds_xml(child) for child in path.iterdir()):  # labelImg's folder, Roboflow's VOC
         return "voc"

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.readers import DatasetError, read_dataset, single_set
+from ..data.readers import DatasetError, coco_folder_splits, read_dataset, single_set
 from ..data.records import DetectionData
 from ..models.config import ModelConfig, aspect_pairs, aspect_ratio_values, get_config
 from ..ops.anchors import anchors_for_config, feature_sizes
@@ -474,9 +474,10 @@ def read_splits(
 ) -> tuple[list[tuple[str, DetectionData]], list[str]]:
     """The splits of the dataset at ``path`` that can be read, and a note for each one that cannot.
 
-    ``splits`` None means every one of DEFAULT_SPLITS that exists. A set without named splits (a COCO JSON file, a
-    folder of images and VOC XML files: :func:`single_set`) is one split, named after the file or folder. Raises
-    DatasetError when the path does not exist or no split could be read.
+    ``splits`` None means the splits a COCO folder's files name, for other datasets every one of DEFAULT_SPLITS that
+    exists. A set without named splits (a COCO JSON file, a folder of images and VOC XML files: :func:`single_set`)
+    is one split, named after the file or folder. Raises DatasetError when the path does not exist or no split could
+    be read.
     """
     source = Path(path)
     if not source.exists():
@@ -487,7 +488,7 @@ def read_splits(
             notes.append(f"{source.name} is one set without named splits: --splits ignored")
         return [(source.stem if source.is_file() else source.name, read_dataset(source, format))], notes
     found, failed = [], []
-    for split in dict.fromkeys(splits or DEFAULT_SPLITS):  # each once, in the order given
+    for split in dict.fromkeys(splits or coco_folder_splits(source, format) or DEFAULT_SPLITS):  # each once, in order
         try:
             found.append((split, read_dataset(source, format, split)))
         except DatasetError as e:
