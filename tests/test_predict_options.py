@@ -224,3 +224,29 @@ def test_predict_runs_one_image_per_forward_pass_on_a_cpu_unless_told(checkpoint
     assert max(passes) > 1
     assert (default_batch_size("cpu"), default_batch_size("cuda:1")) == (1, 8)
     assert Detector(load_checkpoint(checkpoint)).batch_size == 1
+
+
+def test_source_option_takes_pictures_as_ultralytics_users_type_them(checkpoint, images, full_run, tmp_path):
+    """`--source photos/` was "no such file" (it was read as a video source only), `--source a.jpg` wrote a
+    one-frame video, `--source 'photos/*.png'` found nothing: folders, image files, globs and lists of them given to
+    --source are pictures, as positional sources are; a .txt file lists sources one per line (relative to the
+    list's folder where not found from here), as ultralytics reads one."""
+    expected = sorted((e["file_name"], e["bbox"]) for e in detections(full_run))
+    for source in (images, images / "*.png"):
+        output = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert run(output, checkpoint, extra=("--source", str(source))) == 0
+        assert sorted((e["file_name"], e["bbox"]) for e in detections(output)) == expected
+        assert not list(output.glob("*/detections.jsonl"))  # no video made of them
+    listing = tmp_path / "lists" / "photos.txt"
+    listing.parent.mkdir()
+    shutil.copy(images / "wide.png", listing.parent / "wide.png")
+    listing.write_text(f"wide.png\n\n{images / 'tall.png'}\n")
+    output = tmp_path / "from_list"
+    assert run(output, checkpoint, listing) == 0
+    assert sorted(Path(e["file_name"]).name for e in detections(output)) == sorted(
+        Path(e["file_name"]).name for e in detections(full_run)
+    )
+    output = tmp_path / "one_file"
+    assert run(output, checkpoint, extra=("--source", str(images / "wide.png"))) == 0
+    assert {Path(e["file_name"]).name for e in detections(output)} == {"wide.png"}
+    assert not list(output.glob("*/detections.jsonl"))

@@ -130,9 +130,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="image files, folders, quoted glob patterns ('photos/**/*.jpg'), image URLs "
                    "(https://.../bus.jpg: downloaded for the run), video files "
-                   f"({', '.join(VIDEO_EXTENSIONS)}), /dev/videoN, rtsp:// or http(s):// streams")  # fmt: skip
+                   f"({', '.join(VIDEO_EXTENSIONS)}), /dev/videoN, rtsp:// or http(s):// streams, .txt lists of "
+                   "these (one per line)")  # fmt: skip
     p.add_argument("--source", action="append", metavar="VIDEO",
-                   help="video source whatever its name: camera index (0), device, URL, file (repeatable)")  # fmt: skip
+                   help="video source whatever its name: camera index (0), device, URL, file (repeatable); folders, "
+                   "images, globs and .txt lists given here run as SOURCEs")  # fmt: skip
     add_weights_options(p)
     add_backend_option(p)  # an exported --checkpoint (.onnx, .xml): efficientdet.runtimes
     p.add_argument("--model", help="model name: needed for effdet's files and for --pretrained")

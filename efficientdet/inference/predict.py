@@ -168,6 +168,41 @@ def _glob_base(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+SOURCE_LIST_SUFFIX = ".txt"  # a file listing sources, one per line
+
+
+def is_picture_source(source: str | os.PathLike) -> bool:
+    """Whether a ``--source`` value (a video source whatever its name) names pictures instead: a folder, an image
+    file, a glob pattern, an image URL or a list of sources. Only cameras, devices, streams and other files are
+    video sources then; ultralytics' ``source=`` takes all of these alike, and its users type them so."""
+    text = os.fspath(source)
+    path = Path(text)
+    if is_image_url(text) or path.is_dir():
+        return True
+    if path.is_file():
+        return _is_image_file(path) or path.suffix.lower() == SOURCE_LIST_SUFFIX
+    return is_glob_pattern(text) and not text.isdigit()
+
+
+def listed_sources(sources: Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """``sources`` with each ``.txt`` file replaced by the sources it lists, one per line (blank lines and ``#``
+    comments skipped); a relative entry not found from the working folder is taken from the list's folder."""
+    out: list[str | os.PathLike] = []
+    for source in sources:
+        path = Path(source)
+        if path.suffix.lower() != SOURCE_LIST_SUFFIX or not path.is_file():
+            out.append(source)
+            continue
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            beside = path.parent / entry
+            local = Path(entry).exists() or Path(entry).is_absolute() or "://" in entry or not beside.exists()
+            out.append(entry if local else str(beside))
+    return out
+
+
 def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
@@ -457,7 +492,9 @@ def predict(
         raise ValueError(problem)
     if isinstance(sources, (str, os.PathLike)):  # one source, not a sequence of characters
         sources = [sources]
-    videos = [*(s for s in sources if is_video_source(s)), *video_sources]
+    pictures = [s for s in video_sources if is_picture_source(s)]  # `--source photos/` as ultralytics takes it
+    sources = listed_sources([*sources, *pictures])
+    videos = [*(s for s in sources if is_video_source(s)), *(s for s in video_sources if not is_picture_source(s))]
     sources = [s for s in sources if not is_video_source(s)]
     if videos:
         check_video_options(vid_stride, max_frames)
