@@ -483,6 +483,24 @@ def test_predict_cli_segmentation_task(trained_run, tmp_path, capsys):
     assert written == sorted([f"{s}_mask.png" for s in stems] + [f"{s}_overlay.png" for s in stems])
 
 
+def test_predict_segmentation_takes_pictures_through_source_and_lists(trained_run, tmp_path, capsys):
+    """`--source photos/` (ultralytics' habit) was refused as a detection option, and a .txt list of images was
+    read as an image itself; as for detection, they are pictures. A camera or video --source stays refused."""
+    root, out = trained_run
+    listing = tmp_path / "list.txt"
+    first = sorted((root / "val").iterdir())[0]
+    listing.write_text(f"{first}\n")
+    for given, folder in ((["--source", str(root / "val")], "a"), ([str(listing)], "b")):
+        args = ["predict", "--task", "segmentation", "--checkpoint", str(out / "best.pt"), *given,
+                "--output", str(tmp_path / folder), "--img-size", "64"]  # fmt: skip
+        assert main(args) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "a").glob("*_mask.png"))) == len(list((root / "val").iterdir()))
+    assert [p.name for p in (tmp_path / "b").glob("*_mask.png")] == [f"{first.stem}_mask.png"]
+    args = ["predict", "--task", "segmentation", "--checkpoint", str(out / "best.pt"), "--source", "0",
+            "--output", str(tmp_path / "c")]  # fmt: skip
+    assert main(args) == 2 and "--source is for detection models" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra",
     [["--save-txt"], ["--tile", "256"], ["--classes", "1"], ["--score-threshold", "0.5"], ["--max-det", "5"],

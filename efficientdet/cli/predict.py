@@ -16,6 +16,8 @@ from ..inference.predict import (
     DEFAULT_OUTPUT,
     DEFAULT_SCORE_THRESHOLD,
     expand_sources,
+    is_picture_source,
+    listed_sources,
     nothing_read_line,
     predict,
 )
@@ -43,6 +45,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"efficientdet predict: {problem}", file=sys.stderr)
         return 2
     if args.task == "segmentation":
+        if args.source and all(is_picture_source(source) for source in args.source):  # folders, images: sources
+            args.sources, args.source = [*args.sources, *args.source], None
         given = detection_options_given(args)
         if given:
             print(f"efficientdet predict: {given[0]} is for detection models; --task segmentation takes sources, "
@@ -99,7 +103,8 @@ def _cmd_predict_segmentation(args: argparse.Namespace) -> int:
         return 1
     done = 0
     with tempfile.TemporaryDirectory(prefix="efficientdet-url-images-") as downloads:  # images given by URL
-        images, failures = expand_sources(args.sources, args.recursive, exclude=args.output, download_to=downloads)
+        sources = listed_sources(args.sources)
+        images, failures = expand_sources(sources, args.recursive, exclude=args.output, download_to=downloads)
         for _, message in failures:  # each message names its source
             print(message, file=sys.stderr)
         if not images:  # as for detection: bad input, nothing written
