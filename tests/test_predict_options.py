@@ -17,6 +17,7 @@ from efficientdet.data.readers import read_yolo
 from efficientdet.inference import Detector
 from efficientdet.inference.class_filter import UnknownClassError, resolve_classes
 from efficientdet.inference.files import class_folders, crop_region, image_stems
+from efficientdet.inference.predict import is_picture_source
 from efficientdet.models.factory import load_checkpoint
 
 CLASS_NAMES = ["cat", "Dog", "a/b"]  # a mixed-case name and one that is not a safe folder name
@@ -226,7 +227,9 @@ def test_predict_runs_one_image_per_forward_pass_on_a_cpu_unless_told(checkpoint
     assert Detector(load_checkpoint(checkpoint)).batch_size == 1
 
 
-def test_source_option_takes_pictures_as_ultralytics_users_type_them(checkpoint, images, full_run, tmp_path):
+def test_source_option_takes_pictures_as_ultralytics_users_type_them(
+    checkpoint, images, full_run, tmp_path, monkeypatch
+):
     """`--source photos/` was "no such file" (it was read as a video source only), `--source a.jpg` wrote a
     one-frame video, `--source 'photos/*.png'` found nothing: folders, image files, globs and lists of them given to
     --source are pictures, as positional sources are; a .txt file lists sources one per line (relative to the
@@ -246,6 +249,9 @@ def test_source_option_takes_pictures_as_ultralytics_users_type_them(checkpoint,
     assert sorted(Path(e["file_name"]).name for e in detections(output)) == sorted(
         Path(e["file_name"]).name for e in detections(full_run)
     )
+    (tmp_path / "0").mkdir()  # a folder named like camera 0: `--source 0` stays the camera
+    monkeypatch.chdir(tmp_path)
+    assert not is_picture_source("0") and is_picture_source("lists")
     output = tmp_path / "one_file"
     assert run(output, checkpoint, extra=("--source", str(images / "wide.png"))) == 0
     assert {Path(e["file_name"]).name for e in detections(output)} == {"wide.png"}

@@ -177,11 +177,13 @@ def is_picture_source(source: str | os.PathLike) -> bool:
     video sources then; ultralytics' ``source=`` takes all of these alike, and its users type them so."""
     text = os.fspath(source)
     path = Path(text)
+    if text.isdigit():  # a camera index, even beside a folder of that name
+        return False
     if is_image_url(text) or path.is_dir():
         return True
     if path.is_file():
         return _is_image_file(path) or path.suffix.lower() == SOURCE_LIST_SUFFIX
-    return is_glob_pattern(text) and not text.isdigit()
+    return is_glob_pattern(text)
 
 
 def listed_sources(sources: Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
