@@ -344,6 +344,22 @@ def test_data_names_a_folder_of_split_and_annotation_folders(tmp_path):
         read_segmentation_split(voc_root=root, split="test")
 
 
+def test_a_missing_class_count_is_answered_with_the_ids_the_masks_hold(tmp_path, capsys):
+    """`train --task segmentation --data camvid` stopped with "give --num-classes" and no clue what to give; the
+    error now says which ids the training masks hold and the two readings of a last, unlabelled id."""
+    root = _camvid_subset(tmp_path, n_train=3, n_val=1)
+    args = ["train", "--task", "segmentation", "--data", str(root), "--ignore-index", "none",
+            "--output", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "give --num-classes (the number of class ids in the masks, the ignore index aside): the training masks hold "
+        "ids 0, 1, 2, 3, 4, 5, 6, 8, 9, 11; --num-classes 12 trains each as a class, or, if 11 marks unlabelled "
+        "pixels (as CamVid's void does), --num-classes 11 --ignore-index 11"  # three frames show no 7 nor 10
+    ), err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A tiny run through the CLI: 4 CamVid frames, 64 px crops, 8 epochs of one step, evaluated every epoch."""
@@ -660,3 +676,22 @@ def test_validation_on_the_training_images_is_said(tmp_path, caplog):
             SegmentationTask(cfg, DistEnv(), torch.device("cpu")).read_data()
         line = f"--val-images {train_images} shares 3 of 3 images with --train-images {train_images}: its score"
         assert (line in caplog.text) == said, caplog.text
+
+
+@pytest.mark.parametrize(
+    ("ids", "ignore", "expected"),
+    [
+        (
+            [0, 1, 2, 255],
+            255,
+            "ids 0-2 (255, the ignore index, aside); --num-classes 3 trains each as a class, or, if 2",
+        ),
+        ([0, 5], None, "ids 0, 5; --num-classes 6 trains each as a class, or, if 5 marks"),
+        ([3], None, "hold id 3; --num-classes 4 trains each as a class"),
+        ([255], 255, "the training masks hold no id but the ignore index 255"),
+    ],
+)
+def test_class_count_hint_reads_the_ids(ids, ignore, expected):
+    from efficientdet.engine.tasks.segmentation import _class_count_hint
+
+    assert expected in _class_count_hint(ids, ignore)

@@ -209,6 +209,14 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(f"{path}: cannot read mask ({e})") from e
 
 
+def mask_ids(data: SegmentationData) -> list[int]:
+    """The distinct ids of all of ``data``'s masks, ascending (one read of each mask)."""
+    found: set[int] = set()
+    for pair in data.pairs:
+        found.update(np.unique(load_mask(pair.mask)).tolist())
+    return sorted(found)
+
+
 def to_targets(mask: np.ndarray, num_classes: int, ignore_index: int | None, path: str = "mask") -> np.ndarray:
     """Raw ids -> training targets (ignore index -> IGNORE); any other id outside 0..num_classes-1 is an error."""
     out = mask.astype(np.int64, copy=True)

@@ -28,6 +28,7 @@ from ...data.segmentation import (
     SegmentationDataset,
     check_masks,
     loader_kwargs,
+    mask_ids,
     mask_statistics,
     read_segmentation_split,
 )
@@ -208,6 +209,23 @@ def build_segmentation_model(cfg: SegTrainConfig, num_classes: int) -> Efficient
     return model
 
 
+def _class_count_hint(ids: list[int], ignore_index: int | None) -> str:
+    """What the training masks' ids say about ``--num-classes``: the count they imply, and the other reading when the
+    last id may mark unlabelled pixels (CamVid's void is 11, after its 11 classes)."""
+    aside = f" ({ignore_index}, the ignore index, aside)" if ignore_index in ids else ""
+    ids = [i for i in ids if i != ignore_index]
+    if not ids:
+        return f"the training masks hold no id but the ignore index {ignore_index}"
+    contiguous = len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1))
+    shown = f"ids {ids[0]}-{ids[-1]}" if contiguous else f"id{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+    hint = f"the training masks hold {shown}{aside}; --num-classes {ids[-1] + 1} trains each as a class"
+    if len(ids) > 1:
+        last = ids[-1]
+        hint += (f", or, if {last} marks unlabelled pixels (as CamVid's void does), --num-classes {last} "
+                 f"--ignore-index {last}")  # fmt: skip
+    return hint
+
+
 def _read_split(cfg: SegTrainConfig, images: str | None, masks: str | None, split: str | None) -> SegmentationData:
     return read_segmentation_split(images, masks, cfg.data if images is None else None, split)
 
@@ -256,7 +274,8 @@ class SegmentationTask(Task):
         if num_classes is None:
             names = cfg.class_names or train_data.class_names
             if names is None:
-                raise TrainingError("give --num-classes (the number of class ids in the masks, the ignore index aside)")
+                raise TrainingError("give --num-classes (the number of class ids in the masks, the ignore index "
+                                    f"aside): {_class_count_hint(mask_ids(train_data), cfg.ignore_index)}")  # fmt: skip
             num_classes = len(names)
         class_names = _class_names(cfg, train_data, num_classes)
         t0 = time.time()
