@@ -256,3 +256,13 @@ def test_source_option_takes_pictures_as_ultralytics_users_type_them(
     assert run(output, checkpoint, extra=("--source", str(images / "wide.png"))) == 0
     assert {Path(e["file_name"]).name for e in detections(output)} == {"wide.png"}
     assert not list(output.glob("*/detections.jsonl"))
+
+
+def test_images_that_reach_max_det_are_counted_in_the_summary(checkpoint, images, tmp_path, capsys):
+    """A dense scene (a shelf, a cell smear) whose detections stop at --max-det looked complete; the summary says
+    how many images reached the cap, so that a user knows more objects may be there."""
+    assert run(tmp_path / "capped", checkpoint, images, extra=("--max-det", "5", "--score-threshold", "0")) == 0
+    out = capsys.readouterr().out
+    assert "2 images reached --max-det 5 detections (more objects may be there: raise --max-det)" in out
+    assert run(tmp_path / "free", checkpoint, images) == 0
+    assert "reached --max-det" not in capsys.readouterr().out

@@ -91,6 +91,14 @@ class DetectionEvalOptions(EvalOptions):
         default=False,
         metadata=option("test-time augmentation: each image also runs mirrored, detections merged (2x the time)"),
     )
+    max_det: int | None = field(
+        default=None,
+        metadata=option(
+            "detections kept and scored an image",
+            int_at_least(1, optional=True),
+            default_text="COCO's 100, or 300 / 1000 / 3000 where an image of the split holds more objects",
+        ),
+    )
     box_voting: float | None = field(
         default=EVAL_VOTE_IOU,
         metadata=option(
@@ -191,7 +199,7 @@ def _eval_detection(args: argparse.Namespace, options: DetectionEvalOptions) -> 
         print("efficientdet eval: the following arguments are required: --data", file=sys.stderr)
         return 2
     from ..data.readers import read_dataset
-    from ..evaluation.coco import format_metrics, format_per_class
+    from ..evaluation.coco import COCO_MAX_DETECTIONS, dense_evaluation_line, format_metrics, format_per_class
     from ..evaluation.validate import evaluate_model
     from ..export.runtimes import input_size_problem
     from ..models.weights import CheckpointError
@@ -234,7 +242,10 @@ def _eval_detection(args: argparse.Namespace, options: DetectionEvalOptions) -> 
         nms=options.nms,
         flip_tta=options.flip_tta,
         vote_iou=options.box_voting,
+        max_det=options.max_det,
     )
+    if options.max_det is None and result.coco.max_dets != COCO_MAX_DETECTIONS:
+        print(dense_evaluation_line(result.coco.max_dets, data.records))
     print(format_per_class(result.coco))
     print(format_metrics(result.metrics))
     if result.unreadable_images:

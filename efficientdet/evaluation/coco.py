@@ -25,6 +25,8 @@ from ..data.records import DetectionData, ImageRecord
 from ..utils.atomic import atomic_open
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+COCO_MAX_DETECTIONS = 100  # the detections an image COCO's evaluation scores (its maxDets' last entry)
+DENSE_MAX_DETECTIONS = (300, 1000, 3000)  # for images holding more objects (300: LVIS' and ultralytics' cap)
 
 
 def _record_annotations(record: ImageRecord, cat_ids: list[int], first_id: int) -> list[dict]:
@@ -102,8 +104,8 @@ class CocoEvaluation:
     Everything per class is read from ``COCOeval.eval`` after ``accumulate()`` (the same arrays ``summarize()``
     averages), so the per-class numbers are pycocotools' own and the headline AP is their mean over defined classes.
     ``precision`` and ``scores`` are ``[iou threshold, recall point, class]`` in ``class_names`` order at area "all"
-    and 100 detections per image: the precision reached at each recall point and the score threshold that reaches
-    it; -1 marks points that are undefined (no ground truth) or not reached.
+    and ``max_dets`` detections per image: the precision reached at each recall point and the score threshold that
+    reaches it; -1 marks points that are undefined (no ground truth) or not reached.
     """
 
     metrics: dict[str, float]
@@ -113,6 +115,7 @@ class CocoEvaluation:
     scores: np.ndarray
     iou_thresholds: np.ndarray
     recall_thresholds: np.ndarray
+    max_dets: int = COCO_MAX_DETECTIONS  # detections an image scored
 
     def iou_index(self, iou: float) -> int:
         """Position of the IoU threshold ``iou`` (0.5, 0.55, ..., 0.95) in the arrays."""
@@ -120,6 +123,11 @@ class CocoEvaluation:
         if not len(hits):
             raise ValueError(f"IoU {iou} is not one of the evaluated thresholds {self.iou_thresholds.tolist()}")
         return int(hits[0])
+
+
+def recall_key(max_dets: int) -> str:
+    """The per-class recall's name: COCO's ``AR100``, or ``AR300`` ... where more detections an image are scored."""
+    return f"AR{max_dets}"
 
 
 def _mean_defined(values: np.ndarray) -> float:
@@ -131,7 +139,8 @@ def _mean_defined(values: np.ndarray) -> float:
 def _per_class_table(
     evaluator: COCOeval, gt: dict, results: list[dict], class_names: Sequence[str], cat_ids: list[int]
 ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
-    """Per-class AP, AP50, AP75, AR@100 and box counts, plus the precision/score arrays in class order."""
+    """Per-class AP, AP50, AP75, AR (``AR100``: at maxDets' last entry, ``AR<n>`` when that is not 100) and box
+    counts, plus the precision/score arrays in class order."""
     params = evaluator.params
     column = {cid: i for i, cid in enumerate(params.catIds)}
     order = [column[cid] for cid in cat_ids]
@@ -151,7 +160,7 @@ def _per_class_table(
                 "AP": _mean_defined(precision[:, :, k]),
                 "AP50": _mean_defined(precision[t50, :, k]),
                 "AP75": _mean_defined(precision[t75, :, k]),
-                "AR100": _mean_defined(recall[:, k]),
+                recall_key(params.maxDets[-1]): _mean_defined(recall[:, k]),
                 "gt_boxes": int(gt_boxes.get(cid, 0)),
                 "detections": int(detections.get(cid, 0)),
             }
@@ -159,8 +168,11 @@ def _per_class_table(
     return table, precision, scores
 
 
-def coco_evaluation(gt: dict, results: list[dict]) -> CocoEvaluation:
+def coco_evaluation(gt: dict, results: list[dict], max_dets: int = COCO_MAX_DETECTIONS) -> CocoEvaluation:
     """Run pycocotools on ``results`` against ``gt``: headline metrics, per-class table and arrays.
+
+    ``max_dets``: the detections an image that count, COCO's 100 by default; a dataset whose images hold more objects
+    needs more (pycocotools' third ``maxDets`` entry, which its AP and AR headline read).
 
     pycocotools reports ``-1.0`` for a metric that is undefined because no ground truth falls in it (e.g. APs on a
     dataset without small objects); it is kept as ``-1.0`` so the numbers match pycocotools and published tables.
@@ -175,17 +187,44 @@ def coco_evaluation(gt: dict, results: list[dict]) -> CocoEvaluation:
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes([dict(r) for r in results]) if results else _empty_results(coco_gt)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator.params.maxDets = [1, 10, max_dets]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     metrics = {key: float(evaluator.stats[i]) for i, key in enumerate(METRIC_KEYS)}
+    # summarize() reads its first figure, AP, at 100 detections whatever maxDets holds (-1 when 100 is not there);
+    # the others at maxDets' last entry. AP is recomputed the way summarize() does, at that entry.
+    precision = evaluator.eval["precision"][:, :, :, _AREA_ALL, _MAX_DETS_100]
+    metrics["AP"] = _mean_defined(precision)
     names = [c["name"] for c in gt["categories"]]
     cat_ids = [int(c["id"]) for c in gt["categories"]]
     table, precision, scores = _per_class_table(evaluator, gt, results, names, cat_ids)
     return CocoEvaluation(
         metrics, table, names, precision, scores, np.asarray(evaluator.params.iouThrs),
-        np.asarray(evaluator.params.recThrs),
+        np.asarray(evaluator.params.recThrs), max_dets,
     )  # fmt: skip
+
+
+def _densest(records: Sequence[ImageRecord]) -> int:
+    """The most objects (crowd regions aside) any image of ``records`` holds."""
+    return max((len(r.boxes) - int(np.count_nonzero(r.iscrowd)) for r in records), default=0)
+
+
+def detections_to_keep(records: Sequence[ImageRecord]) -> int:
+    """How many detections an image the evaluation keeps and scores: COCO's 100, unless an image of ``records`` holds
+    more objects (crowd regions aside), where 100 would cap its recall below 1 whatever the model; then the first of
+    DENSE_MAX_DETECTIONS that covers the densest image."""
+    densest = _densest(records)
+    if densest <= COCO_MAX_DETECTIONS:
+        return COCO_MAX_DETECTIONS
+    return next((k for k in DENSE_MAX_DETECTIONS if k >= densest), DENSE_MAX_DETECTIONS[-1])
+
+
+def dense_evaluation_line(max_dets: int, records: Sequence[ImageRecord]) -> str:
+    """The line that says why an evaluation scores more than COCO's 100 detections an image."""
+    densest = _densest(records)
+    return (f"evaluation: up to {max_dets} detections an image (COCO's {COCO_MAX_DETECTIONS} would cap recall: an "
+            f"image holds {densest} objects)")  # fmt: skip
 
 
 def coco_metrics(gt: dict, results: list[dict]) -> dict[str, float]:
@@ -205,6 +244,7 @@ def evaluate_split(
     json_path: str | os.PathLike | None = None,
     detections_path: str | os.PathLike | None = None,
     unreadable_images: int = 0,
+    max_dets: int = COCO_MAX_DETECTIONS,
 ) -> CocoEvaluation:
     """pycocotools on ``detections`` (one dict per record, in record order, annotation pixels) for ``data``.
 
@@ -219,7 +259,7 @@ def evaluate_split(
     category_ids = getattr(data, "category_ids", None)
     gt = coco_ground_truth(data.records, data.class_names, category_ids)
     results = detections_to_coco([r.image_id for r in data.records], detections, category_ids)
-    evaluation = coco_evaluation(gt, results)
+    evaluation = coco_evaluation(gt, results, max_dets)
     if detections_path is not None:
         _write_json_atomic(detections_path, results)
     if json_path is not None:
@@ -246,15 +286,16 @@ def evaluate_detections(
 
 
 def format_per_class(evaluation: CocoEvaluation) -> str:
-    """A fixed-width table, one row per class: AP, AP50, AP75, AR@100, ground-truth boxes, detections.
+    """A fixed-width table, one row per class: AP, AP50, AP75, AR (at ``max_dets``), ground-truth boxes, detections.
 
     Undefined entries (a class without ground truth in the split) show as ``-``.
     """
     width = max([5, *(len(row["class"]) for row in evaluation.per_class)])
-    header = f"{'class':<{width}s}  {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'AR100':>6s} {'boxes':>7s} {'dets':>7s}"
+    ar = recall_key(evaluation.max_dets)
+    header = f"{'class':<{width}s}  {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {ar:>6s} {'boxes':>7s} {'dets':>7s}"
     lines = [header]
     for row in evaluation.per_class:
-        cells = " ".join(f"{row[k]:6.3f}" if row[k] > -1 else f"{'-':>6s}" for k in ("AP", "AP50", "AP75", "AR100"))
+        cells = " ".join(f"{row[k]:6.3f}" if row[k] > -1 else f"{'-':>6s}" for k in ("AP", "AP50", "AP75", ar))
         lines.append(f"{row['class']:<{width}s}  {cells} {row['gt_boxes']:7d} {row['detections']:7d}")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from ..inference.detector import Detector
 from ..models.detector import EfficientDet
 from ..ops.postprocess import MAX_DETECTIONS, NMS_IOU, TOPK_CANDIDATES
 from ..utils.distributed import all_gather_objects, broadcast_object, current_env
-from .coco import CocoEvaluation, evaluate_split
+from .coco import CocoEvaluation, detections_to_keep, evaluate_split
 
 EVAL_SCORE_THRESHOLD = 0.001  # the official evaluation keeps detections down to this score
 # Evaluation (`eval` and the evaluation during training) de-duplicates with Gaussian soft-NMS, the paper's evaluation
@@ -148,10 +148,14 @@ def evaluate_model(
     distributed: bool = False,
     flip_tta: bool = False,
     vote_iou: float | None = EVAL_VOTE_IOU,
+    max_det: int | None = None,
 ) -> ModelEvaluation:
     """Predict every image of ``data`` and score the detections with pycocotools (``nms="soft"``: the official
     evaluation; ``vote_iou``: box voting after it, None for none). Images that cannot be read get no detections
     (their boxes count as missed) and are counted.
+
+    ``max_det``: detections kept and scored an image; None: :func:`detections_to_keep` of the split (COCO's 100
+    unless an image holds more objects).
 
     ``distributed``: all ranks of an initialised process group call this; the work is split between them and
     every rank returns the same result (computed once, on rank 0, from all detections).
@@ -162,12 +166,13 @@ def evaluate_model(
     """
     if getattr(model, "class_names", None):
         data = data.with_class_names(list(model.class_names), getattr(model, "category_ids", None))
+    keep = detections_to_keep(data.records) if max_det is None else max_det
     settings = (image_size, batch_size, workers, device)
-    post: dict[str, Any] = {"nms": nms, "flip_tta": flip_tta, "vote_iou": vote_iou}
+    post: dict[str, Any] = {"nms": nms, "flip_tta": flip_tta, "vote_iou": vote_iou, "max_det": keep}
     env = current_env()
     if not (distributed and env.distributed):
         dets, skipped = predict_records(model, data.records, *settings, **post)
-        coco = evaluate_split(data, dets, json_path, detections_path, unreadable_images=skipped)
+        coco = evaluate_split(data, dets, json_path, detections_path, unreadable_images=skipped, max_dets=keep)
         return ModelEvaluation(coco, dets, skipped)
     mine = list(range(env.rank, len(data.records), env.world_size))  # strided: image sizes spread evenly
     dets, skipped = predict_records(model, [data.records[i] for i in mine], *settings, **post)
@@ -177,7 +182,7 @@ def evaluate_model(
         by_index = dict(pair for part, _ in parts for pair in part)
         ordered = [by_index[i] for i in range(len(data.records))]
         unreadable = sum(n for _, n in parts)
-        coco = evaluate_split(data, ordered, json_path, detections_path, unreadable_images=unreadable)
+        coco = evaluate_split(data, ordered, json_path, detections_path, unreadable_images=unreadable, max_dets=keep)
         result = ModelEvaluation(coco, ordered, unreadable)
     return broadcast_object(result)
 

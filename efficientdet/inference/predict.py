@@ -135,6 +135,8 @@ class PredictSummary:
     frames: int = 0  # their frames processed
     interrupted: bool = False  # Ctrl-C ended the run (a video's files are closed and playable)
     images_left: int = 0  # images Ctrl-C left unprocessed (their drawings and detections are not written)
+    capped: int = 0  # images and frames whose detections reached max_det: a dense scene may hold more
+    max_det: int = MAX_DETECTIONS
 
     @property
     def exit_code(self) -> int:
@@ -150,10 +152,15 @@ class PredictSummary:
         videos = f"{counted(self.frames, 'frame')} of {counted(self.videos, 'video')}, " if self.videos else ""
         left = f": {counted(self.images_left, 'image')} not processed" if self.images_left else ""
         stopped = f" (stopped by Ctrl-C{left})" if self.interrupted else ""
+        capped = ""
+        if self.capped:
+            what = "image" if not self.videos else "image or frame" if self.images else "frame"
+            capped = (f"; {counted(self.capped, what)} reached --max-det {self.max_det} detections (more objects may "
+                      "be there: raise --max-det)")  # fmt: skip
         return (
             f"predict: {counted(self.images, 'image')}, {videos}{counted(self.detections, 'detection')}, "
             f"{len(self.failures)} failed, "
-            f"{self.seconds:.1f} s{where}{stopped}"
+            f"{self.seconds:.1f} s{where}{stopped}{capped}"
         )
 
 
@@ -515,7 +522,7 @@ def predict(
             folder = downloads.enter_context(tempfile.TemporaryDirectory(prefix="efficientdet-url-images-"))
         found_videos: list[Path] = []  # in folders and globs
         images, source_errors = expand_sources(sources, recursive, exclude=out, download_to=folder, videos=found_videos)
-        summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE)
+        summary = PredictSummary(output=out, detections_path=out / DETECTIONS_FILE, max_det=detector.max_det)
         bar = progress_bar(total=len(images), enabled=progress is not False, unit="img")
 
         stream = sys.stderr if errors is True else errors or None  # resolved now: sys.stderr may have been replaced
@@ -573,6 +580,7 @@ def predict(
                     })  # fmt: skip
                 summary.images += 1
                 summary.detections += len(entries)
+                summary.capped += len(det["labels"]) >= detector.max_det
                 try:
                     if save_txt:
                         scores = det["scores"] if save_conf else None
@@ -645,6 +653,7 @@ def predict(
         )  # fmt: skip
         summary.videos, summary.frames, summary.interrupted = run.videos, run.frames, run.interrupted
         summary.detections += run.detections
+        summary.capped += run.capped
     if created and not summary.images and not summary.videos and not any(out.iterdir()):
         out.rmdir()  # every image and video failed to open: no empty folder left behind
         summary.output = summary.detections_path = None

@@ -579,6 +579,7 @@ class VideoRun:
     videos: int = 0
     frames: int = 0
     detections: int = 0
+    capped: int = 0  # frames whose detections reached the detector's max_det
     outputs: list[Path] = field(default_factory=list)
     interrupted: bool = False
 
@@ -668,6 +669,7 @@ def predict_videos(
                         drawing.put(result)
                     run.frames += 1
                     run.detections += len(det["labels"])
+                    run.capped += len(det["labels"]) >= detector.max_det
                     bar.update(1)
             except VideoError as exc:
                 fail(source.text, f"warning: {exc}; kept the frames before it")

@@ -22,7 +22,13 @@ from ...data.dataset import Batch, DetectionDataset, loader_kwargs
 from ...data.images import ImageReadError, load_image
 from ...data.readers import has_split, read_dataset, single_set
 from ...data.records import DetectionData, ImageRecord
-from ...evaluation.coco import CocoEvaluation, format_metrics
+from ...evaluation.coco import (
+    COCO_MAX_DETECTIONS,
+    CocoEvaluation,
+    dense_evaluation_line,
+    detections_to_keep,
+    format_metrics,
+)
 from ...evaluation.data_check import data_summary
 from ...evaluation.plots import write_evaluation_plots
 from ...evaluation.validate import evaluate_model, predict_records
@@ -491,6 +497,8 @@ class DetectionTask(Task):
             val_data = val_data.with_class_names(train_data.class_names)
         self.train_data, self.val_data = train_data, val_data
         self.class_names = train_data.class_names
+        if val_data is not None and env.is_main and detections_to_keep(val_data.records) != COCO_MAX_DETECTIONS:
+            LOG.info(dense_evaluation_line(detections_to_keep(val_data.records), val_data.records))
         self._choose_recipe()
 
     def _choose_recipe(self) -> None:
