@@ -356,6 +356,23 @@ def test_a_coco_folder_is_checked_on_the_splits_it_has(tmp_path, capsys):
     assert "== train2017: 1 image " in printed and "== val2017: 1 image " in printed and "not checked" not in printed
 
 
+def test_an_image_denser_than_cocos_100_detections_is_named(tmp_path):
+    """check-data says when a split's densest image holds more objects than COCO's 100 detections an image, and
+    what eval and predict do about it."""
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((480, 640, 3), np.uint8)).save(tmp_path / "images" / "shelf.jpg")
+    boxes = [[20 * (i % 30), 40 * (i // 30), 15, 30] for i in range(150)]
+    coco = {"images": [{"id": 0, "file_name": "shelf.jpg", "width": 640, "height": 480}],
+            "annotations": [{"id": i + 1, "image_id": 0, "category_id": 1, "bbox": b} for i, b in enumerate(boxes)],
+            "categories": [{"id": 1, "name": "item"}]}  # fmt: skip
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    report = format_report(check_dataset(tmp_path / "val.json", None, None, LITE0, 64))
+    assert (
+        "  densest image: 150 objects, more than COCO's 100 detections: eval scores up to 300 an image (give "
+        "predict --max-det 300)" in report
+    )
+
+
 def test_splits_that_fail_alike_are_named_once(tmp_path, capsys):
     """A folder or file that is no dataset fails every split for the same reason; the line said it four times."""
     stray = tmp_path / "notes.xml"

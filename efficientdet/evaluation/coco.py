@@ -205,7 +205,7 @@ def coco_evaluation(gt: dict, results: list[dict], max_dets: int = COCO_MAX_DETE
     )  # fmt: skip
 
 
-def _densest(records: Sequence[ImageRecord]) -> int:
+def densest_objects(records: Sequence[ImageRecord]) -> int:
     """The most objects (crowd regions aside) any image of ``records`` holds."""
     return max((len(r.boxes) - int(np.count_nonzero(r.iscrowd)) for r in records), default=0)
 
@@ -214,7 +214,7 @@ def detections_to_keep(records: Sequence[ImageRecord]) -> int:
     """How many detections an image the evaluation keeps and scores: COCO's 100, unless an image of ``records`` holds
     more objects (crowd regions aside), where 100 would cap its recall below 1 whatever the model; then the first of
     DENSE_MAX_DETECTIONS that covers the densest image."""
-    densest = _densest(records)
+    densest = densest_objects(records)
     if densest <= COCO_MAX_DETECTIONS:
         return COCO_MAX_DETECTIONS
     return next((k for k in DENSE_MAX_DETECTIONS if k >= densest), DENSE_MAX_DETECTIONS[-1])
@@ -222,7 +222,7 @@ def detections_to_keep(records: Sequence[ImageRecord]) -> int:
 
 def dense_evaluation_line(max_dets: int, records: Sequence[ImageRecord]) -> str:
     """The line that says why an evaluation scores more than COCO's 100 detections an image."""
-    densest = _densest(records)
+    densest = densest_objects(records)
     return (f"evaluation: up to {max_dets} detections an image (COCO's {COCO_MAX_DETECTIONS} would cap recall: an "
             f"image holds {densest} objects)")  # fmt: skip
 

@@ -36,6 +36,7 @@ from ..ops.labeler import MATCH_IOU
 from ..utils.atomic import atomic_open
 from ..utils.text import counted
 from ..utils.threads import torch_threads
+from .coco import COCO_MAX_DETECTIONS, densest_objects, detections_to_keep
 
 DEFAULT_SPLITS = ("train", "val", "test", "trainval")
 IOU_BIN_EDGES = tuple(i / 10 for i in range(11))  # best-anchor IoU histogram: 0-0.1, 0.1-0.2, ..., 0.9-1.0
@@ -632,6 +633,11 @@ def _split_lines(check: SplitCheck, size: int, max_listed: int) -> list[str]:
     fixed = ", ".join(counted(v, k.replace("_", " ").removesuffix("es" if k.endswith("xes") else "s"))
                       for k, v in fixes.items()) if fixes else "nothing"  # fmt: skip
     lines.append(f"  fixed while reading: {fixed}")
+    keep = detections_to_keep(data.records)
+    if keep != COCO_MAX_DETECTIONS:
+        densest = densest_objects(data.records)
+        lines.append(f"  densest image: {densest:,} objects, more than COCO's {COCO_MAX_DETECTIONS} detections: eval "
+                     f"scores up to {keep} an image (give predict --max-det {keep})")  # fmt: skip
     missing = check.missing_files
     if missing:
         named = ", ".join(missing[:max_listed]) + (", ..." if len(missing) > max_listed else "")
