@@ -211,6 +211,25 @@ def test_coco_file_names_relative_to_the_json_are_found(tmp_path):
     assert data.fixes["unreadable_images"] == 0 and len(data.records[1].boxes) == 1
 
 
+def test_windows_paths_in_annotation_files_are_found(tmp_path):
+    """A COCO JSON or a YOLO list written on Windows names `sub\\b.jpg`; on Linux and macOS a backslash is a
+    character of the name, so the image was "unreadable" and its boxes lost."""
+    _image(tmp_path / "images" / "sub" / "b.jpg")
+    path = _coco_dataset(tmp_path, [{"id": 1, "image_id": 9, "category_id": 18, "bbox": [10, 5, 20, 10]}])
+    content = json.loads(path.read_text())
+    content["images"][1]["file_name"] = "sub\\b.jpg"
+    path.write_text(json.dumps(content))
+    data = read_coco(path)
+    assert data.records[1].path == str((tmp_path / "images" / "sub" / "b.jpg").resolve())
+    assert data.fixes["unreadable_images"] == 0
+    (tmp_path / "yolo").mkdir()
+    root = _yolo_dataset(tmp_path / "yolo", "names: [cat, dog]")
+    (root / "train.txt").write_text("images\\train\\boxed.jpg\r\n.\\images\\train\\negative.png\r\n")
+    (root / "data.yaml").write_text("train: train.txt\nnames: [cat, dog]\n")
+    assert [Path(r.path).name for r in read_yolo(root, "train").records] == ["boxed.jpg", "negative.png"]
+    assert len(read_yolo(root, "train").records[0].boxes) == 2
+
+
 def test_coco_folder_layout_is_detected(tmp_path):
     _image(tmp_path / "val2017" / "a.jpg")
     content = {

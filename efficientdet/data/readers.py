@@ -556,12 +556,27 @@ def _default_coco_image_dir(json_path: Path, images: list[dict[str, Any]]) -> Pa
 
 def _coco_image_path(folder: Path, json_folder: Path, image: dict[str, Any]) -> Path:
     """Where an image's ``file_name`` is: in the image folder, or, for a name with a folder in it that is not
-    there, relative to the JSON's folder where it is there (exporters that write ``images/a.jpg``)."""
+    there, relative to the JSON's folder where it is there (exporters that write ``images/a.jpg``); a name written
+    on Windows (``sub\\a.jpg``) is looked for with its backslashes as folder separators too."""
     name = str(image["file_name"])
-    path = folder / name
-    if ("/" in name or "\\" in name) and not path.is_file() and (json_folder / name).is_file():
-        return json_folder / name
-    return path
+    for candidate in dict.fromkeys((name, _slashed(name))):
+        if (folder / candidate).is_file():
+            return folder / candidate
+        if ("/" in candidate or "\\" in candidate) and (json_folder / candidate).is_file():
+            return json_folder / candidate
+    return folder / name
+
+
+def _listed_path(folder: Path, line: str) -> Path:
+    """An image path of a list, relative to the list's ``folder``; one written on Windows is read with its
+    backslashes as separators where the name as written is not there."""
+    path = folder / line
+    return path if path.exists() else folder / _slashed(line)
+
+
+def _slashed(name: str) -> str:
+    """A path written on Windows with forward slashes, which every system reads as folder separators."""
+    return name.replace("\\", "/")
 
 
 def _coco_record(path: Path, image: dict[str, Any], objects: list[_CocoObject], fixes: dict[str, int]) -> ImageRecord:
@@ -697,8 +712,8 @@ def _yolo_entry_images(yaml_path: Path, entry: Path) -> list[Path]:
     if entry.is_dir():
         return sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if entry.is_file() and entry.suffix.lower() == ".txt":
-        lines = entry.read_text(encoding="utf-8-sig").splitlines()
-        return [entry.parent / line.strip() for line in lines if line.strip()]
+        lines = [line.strip() for line in entry.read_text(encoding="utf-8-sig").splitlines()]
+        return [_listed_path(entry.parent, line) for line in lines if line]
     raise DatasetError(f"{yaml_path}: split entry {entry} is neither a folder nor a .txt list of images")
 
 
