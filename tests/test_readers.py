@@ -615,3 +615,22 @@ def test_yolo_folder_without_a_yaml_is_one_set_named_by_its_class_file(tmp_path,
     (root / class_file).write_text("cat\n")
     with pytest.raises(DatasetError, match=r"a\.txt: line 1: class index 1 is out of range"):
         read_dataset(root)
+
+
+def test_yolo_labels_beside_their_images_are_read_and_a_split_without_labels_is_said(tmp_path, caplog):
+    """Label files put beside their images inside images/train/ (not in labels/train/) left every image a negative
+    without a word: 0 boxes trained. They are read where they are; a split where no image has a label file anywhere
+    is said in a warning."""
+    root = tmp_path / "beside"
+    _image(root / "images" / "train" / "a.jpg", (200, 100))
+    (root / "images" / "train" / "a.txt").write_text("0 0.5 0.5 0.2 0.4\n")
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [cat]\n")
+    np.testing.assert_allclose(read_yolo(root, "train").records[0].boxes, [[80, 30, 120, 70]], atol=1e-4)
+    (root / "images" / "train" / "a.txt").unlink()
+    _image(root / "images" / "val" / "b.jpg")
+    with caplog.at_level("WARNING"):
+        assert len(read_yolo(root, "val").records[0].boxes) == 0
+    assert (
+        "data.yaml: split 'val' has 1 image and no label file (looked for labels/val/b.txt, and b.txt beside "
+        "the image): every image trains as a negative" in caplog.text
+    )

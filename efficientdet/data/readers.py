@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from ..utils.boxes import box_areas
+from ..utils.text import counted
 from .images import ImageReadError, image_size
 from .records import DetectionData, ImageRecord
 
@@ -620,6 +621,14 @@ def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
     config = _load_yolo_yaml(yaml_path)
     class_names = _yolo_names(yaml_path, config)
     image_paths = _yolo_split_images(yaml_path, config, split)
+    if image_paths and all(_yolo_label_file(path) is None for path in image_paths):
+        example = yolo_label_path(image_paths[0])
+        try:
+            shown = os.path.relpath(example, yaml_path.parent)
+        except ValueError:  # another drive (Windows)
+            shown = str(example)
+        _warn_once(f"{yaml_path}: split {split!r} has {counted(len(image_paths), 'image')} and no label file (looked "
+                   f"for {shown}, and {example.name} beside the image): every image trains as a negative")  # fmt: skip
     fixes = _new_fixes()
     records = every_or_all_problems(
         enumerate(image_paths), lambda item: _yolo_record(item[0], item[1], len(class_names), fixes)
@@ -727,10 +736,19 @@ def yolo_label_path(image_path: str | os.PathLike) -> Path:
     return Path(*parts)
 
 
+def _yolo_label_file(image_path: Path) -> Path | None:
+    """The label file of an image: at :func:`yolo_label_path`, or ``<stem>.txt`` beside the image (labels left in
+    the images folder); None when neither exists."""
+    for path in (yolo_label_path(image_path), image_path.with_suffix(".txt")):
+        if path.is_file():
+            return path
+    return None
+
+
 def _yolo_record(index: int, image_path: Path, num_classes: int, fixes: dict[str, int]) -> ImageRecord:
     """One YOLO image: labels are validated first, so a bad label file fails even if its image is unreadable."""
-    label_path = yolo_label_path(image_path)
-    rows = _read_yolo_labels(label_path, num_classes) if label_path.is_file() else []
+    label_path = _yolo_label_file(image_path)
+    rows = _read_yolo_labels(label_path, num_classes) if label_path is not None else []
     size = _size_from_header(image_path, fixes)
     if size is None:
         return _unreadable_record(image_path, index)
