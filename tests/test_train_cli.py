@@ -575,3 +575,18 @@ def test_data_identity_tells_the_runs_data_from_other_data():
     assert "other files" in identity_mismatch(run, data_identity(["x.jpg", "w.jpg"], ["cat"]))
     assert "keeps no identity" in identity_mismatch(None, run)
     assert "keeps no identity" in identity_mismatch(run, data_identity(None, ["cat"]))  # a task that cannot say
+
+
+def test_a_training_split_without_boxes_is_refused_before_any_output(tmp_path, capsys):
+    """A split whose every image reads as a negative (labels in the wrong place, a class-less JSON) trained for its
+    whole schedule and saved a model that finds nothing; it is one line, exit 1, no run folder."""
+    root = tmp_path / "empty"
+    (root / "images" / "train").mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(root / "images" / "train" / "a.jpg")
+    (root / "data.yaml").write_text("train: images/train\nnames: [cat]\n")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--epochs", "1", "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"efficientdet train: {root}: the training split 'train' holds no boxes (1 image): nothing to "
+                       f"learn; `efficientdet check-data --data {root}` shows what was read")  # fmt: skip
+    assert not out.exists()

@@ -465,6 +465,12 @@ class DetectionTask(Task):
         train_data = read_dataset(cfg.data, cfg.format, cfg.train_split)
         if not len(train_data):
             raise TrainingError(f"{cfg.data}: split {cfg.train_split!r} has no images")
+        if not any(len(record.boxes) for record in train_data.records):  # every image a negative: nothing to learn
+            raise TrainingError(
+                f"{cfg.data}: the training split {cfg.train_split!r} holds no boxes "
+                f"({counted(len(train_data), 'image')}): nothing to learn; `efficientdet check-data --data {cfg.data}` "
+                "shows what was read"
+            )
         if env.is_main:
             _report_fixes(cfg.train_split, train_data.fixes)
         val_split = cfg.val_split
