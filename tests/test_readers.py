@@ -380,6 +380,21 @@ def test_yolo_malformed_line_names_file_and_line(tmp_path):
         read_yolo(root, "train")
 
 
+def test_yolo_pixel_coordinates_are_named_not_dropped(tmp_path):
+    """A converter that writes pixels instead of 0..1 (`0 150 80 40 60`) gave boxes far outside the picture, dropped
+    as "zero area" while reading: the boxes were lost under a count. Values beyond 0..1 by more than a rounding's
+    worth are an error naming the file and line; a box hanging a little off the edge is still clipped."""
+    root = _yolo_dataset(tmp_path, "names: [cat, dog]")
+    (root / "labels" / "train" / "boxed.txt").write_text("0 0.5 0.5 0.2 0.2\n1 150 80 40 60\n")
+    with pytest.raises(DatasetError, match=r"boxed\.txt: line 2: coordinates must be normalised to 0\.\.1 \(got 150: "
+                       r"pixels\? divide by the image's width and height\)"):  # fmt: skip
+        read_yolo(root, "train")
+    (root / "labels" / "train" / "boxed.txt").write_text("0 0.98 0.5 0.1 0.2\n")  # right edge at 1.03: clipped
+    data = read_yolo(root, "train")
+    np.testing.assert_allclose(data.records[0].boxes, [[186, 40, 200, 60]], atol=1e-3)
+    assert data.fixes["clipped_boxes"] == 1
+
+
 def test_yolo_optional_score_column_is_ignored_but_checked(tmp_path):
     root = _yolo_dataset(tmp_path, "names: [cat, dog]")
     labels = root / "labels" / "train" / "boxed.txt"

@@ -37,6 +37,9 @@ def _warn_once(message: str) -> None:
         LOG.warning(message)
 
 
+# how far a YOLO coordinate may stray outside 0..1 and still be a box at the picture's edge (clipped while reading);
+# beyond it the file holds pixels, not fractions
+NORMALISED_SLACK = 0.1
 MIN_POLYGON_POINTS = 3  # an object's outline, where a format gives one instead of a box (YOLO, COCO)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -794,6 +797,10 @@ def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, fl
         if not 0 <= class_index < num_classes:
             raise DatasetError(f"{where}: class index {class_index} is out of range (the dataset has {num_classes})")
         cx, cy, w, h = (_finite_number(field, where) for field in fields[1:])
+        outside = [value for value in (cx, cy, w, h) if not -NORMALISED_SLACK <= value <= 1 + NORMALISED_SLACK]
+        if outside:
+            raise DatasetError(f"{where}: coordinates must be normalised to 0..1 (got {outside[0]:g}: pixels? divide "
+                               "by the image's width and height)")  # fmt: skip
         rows.append((class_index, cx, cy, w, h))
     return rows
 
