@@ -127,6 +127,21 @@ def test_coco_boxes_negatives_clipping_and_crowd(tmp_path):
     assert read_dataset(path).records[0].image_id == 7
 
 
+def test_coco_boxes_in_fractions_of_the_image_are_an_error(tmp_path):
+    """A converter that writes `bbox` normalised to 0..1 gave one-pixel boxes in each image's top-left corner,
+    trained without a word; when every box of the file lies within 0..1 the file is refused with the reason."""
+    path = _coco_dataset(
+        tmp_path,
+        [
+            {"id": 1, "image_id": 7, "category_id": 18, "bbox": [0.1, 0.05, 0.2, 0.1]},
+            {"id": 2, "image_id": 9, "category_id": 1, "bbox": [0.5, 0.5, 0.25, 0.4]},
+        ],
+    )
+    with pytest.raises(DatasetError, match=r"instances\.json: every bbox lies within 0\.\.1 \(fractions of the image\?\); "
+                       r"COCO's bbox is \[x, y, width, height\] in pixels"):  # fmt: skip
+        read_coco(path)
+
+
 def test_coco_unknown_category_names_file_and_id(tmp_path):
     path = _coco_dataset(tmp_path, [{"id": 5, "image_id": 7, "category_id": 44, "bbox": [1, 1, 2, 2]}])
     with pytest.raises(DatasetError, match=r"instances\.json.*category id 44"):

@@ -508,6 +508,10 @@ def _coco_annotations(
         crowd = bool(ann.get("iscrowd", 0))
         area = _finite_number(ann["area"], f"{where} area") if ann.get("area") is not None else None
         boxes_of[ann["image_id"]].append(([x1, y1, x2, y2], label_of[ann["category_id"]], crowd, area))
+    corners = [box for objects in boxes_of.values() for box, _, _, _ in objects]
+    if corners and max(max(box) for box in corners) <= 1 and any(image.get("width", 0) > 2 for image in images):
+        raise DatasetError(f"{path}: every bbox lies within 0..1 (fractions of the image?); COCO's bbox is [x, y, "
+                           "width, height] in pixels")  # fmt: skip
     if orphans:
         ids = list(orphans)
         shown = ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
