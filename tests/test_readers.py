@@ -137,9 +137,24 @@ def test_coco_boxes_in_fractions_of_the_image_are_an_error(tmp_path):
             {"id": 2, "image_id": 9, "category_id": 1, "bbox": [0.5, 0.5, 0.25, 0.4]},
         ],
     )
-    with pytest.raises(DatasetError, match=r"instances\.json: every bbox lies within 0\.\.1 \(fractions of the image\?\); "
-                       r"COCO's bbox is \[x, y, width, height\] in pixels"):  # fmt: skip
+    with pytest.raises(DatasetError, match=r"instances\.json: every bbox lies within 0\.\.1 \(fractions of the "
+                       r"image\?\); COCO's bbox is \[x, y, width, height\] in pixels"):  # fmt: skip
         read_coco(path)
+
+
+def test_coco_boxes_written_as_corners_are_suspected_aloud(tmp_path, caplog):
+    """`bbox` written as [x1, y1, x2, y2] runs most boxes off the image, and reading clipped them under a count;
+    when more than half of a file's boxes needed clipping, a warning names the likely cause."""
+    corners = [[40 + i, 5, 80 + i, 45] for i in range(12)]  # x + "w" = x1 + x2 > 100 for every one
+    path = _coco_dataset(tmp_path, [{"id": i + 1, "image_id": 7, "category_id": 1, "bbox": b}
+                                    for i, b in enumerate(corners)])  # fmt: skip
+    with caplog.at_level("WARNING"):
+        data = read_coco(path)
+    assert data.fixes["clipped_boxes"] == 12
+    assert (
+        "instances.json: 12 of 12 boxes run off their image and were clipped: is bbox written as [x1, y1, x2, "
+        "y2]? COCO's is [x, y, width, height]" in caplog.text
+    )
 
 
 def test_coco_unknown_category_names_file_and_id(tmp_path):

@@ -397,6 +397,10 @@ def read_coco(annotation_json: str | os.PathLike, image_dir: str | os.PathLike |
     fixes = _new_fixes()
     records = [_coco_record(_coco_image_path(folder, json_path.parent, image), image, boxes_of[image["id"]], fixes)
                for image in images]  # fmt: skip
+    boxes = sum(len(objects) for objects in boxes_of.values())
+    if boxes >= 10 and fixes["clipped_boxes"] * 2 > boxes:
+        _warn_once(f"{json_path}: {fixes['clipped_boxes']} of {boxes} boxes run off their image and were clipped: is "
+                   "bbox written as [x1, y1, x2, y2]? COCO's is [x, y, width, height]")  # fmt: skip
     return DetectionData(
         records=records,
         class_names=[categories[cat_id] for cat_id in category_ids],
