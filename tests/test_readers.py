@@ -367,6 +367,19 @@ def test_yolo_names_boxes_and_negatives(tmp_path, names_yaml):
     assert data.fixes["clipped_boxes"] == 1
 
 
+def test_yolo_yaml_with_a_class_count_and_no_names_gets_numbered_names(tmp_path, caplog):
+    """Older YOLO yamls give `nc: 2` and no `names`: the dataset stopped; its classes are named class_0, class_1,
+    as ultralytics names them, and a warning says so."""
+    root = _yolo_dataset(tmp_path, "nc: 2")
+    with caplog.at_level("WARNING"):
+        data = read_yolo(root, "train")
+    assert data.class_names == ["class_0", "class_1"] and len(data.records[0].boxes) == 2
+    assert "data.yaml: no 'names': the 2 classes are called class_0 ... class_1" in caplog.text
+    (root / "data.yaml").write_text("train: images/train\n")
+    with pytest.raises(DatasetError, match=r"'names' must be a non-empty list or mapping of class names"):
+        read_yolo(root, "train")
+
+
 def test_yolo_class_out_of_range_names_file_line_and_class(tmp_path):
     root = _yolo_dataset(tmp_path, "names: [cat, dog]")
     (root / "labels" / "train" / "boxed.txt").write_text("0 0.5 0.5 0.1 0.1\n2 0.5 0.5 0.1 0.1\n")

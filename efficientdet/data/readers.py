@@ -681,6 +681,10 @@ def _load_yolo_yaml(path: Path) -> dict[str, Any]:
 def _yolo_names(path: Path, config: dict[str, Any]) -> list[str]:
     """Class names from ``names`` (a list, or a mapping index -> name covering 0..n-1), checked against ``nc``."""
     names = config.get("names")
+    count = config.get("nc")
+    if names is None and isinstance(count, int) and not isinstance(count, bool) and count > 0:
+        names = [f"class_{index}" for index in range(count)]  # ultralytics' names for a yaml that gives none
+        _warn_once(f"{path}: no 'names': the {count} classes are called class_0 ... class_{count - 1}")
     if isinstance(names, dict):
         try:
             by_index = {int(key): str(value) for key, value in names.items()}
