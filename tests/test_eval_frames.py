@@ -285,7 +285,7 @@ def test_predict_runs_the_network_on_the_reduced_decoding_and_draws_in_full(tmp_
 
 def test_an_image_with_more_objects_than_cocos_100_detections_is_scored_at_a_higher_cap(tmp_path):
     """COCO's evaluation keeps 100 detections an image. A dataset whose images hold more objects (cells, shelves,
-    crowds) was scored with recall capped at 100 / objects and no word why: a perfect model scored AP 0.67 on an
+    crowds) was scored with recall capped at 100 / objects and no word why: a perfect model scored AP 0.66 on an
     image of 150 objects. The cap follows the split's densest image (300, 1000 or 3000), 100 as COCO's otherwise."""
     size = 256
     level3 = [(y * 32 + x) * 9 for y in range(0, 32, 2) for x in range(0, 32, 2)][:150]  # 16 px apart: no NMS

@@ -238,8 +238,7 @@ def _xml_stems(xml_folder: Path, image_folder: Path) -> list[str]:
                         and p.stem not in labelled) if image_folder.is_dir() else []  # fmt: skip
     if unlabelled:
         shown = ", ".join(unlabelled[:5]) + (f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else "")
-        count = f"{len(unlabelled)} image{'s' if len(unlabelled) > 1 else ''} without an XML file"
-        _warn_once(f"{image_folder}: {count} left out ({shown})")
+        _warn_once(f"{image_folder}: {counted(len(unlabelled), 'image')} without an XML file left out ({shown})")
     return stems
 
 
