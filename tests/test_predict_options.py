@@ -252,6 +252,8 @@ def test_source_option_takes_pictures_as_ultralytics_users_type_them(
     (tmp_path / "0").mkdir()  # a folder named like camera 0: `--source 0` stays the camera
     monkeypatch.chdir(tmp_path)
     assert not is_picture_source("0") and is_picture_source("lists")
+    assert not is_picture_source("rtsp://cam.local/live?channel=1")  # a stream, not a glob
+    assert is_picture_source("https://example.com/bus.jpg")  # an image URL
     output = tmp_path / "one_file"
     assert run(output, checkpoint, extra=("--source", str(images / "wide.png"))) == 0
     assert {Path(e["file_name"]).name for e in detections(output)} == {"wide.png"}

@@ -80,7 +80,14 @@ from ..viz.draw import draw_detections
 from .files import class_folders, image_stems, is_glob_pattern, label_path, save_crops, write_label_file, yolo_lines
 from .image_urls import ImageDownloadError, download_image, is_image_url, naming_url, url_file_name
 from .tiling import DEFAULT_TILE_OVERLAP, too_many_tiles
-from .video import VIDEO_EXTENSIONS, VideoDependencyError, check_video_options, is_video_source, predict_videos
+from .video import (
+    VIDEO_EXTENSIONS,
+    VideoDependencyError,
+    check_video_options,
+    is_stream_url,
+    is_video_source,
+    predict_videos,
+)
 
 # Extensions picked up from folders and globs (files named explicitly are tried whatever their extension).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -188,6 +195,8 @@ def is_picture_source(source: str | os.PathLike) -> bool:
         return False
     if is_image_url(text) or path.is_dir():
         return True
+    if is_stream_url(text):  # rtsp://cam/live?channel=1 holds a "?" and is no glob
+        return False
     if path.is_file():
         return _is_image_file(path) or path.suffix.lower() == SOURCE_LIST_SUFFIX
     return is_glob_pattern(text)
