@@ -258,6 +258,8 @@ def test_windows_paths_in_annotation_files_are_found(tmp_path):
     (root / "data.yaml").write_text("train: train.txt\nnames: [cat, dog]\n")
     assert [Path(r.path).name for r in read_yolo(root, "train").records] == ["boxed.jpg", "negative.png"]
     assert len(read_yolo(root, "train").records[0].boxes) == 2
+    (root / "data.yaml").write_text("train: images\\train\nnames: [cat, dog]\n")  # the yaml's own entry
+    assert len(read_yolo(root, "train")) == 2
 
 
 def test_coco_folder_layout_is_detected(tmp_path):

@@ -723,8 +723,12 @@ def _yolo_split_images(path: Path, config: dict[str, Any], split: str) -> list[P
 
 
 def _yolo_entry_path(base: Path, entry: str) -> Path:
-    """Resolve a split entry; Roboflow exports write ``../train/images`` for a folder that sits beside the yaml."""
+    """Resolve a split entry; Roboflow exports write ``../train/images`` for a folder that sits beside the yaml, and
+    a yaml written on Windows may say ``images\\train``."""
     resolved = base / entry
+    if not resolved.exists() and (base / _slashed(entry)).exists():
+        entry = _slashed(entry)
+        resolved = base / entry
     if not resolved.exists() and entry.startswith("../") and (base / entry[3:]).exists():
         return base / entry[3:]
     return resolved
