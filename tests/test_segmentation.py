@@ -209,6 +209,19 @@ def test_folder_pairs_errors_name_the_unpaired_file(tmp_path):
         read_segmentation_split(None, masks)
 
 
+def test_jpeg_masks_are_named_as_the_reason_no_mask_was_found(tmp_path):
+    """Masks saved as JPEG were "no mask for image(s) a.jpg" beside a folder full of a.jpg masks; the error says
+    they are JPEG and why a mask cannot be: its compression changes the ids along every edge."""
+    images, masks = tmp_path / "img", tmp_path / "ann"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "a.jpg")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(masks / "a.jpg")
+    with pytest.raises(DatasetError, match=r"no mask for image\(s\) a\.jpg of .*img \(ann holds JPEG files of those "
+                       r"names: masks must be lossless, PNG, BMP or TIFF"):  # fmt: skip
+        pair_by_stem(images, masks)
+
+
 def test_joint_augmentation_keeps_image_and_mask_aligned():
     """Colour encodes the class, so after flip + scale + crop every pixel's colour must still match its label."""
     h, w = 60, 90

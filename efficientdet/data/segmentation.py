@@ -106,7 +106,10 @@ def pair_by_stem(image_dir: str | os.PathLike, mask_dir: str | os.PathLike) -> S
     no_mask = [images[s] for s in sorted(set(images) - set(masks))]
     no_image = [masks[s] for s in sorted(set(masks) - set(images))]
     if no_mask:
-        raise DatasetError(f"{mask_dir}: no mask for image(s) {_names(no_mask)} of {image_dir}")
+        lossy = [p for p in mask_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg") and p.stem in images]
+        hint = (f" ({mask_dir.name} holds JPEG files of those names: masks must be lossless, PNG, BMP or TIFF, as "
+                "JPEG's compression changes the ids along every edge)" if lossy else "")  # fmt: skip
+        raise DatasetError(f"{mask_dir}: no mask for image(s) {_names(no_mask)} of {image_dir}{hint}")
     if no_image:
         raise DatasetError(f"{image_dir}: no image for mask(s) {_names(no_image)} of {mask_dir} (looked for "
                            f"{', '.join(IMAGE_EXTENSIONS)})")  # fmt: skip
