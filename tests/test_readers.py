@@ -645,6 +645,9 @@ def test_voc_folder_of_images_and_xml_files_is_one_set(tmp_path, caplog):
     (tmp_path / "voc").mkdir()
     root = _voc_dataset(tmp_path / "voc", _voc_xml("bird", (2, 2, 20, 20)))
     assert not single_set(root, None)
+    (root / "stray.xml").write_text(_voc_xml("bird", (2, 2, 20, 20)))  # VOC's layout wins, as reading it does
+    assert not single_set(root, None) and has_split(root, None, "train")
+    (root / "stray.xml").unlink()
     shutil.rmtree(root / "ImageSets")
     _image(root / "JPEGImages" / "img2.png")
     (root / "Annotations" / "img2.xml").write_text(_voc_xml("cat", (2, 2, 20, 20)))

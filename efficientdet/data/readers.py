@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from ..utils.boxes import box_areas
-from ..utils.text import counted
+from ..utils.text import counted, first_few
 from .images import ImageReadError, image_size
 from .records import DetectionData, ImageRecord
 
@@ -201,21 +201,29 @@ def _warn_case_variants(root: Path, class_names: list[str]) -> None:
 _PER_CLASS_SPLIT = re.compile(r".+_(train|val|trainval|test)")
 
 
-def _voc_set(root: Path, split: str) -> tuple[Path, Path, list[str]]:
-    """Where a VOC split's XML files and images are, and its image ids (the XML files' stems).
+VOC_SPLIT_FILES, VOC_ONE_SET, VOC_SPLIT_FOLDERS = "split files", "one set", "split folders"
 
-    ``Annotations/`` with ``ImageSets/Main/<split>.txt``: VOC's own layout. ``Annotations/`` without ``ImageSets/``,
-    or XML files in ``root`` itself: one set of every XML file. Otherwise a folder per split (Roboflow's export).
-    """
+
+def _voc_layout(root: Path) -> str:
+    """Which VOC layout ``root`` holds: VOC_SPLIT_FILES (``Annotations/`` with ``ImageSets/Main/<split>.txt``),
+    VOC_ONE_SET (``Annotations/`` without ``ImageSets/``, or XML files in ``root`` itself: every XML file, whatever
+    the split) or VOC_SPLIT_FOLDERS (a folder of images and XML files per split, Roboflow's export). The one rule
+    that reading, :func:`single_set` and :func:`has_split` follow."""
     if (root / "Annotations").is_dir():
-        if (root / "ImageSets").is_dir():
-            return (
-                root / "Annotations",
-                root / "JPEGImages",
-                _read_voc_split(root / "ImageSets" / "Main" / f"{split}.txt"),
-            )
-        return root / "Annotations", root / "JPEGImages", _xml_stems(root / "Annotations", root / "JPEGImages")
-    if _holds_xml(root):
+        return VOC_SPLIT_FILES if (root / "ImageSets").is_dir() else VOC_ONE_SET
+    return VOC_ONE_SET if _holds_xml(root) else VOC_SPLIT_FOLDERS
+
+
+def _voc_set(root: Path, split: str) -> tuple[Path, Path, list[str]]:
+    """Where a VOC split's XML files and images are, and its image ids (the XML files' stems), by
+    :func:`_voc_layout`."""
+    layout = _voc_layout(root)
+    if layout == VOC_SPLIT_FILES:
+        ids = _read_voc_split(root / "ImageSets" / "Main" / f"{split}.txt")
+        return root / "Annotations", root / "JPEGImages", ids
+    if layout == VOC_ONE_SET:
+        if (root / "Annotations").is_dir():
+            return root / "Annotations", root / "JPEGImages", _xml_stems(root / "Annotations", root / "JPEGImages")
         return root, root, _xml_stems(root, root)
     folder = next((root / name for name in split_folder_names(split) if _holds_xml(root / name)), None)
     if folder is None:
@@ -237,8 +245,8 @@ def _xml_stems(xml_folder: Path, image_folder: Path) -> list[str]:
     unlabelled = sorted(p.name for p in image_folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
                         and p.stem not in labelled) if image_folder.is_dir() else []  # fmt: skip
     if unlabelled:
-        shown = ", ".join(unlabelled[:5]) + (f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else "")
-        _warn_once(f"{image_folder}: {counted(len(unlabelled), 'image')} without an XML file left out ({shown})")
+        _warn_once(f"{image_folder}: {counted(len(unlabelled), 'image')} without an XML file left out "
+                   f"({first_few(unlabelled)})")  # fmt: skip
     return stems
 
 
@@ -254,7 +262,7 @@ def single_set(path: str | os.PathLike, format: str | None) -> bool:
     if fmt == "coco":
         return path.is_file()
     if fmt == "voc":
-        return (path / "Annotations").is_dir() and not (path / "ImageSets").is_dir() or _holds_xml(path)
+        return _voc_layout(path) == VOC_ONE_SET
     if fmt == "yolo":
         return path.is_dir() and not (path / "data.yaml").is_file() and _yolo_class_file(path) is not None
     return False
@@ -517,7 +525,7 @@ def _coco_annotations(
                            "width, height] in pixels")  # fmt: skip
     if orphans:
         ids = list(orphans)
-        shown = ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        shown = first_few([str(image_id) for image_id in ids])
         count = sum(orphans.values())
         LOG.warning("%s: left out %d annotation%s whose image is not in 'images' (image id%s %s)", path, count,
                     "s" if count > 1 else "", "s" if len(ids) > 1 else "", shown)  # fmt: skip
@@ -539,13 +547,17 @@ def _coco_box(path: Path, ann: dict[str, Any]) -> tuple[float, float, float, flo
     if not isinstance(polygons, list) or not polygons or not all(isinstance(p, list) for p in polygons):
         raise DatasetError(f"{path}: {_entry_name(ann, 'an annotation')} has no 'bbox' and no polygon 'segmentation' "
                            "to take one from")  # fmt: skip
-    xs, ys = [], []
+    points: list[float] = []
     for polygon in polygons:
         if len(polygon) < 2 * MIN_POLYGON_POINTS or len(polygon) % 2:
             raise DatasetError(f"{where}: segmentation polygon must be x y pairs, three or more, got {polygon!r}")
-        points = [_finite_number(value, f"{where} segmentation") for value in polygon]
-        xs += points[0::2]
-        ys += points[1::2]
+        points += [_finite_number(value, f"{where} segmentation") for value in polygon]
+    return _outline_box(points)
+
+
+def _outline_box(points: Sequence[float]) -> tuple[float, float, float, float]:
+    """``x1, y1, x2, y2`` around an outline given as ``x y`` pairs (one polygon or several, one after the other)."""
+    xs, ys = points[0::2], points[1::2]
     return min(xs), min(ys), max(xs), max(ys)
 
 
@@ -631,7 +643,13 @@ def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
     config = _load_yolo_yaml(yaml_path)
     class_names = _yolo_names(yaml_path, config)
     image_paths = _yolo_split_images(yaml_path, config, split)
-    if image_paths and all(_yolo_label_file(path) is None for path in image_paths):
+    fixes = _new_fixes()
+    records = every_or_all_problems(
+        enumerate(image_paths), lambda item: _yolo_record(item[0], item[1], len(class_names), fixes)
+    )
+    # a split without one box may have its label files elsewhere: looked for only then, not for every split read
+    no_boxes = not any(len(record.boxes) for record in records)
+    if image_paths and no_boxes and all(_yolo_label_file(path) is None for path in image_paths):
         example = yolo_label_path(image_paths[0])
         try:
             shown = os.path.relpath(example, yaml_path.parent)
@@ -639,10 +657,6 @@ def read_yolo(root: str | os.PathLike, split: str) -> DetectionData:
             shown = str(example)
         _warn_once(f"{yaml_path}: split {split!r} has {counted(len(image_paths), 'image')} and no label file (looked "
                    f"for {shown}, and {example.name} beside the image): every image trains as a negative")  # fmt: skip
-    fixes = _new_fixes()
-    records = every_or_all_problems(
-        enumerate(image_paths), lambda item: _yolo_record(item[0], item[1], len(class_names), fixes)
-    )
     return DetectionData(records=records, class_names=class_names, format="yolo", fixes=fixes)
 
 
@@ -798,10 +812,8 @@ def _read_yolo_labels(path: Path, num_classes: int) -> list[tuple[int, float, fl
             raise DatasetError(f"{where}: expected 'class cx cy w h' (and an optional score) or a polygon 'class x1 "
                                f"y1 x2 y2 x3 y3 ...', got {line.strip()!r}")  # fmt: skip
         if is_polygon:
-            points = [_finite_number(field, where) for field in fields[1:]]
-            xs, ys = points[0::2], points[1::2]
-            box = ((min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys))
-            fields = [fields[0], *map(repr, box)]
+            x1, y1, x2, y2 = _outline_box([_finite_number(field, where) for field in fields[1:]])
+            fields = [fields[0], *map(repr, ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))]
         if len(fields) == 6:
             _finite_number(fields[5], f"{where} score")
             fields = fields[:5]
@@ -849,9 +861,10 @@ def has_split(path: str | os.PathLike, format: str | None, split: str) -> bool:
     except DatasetError:
         return False
     if fmt == "voc":
-        if (path / "Annotations").is_dir() or _holds_xml(path):
-            return (path / "ImageSets" / "Main" / f"{split}.txt").is_file()
-        return any(_holds_xml(path / name) for name in split_folder_names(split))
+        layout = _voc_layout(path)
+        if layout == VOC_SPLIT_FOLDERS:
+            return any(_holds_xml(path / name) for name in split_folder_names(split))
+        return layout == VOC_SPLIT_FILES and (path / "ImageSets" / "Main" / f"{split}.txt").is_file()
     if fmt == "coco":
         return path.is_dir() and any(candidate.is_file() for candidate in _coco_json_candidates(path, split))
     if fmt == "yolo":

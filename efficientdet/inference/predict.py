@@ -512,7 +512,7 @@ def predict(
         sources = [sources]
     pictures = [s for s in video_sources if is_picture_source(s)]  # `--source photos/` as ultralytics takes it
     sources = listed_sources([*sources, *pictures])
-    videos = [*(s for s in sources if is_video_source(s)), *(s for s in video_sources if not is_picture_source(s))]
+    videos = [*(s for s in sources if is_video_source(s)), *(s for s in video_sources if s not in pictures)]
     sources = [s for s in sources if not is_video_source(s)]
     if videos:
         check_video_options(vid_stride, max_frames)

@@ -11,4 +11,10 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'es' if noun.endswith(('s', 'x')) else 's'}"
 
 
-__all__ = ["counted"]
+def first_few(names: list[str], shown: int = 5) -> str:
+    """``names`` joined, the first ``shown`` of them and how many more: "a.jpg, b.jpg and 3 more"."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+__all__ = ["counted", "first_few"]

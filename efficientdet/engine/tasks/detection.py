@@ -503,8 +503,10 @@ class DetectionTask(Task):
             val_data = val_data.with_class_names(train_data.class_names)
         self.train_data, self.val_data = train_data, val_data
         self.class_names = train_data.class_names
-        if val_data is not None and env.is_main and detections_to_keep(val_data.records) != COCO_MAX_DETECTIONS:
-            LOG.info(dense_evaluation_line(detections_to_keep(val_data.records), val_data.records))
+        if val_data is not None and env.is_main:
+            keep = detections_to_keep(val_data.records)
+            if keep != COCO_MAX_DETECTIONS:
+                LOG.info(dense_evaluation_line(keep, val_data.records))
         self._choose_recipe()
 
     def _choose_recipe(self) -> None:
